@@ -1,0 +1,3 @@
+"""pyro_manifold.distributions."""
+
+__all__: list[str] = []

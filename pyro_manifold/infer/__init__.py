@@ -1,0 +1,3 @@
+"""pyro_manifold.infer."""
+
+__all__: list[str] = []

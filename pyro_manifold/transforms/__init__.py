@@ -1,0 +1,31 @@
+"""Pyro ``TransformModule``s and ``ConditionalTransformModule``s, one family per module.
+
+Every transform maps base/latent to data (Pyro's direction) and says in its docstring
+which direction is one network pass.
+"""
+
+from pyro_manifold.transforms.affine_coupling import (
+    AffineCoupling,
+    ConditionalAffineCoupling,
+    affine_coupling,
+    conditional_affine_coupling,
+)
+from pyro_manifold.transforms.masked_autoregressive import (
+    ConditionalMaskedAutoregressive,
+    MaskedAutoregressive,
+    conditional_masked_autoregressive,
+    masked_autoregressive,
+)
+from pyro_manifold.transforms.permutation import Reverse
+
+__all__ = [
+    "AffineCoupling",
+    "ConditionalAffineCoupling",
+    "ConditionalMaskedAutoregressive",
+    "MaskedAutoregressive",
+    "Reverse",
+    "affine_coupling",
+    "conditional_affine_coupling",
+    "conditional_masked_autoregressive",
+    "masked_autoregressive",
+]
