@@ -1,0 +1,508 @@
+r"""``fit``: stochastic variational inference over mini-batches, with safe checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import ELBO, Trace_ELBO
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyro_manifold._validation import (
+    check_choice,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
+from pyro_manifold.infer.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a non-finite loss; names the step and the offending sites.
+
+    Attributes:
+        step: the 1-based optimisation step whose loss was not finite.
+        sites: ``"model:NAME"`` / ``"guide:NAME"`` for every sample site whose
+            log-probability (or value) was not finite when the step was re-run.
+    """
+
+    def __init__(self, step: int, sites: list[str], loss: float) -> None:
+        self.step, self.sites, self.loss = step, sites, loss
+        where = ", ".join(sites) if sites else "no single site (check the parameters)"
+        super().__init__(
+            f"non-finite loss {loss} at step {step}; non-finite log-probability at: {where}. "
+            "Training stopped; the last good checkpoint (if any) is unchanged."
+        )
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        history: lists keyed by ``"step"``, ``"loss"`` (mean loss per data point over the
+            last ``log_every`` steps), ``"lr"``, ``"time"``, ``"val_step"`` and ``"val_loss"``.
+        step: the number of optimisation steps taken in total (including resumed ones).
+        best_validation_loss: the lowest validation loss seen, or ``None``.
+        stopped_early: whether early stopping ended the run.
+        checkpoint: the last checkpoint written, or ``None``.
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    step: int = 0
+    best_validation_loss: float | None = None
+    stopped_early: bool = False
+    checkpoint: Path | None = None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Return ``device``, or CUDA when available and the CPU otherwise.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _as_tuple(name: str, data: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    tensors = (data,) if isinstance(data, Tensor) else tuple(data)
+    if not tensors:
+        raise ValueError(f"{name}: expected a tensor or a non-empty tuple of tensors, got {data!r}")
+    for i, t in enumerate(tensors):
+        label = name if len(tensors) == 1 else f"{name}[{i}]"
+        check_tensor(label, t, min_dim=1, floating=False)
+        if t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(
+                f"{label}: expected {tensors[0].shape[0]} rows like {name}[0], got shape "
+                f"{tuple(t.shape)}"
+            )
+    return tensors
+
+
+def _owner_modules(*fns: Callable, extra: Sequence[nn.Module] = ()) -> list[nn.Module]:
+    found: list[nn.Module] = []
+    for obj in [*(getattr(f, "__self__", f) for f in fns), *extra]:
+        if isinstance(obj, nn.Module) and all(obj is not m for m in found):
+            found.append(obj)
+    return found
+
+
+def _parameters(modules: Sequence[nn.Module], param_sites: list[Tensor]) -> list[Tensor]:
+    params: list[Tensor] = []
+    seen: set[int] = set()
+    for p in [*(p for m in modules for p in m.parameters()), *param_sites]:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            params.append(p)
+    return params
+
+
+def _make_optimizer(optimizer, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if callable(optimizer):
+        return optimizer(params)
+    name = check_choice("optimizer", optimizer, OPTIMIZERS)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _make_scheduler(lr_schedule, opt: torch.optim.Optimizer, num_steps: int):
+    if lr_schedule is None:
+        return None
+    if callable(lr_schedule):
+        return lr_schedule(opt)
+    check_choice("lr_schedule", lr_schedule, ("cosine",))
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_steps)
+
+
+def _nonfinite_sites(model: Callable, guide: Callable, args: tuple) -> list[str]:
+    """Re-run guide and model and list the sites whose log-probability is not finite."""
+    bad: list[str] = []
+    try:
+        with torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*args)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    except Exception as e:  # the re-run itself may fail on non-finite parameters
+        return [f"(re-running the program failed: {type(e).__name__}: {e})"]
+    for prefix, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            value = site["value"]
+            if isinstance(value, Tensor) and value.is_floating_point() and not torch.isfinite(
+                value
+            ).all():
+                bad.append(f"{prefix}:{name} (value)")
+                continue
+            try:
+                with torch.no_grad():
+                    lp = site["fn"].log_prob(value)
+            except Exception as e:
+                bad.append(f"{prefix}:{name} ({type(e).__name__})")
+                continue
+            if not torch.isfinite(torch.as_tensor(lp)).all():
+                bad.append(f"{prefix}:{name}")
+    return bad
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _mean_loss(elbo, model, guide, data, batch_size, transform_batch, modules) -> float:
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            n = data[0].shape[0]
+            for start in range(0, n, batch_size):
+                batch = tuple(t[start : start + batch_size] for t in data)
+                if transform_batch is not None:
+                    batch = tuple(transform_batch(*batch))
+                total += float(elbo.loss(model, guide, *batch))
+                count += batch[0].shape[0]
+    finally:
+        for m, flag in zip(modules, was_training, strict=True):
+            m.train(flag)
+    return total / count
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: Tensor | Sequence[Tensor],
+    *,
+    loss: ELBO | None = None,
+    num_steps: int = 1000,
+    batch_size: int = 128,
+    optimizer: str | Callable[[list[Tensor]], torch.optim.Optimizer] = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    lr_schedule: str | Callable | None = None,
+    clip_norm: float | None = None,
+    validation_data: Tensor | Sequence[Tensor] | None = None,
+    validate_every: int = 100,
+    patience: int | None = None,
+    restore_best: bool = True,
+    transform_batch: Callable[..., Sequence[Tensor]] | None = None,
+    modules: Sequence[nn.Module] = (),
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    resume: str | os.PathLike | None = None,
+    log_every: int = 10,
+    progress: bool | None = None,
+    config: dict[str, Any] | None = None,
+) -> FitResult:
+    r"""Fit the parameters of ``model`` and ``guide`` by stochastic variational inference.
+
+    Each step draws a mini-batch :math:`B` (shuffled on the data's device, one pass over
+    the data per epoch), evaluates the ELBO estimator and takes one optimiser step on
+
+    .. math::
+
+        \mathcal L(\theta, \phi) = -\frac{1}{|B|}\,
+            \widehat{\mathrm{ELBO}}(\theta, \phi; x_B), \qquad
+        \widehat{\mathrm{ELBO}} = \mathbb E_{q_\phi(z|x)}
+            [\log p_\theta(x, z) - \log q_\phi(z|x)],
+
+    i.e. the negative ELBO per data point, with any Pyro ELBO (``Trace_ELBO``,
+    ``TraceEnum_ELBO``, ``TraceMeanField_ELBO``, ...). ``model`` and ``guide`` are called
+    as ``model(*batch)``; for a flow without latent sites the guide is empty and the loss
+    is the negative log-likelihood.
+
+    Parameters optimised: every parameter of the ``nn.Module`` that ``model`` and
+    ``guide`` are bound methods of, of each module in ``modules``, and of every
+    ``pyro.param`` site the programs declare (discovered by one evaluation before
+    training). They all go into one ``torch.optim`` optimiser.
+
+    Checkpoints (``run_dir/checkpoint.pt``, every ``checkpoint_every`` steps and at the
+    end) hold module and optimiser states, ``pyro.param`` values, the step, the data
+    order, the RNG states, the history and ``config``, are written atomically and load
+    with ``torch.load(weights_only=True)``. ``resume=path`` continues such a run: on the
+    CPU the result equals an uninterrupted run with the same seed. A non-finite loss
+    raises :class:`NonFiniteLossError` naming the step and the sites; no checkpoint is
+    written after it, so the last good one survives.
+
+    Args:
+        model: a Pyro model, called as ``model(*batch)``.
+        guide: the matching guide.
+        data: a tensor of shape :math:`(N, \dots)` or a tuple of tensors with :math:`N`
+            rows each (e.g. ``(x, y)``); moved to ``device``.
+        loss: a Pyro ELBO; default ``Trace_ELBO()``.
+        num_steps: total number of optimisation steps (including resumed ones).
+        batch_size: mini-batch size (capped at :math:`N`).
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"``, or a callable ``params -> Optimizer``.
+        lr: learning rate for the named optimisers.
+        weight_decay: weight decay for the named optimisers.
+        lr_schedule: ``"cosine"`` or a callable ``optimizer -> LRScheduler`` (stepped
+            once per step).
+        clip_norm: clip the global gradient norm to this value.
+        validation_data: held-out data with the same structure as ``data``.
+        validate_every: steps between validation losses.
+        patience: stop after this many validations without improvement.
+        restore_best: with validation data, end with the parameters of the best
+            validation loss.
+        transform_batch: applied to each batch (e.g. dequantisation, binarisation),
+            ``transform_batch(*batch) -> batch``.
+        modules: further modules whose parameters are trained.
+        device: default CUDA when available.
+        seed: seeds Pyro, torch and Python RNGs and the data order.
+        run_dir: where to write ``checkpoint.pt``, ``best.pt`` and ``history.json``.
+        checkpoint_every: steps between checkpoints.
+        resume: a checkpoint to continue from.
+        log_every: steps between loss read-backs (history and progress bar).
+        progress: show a tqdm bar; default only on a terminal.
+        config: plain data describing the run, stored in checkpoints.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Example:
+        >>> from pyro_manifold.models import Flow
+        >>> flow = Flow(2, "realnvp", num_layers=2)
+        >>> x = torch.randn(256, 2) * 0.5 + 1.0
+        >>> result = fit(flow.model, flow.guide, x, num_steps=50, batch_size=64,
+        ...              device="cpu", progress=False)
+        >>> result.history["loss"][-1] < result.history["loss"][0]
+        True
+    """
+    # -- check everything before touching any state ------------------------------------
+    data = _as_tuple("data", data)
+    val = _as_tuple("validation_data", validation_data) if validation_data is not None else None
+    if val is not None:
+        for i, (a, b) in enumerate(zip(data, val, strict=False)):
+            if a.shape[1:] != b.shape[1:] or len(data) != len(val):
+                raise ValueError(
+                    f"validation_data[{i}]: expected the structure of data (shape (*, "
+                    f"{tuple(a.shape[1:])})), got shape {tuple(b.shape)}"
+                )
+    check_positive_int("num_steps", num_steps)
+    check_positive_int("batch_size", batch_size)
+    check_positive("lr", lr)
+    check_positive("weight_decay", weight_decay, allow_zero=True)
+    check_positive_int("validate_every", validate_every)
+    check_positive_int("checkpoint_every", checkpoint_every)
+    check_positive_int("log_every", log_every)
+    if clip_norm is not None:
+        check_positive("clip_norm", clip_norm)
+    if patience is not None:
+        check_positive_int("patience", patience)
+    if not callable(optimizer):
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+    if lr_schedule is not None and not callable(lr_schedule):
+        check_choice("lr_schedule", lr_schedule, ("cosine",))
+    state = load_checkpoint(resume) if resume is not None else None
+    device = resolve_device(device)
+    elbo = loss if loss is not None else Trace_ELBO()
+    mods = _owner_modules(model, guide, extra=modules)
+    if state is not None:
+        names = [type(m).__name__ for m in mods]
+        if len(state["modules"]) != len(mods):
+            raise ValueError(
+                f"resume: checkpoint {resume} holds {len(state['modules'])} modules, "
+                f"expected {len(mods)} ({names})"
+            )
+
+    # -- set up ------------------------------------------------------------------------
+    run_dir = Path(run_dir) if run_dir is not None else None
+    pyro.set_rng_seed(seed)
+    for m in mods:
+        m.to(device)
+    data = tuple(t.to(device) for t in data)
+    val = tuple(t.to(device) for t in val) if val is not None else None
+    n = data[0].shape[0]
+    batch_size = min(batch_size, n)
+    order_gen = torch.Generator(device=device)
+    order_gen.manual_seed(seed)
+
+    # Discover pyro.param sites with one evaluation that leaves RNGs and modules as they were.
+    rng = _rng_state()
+    for m in mods:
+        m.eval()
+    first = tuple(t[:batch_size] for t in data)
+    if transform_batch is not None:
+        first = tuple(transform_batch(*first))
+    with poutine.trace(param_only=True) as capture:
+        elbo.differentiable_loss(model, guide, *first)
+    _set_rng_state(rng)
+    param_names = sorted(capture.trace.nodes)
+    store = pyro.get_param_store()
+    param_sites = [store._params[name] for name in param_names if name in store._params]
+    params = _parameters(mods, param_sites)
+    if not params:
+        raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
+    opt = _make_optimizer(optimizer, params, lr, weight_decay)
+    scheduler = _make_scheduler(lr_schedule, opt, num_steps)
+
+    history: dict[str, list[float]] = {
+        k: [] for k in ("step", "loss", "lr", "time", "val_step", "val_loss")
+    }
+    step, position, perm = 0, 0, torch.randperm(n, generator=order_gen, device=device)
+    best_val, best_states, bad_validations = math.inf, None, 0
+    elapsed = 0.0
+    if state is not None:
+        for m, sd in zip(mods, state["modules"], strict=True):
+            m.load_state_dict(sd)
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                if name in store._params:
+                    store._params[name].copy_(value)
+        opt.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        step, position = int(state["step"]), int(state["position"])
+        perm = state["perm"].to(device)
+        order_gen.set_state(state["order_generator"])
+        _set_rng_state(state["rng"])
+        history = {k: list(v) for k, v in state["history"].items()}
+        best_val = float(state.get("best_validation_loss", math.inf))
+        bad_validations = int(state.get("bad_validations", 0))
+        elapsed = float(state.get("elapsed", 0.0))
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "modules": [m.state_dict() for m in mods],
+            "params": {name: store._params[name].detach().clone() for name in param_names},
+            "optimizer": opt.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "step": step,
+            "position": position,
+            "perm": perm.cpu(),
+            "order_generator": order_gen.get_state(),
+            "rng": _rng_state(),
+            "history": history,
+            "best_validation_loss": best_val,
+            "bad_validations": bad_validations,
+            "elapsed": elapsed,
+            "config": dict(config or {}),
+        }
+
+    def write_history() -> None:
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / ".history.json.tmp"
+            tmp.write_text(json.dumps(history, indent=1))
+            os.replace(tmp, run_dir / "history.json")
+
+    # -- train -------------------------------------------------------------------------
+    result = FitResult(history=history)
+    for m in mods:
+        m.train()
+    window = torch.zeros((), device=device)
+    window_count = 0
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(
+        total=num_steps,
+        initial=step,
+        disable=(None if progress is None else not progress),
+        desc="fit",
+        dynamic_ncols=True,
+    )
+    try:
+        while step < num_steps:
+            if position + batch_size > n:
+                perm = torch.randperm(n, generator=order_gen, device=device)
+                position = 0
+            idx = perm[position : position + batch_size]
+            position += batch_size
+            batch = tuple(t[idx] for t in data)
+            if transform_batch is not None:
+                batch = tuple(transform_batch(*batch))
+            step += 1
+            rng = _rng_state()
+            try:
+                value = elbo.differentiable_loss(model, guide, *batch) / batch_size
+            except Exception as e:
+                e.add_note(f"pyro_manifold.fit: raised at step {step}")
+                raise
+            if not torch.isfinite(value):
+                _set_rng_state(rng)
+                raise NonFiniteLossError(step, _nonfinite_sites(model, guide, batch), float(value.detach()))
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+            window = window + value.detach()
+            window_count += 1
+            if step % log_every == 0 or step == num_steps:
+                mean = float(window) / window_count
+                window.zero_()
+                window_count = 0
+                history["step"].append(step)
+                history["loss"].append(mean)
+                history["lr"].append(opt.param_groups[0]["lr"])
+                history["time"].append(time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{mean:.4g}")
+            bar.update(1)
+            if val is not None and (step % validate_every == 0 or step == num_steps):
+                v = _mean_loss(elbo, model, guide, val, batch_size, transform_batch, mods)
+                history["val_step"].append(step)
+                history["val_loss"].append(v)
+                if v < best_val:
+                    best_val, bad_validations = v, 0
+                    best_states = [copy.deepcopy(m.state_dict()) for m in mods]
+                    if run_dir is not None:
+                        elapsed = time.perf_counter() - t0
+                        save_checkpoint(checkpoint_state(), run_dir / "best.pt")
+                else:
+                    bad_validations += 1
+                if patience is not None and bad_validations >= patience:
+                    result.stopped_early = True
+            if run_dir is not None and (
+                step % checkpoint_every == 0 or step == num_steps or result.stopped_early
+            ):
+                elapsed = time.perf_counter() - t0
+                result.checkpoint = save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
+                write_history()
+            if result.stopped_early:
+                break
+    finally:
+        bar.close()
+    if val is not None and restore_best and best_states is not None:
+        for m, sd in zip(mods, best_states, strict=True):
+            m.load_state_dict(sd)
+    for m in mods:
+        m.eval()
+    write_history()
+    result.step = step
+    result.best_validation_loss = best_val if val is not None else None
+    return result

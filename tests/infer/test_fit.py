@@ -1,0 +1,187 @@
+import json
+import pickle
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO, config_enumerate
+from torch import nn
+
+from pyro_manifold.infer import NonFiniteLossError, fit, load_checkpoint, save_checkpoint
+from pyro_manifold.models import Flow
+
+
+class LinearGaussian(nn.Module):
+    """z ~ N(0, I), x ~ N(Wz + b, s^2): module parameters in the model, pyro.params in the guide."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 2) * 0.1)
+        self.b = nn.Parameter(torch.zeros(3))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.w.T + self.b, 0.5).to_event(1), obs=x)
+
+    def guide(self, x):
+        a = pyro.param("a", torch.zeros(3, 2))
+        s = pyro.param("s", torch.ones(2), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ a, s).to_event(1))
+
+
+def _data(n=200):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(n, 2, generator=g)
+    return z @ torch.tensor([[1.0, 0.5, -1.0], [0.0, 2.0, 1.0]]) + 0.3 * torch.randn(
+        n, 3, generator=g
+    )
+
+
+def _snapshot(m):
+    store = pyro.get_param_store()
+    return [p.detach().clone() for p in m.parameters()] + [
+        store["a"].detach().clone(),
+        store["s"].detach().clone(),
+    ]
+
+
+def test_loss_decreases_on_a_toy_flow():
+    flow = Flow(2, "maf", num_layers=2, hidden_dims=[16])
+    x = torch.randn(512, 2) @ torch.tensor([[1.0, 0.9], [0.0, 0.3]]) + 2.0
+    result = fit(flow.model, flow.guide, x, num_steps=150, batch_size=128, lr=5e-3,
+                 device="cpu", progress=False)
+    assert result.step == 150
+    assert result.history["loss"][-1] < result.history["loss"][0] - 1.0
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    x = _data()
+    kwargs = dict(num_steps=40, batch_size=64, device="cpu", progress=False, seed=3)
+    m1 = LinearGaussian()
+    torch.manual_seed(0)
+    m1.load_state_dict(LinearGaussian().state_dict())
+    fit(m1.model, m1.guide, x, **kwargs)
+    straight = _snapshot(m1)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    m2 = LinearGaussian()
+    fit(m2.model, m2.guide, x, **{**kwargs, "num_steps": 17}, run_dir=tmp_path,
+        checkpoint_every=5)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 17
+
+    pyro.clear_param_store()
+    torch.manual_seed(123)
+    m3 = LinearGaussian()  # fresh weights, overwritten by the checkpoint
+    result = fit(m3.model, m3.guide, x, **kwargs, resume=tmp_path / "checkpoint.pt")
+    assert result.step == 40
+    for a, b in zip(straight, _snapshot(m3), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_enumerated_elbo_trains_a_mixture():
+    class Mixture(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.locs = nn.Parameter(torch.tensor([-0.5, 0.5]))
+
+        @config_enumerate
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                k = pyro.sample("k", dist.Categorical(torch.ones(2) / 2))
+                pyro.sample("x", dist.Normal(self.locs[k], 0.5), obs=x)
+
+        def guide(self, x):
+            pass
+
+    m = Mixture()
+    x = torch.cat([torch.randn(100) * 0.5 - 3, torch.randn(100) * 0.5 + 3])
+    fit(m.model, m.guide, x, loss=TraceEnum_ELBO(max_plate_nesting=1), num_steps=300,
+        lr=0.05, device="cpu", progress=False)
+    torch.testing.assert_close(m.locs.detach().sort().values, torch.tensor([-3.0, 3.0]),
+                               atol=0.3, rtol=0)
+
+
+def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.loc = nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def model(self, x):
+            self.calls += 1
+            scale = torch.tensor(1.0) if self.calls < 12 else torch.tensor(float("nan"))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(self.loc, scale, validate_args=False), obs=x)
+
+        def guide(self, x):
+            pass
+
+    m = Exploding()
+    x = torch.randn(64)
+    with pytest.raises(NonFiniteLossError, match="step 11") as info:
+        fit(m.model, m.guide, x, num_steps=50, batch_size=64, device="cpu", progress=False,
+            run_dir=tmp_path, checkpoint_every=3)
+    assert info.value.step == 11  # call 1 is the parameter discovery pass
+    assert info.value.sites == ["model:obs"]
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["step"] == 9
+    assert torch.isfinite(saved["modules"][0]["loc"]).all()
+
+
+def test_validation_early_stopping_and_history(tmp_path):
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    x = torch.randn(256, 2)
+    result = fit(flow.model, flow.guide, x, validation_data=torch.randn(64, 2),
+                 num_steps=2000, lr=0.05, validate_every=5, patience=3, device="cpu",
+                 progress=False, run_dir=tmp_path, log_every=5)
+    assert result.stopped_early and result.step < 2000
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["val_step"][-1] == result.step
+    assert result.best_validation_loss == min(history["val_loss"])
+    assert (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(data=torch.tensor([[0.0, float("nan")]])), "data"),
+        (dict(data=torch.zeros(0, 2)), "data"),
+        (dict(data=(torch.zeros(4, 2), torch.zeros(3))), r"data\[1\]"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(lr=-1.0), "lr"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(validation_data=torch.zeros(4, 3)), "validation_data"),
+    ],
+)
+def test_bad_input_is_refused_before_any_change(kwargs, match):
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    before = [p.detach().clone() for p in flow.parameters()]
+    args = dict(data=torch.zeros(4, 2), device="cpu", progress=False, num_steps=2)
+    args.update(kwargs)
+    data = args.pop("data")
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit(flow.model, flow.guide, data, **args)
+    for a, b in zip(before, flow.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_refuses_pickled_objects_and_corrupt_files(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "pyro_manifold.checkpoint/1", "obj": pickle.PickleError()}, evil)
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_checkpoint(evil)
+    good = save_checkpoint({"w": torch.ones(100)}, tmp_path / "good.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ValueError, match="cut.pt"):
+        load_checkpoint(cut)
+    other = tmp_path / "other.pt"
+    torch.save({"w": torch.ones(1)}, other)
+    with pytest.raises(ValueError, match="format"):
+        load_checkpoint(other)
