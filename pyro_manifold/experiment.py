@@ -1,0 +1,272 @@
+r"""Runs: build a model and its data from a plain config, train, evaluate and sample.
+
+A run directory holds ``config.json`` (the plain config below), ``checkpoint.pt``
+(from :func:`~pyro_manifold.infer.fit`), ``history.json``, ``metrics.json`` and PNG
+figures. The command line (``python -m pyro_manifold``) is a thin layer over these
+functions.
+
+Config keys: ``model`` (``"flow"``), ``dataset`` (a name from
+:data:`pyro_manifold.datasets.DATASETS`), ``flow``, ``layers``, ``hidden``,
+``batch_norm``, ``steps``, ``batch_size``, ``lr``, ``num_samples``, ``noise``, ``seed``,
+``device``, ``patience``, ``validate_every``, ``data_root`` and ``data_dim`` (filled in
+by :func:`train_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pyro_manifold._validation import check_choice
+from pyro_manifold.datasets import (
+    DATASETS,
+    dequantize,
+    load_dataset,
+    logit_transform,
+    make_manifold,
+)
+from pyro_manifold.infer import fit, load_checkpoint, resolve_device
+from pyro_manifold.metrics import bits_per_dim, maximum_mean_discrepancy, mean_manifold_distance
+from pyro_manifold.models import FLOWS, Flow
+from pyro_manifold.plotting import (
+    plot_density_2d,
+    plot_image_grid,
+    plot_samples_3d,
+    plot_training_curve,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "MODELS",
+    "build_model",
+    "evaluate_run",
+    "load_splits",
+    "sample_run",
+    "to_logit_space",
+    "train_run",
+]
+
+MODELS = ("flow",)
+LOGIT_ALPHA = 1e-6
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "model": "flow",
+    "dataset": "two_moons",
+    "flow": "spline",
+    "layers": 4,
+    "hidden": 64,
+    "batch_norm": False,
+    "steps": 2000,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "num_samples": 5000,
+    "noise": 0.0,
+    "seed": 0,
+    "device": None,
+    "patience": None,
+    "validate_every": 200,
+    "data_root": None,
+    "data_dim": None,
+}
+
+
+def _complete(config: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(config) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)}; expected {sorted(DEFAULT_CONFIG)}")
+    full = {**DEFAULT_CONFIG, **config}
+    check_choice("model", full["model"], MODELS)
+    check_choice("dataset", full["dataset"], DATASETS)
+    check_choice("flow", full["flow"], FLOWS)
+    return full
+
+
+def _is_mnist(config: dict[str, Any]) -> bool:
+    return config["dataset"] == "mnist"
+
+
+def to_logit_space(x_uint8: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Dequantize MNIST pixels and map them to logit space; returns ``(y, log|dy/du|)``.
+
+    Example:
+        >>> y, logdet = to_logit_space(torch.zeros(2, 784, dtype=torch.uint8))
+        >>> y.shape, logdet.shape
+        (torch.Size([2, 784]), torch.Size([2]))
+    """
+    return logit_transform(dequantize(x_uint8, generator=generator), alpha=LOGIT_ALPHA)
+
+
+def load_splits(config: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """Train, validation and test data for a config (MNIST stays uint8).
+
+    Toy data: ``num_samples`` training points and a fifth of that for validation and
+    test, each drawn with its own seed (``seed``, ``seed + 1``, ``seed + 2``).
+    """
+    config = _complete(config)
+    if _is_mnist(config):
+        root = config["data_root"]
+        return tuple(
+            load_dataset("mnist", split=s, root=root).data
+            for s in ("train", "validation", "test")
+        )  # type: ignore[return-value]
+    n, seed = config["num_samples"], config["seed"]
+    sizes = (n, max(n // 5, 1), max(n // 5, 1))
+    return tuple(
+        load_dataset(config["dataset"], size, seed=seed + i, noise=config["noise"]).data
+        for i, size in enumerate(sizes)
+    )  # type: ignore[return-value]
+
+
+def build_model(config: dict[str, Any], data_dim: int) -> Flow:
+    """The model a config names, for data of dimension ``data_dim``."""
+    config = _complete(config)
+    hidden = config["hidden"]
+    return Flow(
+        data_dim,
+        config["flow"],
+        num_layers=config["layers"],
+        hidden_dims=None if hidden is None else [hidden] * (1 if config["flow"] == "maf" else 2),
+        batch_norm=config["batch_norm"],
+    )
+
+
+def _model_data(config, x: Tensor) -> Tensor:
+    """What the model sees: logit space for MNIST, the data itself otherwise."""
+    if _is_mnist(config) and x.dtype == torch.uint8:
+        return to_logit_space(x, torch.Generator(device=x.device).manual_seed(config["seed"] + 7))[0]
+    return x
+
+
+def train_run(config: dict[str, Any], run_dir: str | os.PathLike, *, resume: bool = False,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Train the model of ``config``, writing the run into ``run_dir``; returns the metrics.
+
+    Example:
+        >>> import tempfile
+        >>> m = train_run({"dataset": "two_moons", "steps": 20, "num_samples": 200,
+        ...                "layers": 1, "hidden": 8, "device": "cpu"}, tempfile.mkdtemp(),
+        ...               progress=False)
+        >>> sorted(m)[:2]
+        ['mmd2', 'test_log_likelihood']
+    """
+    config = _complete(config)
+    run_dir = Path(run_dir)
+    train, val, _ = load_splits(config)
+    config["data_dim"] = train.shape[-1]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    torch.manual_seed(config["seed"])
+    model = build_model(config, train.shape[-1])
+
+    def transform_batch(x):
+        return (to_logit_space(x)[0],) if x.dtype == torch.uint8 else (x,)
+
+    result = fit(
+        model.model,
+        model.guide,
+        train,
+        num_steps=config["steps"],
+        batch_size=config["batch_size"],
+        lr=config["lr"],
+        validation_data=_model_data(config, val),
+        validate_every=config["validate_every"],
+        patience=config["patience"],
+        transform_batch=transform_batch if _is_mnist(config) else None,
+        device=config["device"],
+        seed=config["seed"],
+        run_dir=run_dir,
+        checkpoint_every=max(config["steps"] // 10, 1),
+        resume=run_dir / "checkpoint.pt" if resume else None,
+        progress=progress,
+        config=config,
+    )
+    plot_training_curve(result.history, run_dir / "training_curve.png")
+    return evaluate_run(run_dir, model=model)
+
+
+def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow]:
+    config = _complete(json.loads((run_dir / "config.json").read_text()))
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    model = build_model(config, config["data_dim"])
+    model.load_state_dict(state["modules"][0])
+    model.to(resolve_device(config["device"])).eval()
+    return config, model
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | os.PathLike, *, model: Flow | None = None) -> dict[str, Any]:
+    """Test metrics of a trained run, written to ``run_dir/metrics.json`` with figures.
+
+    Toy data: mean test log-likelihood (± standard error), MMD² between 2000 samples and
+    the test set, and for 3D manifolds the mean distance of samples to the manifold.
+    MNIST: test log-likelihood in logit space and bits per dimension in pixel space.
+    """
+    run_dir = Path(run_dir)
+    config, loaded = _load_run(run_dir)
+    model = model if model is not None else loaded
+    model.eval()
+    device = next(iter(model.buffers())).device
+    _, _, test = load_splits(config)
+    test = test.to(device)
+    metrics: dict[str, Any] = {"dataset": config["dataset"], "model": config["model"]}
+    if _is_mnist(config):
+        g = torch.Generator(device=device).manual_seed(1)
+        lps, bpds = [], []
+        for chunk in test.split(1000):
+            y, logdet = to_logit_space(chunk, g)
+            lp = model.log_prob(y)
+            lps.append(lp)
+            bpds.append(bits_per_dim(lp + logdet, y.shape[-1]))
+        lp, bpd = torch.cat(lps), torch.cat(bpds)
+        metrics.update(
+            test_log_likelihood_logit=lp.mean().item(),
+            test_log_likelihood_stderr=(lp.std() / math.sqrt(lp.numel())).item(),
+            bits_per_dim=bpd.mean().item(),
+        )
+        samples = torch.sigmoid(model.sample(32))
+        plot_image_grid((samples - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA), run_dir / "samples.png")
+    else:
+        lp = model.log_prob(test)
+        samples = model.sample(2000)
+        metrics.update(
+            test_log_likelihood=lp.mean().item(),
+            test_log_likelihood_stderr=(lp.std() / math.sqrt(lp.numel())).item(),
+            mmd2=maximum_mean_discrepancy(samples, test).item(),
+        )
+        if test.shape[-1] == 2:
+            plot_density_2d(model.log_prob, test, run_dir / "density.png", samples=samples,
+                            title=config["dataset"])
+        else:
+            metrics["mean_manifold_distance"] = mean_manifold_distance(
+                samples, make_manifold(config["dataset"]).distance
+            )
+            plot_samples_3d(test, run_dir / "samples.png", samples=samples, title=config["dataset"])
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+@torch.no_grad()
+def sample_run(run_dir: str | os.PathLike, num_samples: int) -> Path:
+    """Draw ``num_samples`` points from a trained run; saves ``samples.pt`` and a PNG.
+
+    MNIST samples are mapped back from logit space to pixel intensities in ``[0, 1]``.
+    """
+    run_dir = Path(run_dir)
+    config, model = _load_run(run_dir)
+    samples = model.sample(num_samples)
+    if _is_mnist(config):
+        samples = (torch.sigmoid(samples) - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA)
+        plot_image_grid(samples[:64], run_dir / "samples_grid.png")
+    elif samples.shape[-1] == 2:
+        plot_density_2d(model.log_prob, samples, run_dir / "samples_density.png", samples=samples)
+    else:
+        plot_samples_3d(samples, run_dir / "samples_3d.png")
+    path = run_dir / "samples.pt"
+    torch.save(samples.cpu(), path)
+    return path

@@ -1,0 +1,157 @@
+r"""Figures saved as PNG: 2D densities, samples over data, image grids, training curves.
+
+Matplotlib is used headless (the Agg canvas); every function writes one PNG and returns
+its path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["plot_density_2d", "plot_image_grid", "plot_samples_3d", "plot_training_curve"]
+
+
+def _figure(ncols: int = 1, size: float = 4.0, projection: str | None = None):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size * ncols, size), dpi=100)
+    axes = [fig.add_subplot(1, ncols, i + 1, projection=projection) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _bounds(points: Tensor, margin: float = 0.15) -> tuple[float, float, float, float]:
+    lo, hi = points.min(0).values, points.max(0).values
+    pad = margin * (hi - lo)
+    return (*(lo - pad).tolist(), *(hi + pad).tolist())  # x0, y0, x1, y1
+
+
+@torch.no_grad()
+def plot_density_2d(
+    log_prob: Callable[[Tensor], Tensor],
+    data: Tensor,
+    path: str | os.PathLike,
+    *,
+    samples: Tensor | None = None,
+    grid_size: int = 150,
+    title: str = "",
+) -> Path:
+    r"""Contours of :math:`p(x)` on a grid, with the data and (optionally) model samples.
+
+    Left panel: :math:`p(x)` over the data's bounding box. Right panel (with
+    ``samples``): samples drawn from the model over the data.
+
+    Args:
+        log_prob: maps :math:`(M, 2)` points to :math:`(M,)` log-densities.
+        data: :math:`(N, 2)` points.
+        path: the PNG to write.
+        samples: :math:`(S, 2)` model samples.
+        grid_size: points per axis.
+        title: figure title.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = plot_density_2d(lambda x: -0.5 * (x**2).sum(-1), torch.randn(50, 2),
+        ...                     os.path.join(tempfile.mkdtemp(), "d.png"), grid_size=20)
+        >>> p.exists()
+        True
+    """
+    data = data.detach().cpu().float()
+    x0, y0, x1, y1 = _bounds(data)
+    xs = torch.linspace(x0, x1, grid_size)
+    ys = torch.linspace(y0, y1, grid_size)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+    lp = torch.cat([log_prob(chunk).detach().cpu().float() for chunk in pts.split(4096)])
+    dens = lp.exp().reshape(grid_size, grid_size)
+    fig, axes = _figure(2 if samples is not None else 1)
+    axes[0].contourf(gx.numpy(), gy.numpy(), dens.numpy(), levels=30, cmap="viridis")
+    axes[0].scatter(data[:500, 0], data[:500, 1], s=1, c="white", alpha=0.4)
+    axes[0].set_title(f"{title} density" if title else "density")
+    if samples is not None:
+        s = samples.detach().cpu().float()
+        axes[1].scatter(data[:, 0], data[:, 1], s=2, c="0.7", label="data")
+        axes[1].scatter(s[:, 0], s[:, 1], s=2, c="C3", alpha=0.6, label="samples")
+        axes[1].set_xlim(x0, x1)
+        axes[1].set_ylim(y0, y1)
+        axes[1].legend(loc="upper right", markerscale=4)
+        axes[1].set_title("samples over data")
+    return _save(fig, path)
+
+
+def plot_samples_3d(
+    data: Tensor, path: str | os.PathLike, *, samples: Tensor | None = None, title: str = ""
+) -> Path:
+    """Scatter 3D data (grey) and model samples (red).
+
+    Example:
+        >>> import tempfile, os
+        >>> plot_samples_3d(torch.randn(30, 3), os.path.join(tempfile.mkdtemp(), "s.png")).exists()
+        True
+    """
+    fig, (ax,) = _figure(1, size=5.0, projection="3d")
+    d = data.detach().cpu().float()
+    ax.scatter(d[:, 0], d[:, 1], d[:, 2], s=1, c="0.6", label="data")
+    if samples is not None:
+        s = samples.detach().cpu().float()
+        ax.scatter(s[:, 0], s[:, 1], s[:, 2], s=1, c="C3", label="samples")
+        ax.legend(loc="upper right", markerscale=4)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_image_grid(
+    images: Tensor, path: str | os.PathLike, *, ncols: int = 8, side: int = 28, title: str = ""
+) -> Path:
+    r"""Tile :math:`(N, side^2)` images with values in :math:`[0, 1]` into one grid.
+
+    Example:
+        >>> import tempfile, os
+        >>> plot_image_grid(torch.rand(10, 784), os.path.join(tempfile.mkdtemp(), "g.png")).exists()
+        True
+    """
+    imgs = images.detach().cpu().float().clamp(0, 1).reshape(-1, side, side)
+    n = imgs.shape[0]
+    nrows = math.ceil(n / ncols)
+    canvas = torch.ones(nrows * (side + 2), ncols * (side + 2))
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        canvas[r * (side + 2) + 1 : r * (side + 2) + 1 + side,
+               c * (side + 2) + 1 : c * (side + 2) + 1 + side] = imgs[i]  # fmt: skip
+    fig, (ax,) = _figure(1, size=max(3.0, ncols * 0.6))
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_training_curve(history: dict[str, list[float]], path: str | os.PathLike) -> Path:
+    """Training loss (and validation loss when present) against the step.
+
+    Example:
+        >>> import tempfile, os
+        >>> h = {"step": [1, 2], "loss": [3.0, 2.0], "val_step": [2], "val_loss": [2.5]}
+        >>> plot_training_curve(h, os.path.join(tempfile.mkdtemp(), "c.png")).exists()
+        True
+    """
+    fig, (ax,) = _figure(1, size=4.5)
+    ax.plot(history["step"], history["loss"], label="train")
+    if history.get("val_step"):
+        ax.plot(history["val_step"], history["val_loss"], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per data point")
+    ax.legend()
+    return _save(fig, path)
