@@ -5,7 +5,7 @@ with flow encoders, written as ordinary Pyro ``TransformModule``s, ``Distributio
 model/guide programs.
 """
 
-from pyro_manifold import distributions, infer, models, nn, transforms
+from pyro_manifold import datasets, distributions, infer, metrics, models, nn, transforms
 
 __version__ = "0.1.0"
 

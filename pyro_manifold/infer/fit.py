@@ -137,7 +137,11 @@ def _make_scheduler(lr_schedule, opt: torch.optim.Optimizer, num_steps: int):
 
 
 def _nonfinite_sites(model: Callable, guide: Callable, args: tuple) -> list[str]:
-    """Re-run guide and model and list the sites whose log-probability is not finite."""
+    """Re-run guide and model and list the sites whose log-probability is not finite.
+
+    The re-run draws fresh randomness: a non-finite value caused by the parameters shows
+    up again, one caused by a single unlucky draw may not.
+    """
     bad: list[str] = []
     try:
         with torch.no_grad():
@@ -445,14 +449,12 @@ def fit(
             if transform_batch is not None:
                 batch = tuple(transform_batch(*batch))
             step += 1
-            rng = _rng_state()
             try:
                 value = elbo.differentiable_loss(model, guide, *batch) / batch_size
             except Exception as e:
                 e.add_note(f"pyro_manifold.fit: raised at step {step}")
                 raise
             if not torch.isfinite(value):
-                _set_rng_state(rng)
                 raise NonFiniteLossError(step, _nonfinite_sites(model, guide, batch), float(value.detach()))
             opt.zero_grad(set_to_none=True)
             value.backward()
