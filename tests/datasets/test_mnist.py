@@ -1,0 +1,253 @@
+import os
+import pathlib
+
+import pytest
+import torch
+
+from pyro_manifold.datasets import (
+    data_root,
+    dequantize,
+    dynamic_binarize,
+    inverse_logit_transform,
+    load_dataset,
+    load_mnist,
+    logit_transform,
+    static_binarize,
+)
+
+F64 = torch.float64
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@pytest.fixture
+def mnist_root() -> pathlib.Path:
+    """The MNIST data folder; skips the test, saying why, when it is unavailable."""
+    root = os.environ.get("PYRO_MANIFOLD_DATA")
+    if not root:
+        pytest.skip(
+            "PYRO_MANIFOLD_DATA is not set (point it at a folder holding MNIST/raw/*-ubyte)"
+        )
+    raw = pathlib.Path(root) / "MNIST" / "raw"
+    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
+    if missing:
+        pytest.skip(
+            f"PYRO_MANIFOLD_DATA={root} lacks the MNIST files {', '.join(missing)} in {raw}"
+        )
+    return pathlib.Path(root)
+
+
+def _row_keys(x):
+    # a random integer key per image: every partial sum stays below 2**52, so the float64
+    # sum is exact whatever the summation order (collisions have negligible probability)
+    g = torch.Generator().manual_seed(0)
+    weights = torch.randint(0, 2**34, (784,), generator=g).to(F64)
+    return torch.sort(x.to(F64) @ weights).values
+
+
+# ---------------------------------------------------------------- data on disk
+
+
+@pytest.mark.mnist
+def test_splits_shapes_and_dtypes(mnist_root):
+    sizes = {"train": 50000, "validation": 10000, "test": 10000, "train+validation": 60000}
+    for split, size in sizes.items():
+        x, y = load_mnist(split=split)
+        assert x.shape == (size, 784) and x.dtype == torch.uint8
+        assert y.shape == (size,) and y.dtype == torch.int64
+        assert y.min() == 0 and y.max() == 9
+        assert x.max() == 255 and x.min() == 0
+    first = load_mnist(split="train+validation").labels[:10].tolist()
+    assert first == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the official order
+
+
+@pytest.mark.mnist
+def test_train_and_validation_partition_the_training_set(mnist_root):
+    train, val = load_mnist(split="train"), load_mnist(split="validation")
+    full = load_mnist(split="train+validation")
+    both = torch.cat([train.data, val.data])
+    assert torch.equal(_row_keys(both), _row_keys(full.data))
+    assert torch.equal(
+        torch.bincount(torch.cat([train.labels, val.labels])), torch.bincount(full.labels)
+    )
+    # disjoint as index sets: same seed, same split; another seed, another split
+    again = load_mnist(split="validation", seed=0)
+    other = load_mnist(split="validation", seed=1)
+    assert torch.equal(again.data, val.data) and not torch.equal(other.data, val.data)
+    small = load_mnist(split="validation", validation_size=100)
+    assert small.data.shape == (100, 784)
+    assert load_mnist(split="train", validation_size=0).data.shape == (60000, 784)
+
+
+@pytest.mark.mnist
+def test_digits_filter(mnist_root):
+    x, y = load_mnist(split="test", digits=[7, 3])
+    full = load_mnist(split="test")
+    assert set(y.tolist()) == {3, 7}
+    assert len(y) == int(((full.labels == 3) | (full.labels == 7)).sum())
+    assert torch.equal(x, full.data[(full.labels == 3) | (full.labels == 7)])
+    assert load_mnist(split="test", digits=torch.tensor([0])).labels.unique().tolist() == [0]
+
+
+@pytest.mark.mnist
+def test_root_argument_and_preprocessing_pipeline(mnist_root, monkeypatch):
+    monkeypatch.delenv("PYRO_MANIFOLD_DATA")
+    x, _ = load_mnist(mnist_root, split="test")
+    x = x[:64]
+    y = dequantize(x, torch.Generator().manual_seed(0))
+    z, logdet = logit_transform(y)
+    assert torch.isfinite(z).all() and logdet.shape == (64,) and torch.isfinite(logdet).all()
+    assert set(static_binarize(x).unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.mnist
+def test_mnist_through_registry(mnist_root):
+    x, y = load_dataset("mnist", 500, split="test")
+    assert x.shape == (500, 784) and x.dtype == torch.uint8 and y.shape == (500,)
+    assert torch.equal(x, load_mnist(split="test").data[:500])
+    assert load_dataset("mnist", split="validation").data.shape == (10000, 784)
+    with pytest.raises(ValueError, match="^num_samples"):
+        load_dataset("mnist", 20000, split="test")
+
+
+# ---------------------------------------------------------------- no data needed
+
+
+def test_unknown_root_raises_file_not_found(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        load_mnist(missing)
+    # an existing folder without the files names the expected raw folder
+    with pytest.raises(FileNotFoundError, match="MNIST/raw") as info:
+        load_mnist(tmp_path, split="test")
+    assert str(tmp_path) in str(info.value) and "download=True" in str(info.value)
+
+
+def test_data_root_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYRO_MANIFOLD_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="PYRO_MANIFOLD_DATA") as info:
+        data_root()
+    assert "root=" in str(info.value) and "download=True" in str(info.value)
+    monkeypatch.setenv("PYRO_MANIFOLD_DATA", "")
+    with pytest.raises(FileNotFoundError, match="unset"):
+        load_mnist()
+    monkeypatch.setenv("PYRO_MANIFOLD_DATA", str(tmp_path))
+    assert data_root() == tmp_path
+    assert data_root(tmp_path / "x", must_exist=False) == tmp_path / "x"
+    monkeypatch.setenv("PYRO_MANIFOLD_DATA", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match="environment variable PYRO_MANIFOLD_DATA"):
+        data_root()
+    with pytest.raises(TypeError, match="root"):
+        data_root(3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name, error",
+    [
+        ({"split": "valid"}, "split", ValueError),
+        ({"digits": []}, "digits", ValueError),
+        ({"digits": [10]}, "digits", ValueError),
+        ({"digits": [1.0]}, "digits", ValueError),
+        ({"digits": "12"}, "digits", TypeError),
+        ({"validation_size": 60000}, "validation_size", ValueError),
+        ({"validation_size": -1}, "validation_size", ValueError),
+        ({"split": "validation", "validation_size": 0}, "validation_size", ValueError),
+        ({"seed": -2}, "seed", ValueError),
+        ({"download": "yes"}, "download", TypeError),
+    ],
+)
+def test_load_mnist_bad_arguments(kwargs, name, error, tmp_path):
+    # checked before the data folder is looked at
+    with pytest.raises(error, match=f"^{name}"):
+        load_mnist(tmp_path / "nowhere", **kwargs)
+
+
+def test_binarization():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 784), generator=g, dtype=torch.uint8)
+    b = dynamic_binarize(x, torch.Generator().manual_seed(1))
+    assert b.dtype == torch.float32 and b.shape == x.shape
+    assert set(b.unique().tolist()) == {0.0, 1.0}
+    assert abs(b.mean().item() - (x.float() / 255).mean().item()) < 0.01
+    assert torch.equal(b, dynamic_binarize(x, torch.Generator().manual_seed(1)))
+    assert (b[x == 0] == 0).all() and (b[x == 255] == 1).all()
+    p = torch.rand(50, 10, generator=g, dtype=F64)
+    assert dynamic_binarize(p, g).dtype == F64
+    s = static_binarize(x, seed=3)
+    assert set(s.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(s, static_binarize(x, seed=3)) and not torch.equal(s, static_binarize(x))
+    with pytest.raises(ValueError, match="^x"):
+        dynamic_binarize(torch.tensor([0.5, 1.5]))
+    with pytest.raises(TypeError, match="^x"):
+        dynamic_binarize(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="^generator"):
+        dynamic_binarize(p, generator=0)
+    with pytest.raises(ValueError, match="^seed"):
+        static_binarize(x, seed=-1)
+
+
+def test_dequantize():
+    x = torch.arange(256, dtype=torch.uint8).repeat(200)
+    y = dequantize(x, torch.Generator().manual_seed(0))
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert (y > 0).all() and (y < 1).all()
+    assert torch.equal(torch.floor(y.double() * 256).long(), x.long())
+    assert torch.equal(y, dequantize(x, torch.Generator().manual_seed(0)))
+    # the noise is uniform within each bin
+    frac = y.double() * 256 - x.double()
+    assert abs(frac.mean().item() - 0.5) < 0.01 and abs(frac.var().item() - 1 / 12) < 0.005
+    # the top bin never rounds up to 1.0, also in float32
+    top = dequantize(torch.full((100_000,), 255, dtype=torch.uint8))
+    assert (top < 1).all()
+    assert dequantize(x, dtype=F64).dtype == F64
+    assert dequantize(torch.tensor([3, 200])).shape == (2,)
+    with pytest.raises(TypeError, match="^x"):
+        dequantize(torch.rand(3))
+    with pytest.raises(ValueError, match="^x"):
+        dequantize(torch.tensor([0, 256]))
+    with pytest.raises(TypeError, match="^dtype"):
+        dequantize(x, dtype=torch.int32)
+
+
+def test_logit_transform_logdet_against_autograd():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 6, generator=g, dtype=F64)
+    x[0, 0], x[1, 1] = 0.0, 1.0  # the ends are fine with alpha > 0
+    for alpha in (1e-6, 0.05):
+        y, logdet = logit_transform(x, alpha=alpha)
+        assert y.shape == x.shape and logdet.shape == (4,)
+        jac = torch.autograd.functional.jacobian(lambda t, a=alpha: logit_transform(t, a)[0], x)
+        diag = torch.stack([torch.diagonal(jac[i, :, i, :]) for i in range(4)])  # (4, 6)
+        on_diagonal = torch.eye(24, dtype=torch.bool).reshape(4, 6, 4, 6)
+        assert (jac[~on_diagonal] == 0).all()
+        assert torch.allclose(logdet, diag.abs().log().sum(-1))
+        assert torch.allclose(inverse_logit_transform(y, alpha=alpha), x, atol=1e-12)
+    # log p_x(x) = log p_y(y) + logdet: a standard logistic y has uniform x when alpha = 0
+    x = torch.rand(5, 3, generator=g, dtype=F64)
+    y, logdet = logit_transform(x, alpha=0.0)
+    log_py = -(y + 2 * torch.nn.functional.softplus(-y))  # logistic log-density
+    assert torch.allclose(log_py.sum(-1) + logdet, torch.zeros(5, dtype=F64), atol=1e-12)
+    assert logit_transform(torch.rand(7))[1].shape == ()
+
+
+def test_logit_transform_precision_near_one():
+    x = torch.tensor([1.0 - 2**-20, 2**-20], dtype=torch.float32)
+    y, _ = logit_transform(x, alpha=0.0)
+    assert torch.allclose(y, torch.tensor([20 * 0.6931472, -20 * 0.6931472]), rtol=1e-5)
+
+
+def test_logit_transform_bad_arguments():
+    with pytest.raises(ValueError, match="^x"):
+        logit_transform(torch.tensor([[0.5, 1.2]]))
+    with pytest.raises(TypeError, match="^x"):
+        logit_transform(torch.tensor([[1, 2]], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="^alpha"):
+        logit_transform(torch.rand(2, 3), alpha=0.5)
+    with pytest.raises(ValueError, match="^alpha"):
+        inverse_logit_transform(torch.rand(2, 3), alpha=-1e-6)
+    with pytest.raises(TypeError, match="^y"):
+        inverse_logit_transform([0.0])

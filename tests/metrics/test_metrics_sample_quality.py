@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from pyro_manifold.metrics import maximum_mean_discrepancy, mean_manifold_distance
+
+
+def test_mean_manifold_distance_circle():
+    g = torch.Generator().manual_seed(0)
+    angles = torch.rand(100, generator=g) * 2 * math.pi
+    radii = 1 + 0.1 * torch.randn(100, generator=g)
+    x = torch.stack([radii * angles.cos(), radii * angles.sin()], -1)
+
+    def circle(points):
+        return (points.norm(dim=-1) - 1).abs()
+
+    assert mean_manifold_distance(x, circle) == pytest.approx((radii - 1).abs().mean().item())
+    with pytest.raises(ValueError, match="distance_fn"):
+        mean_manifold_distance(x, lambda p: p)
+    with pytest.raises(TypeError, match="distance_fn"):
+        mean_manifold_distance(x, 3)
+
+
+def test_mmd_by_hand_single_bandwidth():
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
+    e = math.exp
+    expected = e(-0.5) + e(-2.0) - 2 * (1 + e(-2.0) + 2 * e(-0.5)) / 4
+    out = maximum_mean_discrepancy(x, y, bandwidths=[1.0])
+    assert out.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_mmd_same_and_shifted_distributions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g)
+    y = torch.randn(500, 3, generator=g)
+    same = maximum_mean_discrepancy(x, y).item()
+    shifted = maximum_mean_discrepancy(x, y + torch.tensor([1.0, 0.0, 0.0])).item()
+    assert abs(same) < 0.005
+    assert shifted > 0.05
+    assert shifted > 20 * abs(same)
+    assert maximum_mean_discrepancy(y, x).item() == pytest.approx(same, abs=1e-6)
+
+
+def test_mmd_differentiable_and_checks():
+    x = torch.randn(20, 2, requires_grad=True)
+    y = torch.randn(30, 2)
+    maximum_mean_discrepancy(x, y).backward()
+    assert torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="y"):
+        maximum_mean_discrepancy(torch.randn(5, 2), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="x"):
+        maximum_mean_discrepancy(torch.randn(1, 2), torch.randn(5, 2))
+    with pytest.raises(ValueError, match="bandwidths"):
+        maximum_mean_discrepancy(torch.randn(5, 2), torch.randn(5, 2), bandwidths=[1.0, -1.0])
