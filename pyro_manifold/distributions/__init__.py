@@ -1,3 +1,15 @@
-"""pyro_manifold.distributions."""
+"""Pyro distributions: the noisy injective likelihood, its stochastic inverse, mixtures."""
 
-__all__: list[str] = []
+from pyro_manifold.distributions.block_linear import BlockLinear
+from pyro_manifold.distributions.noisy_injective import (
+    NoisyInjective,
+    StochasticInverse,
+    log_manifold_term,
+)
+
+__all__ = [
+    "BlockLinear",
+    "NoisyInjective",
+    "StochasticInverse",
+    "log_manifold_term",
+]

@@ -10,6 +10,7 @@ from pyro_manifold.transforms.affine_coupling import (
     affine_coupling,
     conditional_affine_coupling,
 )
+from pyro_manifold.transforms.gaussian_nif import GaussianNIF
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
     MaskedAutoregressive,
@@ -22,6 +23,7 @@ __all__ = [
     "AffineCoupling",
     "ConditionalAffineCoupling",
     "ConditionalMaskedAutoregressive",
+    "GaussianNIF",
     "MaskedAutoregressive",
     "Reverse",
     "affine_coupling",
