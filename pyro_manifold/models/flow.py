@@ -12,9 +12,44 @@ from torch import Tensor, nn
 from pyro_manifold._validation import check_choice, check_positive_int, check_tensor
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
 
-__all__ = ["FLOWS", "Flow"]
+__all__ = ["FLOWS", "Flow", "flow_layers"]
 
 FLOWS = ("maf", "realnvp", "spline")
+
+
+def flow_layers(
+    data_dim: int,
+    flow: str,
+    num_layers: int,
+    hidden_dims: list[int] | None = None,
+    batch_norm: bool = False,
+    num_bins: int = 8,
+) -> list[nn.Module]:
+    r"""The layers of a flow on :math:`\mathbb R^D`, ordered base to data (see :class:`Flow`).
+
+    Example:
+        >>> [type(t).__name__ for t in flow_layers(3, "realnvp", 2, batch_norm=True)]
+        ['AffineCoupling', 'BatchNorm', 'AffineCoupling']
+    """
+    check_positive_int("data_dim", data_dim, minimum=2)
+    check_choice("flow", flow, FLOWS)
+    check_positive_int("num_layers", num_layers)
+    check_positive_int("num_bins", num_bins)
+    reverse = torch.arange(data_dim - 1, -1, -1)
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        if i > 0 and batch_norm:
+            layers.append(BatchNorm(data_dim))
+        if flow == "maf":
+            order = reverse if i % 2 else torch.arange(data_dim)
+            layers.append(masked_autoregressive(data_dim, hidden_dims, permutation=order))
+        elif flow == "realnvp":
+            layers.append(affine_coupling(data_dim, hidden_dims, reverse=bool(i % 2)))
+        else:
+            if i > 0:
+                layers.append(Reverse())
+            layers.append(spline_coupling(data_dim, hidden_dims=hidden_dims, count_bins=num_bins))
+    return layers
 
 
 class Flow(PyroModule):
@@ -78,25 +113,10 @@ class Flow(PyroModule):
         num_bins: int = 8,
     ) -> None:
         super().__init__()
-        self.data_dim = check_positive_int("data_dim", data_dim, minimum=2)
-        self.flow = check_choice("flow", flow, FLOWS)
-        check_positive_int("num_layers", num_layers)
-        check_positive_int("num_bins", num_bins)
-        reverse = torch.arange(data_dim - 1, -1, -1)
-        layers: list[nn.Module] = []
-        for i in range(num_layers):
-            if i > 0 and batch_norm:
-                layers.append(BatchNorm(data_dim))
-            if flow == "maf":
-                order = reverse if i % 2 else torch.arange(data_dim)
-                layers.append(masked_autoregressive(data_dim, hidden_dims, permutation=order))
-            elif flow == "realnvp":
-                layers.append(affine_coupling(data_dim, hidden_dims, reverse=bool(i % 2)))
-            else:
-                if i > 0:
-                    layers.append(Reverse())
-                layers.append(spline_coupling(data_dim, hidden_dims=hidden_dims, count_bins=num_bins))
-        self.layers = nn.ModuleList(layers)
+        self.data_dim = data_dim
+        self.flow = flow
+        self.layers = nn.ModuleList(flow_layers(data_dim, flow, num_layers, hidden_dims,
+                                                batch_norm, num_bins))
         self.register_buffer("base_loc", torch.zeros(data_dim))
         self.register_buffer("base_scale", torch.ones(data_dim))
 

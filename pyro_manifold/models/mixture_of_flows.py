@@ -1,0 +1,504 @@
+r"""The variational mixture of normalizing flows (VMoNF) of Pires & Figueiredo (2020).
+
+Generative model and amortised variational posterior:
+
+.. math::
+
+    k \sim \operatorname{Categorical}(\pi), \qquad x \mid k \sim p_k(x)
+    \ \text{(a normalizing flow)}, \qquad
+    q_\phi(k \mid x) = \operatorname{softmax}\bigl(g_\phi(x) / T\bigr)_k,
+
+trained by maximising the evidence lower bound (the paper's eq. 31), which for a
+discrete :math:`k` is a finite sum that Pyro's ``TraceEnum_ELBO`` computes exactly by
+enumerating the guide's :math:`k` in parallel:
+
+.. math::
+
+    \mathcal L(x) = \sum_{k=1}^{K} q_\phi(k \mid x)
+        \bigl[\log p_k(x) + \log \pi_k - \log q_\phi(k \mid x)\bigr] \le \log p(x).
+
+The :math:`K` flows are one batched computation (the networks of
+:mod:`pyro_manifold.nn.batched` inside the ordinary transforms), held as a
+:class:`~pyro_manifold.distributions.MixtureOfFlows`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.distributions.transforms import SplineCoupling
+from pyro.nn import DenseNN, PyroModule
+from torch import Tensor, nn
+
+from pyro_manifold._validation import (
+    check_choice,
+    check_positive,
+    check_positive_int,
+    check_probability,
+    check_tensor,
+)
+from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
+from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
+from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
+
+__all__ = [
+    "MIXTURE_FLOWS",
+    "MIXTURE_PRIORS",
+    "VariationalMixtureOfFlows",
+    "batched_flow_layers",
+]
+
+MIXTURE_FLOWS = ("maf", "realnvp", "spline")
+MIXTURE_PRIORS = ("learned", "responsibilities", "uniform")
+
+
+def _default_hidden(data_dim: int, flow: str) -> list[int]:
+    if flow == "maf":
+        return [max(10 * data_dim, 32)] if data_dim < 100 else [1024]
+    return [max(10 * data_dim, 64)] * 2 if data_dim < 100 else [1024, 1024]
+
+
+def batched_flow_layers(
+    data_dim: int,
+    num_components: int,
+    flow: str = "realnvp",
+    num_layers: int = 4,
+    hidden_dims: Sequence[int] | None = None,
+    num_bins: int = 8,
+    bound: float = 3.0,
+) -> nn.ModuleList:
+    r"""Build the layers of :math:`K` flows that act on :math:`(*, K, D)` tensors in one pass.
+
+    Layer :math:`l` of component :math:`k` is the layer a single flow of the same kind
+    would have, with its own weights (stacked on the leading dimension of each batched
+    network):
+
+    * ``"realnvp"``: :class:`~pyro_manifold.transforms.AffineCoupling` keeping half the
+      coordinates, alternating halves; both directions are one pass.
+    * ``"maf"``: :class:`~pyro_manifold.transforms.MaskedAutoregressive`, order reversed
+      between layers; scoring is one pass, sampling is sequential (:math:`D` passes).
+    * ``"spline"``: Pyro's :class:`~pyro.distributions.transforms.SplineCoupling` with a
+      batched hypernetwork and an identity kept half (Pyro's unconditional spline on the
+      kept half would be shared by the :math:`K` components), with
+      :class:`~pyro_manifold.transforms.Reverse` between layers; both directions are one
+      pass; identity outside :math:`[-\text{bound}, \text{bound}]`.
+
+    Args:
+        data_dim: :math:`D`, at least 2.
+        num_components: :math:`K`.
+        flow: ``"realnvp"``, ``"maf"`` or ``"spline"``.
+        num_layers: layers per component.
+        hidden_dims: hidden widths of each layer's network; by default those of the
+            single-flow helpers (:func:`~pyro_manifold.transforms.affine_coupling`,
+            :func:`~pyro_manifold.transforms.masked_autoregressive`).
+        num_bins: spline bins (``"spline"`` only).
+        bound: spline interval half-width (``"spline"`` only).
+
+    Returns:
+        An :class:`~torch.nn.ModuleList` of ``TransformModule`` s, base to data.
+
+    Example:
+        >>> layers = batched_flow_layers(2, num_components=3, flow="realnvp", num_layers=2)
+        >>> u = torch.randn(5, 3, 2)
+        >>> x = layers[1](layers[0](u))
+        >>> torch.allclose(layers[0].inv(layers[1].inv(x.clone())), u, atol=1e-5)
+        True
+    """
+    data_dim = check_positive_int("data_dim", data_dim, minimum=2)
+    check_positive_int("num_components", num_components)
+    check_choice("flow", flow, MIXTURE_FLOWS)
+    check_positive_int("num_layers", num_layers)
+    check_positive_int("num_bins", num_bins, minimum=2)
+    bound = check_positive("bound", bound)
+    hidden = list(hidden_dims) if hidden_dims is not None else _default_hidden(data_dim, flow)
+    for h in hidden:
+        check_positive_int("hidden_dims", h, minimum=data_dim if flow == "maf" else 1)
+    k_, d = num_components, data_dim
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        if flow == "realnvp":
+            reverse = bool(i % 2)
+            kept = d // 2 if not reverse else d - d // 2
+            net = BatchedDenseNN(k_, kept, hidden, param_dims=[d - kept, d - kept])
+            layers.append(AffineCoupling(kept, net, reverse=reverse))
+        elif flow == "maf":
+            order = torch.arange(d - 1, -1, -1) if i % 2 else torch.arange(d)
+            layers.append(MaskedAutoregressive(BatchedAutoRegressiveNN(k_, d, hidden, permutation=order)))
+        else:
+            if i > 0:
+                layers.append(Reverse())
+            split = d // 2
+            m = d - split
+            net = BatchedDenseNN(
+                k_, split, hidden, param_dims=[m * num_bins, m * num_bins, m * (num_bins - 1), m * num_bins]
+            )
+            layer = SplineCoupling(d, split, net, count_bins=num_bins, bound=bound, identity=True)
+            layer.lower_spline = None  # never used with identity=True; not shared by the K flows
+            layers.append(layer)
+    return nn.ModuleList(layers)
+
+
+class _MixtureWeights(nn.Module):
+    """Holds the logits of :math:`\\pi` as a parameter (learned) or a buffer (fixed / EM-like)."""
+
+    def __init__(self, num_components: int, learned: bool) -> None:
+        super().__init__()
+        zeros = torch.zeros(num_components)
+        if learned:
+            self.logits = nn.Parameter(zeros)
+        else:
+            self.register_buffer("logits", zeros)
+
+
+class VariationalMixtureOfFlows(PyroModule):
+    r"""A mixture of :math:`K` normalizing flows with an amortised posterior :math:`q(k|x)`.
+
+    .. math::
+
+        p(x) = \sum_k \pi_k\, p_k(x), \qquad
+        q(k \mid x) = \operatorname{softmax}\bigl(g(x) / T_t\bigr)_k, \qquad
+        T_t = T_\infty + (T_0 - T_\infty)\,\gamma^{t},
+
+        \mathcal L = \sum_{n \in U} \sum_k q(k \mid x_n)\bigl[\log p_k(x_n) + \log\pi_k
+            - \log q(k \mid x_n)\bigr]
+          + \sum_{n \in L} \bigl[\log p_{y_n}(x_n) + \log\pi_{y_n}
+            + \alpha \log q(y_n \mid x_n)\bigr].
+
+    :math:`U` are the unlabelled points and :math:`L` the labelled ones (label
+    :math:`y_n \ge 0`; ``-1`` marks an unlabelled point). For a labelled point the
+    component is observed in the model, and the classification term
+    :math:`\alpha\log q(y|x) \le 0` is *added* to the bound (it is an observed site of the
+    model, scaled by :math:`\alpha`), so maximising :math:`\mathcal L` trains :math:`q` to
+    predict the labels and the semi-supervised fit is one SVI loop. Pyro computes the
+    sum over :math:`k` exactly with ``TraceEnum_ELBO(max_plate_nesting=1)``: the guide
+    marks :math:`k` for parallel enumeration.
+
+    Program structure. ``model(x, y)``: a plate ``"data"`` over the unlabelled points
+    with the latent site ``"component"`` and the observed ``"x"``; a plate
+    ``"labelled"`` with the observed ``"label"``, ``"x_labelled"`` and
+    ``"classification"``. With ``x=None``, ``model(num_samples=n)`` draws ``n`` new
+    points (sites ``"component"``, ``"x"``), so ``pyro.infer.Predictive`` works for
+    generation as for posterior assignments (``Predictive(model, guide=guide, ...)``
+    returns ``"component"`` drawn from :math:`q(k|x)`).
+
+    Temperature. The step :math:`t` is a buffer (saved with the state dict, so resumed
+    runs continue the schedule). With ``auto_anneal=True`` each guide call made in
+    training mode with gradients enabled (one per SVI step with one particle) advances
+    it by one; :meth:`set_temperature_step` sets it explicitly.
+
+    Mixture weights (``prior``): ``"uniform"`` keeps :math:`\pi_k = 1/K`; ``"learned"``
+    trains :math:`\log\pi` by the ELBO gradient; ``"responsibilities"`` sets :math:`\pi`
+    to a moving average of the batch means of :math:`q(k|x)` (one-hot for labelled
+    points), the maximiser of the bound over :math:`\pi` for the current :math:`q`.
+
+    Cost. The :math:`K` components run as one batched flow: scoring :math:`N` points
+    costs one pass of :math:`K`-stacked networks over :math:`(N, K, D)` tensors.
+
+    Args:
+        data_dim: :math:`D`, at least 2.
+        num_components: :math:`K \ge 1`.
+        flow: ``"realnvp"``, ``"maf"`` or ``"spline"`` (see :func:`batched_flow_layers`).
+        num_layers: layers per component flow.
+        hidden_dims: hidden widths of each flow layer's network.
+        encoder_hidden_dims: hidden widths of the encoder :math:`g` (default
+            ``[max(10 D, 64)] * 2``, ``[512, 512]`` for :math:`D \ge 100`).
+        prior: ``"uniform"``, ``"learned"`` or ``"responsibilities"``.
+        initial_temperature: :math:`T_0 > 0`.
+        final_temperature: :math:`T_\infty > 0`.
+        temperature_decay: :math:`\gamma \in (0, 1]` per step (1 keeps :math:`T_0`).
+        label_weight: :math:`\alpha \ge 0`, weight of :math:`\log q(y|x)` per labelled point.
+        prior_momentum: moving-average rate of ``prior="responsibilities"``, in (0, 1].
+        auto_anneal: advance the temperature step in training-mode guide calls.
+        num_bins: spline bins (``flow="spline"``).
+
+    Example:
+        >>> from pyro.infer import TraceEnum_ELBO
+        >>> vmonf = VariationalMixtureOfFlows(2, num_components=3, num_layers=2,
+        ...                                   hidden_dims=[16, 16])
+        >>> x = torch.randn(8, 2)
+        >>> loss = TraceEnum_ELBO(max_plate_nesting=1).loss(vmonf.model, vmonf.guide, x)
+        >>> vmonf.component_log_prob(x).shape, vmonf.log_prob(x).shape
+        (torch.Size([8, 3]), torch.Size([8]))
+        >>> vmonf.responsibilities(x).sum(-1).allclose(torch.ones(8))
+        True
+        >>> samples, components = vmonf.sample(5)
+        >>> samples.shape, components.shape
+        (torch.Size([5, 2]), torch.Size([5]))
+
+    References:
+        Variational Mixture of Normalizing Flows. Guilherme G. P. Freitas Pires, Mário
+        A. T. Figueiredo, 2020. arXiv:2009.00585.
+        Semi-Supervised Learning with Deep Generative Models. Diederik P. Kingma, Danilo
+        J. Rezende, Shakir Mohamed, Max Welling, 2014. arXiv:1406.5298.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        num_components: int,
+        flow: str = "realnvp",
+        num_layers: int = 4,
+        hidden_dims: Sequence[int] | None = None,
+        encoder_hidden_dims: Sequence[int] | None = None,
+        prior: str = "uniform",
+        initial_temperature: float = 1.0,
+        final_temperature: float = 1.0,
+        temperature_decay: float = 1.0,
+        label_weight: float = 1.0,
+        prior_momentum: float = 0.1,
+        auto_anneal: bool = True,
+        num_bins: int = 8,
+    ) -> None:
+        super().__init__()
+        self.data_dim = check_positive_int("data_dim", data_dim, minimum=2)
+        self.num_components = check_positive_int("num_components", num_components)
+        self.flow = check_choice("flow", flow, MIXTURE_FLOWS)
+        self.prior = check_choice("prior", prior, MIXTURE_PRIORS)
+        self.initial_temperature = check_positive("initial_temperature", initial_temperature)
+        self.final_temperature = check_positive("final_temperature", final_temperature)
+        gamma = check_probability("temperature_decay", temperature_decay)
+        if gamma == 0:
+            raise ValueError("temperature_decay: expected a number in (0, 1], got 0.0")
+        self.temperature_decay = gamma
+        self.label_weight = check_positive("label_weight", label_weight, allow_zero=True)
+        momentum = check_probability("prior_momentum", prior_momentum)
+        if momentum == 0:
+            raise ValueError("prior_momentum: expected a number in (0, 1], got 0.0")
+        self.prior_momentum = momentum
+        self.auto_anneal = bool(auto_anneal)
+        self.layers = batched_flow_layers(
+            data_dim, num_components, flow, num_layers, hidden_dims, num_bins
+        )
+        if encoder_hidden_dims is None:
+            encoder_hidden_dims = [max(10 * data_dim, 64)] * 2 if data_dim < 100 else [512, 512]
+        for h in encoder_hidden_dims:
+            check_positive_int("encoder_hidden_dims", h)
+        self.encoder = DenseNN(data_dim, list(encoder_hidden_dims), param_dims=[num_components])
+        self.weights = _MixtureWeights(num_components, learned=prior == "learned")
+        self.register_buffer("base_loc", torch.zeros(num_components, data_dim))
+        self.register_buffer("base_scale", torch.ones(num_components, data_dim))
+        self.register_buffer("_temperature_step", torch.zeros((), dtype=torch.int64))
+
+    # -- temperature -------------------------------------------------------------------
+    def temperature_at(self, step: int) -> float:
+        r"""Return :math:`T_t = T_\infty + (T_0 - T_\infty)\gamma^t` for step :math:`t \ge 0`.
+
+        Example:
+            >>> m = VariationalMixtureOfFlows(2, 2, num_layers=1, initial_temperature=5.0,
+            ...                               temperature_decay=0.5)
+            >>> [m.temperature_at(t) for t in (0, 1, 2)]
+            [5.0, 3.0, 2.0]
+        """
+        step = check_positive_int("step", step, minimum=0)
+        t0, t_inf = self.initial_temperature, self.final_temperature
+        return t_inf + (t0 - t_inf) * self.temperature_decay**step
+
+    @property
+    def temperature_step(self) -> int:
+        """The step :math:`t` of the temperature schedule."""
+        return int(self._temperature_step)
+
+    def set_temperature_step(self, step: int) -> None:
+        """Set the schedule's step :math:`t` (e.g. from your own training loop).
+
+        Example:
+            >>> m = VariationalMixtureOfFlows(2, 2, num_layers=1, initial_temperature=3.0,
+            ...                               temperature_decay=0.1)
+            >>> m.set_temperature_step(1000); round(m.temperature, 6)
+            1.0
+        """
+        step = check_positive_int("step", step, minimum=0)
+        self._temperature_step.fill_(step)
+
+    @property
+    def temperature(self) -> float:
+        """The current temperature :math:`T_t`."""
+        return self.temperature_at(self.temperature_step)
+
+    # -- checks ------------------------------------------------------------------------
+    def _check_x(self, x: object) -> Tensor:
+        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
+        assert isinstance(x, Tensor)
+        if x.dim() != 2:
+            raise ValueError(
+                f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}"
+            )
+        if x.dtype != self.base_loc.dtype or x.device != self.base_loc.device:
+            raise ValueError(
+                f"x: expected dtype {self.base_loc.dtype} on device {self.base_loc.device} "
+                f"(the model's), got dtype {x.dtype} on device {x.device}"
+            )
+        return x
+
+    def _check_labels(self, y: object, n: int) -> Tensor:
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or (
+            y.dtype == torch.bool
+        ):
+            got = f"tensor of dtype {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+            raise TypeError(f"y: expected an integer tensor of labels (-1 = unlabelled), got {got}")
+        if tuple(y.shape) != (n,):
+            raise ValueError(f"y: expected shape ({n},) like x's rows, got {tuple(y.shape)}")
+        if bool((y < -1).any()) or bool((y >= self.num_components).any()):
+            raise ValueError(
+                f"y: expected labels in [0, {self.num_components - 1}] or -1 (unlabelled), got "
+                f"values in [{int(y.min())}, {int(y.max())}]"
+            )
+        return y.to(device=self.base_loc.device)
+
+    # -- distributions -----------------------------------------------------------------
+    def components(self) -> dist.TransformedDistribution:
+        """Return the :math:`K` flows as one distribution, batch shape ``(K,)``, event ``(D,)``."""
+        base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
+        return dist.TransformedDistribution(base, list(self.layers))
+
+    def mixture_log_weights(self) -> Tensor:
+        r"""Return :math:`\log\pi`, shape :math:`(K,)`."""
+        return F.log_softmax(self.weights.logits, dim=-1)
+
+    def distribution(self) -> MixtureOfFlows:
+        r"""Return :math:`p(x) = \sum_k \pi_k p_k(x)` as a :class:`MixtureOfFlows`."""
+        return MixtureOfFlows(self.mixture_log_weights(), self.components())
+
+    def encoder_logits(self, x: Tensor) -> Tensor:
+        r"""Return the encoder's logits :math:`g(x)` (before the temperature), shape :math:`(N, K)`."""
+        return self.encoder(self._check_x(x))
+
+    def responsibilities(self, x: Tensor, temperature: float | None = None) -> Tensor:
+        r"""Return :math:`q(k \mid x) = \operatorname{softmax}(g(x)/T)`, shape :math:`(N, K)`.
+
+        Args:
+            x: :math:`(N, D)`.
+            temperature: :math:`T`; default the current :attr:`temperature`.
+        """
+        t = self.temperature if temperature is None else check_positive("temperature", temperature)
+        return torch.softmax(self.encoder_logits(x) / t, dim=-1)
+
+    @torch.no_grad()
+    def cluster(self, x: Tensor, exact: bool = False) -> Tensor:
+        r"""Return cluster indices :math:`\arg\max_k q(k \mid x)`, shape :math:`(N,)`, int64.
+
+        With ``exact=True`` use the model's own posterior
+        :math:`\arg\max_k \pi_k p_k(x)` instead of the encoder.
+        """
+        if exact:
+            return self.distribution().posterior_log_prob(self._check_x(x)).argmax(-1)
+        return self.encoder_logits(x).argmax(-1)
+
+    def component_log_prob(self, x: Tensor) -> Tensor:
+        r"""Return :math:`\log p_k(x)` for every component, shape :math:`(N, K)`."""
+        return self.distribution().component_log_prob(self._check_x(x))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""Return the exact :math:`\log \sum_k \pi_k p_k(x)`, shape :math:`(N,)`."""
+        return self.distribution().log_prob(self._check_x(x))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> tuple[Tensor, Tensor]:
+        r"""Draw ``num_samples`` points and their components: :math:`(n, D)` and :math:`(n,)`."""
+        check_positive_int("num_samples", num_samples)
+        return self.distribution().sample_with_components((num_samples,))
+
+    # -- Pyro programs -----------------------------------------------------------------
+    def _split(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Return the unlabelled rows, the labelled rows and their labels."""
+        if y is None:
+            return x, None, None
+        labelled = y >= 0
+        if bool(labelled.all()):
+            return x[:0], x, y
+        if not bool(labelled.any()):
+            return x, None, None
+        return x[~labelled], x[labelled], y[labelled]
+
+    def model(
+        self, x: Tensor | None = None, y: Tensor | None = None, num_samples: int | None = None
+    ) -> Tensor:
+        r"""Observe ``x`` :math:`(N, D)` with optional labels ``y`` :math:`(N,)`, or draw new points.
+
+        Returns the components of the unlabelled points (or of the new points).
+        """
+        mixture = self.distribution()
+        log_pi = mixture.mixture_log_weights
+        if x is None:
+            n = check_positive_int("num_samples", 1 if num_samples is None else num_samples)
+            with pyro.plate("data", n):
+                k = pyro.sample("component", dist.Categorical(logits=log_pi))
+                pyro.sample("x", mixture.component(k))
+            return k
+        x = self._check_x(x)
+        if y is not None:
+            y = self._check_labels(y, x.shape[0])
+        x_u, x_l, y_l = self._split(x, y)
+        k = x_u.new_zeros((0,), dtype=torch.int64)
+        if x_l is not None:
+            assert y_l is not None
+            logits = self.encoder(x_l) / self.temperature
+            with pyro.plate("labelled", x_l.shape[0]):
+                pyro.sample("label", dist.Categorical(logits=log_pi), obs=y_l)
+                pyro.sample("x_labelled", mixture.component(y_l), obs=x_l)
+                with poutine.scale(scale=self.label_weight):
+                    pyro.sample("classification", dist.Categorical(logits=logits), obs=y_l)
+        if x_u.shape[0] > 0:
+            with pyro.plate("data", x_u.shape[0]):
+                k = pyro.sample("component", dist.Categorical(logits=log_pi))
+                pyro.sample("x", mixture.component(k), obs=x_u)
+        return k
+
+    def guide(
+        self, x: Tensor | None = None, y: Tensor | None = None, num_samples: int | None = None
+    ) -> Tensor | None:
+        r"""Draw (or, under ``TraceEnum_ELBO``, enumerate) :math:`k \sim q(k \mid x)` for unlabelled points."""
+        if x is None:
+            return None
+        x = self._check_x(x)
+        if y is not None:
+            y = self._check_labels(y, x.shape[0])
+        training = self.training and torch.is_grad_enabled()
+        x_u, x_l, y_l = self._split(x, y)
+        k = None
+        probs_u = None
+        if x_u.shape[0] > 0:
+            logits = self.encoder(x_u) / self.temperature
+            with pyro.plate("data", x_u.shape[0]):
+                k = pyro.sample(
+                    "component", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
+                )
+            probs_u = torch.softmax(logits.detach(), -1)
+        if training and self.prior == "responsibilities":
+            self._update_prior(probs_u, y_l)
+        if training and self.auto_anneal:
+            with torch.no_grad():
+                self._temperature_step += 1
+        return k
+
+    @torch.no_grad()
+    def _update_prior(self, probs_u: Tensor | None, y_l: Tensor | None) -> None:
+        total = self.base_loc.new_zeros(self.num_components)
+        count = 0
+        if probs_u is not None:
+            total += probs_u.sum(0)
+            count += probs_u.shape[0]
+        if y_l is not None:
+            total += torch.bincount(y_l, minlength=self.num_components).to(total.dtype)
+            count += y_l.shape[0]
+        if count == 0:
+            return
+        m = self.prior_momentum
+        pi = (1 - m) * self.mixture_log_weights().exp() + m * total / count
+        self.weights.logits.copy_(pi.clamp_min(1e-12).log())
+
+    def num_parameters(self) -> int:
+        """Return the number of trainable scalars (flows, encoder and mixture weights).
+
+        Example:
+            >>> m = VariationalMixtureOfFlows(2, 3, num_layers=1, hidden_dims=[4],
+            ...                               encoder_hidden_dims=[4])
+            >>> m.num_parameters()  # flows 3 * (1*4 + 4 + 4*2 + 2), encoder 2*4 + 4 + 4*3 + 3
+            81
+        """
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
