@@ -35,23 +35,40 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--dataset", required=True, choices=DATASETS, help="training data")
     f.add_argument("--flow", choices=FLOWS, default=DEFAULT_CONFIG["flow"], help="flow layers")
     f.add_argument("--layers", type=int, default=DEFAULT_CONFIG["layers"], help="flow layers")
-    f.add_argument("--hidden", type=int, default=DEFAULT_CONFIG["hidden"],
-                   help="hidden width of each layer's network")
+    f.add_argument(
+        "--hidden",
+        type=int,
+        default=DEFAULT_CONFIG["hidden"],
+        help="hidden width of each layer's network",
+    )
     f.add_argument("--batch-norm", action="store_true", help="batch norm between flow layers")
     f.add_argument("--steps", type=int, default=DEFAULT_CONFIG["steps"], help="SVI steps")
     f.add_argument("--batch-size", type=int, default=DEFAULT_CONFIG["batch_size"])
     f.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"], help="Adam learning rate")
-    f.add_argument("--num-samples", type=int, default=DEFAULT_CONFIG["num_samples"],
-                   help="training points for toy data (validation and test: a fifth each)")
-    f.add_argument("--noise", type=float, default=DEFAULT_CONFIG["noise"],
-                   help="off-manifold noise std for 3D toy manifolds")
+    f.add_argument(
+        "--num-samples",
+        type=int,
+        default=DEFAULT_CONFIG["num_samples"],
+        help="training points for toy data (validation and test: a fifth each)",
+    )
+    f.add_argument(
+        "--noise",
+        type=float,
+        default=DEFAULT_CONFIG["noise"],
+        help="off-manifold noise std for 3D toy manifolds",
+    )
     f.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
     f.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    f.add_argument("--patience", type=int, default=None,
-                   help="early stopping after this many validations without improvement")
+    f.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping after this many validations without improvement",
+    )
     f.add_argument("--validate-every", type=int, default=DEFAULT_CONFIG["validate_every"])
-    f.add_argument("--data", dest="data_root", default=None,
-                   help="MNIST root (default: $PYRO_MANIFOLD_DATA)")
+    f.add_argument(
+        "--data", dest="data_root", default=None, help="MNIST root (default: $PYRO_MANIFOLD_DATA)"
+    )
     f.add_argument("--run-dir", default=None, help="output folder (default: runs/MODEL_DATASET)")
     f.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
 
@@ -66,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_output", help="output folder")
     d.add_argument("--smoke", action="store_true", help="a few steps only (for tests)")
 
-    c = sub.add_parser("train-classifier",
-                       help="train the MNIST classifier behind the Fréchet distance")
+    c = sub.add_parser(
+        "train-classifier", help="train the MNIST classifier behind the Fréchet distance"
+    )
     c.add_argument("--data", default=None, help="MNIST root (default: $PYRO_MANIFOLD_DATA)")
     c.add_argument("--device", default=None)
     return p
@@ -86,8 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fit":
         from pyro_manifold.experiment import train_run
 
-        config = {k: v for k, v in vars(args).items()
-                  if k in DEFAULT_CONFIG and k not in ("data_dim",)}
+        config = {
+            k: v for k, v in vars(args).items() if k in DEFAULT_CONFIG and k not in ("data_dim",)
+        }
         run_dir = args.run_dir or f"runs/{args.model}_{args.dataset}"
         metrics = train_run(config, run_dir, resume=args.resume)
         print(json.dumps(metrics, indent=1))

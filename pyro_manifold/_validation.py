@@ -80,9 +80,7 @@ def check_tensor(
         raise ValueError(f"{name}: expected a non-empty tensor, got {_describe(x)}")
     if device is not None:
         want = torch.device(device)
-        if x.device.type != want.type or (
-            want.index is not None and x.device.index != want.index
-        ):
+        if x.device.type != want.type or (want.index is not None and x.device.index != want.index):
             raise ValueError(f"{name}: expected a tensor on device {want}, got {_describe(x)}")
     if finite and x.is_floating_point():
         check_finite(name, x)

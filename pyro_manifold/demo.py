@@ -20,16 +20,31 @@ __all__ = ["DEMO_RUNS", "run_demo"]
 
 #: (run name, config, one-line description) of each demo entry.
 DEMO_RUNS: tuple[tuple[str, dict[str, Any], str], ...] = (
-    ("flow_two_moons", {"dataset": "two_moons", "flow": "spline", "steps": 1500},
-     "Neural spline flow on two moons"),
-    ("flow_pinwheel", {"dataset": "pinwheel", "flow": "spline", "steps": 1500},
-     "Neural spline flow on the 5-wing pinwheel"),
-    ("flow_eight_gaussians", {"dataset": "eight_gaussians", "flow": "realnvp", "layers": 6,
-                              "steps": 1500}, "RealNVP on 8 Gaussians"),
-    ("flow_checkerboard", {"dataset": "checkerboard", "flow": "maf", "layers": 5,
-                           "steps": 1500}, "MAF on the checkerboard"),
-    ("flow_torus", {"dataset": "torus", "flow": "realnvp", "layers": 6, "noise": 0.05,
-                    "steps": 1500}, "RealNVP on a noisy 3D torus (the full-dimensional baseline)"),
+    (
+        "flow_two_moons",
+        {"dataset": "two_moons", "flow": "spline", "steps": 1500},
+        "Neural spline flow on two moons",
+    ),
+    (
+        "flow_pinwheel",
+        {"dataset": "pinwheel", "flow": "spline", "steps": 1500},
+        "Neural spline flow on the 5-wing pinwheel",
+    ),
+    (
+        "flow_eight_gaussians",
+        {"dataset": "eight_gaussians", "flow": "realnvp", "layers": 6, "steps": 1500},
+        "RealNVP on 8 Gaussians",
+    ),
+    (
+        "flow_checkerboard",
+        {"dataset": "checkerboard", "flow": "maf", "layers": 5, "steps": 1500},
+        "MAF on the checkerboard",
+    ),
+    (
+        "flow_torus",
+        {"dataset": "torus", "flow": "realnvp", "layers": 6, "noise": 0.05, "steps": 1500},
+        "RealNVP on a noisy 3D torus (the full-dimensional baseline)",
+    ),
 )
 
 
@@ -37,8 +52,13 @@ def _format(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_demo(out_dir: str | os.PathLike = "demo_output", *, smoke: bool = False,
-             device: str | None = "cpu", progress: bool | None = None) -> Path:
+def run_demo(
+    out_dir: str | os.PathLike = "demo_output",
+    *,
+    smoke: bool = False,
+    device: str | None = "cpu",
+    progress: bool | None = None,
+) -> Path:
     """Train every entry of :data:`DEMO_RUNS` and write ``out_dir/report.md``.
 
     Args:
@@ -86,11 +106,14 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", *, smoke: bool = False,
     lines.append("")
     for name, description, _, _ in rows:
         figure = "density.png" if (out / name / "density.png").exists() else "samples.png"
-        lines += [f"## {description}", "", f"![{name}]({name}/{figure})",
-                  f"![{name} training]({name}/training_curve.png)", ""]
+        lines += [
+            f"## {description}",
+            "",
+            f"![{name}]({name}/{figure})",
+            f"![{name} training]({name}/training_curve.png)",
+            "",
+        ]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    (out / "metrics.json").write_text(
-        json.dumps({name: m for name, _, m, _ in rows}, indent=1)
-    )
+    (out / "metrics.json").write_text(json.dumps({name: m for name, _, m, _ in rows}, indent=1))
     return report

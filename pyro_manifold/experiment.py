@@ -79,7 +79,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def _complete(config: dict[str, Any]) -> dict[str, Any]:
     unknown = set(config) - set(DEFAULT_CONFIG)
     if unknown:
-        raise ValueError(f"config: unknown keys {sorted(unknown)}; expected {sorted(DEFAULT_CONFIG)}")
+        raise ValueError(
+            f"config: unknown keys {sorted(unknown)}; expected {sorted(DEFAULT_CONFIG)}"
+        )
     full = {**DEFAULT_CONFIG, **config}
     check_choice("model", full["model"], MODELS)
     check_choice("dataset", full["dataset"], DATASETS)
@@ -91,7 +93,9 @@ def _is_mnist(config: dict[str, Any]) -> bool:
     return config["dataset"] == "mnist"
 
 
-def to_logit_space(x_uint8: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def to_logit_space(
+    x_uint8: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Dequantize MNIST pixels and map them to logit space; returns ``(y, log|dy/du|)``.
 
     Example:
@@ -112,8 +116,7 @@ def load_splits(config: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
     if _is_mnist(config):
         root = config["data_root"]
         return tuple(
-            load_dataset("mnist", split=s, root=root).data
-            for s in ("train", "validation", "test")
+            load_dataset("mnist", split=s, root=root).data for s in ("train", "validation", "test")
         )  # type: ignore[return-value]
     n, seed = config["num_samples"], config["seed"]
     sizes = (n, max(n // 5, 1), max(n // 5, 1))
@@ -139,12 +142,19 @@ def build_model(config: dict[str, Any], data_dim: int) -> Flow:
 def _model_data(config, x: Tensor) -> Tensor:
     """What the model sees: logit space for MNIST, the data itself otherwise."""
     if _is_mnist(config) and x.dtype == torch.uint8:
-        return to_logit_space(x, torch.Generator(device=x.device).manual_seed(config["seed"] + 7))[0]
+        return to_logit_space(x, torch.Generator(device=x.device).manual_seed(config["seed"] + 7))[
+            0
+        ]
     return x
 
 
-def train_run(config: dict[str, Any], run_dir: str | os.PathLike, *, resume: bool = False,
-              progress: bool | None = None) -> dict[str, Any]:
+def train_run(
+    config: dict[str, Any],
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Train the model of ``config``, writing the run into ``run_dir``; returns the metrics.
 
     Example:
@@ -240,8 +250,13 @@ def evaluate_run(run_dir: str | os.PathLike, *, model: Flow | None = None) -> di
             mmd2=maximum_mean_discrepancy(samples, test).item(),
         )
         if test.shape[-1] == 2:
-            plot_density_2d(model.log_prob, test, run_dir / "density.png", samples=samples,
-                            title=config["dataset"])
+            plot_density_2d(
+                model.log_prob,
+                test,
+                run_dir / "density.png",
+                samples=samples,
+                title=config["dataset"],
+            )
         else:
             metrics["mean_manifold_distance"] = mean_manifold_distance(
                 samples, make_manifold(config["dataset"]).distance

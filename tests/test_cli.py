@@ -10,8 +10,20 @@ from pyro_manifold.__main__ import main
 from pyro_manifold.demo import DEMO_RUNS
 from pyro_manifold.infer import load_checkpoint
 
-SMALL = ["--steps", "20", "--num-samples", "200", "--layers", "1", "--hidden", "8",
-         "--device", "cpu", "--validate-every", "10"]
+SMALL = [
+    "--steps",
+    "20",
+    "--num-samples",
+    "200",
+    "--layers",
+    "1",
+    "--hidden",
+    "8",
+    "--device",
+    "cpu",
+    "--validate-every",
+    "10",
+]
 
 
 def test_demo_smoke_writes_report_and_figures(tmp_path):

@@ -18,8 +18,10 @@ def test_tutorial_smoke(script, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(script), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={"MPLBACKEND": "Agg",
-        **__import__("os").environ},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"MPLBACKEND": "Agg", **__import__("os").environ},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(out.glob("*.png")), "the tutorial wrote no figure"

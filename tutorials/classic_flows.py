@@ -56,18 +56,35 @@ for data_name, make in datasets.items():
     test = make(max(n // 5, 100), seed=1).data
     for kind in ("maf", "realnvp", "spline"):
         torch.manual_seed(0)
-        flow = Flow(2, kind, num_layers=5 if kind != "spline" else 3, hidden_dims=[64, 64]
-                    if kind != "maf" else [64])
-        history = fit(flow.model, flow.guide, train, num_steps=steps, batch_size=256,
-                      lr=2e-3, lr_schedule="cosine", device="cpu").history
+        flow = Flow(
+            2,
+            kind,
+            num_layers=5 if kind != "spline" else 3,
+            hidden_dims=[64, 64] if kind != "maf" else [64],
+        )
+        history = fit(
+            flow.model,
+            flow.guide,
+            train,
+            num_steps=steps,
+            batch_size=256,
+            lr=2e-3,
+            lr_schedule="cosine",
+            device="cpu",
+        ).history
         with torch.no_grad():
             samples = flow.sample(2000)
             results[f"{data_name}/{kind}"] = {
                 "test_log_likelihood": flow.log_prob(test).mean().item(),
                 "mmd2": maximum_mean_discrepancy(samples, test).item(),
             }
-        plot_density_2d(flow.log_prob, test, out / f"{data_name}_{kind}.png", samples=samples,
-                        title=f"{kind} on {data_name}")
+        plot_density_2d(
+            flow.log_prob,
+            test,
+            out / f"{data_name}_{kind}.png",
+            samples=samples,
+            title=f"{kind} on {data_name}",
+        )
         plot_training_curve(history, out / f"{data_name}_{kind}_training.png")
 
 # %% [markdown]

@@ -73,8 +73,9 @@ def _precision_cholesky(linear: BlockLinear, noise_scale: Tensor) -> Tensor:
     return chol
 
 
-def _pseudo_inverse(linear: BlockLinear, chol: Tensor, bias: Tensor, noise_scale: Tensor,
-                    x: Tensor) -> Tensor:
+def _pseudo_inverse(
+    linear: BlockLinear, chol: Tensor, bias: Tensor, noise_scale: Tensor, x: Tensor
+) -> Tensor:
     r"""Blocks of :math:`z^+ = \Lambda^{-1} A^\top \Sigma^{-1}(x - b)`, shape :math:`(*, P, k)`."""
     u = linear.latent_to_blocks(linear.rmatvec((x - bias) * noise_scale.pow(-2)))
     return torch.cholesky_solve(u.unsqueeze(-1), chol).squeeze(-1)
@@ -165,8 +166,9 @@ class NoisyInjective(TorchDistribution):
     ) -> None:
         _check_common(linear, bias, noise_scale)
         check_tensor("latent", latent, event_shape=(linear.latent_dim,), finite=False)
-        self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier,
-                                               allow_zero=True)
+        self.noise_multiplier = check_positive(
+            "noise_multiplier", noise_multiplier, allow_zero=True
+        )
         self.latent, self.linear, self.bias, self.noise_scale = latent, linear, bias, noise_scale
         self.loc = linear.matvec(latent) + bias
         super().__init__(latent.shape[:-1], torch.Size([linear.data_dim]), validate_args)
@@ -175,8 +177,14 @@ class NoisyInjective(TorchDistribution):
         """Expand the batch shape (the latent is broadcast)."""
         batch_shape = torch.Size(batch_shape)
         latent = self.latent.expand(batch_shape + (self.linear.latent_dim,))
-        return type(self)(latent, self.linear, self.bias, self.noise_scale, self.noise_multiplier,
-                          validate_args=False)
+        return type(self)(
+            latent,
+            self.linear,
+            self.bias,
+            self.noise_scale,
+            self.noise_multiplier,
+            validate_args=False,
+        )
 
     @property
     def mean(self) -> Tensor:
@@ -188,8 +196,8 @@ class NoisyInjective(TorchDistribution):
         r""":math:`s\sigma^2`, broadcast to :math:`(*, D)`."""
         return (self.noise_multiplier * self.noise_scale.pow(2)).expand(self.loc.shape)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        """Reparameterised sample :math:`Az + b + \\sqrt{s}\\sigma\\epsilon`."""
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
+        r"""Reparameterised sample :math:`Az + b + \sqrt{s}\sigma\epsilon`."""
         shape = self._extended_shape(sample_shape)
         loc = self.loc.expand(shape)
         if self.noise_multiplier == 0:
@@ -198,7 +206,10 @@ class NoisyInjective(TorchDistribution):
         return loc + math.sqrt(self.noise_multiplier) * self.noise_scale * eps
 
     def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`\log\mathcal N(x; Az+b, s\Sigma)`, shape :math:`(*)`; undefined for :math:`s = 0`."""
+        r"""The log-density :math:`\log\mathcal N(x; Az+b, s\Sigma)`, shape :math:`(*)`.
+
+        There is no density at :math:`s = 0` (a ``ValueError`` is raised).
+        """
         if self._validate_args:
             self._validate_sample(value)
         if self.noise_multiplier == 0:
@@ -265,8 +276,9 @@ class StochasticInverse(TorchDistribution):
         """Expand the batch shape (``x`` is broadcast)."""
         batch_shape = torch.Size(batch_shape)
         x = self.x.expand(batch_shape + (self.linear.data_dim,))
-        return type(self)(x, self.linear, self.bias, self.noise_scale, validate_args=False,
-                          _chol=self._chol)
+        return type(self)(
+            x, self.linear, self.bias, self.noise_scale, validate_args=False, _chol=self._chol
+        )
 
     @property
     def mean(self) -> Tensor:
@@ -285,8 +297,9 @@ class StochasticInverse(TorchDistribution):
         blocks = torch.cholesky_solve(eye.expand_as(self._chol), self._chol)
         dense = torch.block_diag(*blocks)
         perm = self.linear.blocks_to_latent(
-            torch.arange(self.linear.latent_dim, device=dense.device).reshape(
-                self.linear.num_blocks, self.linear.block_cols).to(dense.dtype)
+            torch.arange(self.linear.latent_dim, device=dense.device)
+            .reshape(self.linear.num_blocks, self.linear.block_cols)
+            .to(dense.dtype)
         ).long()
         return dense[perm][:, perm].expand(self.batch_shape + dense.shape)
 
@@ -295,7 +308,7 @@ class StochasticInverse(TorchDistribution):
         r"""Diagonal of :math:`\Lambda^{-1}`, shape :math:`(*, d)`."""
         return self.covariance_matrix.diagonal(dim1=-2, dim2=-1)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple = ()) -> Tensor:
         r"""Reparameterised sample :math:`z^+ + L^{-\top}\epsilon`."""
         shape = torch.Size(sample_shape) + self._loc_blocks.shape
         eps = _standard_normal(shape, dtype=self._chol.dtype, device=self._chol.device)
@@ -303,16 +316,19 @@ class StochasticInverse(TorchDistribution):
         return self.linear.blocks_to_latent(self._loc_blocks + noise.squeeze(-1))
 
     def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`\log q(z|x) = -\tfrac d2\log 2\pi + \tfrac12\log\det\Lambda - \tfrac12\lVert L^\top(z - z^+)\rVert^2`."""
+        r"""The log-density :math:`\log q(z|x)`, shape :math:`(*)`.
+
+        .. math::
+
+            -\tfrac d2\log 2\pi + \tfrac12\log\det\Lambda - \tfrac12\lVert L^\top(z - z^+)\rVert^2
+        """
         if self._validate_args:
             self._validate_sample(value)
         delta = self.linear.latent_to_blocks(value) - self._loc_blocks
         y = (self._chol.mT @ delta.unsqueeze(-1)).squeeze(-1)
         half_log_det = self._chol.diagonal(dim1=-2, dim2=-1).log().sum()
         return (
-            -0.5 * self.linear.latent_dim * _LOG_2PI
-            + half_log_det
-            - 0.5 * y.pow(2).sum((-1, -2))
+            -0.5 * self.linear.latent_dim * _LOG_2PI + half_log_det - 0.5 * y.pow(2).sum((-1, -2))
         )
 
     def log_manifold_term(self) -> Tensor:

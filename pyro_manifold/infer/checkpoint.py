@@ -94,7 +94,5 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"checkpoint {path}: truncated or corrupted file ({e})") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}"
-        )
+        raise ValueError(f"checkpoint {path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")
     return state

@@ -154,9 +154,11 @@ def _nonfinite_sites(model: Callable, guide: Callable, args: tuple) -> list[str]
             if site["type"] != "sample":
                 continue
             value = site["value"]
-            if isinstance(value, Tensor) and value.is_floating_point() and not torch.isfinite(
-                value
-            ).all():
+            if (
+                isinstance(value, Tensor)
+                and value.is_floating_point()
+                and not torch.isfinite(value).all()
+            ):
                 bad.append(f"{prefix}:{name} (value)")
                 continue
             try:
@@ -455,7 +457,9 @@ def fit(
                 e.add_note(f"pyro_manifold.fit: raised at step {step}")
                 raise
             if not torch.isfinite(value):
-                raise NonFiniteLossError(step, _nonfinite_sites(model, guide, batch), float(value.detach()))
+                raise NonFiniteLossError(
+                    step, _nonfinite_sites(model, guide, batch), float(value.detach())
+                )
             opt.zero_grad(set_to_none=True)
             value.backward()
             if clip_norm is not None:

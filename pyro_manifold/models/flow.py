@@ -115,8 +115,9 @@ class Flow(PyroModule):
         super().__init__()
         self.data_dim = data_dim
         self.flow = flow
-        self.layers = nn.ModuleList(flow_layers(data_dim, flow, num_layers, hidden_dims,
-                                                batch_norm, num_bins))
+        self.layers = nn.ModuleList(
+            flow_layers(data_dim, flow, num_layers, hidden_dims, batch_norm, num_bins)
+        )
         self.register_buffer("base_loc", torch.zeros(data_dim))
         self.register_buffer("base_scale", torch.ones(data_dim))
 
@@ -162,7 +163,6 @@ class Flow(PyroModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
-        """Draw ``num_samples`` points, shape :math:`(num\\_samples, D)`, without gradients."""
+        """Draw ``num_samples`` points, shape ``(num_samples, D)``, without gradients."""
         check_positive_int("num_samples", num_samples)
         return self.distribution().sample((num_samples,))
-

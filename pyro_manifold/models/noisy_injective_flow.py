@@ -87,19 +87,24 @@ class NoisyInjectiveFlow(PyroModule):
     ) -> None:
         super().__init__()
         self.nif = GaussianNIF(
-            latent_dim, data_dim, image_shape=image_shape, factor=factor,
+            latent_dim,
+            data_dim,
+            image_shape=image_shape,
+            factor=factor,
             init_noise_scale=init_noise_scale,
         )
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.top_layers = nn.ModuleList(
             flow_layers(data_dim, top_flow, top_layers, top_hidden_dims, batch_norm)
-            if top_flow is not None else []
+            if top_flow is not None
+            else []
         )
         if prior_flow is not None and latent_dim < 2:
             raise ValueError(f"prior_flow: needs latent_dim >= 2, got latent_dim={latent_dim}")
         self.prior_layers = nn.ModuleList(
             flow_layers(latent_dim, prior_flow, prior_layers, prior_hidden_dims, False)
-            if prior_flow is not None else []
+            if prior_flow is not None
+            else []
         )
         self.register_buffer("prior_loc", torch.zeros(latent_dim))
 
@@ -108,8 +113,11 @@ class NoisyInjectiveFlow(PyroModule):
         r""":math:`p_t(z)`: :math:`\mathcal N(0, tI)` pushed through the prior flow."""
         check_positive("t", t)
         base = dist.Normal(self.prior_loc, math.sqrt(t)).to_event(1)
-        return dist.TransformedDistribution(base, list(self.prior_layers)) if len(
-            self.prior_layers) else base
+        return (
+            dist.TransformedDistribution(base, list(self.prior_layers))
+            if len(self.prior_layers)
+            else base
+        )
 
     def _check_x(self, x: Tensor) -> Tensor:
         check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
@@ -129,14 +137,24 @@ class NoisyInjectiveFlow(PyroModule):
 
     def _observation(self, z: Tensor, s: float) -> dist.TorchDistribution:
         likelihood = self.nif.likelihood(z, s)
-        return dist.TransformedDistribution(likelihood, list(self.top_layers)) if len(
-            self.top_layers) else likelihood
+        return (
+            dist.TransformedDistribution(likelihood, list(self.top_layers))
+            if len(self.top_layers)
+            else likelihood
+        )
 
     # -- the Pyro program ---------------------------------------------------------------
-    def model(self, x: Tensor | None = None, num_samples: int | None = None, *,
-              t: float = 1.0, s: float = 1.0) -> Tensor:
-        """Observe ``x`` :math:`(N, D)`, or draw ``num_samples`` points at temperature ``t``
-        and noise multiplier ``s``.
+    def model(
+        self,
+        x: Tensor | None = None,
+        num_samples: int | None = None,
+        *,
+        t: float = 1.0,
+        s: float = 1.0,
+    ) -> Tensor:
+        """Observe ``x`` :math:`(N, D)`, or draw ``num_samples`` new points.
+
+        New points are drawn at temperature ``t`` and noise multiplier ``s``.
 
         Example:
             >>> NoisyInjectiveFlow(3, 1, top_flow=None).model(num_samples=2).shape
@@ -151,9 +169,15 @@ class NoisyInjectiveFlow(PyroModule):
             z = pyro.sample("z", self.prior(t))
             return pyro.sample("x", self._observation(z, s), obs=x)
 
-    def guide(self, x: Tensor | None = None, num_samples: int | None = None, *,
-              t: float = 1.0, s: float = 1.0) -> Tensor | None:
-        r"""Sample :math:`z \sim q(z | f^{-1}(x))`; no latent sites are drawn when ``x`` is ``None``.
+    def guide(
+        self,
+        x: Tensor | None = None,
+        num_samples: int | None = None,
+        *,
+        t: float = 1.0,
+        s: float = 1.0,
+    ) -> Tensor | None:
+        r"""Sample :math:`z \sim q(z | f^{-1}(x))`; nothing is drawn when ``x`` is ``None``.
 
         Example:
             >>> NoisyInjectiveFlow(3, 1, top_flow=None).guide(torch.zeros(4, 3)).shape
@@ -186,9 +210,9 @@ class NoisyInjectiveFlow(PyroModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int, t: float = 1.0, s: float = 1.0) -> Tensor:
-        """Draw :math:`(num\\_samples, D)` points at temperature ``t`` and noise multiplier ``s``.
+        r"""Draw ``(num_samples, D)`` points at temperature ``t`` and noise multiplier ``s``.
 
-        ``s = 0`` puts the samples on the learned manifold :math:`f(\\{Az + b\\})`.
+        ``s = 0`` puts the samples on the learned manifold :math:`f(\{Az + b\})`.
         """
         return self.model(None, num_samples, t=t, s=s)
 

@@ -117,7 +117,7 @@ class AffineCoupling(TransformModule):
         return u
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
-        """Return :math:`\\sum_j \\log\\sigma_j(u_a)`, shared with the last call."""
+        r"""Return :math:`\sum_j \log\sigma_j(u_a)`, shared with the last call."""
         cache = self._ladj_cache
         if cache is not None and cache[0] is u and cache[1] is x:
             return cache[2]

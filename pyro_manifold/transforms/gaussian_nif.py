@@ -36,7 +36,7 @@ def _softplus_inverse(y: float) -> float:
 
 
 class GaussianNIF(nn.Module):
-    r"""A noisy injective layer :math:`p(x|z) = \mathcal N(Az + b, \Sigma)` with its stochastic inverse.
+    r"""A noisy injective layer :math:`p(x|z) = \mathcal N(Az + b, \Sigma)` and its inverse.
 
     .. math::
 
@@ -126,8 +126,9 @@ class GaussianNIF(nn.Module):
         elif weight is not None:
             check_tensor("weight", weight, event_shape=(data_dim, latent_dim))
             if weight.dim() != 2:
-                raise ValueError(f"weight: expected shape ({data_dim}, {latent_dim}), got "
-                                 f"{tuple(weight.shape)}")
+                raise ValueError(
+                    f"weight: expected shape ({data_dim}, {latent_dim}), got {tuple(weight.shape)}"
+                )
             init = weight.detach().clone().unsqueeze(0)
         else:
             init = torch.linalg.qr(torch.randn(data_dim, latent_dim)).Q.unsqueeze(0)
@@ -168,7 +169,11 @@ class GaussianNIF(nn.Module):
         return NoisyInjective(z, self.linear, self.bias, self.noise_scale, noise_multiplier=s)
 
     def stochastic_inverse(self, x: Tensor) -> StochasticInverse:
-        r""":math:`q(z|x) = \mathcal N(\Lambda^{-1}u, \Lambda^{-1})` for :math:`x` of shape :math:`(*, D)`."""
+        r"""The stochastic inverse :math:`q(z|x) = \mathcal N(\Lambda^{-1}u, \Lambda^{-1})`.
+
+        Args:
+            x: :math:`(*, D)`.
+        """
         return StochasticInverse(self._check_x(x), self.linear, self.bias, self.noise_scale)
 
     def log_manifold_term(self, x: Tensor) -> Tensor:
@@ -183,7 +188,10 @@ class GaussianNIF(nn.Module):
         return self.stochastic_inverse(x).mean
 
     def marginal(self) -> dist.LowRankMultivariateNormal:
-        r"""The closed-form :math:`p(x) = \mathcal N(b, AA^\top + \Sigma)` under :math:`z \sim \mathcal N(0, I)` (eq. 41)."""
+        r"""The closed-form marginal under :math:`z \sim \mathcal N(0, I)` (eq. 41).
+
+        .. math:: p(x) = \mathcal N(b, AA^\top + \Sigma)
+        """
         return dist.LowRankMultivariateNormal(
             self.bias, self.linear.dense(), self.noise_scale.pow(2)
         )

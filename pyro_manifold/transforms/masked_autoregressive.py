@@ -113,7 +113,7 @@ class MaskedAutoregressive(TransformModule):
         return u
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
-        """Return :math:`\\sum_i \\log\\sigma_i(x)`, reusing the value from the last call."""
+        r"""Return :math:`\sum_i \log\sigma_i(x)`, reusing the value from the last call."""
         if self._ladj_cache is not None and self._ladj_cache[0] is x:
             return self._ladj_cache[1]
         return self._inverse_and_ladj(x)[1]
@@ -173,12 +173,12 @@ def _hidden_dims(input_dim: int, hidden_dims: list[int] | None) -> list[int]:
 def masked_autoregressive(
     input_dim: int, hidden_dims: list[int] | None = None, sigma_min: float = 1e-3, **kwargs
 ) -> MaskedAutoregressive:
-    """Build a :class:`MaskedAutoregressive` layer with a MADE network.
+    r"""Build a :class:`MaskedAutoregressive` layer with a MADE network.
 
     Args:
         input_dim: the event size :math:`D` (at least 2).
         hidden_dims: MADE hidden widths, each at least ``input_dim``; default
-            ``[max(10 D, 32)]`` (``[1024]`` for :math:`D \\geq 100`).
+            ``[max(10 D, 32)]`` (``[1024]`` for :math:`D \geq 100`).
         sigma_min: floor of the scale.
         **kwargs: passed to :class:`~pyro.nn.AutoRegressiveNN` (e.g. ``permutation``).
 

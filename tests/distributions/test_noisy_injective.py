@@ -10,7 +10,6 @@ from pyro_manifold.distributions import BlockLinear, NoisyInjective, StochasticI
 from pyro_manifold.transforms import GaussianNIF
 
 
-
 @pytest.fixture(autouse=True)
 def _float64():
     old = torch.get_default_dtype()
@@ -193,10 +192,12 @@ def test_image_blocks_match_the_dense_map():
     torch.testing.assert_close(image.linear.rmatvec(x), x @ A)
     torch.testing.assert_close(image.log_manifold_term(x), dense.log_manifold_term(x))
     torch.testing.assert_close(image.stochastic_inverse(x).mean, dense.stochastic_inverse(x).mean)
-    torch.testing.assert_close(image.stochastic_inverse(x).log_prob(z),
-                               dense.stochastic_inverse(x).log_prob(z))
-    torch.testing.assert_close(image.stochastic_inverse(x).covariance_matrix,
-                               dense.stochastic_inverse(x).covariance_matrix)
+    torch.testing.assert_close(
+        image.stochastic_inverse(x).log_prob(z), dense.stochastic_inverse(x).log_prob(z)
+    )
+    torch.testing.assert_close(
+        image.stochastic_inverse(x).covariance_matrix, dense.stochastic_inverse(x).covariance_matrix
+    )
     torch.testing.assert_close(image.marginal().log_prob(x), dense.marginal().log_prob(x))
     xb = image.linear.data_to_blocks(x)
     torch.testing.assert_close(image.linear.blocks_to_data(xb), x)
@@ -230,8 +231,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="weight"):
         BlockLinear(torch.randn(1, 2, 3))
     with pytest.raises(ValueError, match="noise_scale"):
-        StochasticInverse(torch.zeros(3), BlockLinear(torch.randn(1, 3, 1)), torch.zeros(3),
-                          -torch.ones(3))
+        StochasticInverse(
+            torch.zeros(3), BlockLinear(torch.randn(1, 3, 1)), torch.zeros(3), -torch.ones(3)
+        )
     with pytest.raises(ValueError, match="latent"):
-        NoisyInjective(torch.zeros(3), BlockLinear(torch.randn(1, 3, 1)), torch.zeros(3),
-                       torch.ones(3))
+        NoisyInjective(
+            torch.zeros(3), BlockLinear(torch.randn(1, 3, 1)), torch.zeros(3), torch.ones(3)
+        )

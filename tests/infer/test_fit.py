@@ -51,8 +51,16 @@ def _snapshot(m):
 def test_loss_decreases_on_a_toy_flow():
     flow = Flow(2, "maf", num_layers=2, hidden_dims=[16])
     x = torch.randn(512, 2) @ torch.tensor([[1.0, 0.9], [0.0, 0.3]]) + 2.0
-    result = fit(flow.model, flow.guide, x, num_steps=150, batch_size=128, lr=5e-3,
-                 device="cpu", progress=False)
+    result = fit(
+        flow.model,
+        flow.guide,
+        x,
+        num_steps=150,
+        batch_size=128,
+        lr=5e-3,
+        device="cpu",
+        progress=False,
+    )
     assert result.step == 150
     assert result.history["loss"][-1] < result.history["loss"][0] - 1.0
 
@@ -69,8 +77,7 @@ def test_resume_continues_the_same_run(tmp_path):
     pyro.clear_param_store()
     torch.manual_seed(0)
     m2 = LinearGaussian()
-    fit(m2.model, m2.guide, x, **{**kwargs, "num_steps": 17}, run_dir=tmp_path,
-        checkpoint_every=5)
+    fit(m2.model, m2.guide, x, **{**kwargs, "num_steps": 17}, run_dir=tmp_path, checkpoint_every=5)
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 17
 
     pyro.clear_param_store()
@@ -99,10 +106,19 @@ def test_enumerated_elbo_trains_a_mixture():
 
     m = Mixture()
     x = torch.cat([torch.randn(100) * 0.5 - 3, torch.randn(100) * 0.5 + 3])
-    fit(m.model, m.guide, x, loss=TraceEnum_ELBO(max_plate_nesting=1), num_steps=300,
-        lr=0.05, device="cpu", progress=False)
-    torch.testing.assert_close(m.locs.detach().sort().values, torch.tensor([-3.0, 3.0]),
-                               atol=0.3, rtol=0)
+    fit(
+        m.model,
+        m.guide,
+        x,
+        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        num_steps=300,
+        lr=0.05,
+        device="cpu",
+        progress=False,
+    )
+    torch.testing.assert_close(
+        m.locs.detach().sort().values, torch.tensor([-3.0, 3.0]), atol=0.3, rtol=0
+    )
 
 
 def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
@@ -124,8 +140,17 @@ def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
     m = Exploding()
     x = torch.randn(64)
     with pytest.raises(NonFiniteLossError, match="step 11") as info:
-        fit(m.model, m.guide, x, num_steps=50, batch_size=64, device="cpu", progress=False,
-            run_dir=tmp_path, checkpoint_every=3)
+        fit(
+            m.model,
+            m.guide,
+            x,
+            num_steps=50,
+            batch_size=64,
+            device="cpu",
+            progress=False,
+            run_dir=tmp_path,
+            checkpoint_every=3,
+        )
     assert info.value.step == 11  # call 1 is the parameter discovery pass
     assert info.value.sites == ["model:obs"]
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -136,9 +161,20 @@ def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
 def test_validation_early_stopping_and_history(tmp_path):
     flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
     x = torch.randn(256, 2)
-    result = fit(flow.model, flow.guide, x, validation_data=torch.randn(64, 2),
-                 num_steps=2000, lr=0.05, validate_every=5, patience=3, device="cpu",
-                 progress=False, run_dir=tmp_path, log_every=5)
+    result = fit(
+        flow.model,
+        flow.guide,
+        x,
+        validation_data=torch.randn(64, 2),
+        num_steps=2000,
+        lr=0.05,
+        validate_every=5,
+        patience=3,
+        device="cpu",
+        progress=False,
+        run_dir=tmp_path,
+        log_every=5,
+    )
     assert result.stopped_early and result.step < 2000
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["val_step"][-1] == result.step

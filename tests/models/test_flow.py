@@ -8,8 +8,9 @@ from pyro_manifold.models import FLOWS, Flow
 
 def _random_flow(kind, **kwargs):
     torch.manual_seed(0)
-    flow = Flow(2, kind, num_layers=3, hidden_dims=[16, 16] if kind != "maf" else [16],
-                **kwargs).double()
+    flow = Flow(
+        2, kind, num_layers=3, hidden_dims=[16, 16] if kind != "maf" else [16], **kwargs
+    ).double()
     with torch.no_grad():  # move off the initial values, keeping densities smooth
         for p in flow.parameters():
             p.mul_(0.3) if kind == "spline" else p.add_(0.05 * torch.randn_like(p))
@@ -42,12 +43,13 @@ def test_samples_agree_with_log_prob(kind):
         dens = flow.log_prob(pts).exp() * area
     cell = lambda z: torch.bucketize(z, edges[1:-1])  # noqa: E731
     expected = torch.zeros(8, 8, dtype=torch.float64).index_put_(
-        (cell(pts[:, 0]), cell(pts[:, 1])), dens, accumulate=True)
+        (cell(pts[:, 0]), cell(pts[:, 1])), dens, accumulate=True
+    )
     inside = (samples.abs() < 4).all(-1)
     s = samples[inside]
     observed = torch.zeros(8, 8, dtype=torch.float64).index_put_(
-        (cell(s[:, 0]), cell(s[:, 1])), torch.ones(len(s), dtype=torch.float64),
-        accumulate=True) / len(samples)
+        (cell(s[:, 0]), cell(s[:, 1])), torch.ones(len(s), dtype=torch.float64), accumulate=True
+    ) / len(samples)
     mask = expected > 0.01
     rel = ((observed - expected).abs() / expected)[mask]
     assert rel.max() < 0.15, rel.max()

@@ -1,7 +1,6 @@
 import math
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import Predictive, Trace_ELBO
@@ -101,8 +100,9 @@ def test_fit_learns_a_line_in_the_plane():
     x = torch.cat([t, 0.5 * t + 1], -1) + 0.01 * torch.randn(2000, 2, generator=g)
     torch.manual_seed(0)
     m = NoisyInjectiveFlow(2, 1, top_flow=None)
-    result = fit(m.model, m.guide, x, num_steps=1000, lr=5e-2, batch_size=256, device="cpu",
-                 progress=False)
+    result = fit(
+        m.model, m.guide, x, num_steps=1000, lr=5e-2, batch_size=256, device="cpu", progress=False
+    )
     assert result.history["loss"][-1] < result.history["loss"][0] - 2
     # p(x) = N(b, AA^T + Sigma): long along the line, thin across it (data noise 0.01)
     with torch.no_grad():

@@ -33,6 +33,7 @@ CASES = {
     "AffineCoupling": Case(lambda: T.affine_coupling(5, [16]), 5, 5),
     "AffineCoupling(reverse)": Case(lambda: T.affine_coupling(5, [16], reverse=True), 5, 5),
     "ConditionalAffineCoupling": Case(lambda: T.conditional_affine_coupling(5, 2, [16]), 5, 5, 2),
+    "ConditionalPCPMap": Case(lambda: T.conditional_pcp_map(3, 2, [8, 8]), 3, 3, 2),
     "Reverse": Case(T.Reverse, 3, 3),
 }
 BATCH_SHAPES = [(), (3,), (2, 3)]

@@ -1,0 +1,221 @@
+"""The NIF paper's MNIST claims, checked on runs of benchmarks/mnist_flows.py.
+
+Needs the runs runs/mnist_maf, runs/mnist_nif32, runs/mnist_nif64 (train them with
+mnist_flows.py) and the package's MNIST classifier (python -m pyro_manifold
+train-classifier). Measures, for the NF (MAF) and the NIFs with the same top flow:
+
+1. bits per dimension on the test set (exact for both: the NIF prior is unit normal);
+2. the MNIST Frechet distance (a small MNIST classifier's features, NOT Inception FID)
+   of samples against test images: NF at t = 1, NIF at s in a grid (s = 0 is on the
+   learned manifold), plotted against s;
+3. temperature grids of samples at t in {0.5, 1, 1.5, 2};
+4. embeddings: k-NN (k = 10) and a linear probe, fitted on training-set latents, on the
+   NIF-64 pseudo-inverse latents against the NF's 784-dimensional latents f^-1(x).
+
+Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nif_mnist_eval.py
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
+from pyro_manifold.infer import load_checkpoint
+from pyro_manifold.metrics import load_mnist_classifier, mnist_frechet_distance
+from pyro_manifold.models import Flow, NoisyInjectiveFlow
+from pyro_manifold.plotting import plot_image_grid
+
+ALPHA = 1e-6
+
+
+def load_run(run_dir):
+    state = load_checkpoint(Path(run_dir) / "best.pt")
+    cfg = state["config"]
+    if cfg.get("model", "maf") == "maf":
+        model = Flow(
+            784, "maf", num_layers=cfg["layers"], hidden_dims=[cfg["hidden"]], batch_norm=True
+        )
+    else:
+        model = NoisyInjectiveFlow(
+            784,
+            cfg["latent"],
+            top_flow="maf",
+            top_layers=cfg["layers"],
+            top_hidden_dims=[cfg["hidden"]],
+            batch_norm=True,
+            image_shape=(1, 28, 28),
+            factor=7,
+            init_noise_scale=cfg["init_noise"],
+        )
+    model.load_state_dict(state["modules"][0])
+    return model.eval()
+
+
+def to_pixels(y):
+    return ((torch.sigmoid(y) - ALPHA) / (1 - 2 * ALPHA)).clamp(0, 1)
+
+
+def to_logit(x_uint8, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return logit_transform(dequantize(x_uint8, generator=g), alpha=ALPHA)[0]
+
+
+@torch.no_grad()
+def draw(model, n, batch, **kwargs):
+    out = []
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        out.append(model.sample(m, **kwargs) if kwargs else model.sample(m))
+    return to_pixels(torch.cat(out))
+
+
+@torch.no_grad()
+def nf_sample_at_temperature(flow, n, t):
+    base = torch.distributions.Normal(flow.base_loc, flow.base_scale * t**0.5)
+    u = base.sample((n,))
+    for layer in flow.layers:
+        u = layer(u)
+    return to_pixels(u)
+
+
+@torch.no_grad()
+def embed(model, y):
+    out = []
+    for chunk in y.split(1000):
+        if isinstance(model, NoisyInjectiveFlow):
+            out.append(model.nif.pseudo_inverse(model.top_inverse(chunk)))
+        else:
+            u = chunk
+            for layer in reversed(model.layers):
+                u = layer.inv(u)
+            out.append(u)
+    return torch.cat(out)
+
+
+def knn_accuracy(train_z, train_y, test_z, test_y, k=10):
+    correct = 0
+    for chunk, labels in zip(test_z.split(500), test_y.split(500), strict=True):
+        d = torch.cdist(chunk, train_z)
+        idx = d.topk(k, largest=False).indices
+        votes = F.one_hot(train_y[idx], 10).sum(1)
+        correct += (votes.argmax(-1) == labels).sum().item()
+    return correct / len(test_y)
+
+
+def linear_probe_accuracy(train_z, train_y, test_z, test_y, steps=300):
+    mu, sd = train_z.mean(0), train_z.std(0) + 1e-6
+    a, b = (train_z - mu) / sd, (test_z - mu) / sd
+    w = torch.zeros(a.shape[1], 10, requires_grad=True)
+    c = torch.zeros(10, requires_grad=True)
+    opt = torch.optim.LBFGS([w, c], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ w + c, train_y) + 1e-4 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return ((b @ w + c).argmax(-1) == test_y).float().mean().item()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None)
+    p.add_argument("--classifier-root", default=None, help="where the classifier is cached")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--s-grid", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    p.add_argument("--embed-train", type=int, default=10000, help="training latents for k-NN")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--nf-run", default="runs/mnist_maf")
+    p.add_argument("--nif32-run", default="runs/mnist_nif32")
+    p.add_argument("--nif64-run", default="runs/mnist_nif64")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classifier = load_mnist_classifier(args.classifier_root or args.data)
+    test = load_mnist(args.data, "test")
+    train = load_mnist(args.data, "train")
+    reference = test.data.float() / 255
+    runs = {"NF": args.nf_run, "NIF-32": args.nif32_run, "NIF-64": args.nif64_run}
+    models = {name: load_run(path) for name, path in runs.items() if Path(path).exists()}
+    report = {"bits_per_dim": {}, "frechet": {}, "embedding": {}}
+    for name, path in runs.items():
+        res = Path("benchmarks/results") / f"{Path(path).name}.json"
+        if res.exists():
+            report["bits_per_dim"][name] = json.loads(res.read_text())["test_bits_per_dim"]
+
+    fd = report["frechet"]
+    if "NF" in models:
+        fd["NF t=1"] = mnist_frechet_distance(
+            draw(models["NF"], args.num_samples, args.batch), reference, classifier
+        )
+        print("NF", fd["NF t=1"], flush=True)
+    for name in ("NIF-32", "NIF-64"):
+        if name not in models:
+            continue
+        grid = args.s_grid if name == "NIF-64" else [0.0]
+        for s in grid:
+            samples = draw(models[name], args.num_samples, args.batch, s=s)
+            fd[f"{name} s={s:g}"] = mnist_frechet_distance(samples, reference, classifier)
+            print(name, s, fd[f"{name} s={s:g}"], flush=True)
+
+    # temperature grids (paper fig. 1)
+    for name, model in models.items():
+        rows = []
+        for t in (0.5, 1.0, 1.5, 2.0):
+            if name == "NF":
+                rows.append(nf_sample_at_temperature(model, 8, t))
+            else:
+                rows.append(to_pixels(model.sample(8, t=t, s=0.0)))
+        plot_image_grid(
+            torch.cat(rows),
+            out / f"temperature_{name}.png",
+            ncols=8,
+            title=f"{name}: rows t = 0.5, 1, 1.5, 2" + ("" if name == "NF" else ", s = 0"),
+        )
+
+    # embeddings
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(train.data.shape[0], generator=g)[: args.embed_train]
+    tr_y, te_y = to_logit(train.data[idx]), to_logit(test.data)
+    for name in ("NF", "NIF-64"):
+        if name not in models:
+            continue
+        ztr, zte = embed(models[name], tr_y), embed(models[name], te_y)
+        report["embedding"][name] = {
+            "dim": ztr.shape[1],
+            "knn10_accuracy": knn_accuracy(ztr, train.labels[idx], zte, test.labels),
+            "linear_probe_accuracy": linear_probe_accuracy(
+                ztr, train.labels[idx], zte, test.labels
+            ),
+        }
+        print(name, report["embedding"][name], flush=True)
+
+    if any(k.startswith("NIF-64 s=") for k in fd):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.5, 3.5))
+        ax = fig.add_subplot()
+        ss = [s for s in args.s_grid if f"NIF-64 s={s:g}" in fd]
+        ax.plot(ss, [fd[f"NIF-64 s={s:g}"] for s in ss], "o-", label="NIF-64")
+        if "NF t=1" in fd:
+            ax.axhline(fd["NF t=1"], color="C3", ls="--", label="NF")
+        ax.set_xlabel("noise multiplier s")
+        ax.set_ylabel("MNIST Frechet distance")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "nif_frechet_vs_s.png")
+    report["num_samples"] = args.num_samples
+    (out / "nif_mnist_eval.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
