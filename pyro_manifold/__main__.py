@@ -4,6 +4,7 @@ Examples::
 
     python -m pyro_manifold demo
     python -m pyro_manifold fit flow --dataset pinwheel --flow spline --steps 3000
+    python -m pyro_manifold fit nif --dataset sphere --latent-dim 2 --flow realnvp --noise 0.03
     python -m pyro_manifold evaluate runs/flow_pinwheel
     python -m pyro_manifold sample runs/flow_pinwheel -n 1000
     python -m pyro_manifold train-classifier --data ../shared/data
@@ -33,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="train a model; writes a run directory")
     f.add_argument("model", choices=MODELS, help="which model to train")
     f.add_argument("--dataset", required=True, choices=DATASETS, help="training data")
-    f.add_argument("--flow", choices=FLOWS, default=DEFAULT_CONFIG["flow"], help="flow layers")
+    f.add_argument("--latent-dim", type=int, default=None, help="latent dimension (nif)")
+    f.add_argument(
+        "--flow",
+        choices=FLOWS,
+        default=DEFAULT_CONFIG["flow"],
+        help="flow layers (the top flow of a nif)",
+    )
     f.add_argument("--layers", type=int, default=DEFAULT_CONFIG["layers"], help="flow layers")
     f.add_argument(
         "--hidden",

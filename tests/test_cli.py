@@ -36,16 +36,22 @@ def test_demo_smoke_writes_report_and_figures(tmp_path):
     assert all(torch.isfinite(torch.tensor(m["test_log_likelihood"])) for m in metrics.values())
 
 
-@pytest.mark.parametrize("dataset", ["two_moons", "swiss_roll"])
-def test_fit_evaluate_sample(tmp_path, dataset, capsys):
+@pytest.mark.parametrize(
+    "model, dataset", [("flow", "two_moons"), ("flow", "swiss_roll"), ("nif", "sphere")]
+)
+def test_fit_evaluate_sample(tmp_path, model, dataset, capsys):
     run = tmp_path / "run"
-    assert main(["fit", "flow", "--dataset", dataset, "--run-dir", str(run), *SMALL]) == 0
+    extra = ["--latent-dim", "2"] if model == "nif" else []
+    assert main(["fit", model, "--dataset", dataset, "--run-dir", str(run), *SMALL, *extra]) == 0
     for name in ["config.json", "checkpoint.pt", "history.json", "metrics.json"]:
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"] == dataset and metrics["mmd2"] == metrics["mmd2"]
-    if dataset == "swiss_roll":
+    if dataset != "two_moons":
         assert metrics["mean_manifold_distance"] >= 0
+    if model == "nif":
+        assert metrics["mean_manifold_distance_s0"] >= 0
+        assert (run / "samples_s0.png").exists()
     assert main(["evaluate", str(run)]) == 0
     assert main(["sample", str(run), "-n", "50"]) == 0
     assert torch.load(run / "samples.pt", weights_only=True).shape[0] == 50
