@@ -1,6 +1,7 @@
 """Pyro distributions: the noisy injective likelihood, its stochastic inverse, mixtures."""
 
 from pyro_manifold.distributions.block_linear import BlockLinear
+from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows, SelectedComponent
 from pyro_manifold.distributions.noisy_injective import (
     NoisyInjective,
     StochasticInverse,
@@ -9,7 +10,9 @@ from pyro_manifold.distributions.noisy_injective import (
 
 __all__ = [
     "BlockLinear",
+    "MixtureOfFlows",
     "NoisyInjective",
+    "SelectedComponent",
     "StochasticInverse",
     "log_manifold_term",
 ]

@@ -3,6 +3,7 @@
 - :mod:`~pyro_manifold.metrics.likelihood`: bits per dimension, logit-space conventions,
   batched mean log-likelihoods with standard errors.
 - :mod:`~pyro_manifold.metrics.importance`: the IWAE bound for any Pyro model and guide.
+- :mod:`~pyro_manifold.metrics.vae`: that bound for a VAE over a data set, in batches.
 - :mod:`~pyro_manifold.metrics.clustering`: accuracy under the best matching, NMI, ARI.
 - :mod:`~pyro_manifold.metrics.sample_quality`: distance to a known manifold, MMD.
 - :mod:`~pyro_manifold.metrics.frechet`: a Fréchet distance on a small MNIST classifier's
@@ -30,6 +31,7 @@ from pyro_manifold.metrics.likelihood import (
     pixel_log_likelihood,
 )
 from pyro_manifold.metrics.sample_quality import maximum_mean_discrepancy, mean_manifold_distance
+from pyro_manifold.metrics.vae import iwae_log_likelihood
 
 __all__ = [
     "adjusted_rand_index",
@@ -39,6 +41,7 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "importance_log_likelihood",
+    "iwae_log_likelihood",
     "load_mnist_classifier",
     "maximum_mean_discrepancy",
     "mean_log_likelihood",

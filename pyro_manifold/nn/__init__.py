@@ -1,5 +1,13 @@
 """Networks that are not transforms: the MNIST classifier, PICNN, batched MLPs."""
 
+from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN, BatchedLinear
 from pyro_manifold.nn.mnist_classifier import MNISTClassifier
+from pyro_manifold.nn.picnn import PICNN
 
-__all__ = ["MNISTClassifier"]
+__all__ = [
+    "BatchedAutoRegressiveNN",
+    "BatchedDenseNN",
+    "BatchedLinear",
+    "MNISTClassifier",
+    "PICNN",
+]

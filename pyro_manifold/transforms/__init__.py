@@ -17,17 +17,27 @@ from pyro_manifold.transforms.masked_autoregressive import (
     conditional_masked_autoregressive,
     masked_autoregressive,
 )
+from pyro_manifold.transforms.pcp_map import (
+    ConditionalPCPMap,
+    ConditionedPCPMap,
+    PCPMapInverseError,
+    conditional_pcp_map,
+)
 from pyro_manifold.transforms.permutation import Reverse
 
 __all__ = [
     "AffineCoupling",
     "ConditionalAffineCoupling",
     "ConditionalMaskedAutoregressive",
+    "ConditionalPCPMap",
+    "ConditionedPCPMap",
     "GaussianNIF",
     "MaskedAutoregressive",
+    "PCPMapInverseError",
     "Reverse",
     "affine_coupling",
     "conditional_affine_coupling",
     "conditional_masked_autoregressive",
+    "conditional_pcp_map",
     "masked_autoregressive",
 ]
