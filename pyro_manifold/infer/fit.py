@@ -62,6 +62,10 @@ class FitResult:
         best_validation_loss: the lowest validation loss seen, or ``None``.
         stopped_early: whether early stopping ended the run.
         checkpoint: the last checkpoint written, or ``None``.
+
+    Example:
+        >>> FitResult(step=3).step
+        3
     """
 
     history: dict[str, list[float]] = field(default_factory=dict)
