@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "check_choice",
     "check_finite",
+    "check_matches",
     "check_positive",
     "check_positive_int",
     "check_probability",
@@ -158,3 +159,18 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
     if value not in choices:
         raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_matches(name: str, x: Tensor, reference: Tensor, owner: str = "the model's") -> Tensor:
+    """Check that ``x`` has the dtype and device of ``reference`` (e.g. a model's buffer).
+
+    Example:
+        >>> check_matches("x", torch.zeros(2), torch.ones(3)).shape
+        torch.Size([2])
+    """
+    if x.dtype != reference.dtype or x.device != reference.device:
+        raise ValueError(
+            f"{name}: expected dtype {reference.dtype} on device {reference.device} ({owner}), "
+            f"got dtype {x.dtype} on device {x.device}"
+        )
+    return x

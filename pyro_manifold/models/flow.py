@@ -9,7 +9,7 @@ from pyro.distributions.transforms import BatchNorm, spline_coupling
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_choice, check_positive_int, check_tensor
+from pyro_manifold._validation import check_choice, check_matches, check_positive_int, check_tensor
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
 
 __all__ = ["FLOWS", "Flow", "flow_layers"]
@@ -128,12 +128,7 @@ class Flow(PyroModule):
 
     def _check_x(self, x: Tensor) -> Tensor:
         check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
-        if x.dtype != self.base_loc.dtype or x.device != self.base_loc.device:
-            raise ValueError(
-                f"x: expected dtype {self.base_loc.dtype} on device {self.base_loc.device} "
-                f"(the model's), got dtype {x.dtype} on device {x.device}"
-            )
-        return x
+        return check_matches("x", x, self.base_loc)
 
     def model(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
         """Observe ``x`` of shape :math:`(N, D)`, or draw ``num_samples`` new points.

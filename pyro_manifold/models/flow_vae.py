@@ -2,7 +2,6 @@ r"""Variational autoencoders whose encoder is a conditional normalizing flow."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +16,7 @@ from pyro.infer import Predictive
 from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import Tensor, nn
 
+from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import check_choice, check_positive, check_positive_int, check_tensor
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
@@ -31,10 +31,6 @@ def _widths(name: str, dims: object, minimum: int = 1) -> list[int]:
     if not isinstance(dims, list | tuple):
         raise TypeError(f"{name}: expected a list of ints, got {dims!r}")
     return [check_positive_int(name, d, minimum=minimum) for d in dims]
-
-
-def _inverse_softplus(value: float) -> float:
-    return math.log(math.expm1(value))
 
 
 class FlowVAE(PyroModule):
@@ -180,7 +176,7 @@ class FlowVAE(PyroModule):
         )
         self.decoder_head = nn.Linear(widths[-1], data_dim)
         if likelihood == "gaussian":
-            raw = _inverse_softplus(max(decoder_scale - min_scale, 1e-6))
+            raw = softplus_inverse(max(decoder_scale - min_scale, 1e-6))
             self.decoder_scale_raw = nn.Parameter(torch.full((data_dim,), raw))
 
         self.flows = nn.ModuleList()

@@ -10,7 +10,12 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
+from pyro_manifold._validation import (
+    check_matches,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
 from pyro_manifold.models.flow import flow_layers
 from pyro_manifold.transforms import GaussianNIF
 
@@ -121,12 +126,7 @@ class NoisyInjectiveFlow(PyroModule):
 
     def _check_x(self, x: Tensor) -> Tensor:
         check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
-        if x.dtype != self.prior_loc.dtype or x.device != self.prior_loc.device:
-            raise ValueError(
-                f"x: expected dtype {self.prior_loc.dtype} on device {self.prior_loc.device} "
-                f"(the model's), got dtype {x.dtype} on device {x.device}"
-            )
-        return x
+        return check_matches("x", x, self.prior_loc)
 
     def top_inverse(self, x: Tensor) -> Tensor:
         r""":math:`y = f^{-1}(x)`, one pass per layer for MAF and couplings."""

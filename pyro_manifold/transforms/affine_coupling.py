@@ -17,7 +17,6 @@ conditional twin. Both directions cost one network pass.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 
@@ -29,6 +28,7 @@ from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyro_manifold._math import SOFTPLUS_ONE
 from pyro_manifold._validation import check_positive, check_positive_int
 
 __all__ = [
@@ -37,8 +37,6 @@ __all__ = [
     "affine_coupling",
     "conditional_affine_coupling",
 ]
-
-_SOFTPLUS_ONE = math.log(math.e - 1.0)
 
 
 class AffineCoupling(TransformModule):
@@ -100,7 +98,7 @@ class AffineCoupling(TransformModule):
 
     def _loc_and_log_scale(self, kept: Tensor) -> tuple[Tensor, Tensor]:
         mu, s = self.nn(kept)
-        return mu, (F.softplus(s + _SOFTPLUS_ONE) + self.sigma_min).log()
+        return mu, (F.softplus(s + SOFTPLUS_ONE) + self.sigma_min).log()
 
     def _call(self, u: Tensor) -> Tensor:
         kept, moved = self._split(u)

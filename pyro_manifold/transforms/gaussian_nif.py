@@ -13,14 +13,18 @@ parameters, not a bijective transform: its two directions are distributions.
 
 from __future__ import annotations
 
-import math
-
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
+from pyro_manifold._math import softplus_inverse
+from pyro_manifold._validation import (
+    check_matches,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
 from pyro_manifold.distributions import (
     BlockLinear,
     NoisyInjective,
@@ -29,10 +33,6 @@ from pyro_manifold.distributions import (
 from pyro_manifold.distributions.noisy_injective import _log_manifold_term, _precision_cholesky
 
 __all__ = ["GaussianNIF"]
-
-
-def _softplus_inverse(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class GaussianNIF(nn.Module):
@@ -134,7 +134,7 @@ class GaussianNIF(nn.Module):
             init = torch.linalg.qr(torch.randn(data_dim, latent_dim)).Q.unsqueeze(0)
         self.weight = nn.Parameter(init)
         self.bias = nn.Parameter(torch.zeros(data_dim))
-        raw = _softplus_inverse(init_noise_scale - min_noise_scale)
+        raw = softplus_inverse(init_noise_scale - min_noise_scale)
         self.noise_raw = nn.Parameter(torch.full((data_dim,), raw))
         if weight is not None:
             _precision_cholesky(self.linear, self.noise_scale.detach())  # rank check
@@ -151,12 +151,7 @@ class GaussianNIF(nn.Module):
 
     def _check_x(self, x: Tensor) -> Tensor:
         check_tensor("x", x, event_shape=(self.data_dim,))
-        if x.dtype != self.weight.dtype or x.device != self.weight.device:
-            raise ValueError(
-                f"x: expected dtype {self.weight.dtype} on device {self.weight.device} (the "
-                f"layer's), got dtype {x.dtype} on device {x.device}"
-            )
-        return x
+        return check_matches("x", x, self.weight, "the layer's")
 
     def likelihood(self, z: Tensor, s: float = 1.0) -> NoisyInjective:
         r""":math:`p(x|z) = \mathcal N(Az + b, s\Sigma)`; ``s=0`` samples on the manifold.

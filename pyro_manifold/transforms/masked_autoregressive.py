@@ -18,7 +18,6 @@ is cheap; sampling is sequential (``D`` passes). This is the reverse of Pyro's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 
@@ -30,6 +29,7 @@ from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyro_manifold._math import SOFTPLUS_ONE
 from pyro_manifold._validation import check_positive, check_positive_int
 
 __all__ = [
@@ -38,8 +38,6 @@ __all__ = [
     "conditional_masked_autoregressive",
     "masked_autoregressive",
 ]
-
-_SOFTPLUS_ONE = math.log(math.e - 1.0)
 
 
 class MaskedAutoregressive(TransformModule):
@@ -87,7 +85,7 @@ class MaskedAutoregressive(TransformModule):
 
     def _loc_and_log_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, s = self.arn(x)
-        sigma = F.softplus(s + _SOFTPLUS_ONE) + self.sigma_min
+        sigma = F.softplus(s + SOFTPLUS_ONE) + self.sigma_min
         return mu, sigma.log()
 
     def _inverse_and_ladj(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -46,6 +46,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
+from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import (
     check_finite,
     check_positive,
@@ -62,10 +63,6 @@ __all__ = [
 ]
 
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
-
-
-def _inverse_softplus(value: float) -> float:
-    return math.log(math.expm1(value))
 
 
 class PCPMapInverseError(RuntimeError):
@@ -151,9 +148,9 @@ class ConditionalPCPMap(ConditionalTransformModule):
         self.min_curvature = check_positive("min_curvature", min_curvature)
         self.tol = None if tol is None else check_positive("tol", tol)
         self.max_iter = check_positive_int("max_iter", max_iter)
-        self.gamma1 = nn.Parameter(torch.tensor(_inverse_softplus(0.1)))
+        self.gamma1 = nn.Parameter(torch.tensor(softplus_inverse(0.1)))
         self.gamma2 = nn.Parameter(torch.tensor(0.5))
-        self.gamma3 = nn.Parameter(torch.tensor(_inverse_softplus(0.5)))
+        self.gamma3 = nn.Parameter(torch.tensor(softplus_inverse(0.5)))
 
     def potential_weights(self) -> tuple[Tensor, Tensor]:
         r"""The weights of :math:`g` and of :math:`\tfrac12\lVert z\rVert^2` in :math:`G`.
