@@ -59,12 +59,12 @@ class MixtureOfFlows(TorchDistribution):
     :math:`\operatorname{broadcast}(B_1, B_2)` and event shape :math:`E`.
     :meth:`component_log_prob` returns :math:`(*, K)`, :meth:`log_prob` :math:`(*)`.
 
-    Sampling draws :math:`k \sim \pi` and then :math:`x \sim p_k`; when the batch shape
-    is empty, all points are drawn with one call of the batched components on about
-    :math:`N/K` rows per component (not :math:`N` rows for each of the :math:`K`), see
-    :meth:`sample_with_components`. The choice of :math:`k` is discrete, so there is no
-    ``rsample``; :meth:`component` gives a reparameterisable :math:`p(x \mid k)` when the
-    components have one.
+    Sampling draws :math:`k \sim \pi` and then :math:`x \sim p_k`. When the components'
+    batch shape is just :math:`(K,)`, the :math:`N` points come from one call of the
+    batched components on :math:`\max_k N_k \approx N/K` rows (not :math:`N` rows for
+    each of the :math:`K` components), see :meth:`sample_with_components`. The choice of
+    :math:`k` is discrete, so there is no ``rsample``; :meth:`component` gives a
+    reparameterisable :math:`p(x \mid k)` when the components have one.
 
     Args:
         mixture_logits: :math:`(*B_1, K)`, unnormalised log-weights.

@@ -191,8 +191,8 @@ class VariationalMixtureOfFlows(PyroModule):
     generation as for posterior assignments (``Predictive(model, guide=guide, ...)``
     returns ``"component"`` drawn from :math:`q(k|x)`).
 
-    Temperature. The step :math:`t` is a buffer (saved with the state dict, so resumed
-    runs continue the schedule). With ``auto_anneal=True`` each guide call made in
+    Temperature. The step :math:`t` is saved with the state dict (extra state), so resumed
+    runs continue the schedule. With ``auto_anneal=True`` each guide call made in
     training mode with gradients enabled (one per SVI step with one particle) advances
     it by one; :meth:`set_temperature_step` sets it explicitly.
 
@@ -200,6 +200,9 @@ class VariationalMixtureOfFlows(PyroModule):
     trains :math:`\log\pi` by the ELBO gradient; ``"responsibilities"`` sets :math:`\pi`
     to a moving average of the batch means of :math:`q(k|x)` (one-hot for labelled
     points), the maximiser of the bound over :math:`\pi` for the current :math:`q`.
+
+    Start. All components start at the same standard normal base (the paper's model);
+    :meth:`initialize_components` optionally centres each one on a k-means cluster.
 
     Cost. The :math:`K` components run as one batched flow: scoring :math:`N` points
     costs one pass of :math:`K`-stacked networks over :math:`(N, K, D)` tensors.
@@ -287,7 +290,15 @@ class VariationalMixtureOfFlows(PyroModule):
         self.weights = _MixtureWeights(num_components, learned=prior == "learned")
         self.register_buffer("base_loc", torch.zeros(num_components, data_dim))
         self.register_buffer("base_scale", torch.ones(num_components, data_dim))
-        self.register_buffer("_temperature_step", torch.zeros((), dtype=torch.int64))
+        self._temperature_step = 0  # saved in the state dict as extra state
+
+    def get_extra_state(self) -> dict[str, int]:
+        """The temperature step, saved in the state dict (no device synchronisation)."""
+        return {"temperature_step": self._temperature_step}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        """Restore the temperature step from a state dict."""
+        self._temperature_step = int(state["temperature_step"])
 
     # -- temperature -------------------------------------------------------------------
     def temperature_at(self, step: int) -> float:
@@ -306,7 +317,7 @@ class VariationalMixtureOfFlows(PyroModule):
     @property
     def temperature_step(self) -> int:
         """The step :math:`t` of the temperature schedule."""
-        return int(self._temperature_step)
+        return self._temperature_step
 
     def set_temperature_step(self, step: int) -> None:
         """Set the schedule's step :math:`t` (e.g. from your own training loop).
@@ -317,8 +328,7 @@ class VariationalMixtureOfFlows(PyroModule):
             >>> m.set_temperature_step(1000); round(m.temperature, 6)
             1.0
         """
-        step = check_positive_int("step", step, minimum=0)
-        self._temperature_step.fill_(step)
+        self._temperature_step = check_positive_int("step", step, minimum=0)
 
     @property
     def temperature(self) -> float:
@@ -466,20 +476,18 @@ class VariationalMixtureOfFlows(PyroModule):
             y = self._check_labels(y, x.shape[0])
         training = self.training and torch.is_grad_enabled()
         x_u, x_l, y_l = self._split(x, y)
-        k = None
-        probs_u = None
+        k, logits = None, None
         if x_u.shape[0] > 0:
             logits = self.encoder(x_u) / self.temperature
             with pyro.plate("data", x_u.shape[0]):
                 k = pyro.sample(
                     "component", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
                 )
-            probs_u = torch.softmax(logits.detach(), -1)
         if training and self.prior == "responsibilities":
+            probs_u = None if logits is None else torch.softmax(logits.detach(), -1)
             self._update_prior(probs_u, y_l)
         if training and self.auto_anneal:
-            with torch.no_grad():
-                self._temperature_step += 1
+            self._temperature_step += 1
         return k
 
     @torch.no_grad()
