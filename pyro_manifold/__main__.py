@@ -5,6 +5,7 @@ Examples::
     python -m pyro_manifold demo
     python -m pyro_manifold fit flow --dataset pinwheel --flow spline --steps 3000
     python -m pyro_manifold fit nif --dataset sphere --latent-dim 2 --flow realnvp --noise 0.03
+    torchrun --nproc-per-node 4 -m pyro_manifold fit flow --dataset pinwheel  # data-parallel
     python -m pyro_manifold evaluate runs/flow_pinwheel
     python -m pyro_manifold sample runs/flow_pinwheel -n 1000
     python -m pyro_manifold train-classifier --data ../shared/data
@@ -110,14 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "fit":
         from pyro_manifold.experiment import train_run
+        from pyro_manifold.infer.distributed import is_main_process, torchrun_process_group
 
         config = {
             k: v for k, v in vars(args).items() if k in DEFAULT_CONFIG and k not in ("data_dim",)
         }
         run_dir = args.run_dir or f"runs/{args.model}_{args.dataset}"
-        metrics = train_run(config, run_dir, resume=args.resume)
-        print(json.dumps(metrics, indent=1))
-        print(f"run written to {run_dir}")
+        with torchrun_process_group(args.device):  # under torchrun: data-parallel training
+            metrics = train_run(config, run_dir, resume=args.resume)
+            main_process = is_main_process()
+        if main_process:
+            print(json.dumps(metrics, indent=1))
+            print(f"run written to {run_dir}")
     elif args.command == "evaluate":
         from pyro_manifold.experiment import evaluate_run
 

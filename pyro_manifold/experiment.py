@@ -32,6 +32,7 @@ from pyro_manifold.datasets import (
     make_manifold,
 )
 from pyro_manifold.infer import fit, load_checkpoint, resolve_device
+from pyro_manifold.infer.distributed import is_main_process
 from pyro_manifold.metrics import bits_per_dim, maximum_mean_discrepancy, mean_manifold_distance
 from pyro_manifold.models import FLOWS, Flow, NoisyInjectiveFlow
 from pyro_manifold.plotting import (
@@ -182,6 +183,10 @@ def train_run(
 ) -> dict[str, Any]:
     """Train the model of ``config``, writing the run into ``run_dir``; returns the metrics.
 
+    Inside a ``torch.distributed`` process group (``torchrun``) training is data-parallel
+    (``batch_size`` per process); rank 0 writes the run and returns the metrics, the
+    other ranks return ``{}``.
+
     Example:
         >>> import tempfile
         >>> m = train_run({"dataset": "two_moons", "steps": 20, "num_samples": 200,
@@ -195,7 +200,8 @@ def train_run(
     train, val, _ = load_splits(config)
     config["data_dim"] = train.shape[-1]
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    if is_main_process():
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
     torch.manual_seed(config["seed"])
     model = build_model(config, train.shape[-1])
 
@@ -221,6 +227,8 @@ def train_run(
         progress=progress,
         config=config,
     )
+    if not is_main_process():  # data-parallel (torchrun): rank 0 evaluates and plots
+        return {}
     plot_training_curve(result.history, run_dir / "training_curve.png")
     return evaluate_run(run_dir, model=model)
 

@@ -26,7 +26,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_tensor,
 )
-from pyro_manifold.infer.checkpoint import load_checkpoint, save_checkpoint
+from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
 
@@ -191,7 +191,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _mean_loss(elbo, model, guide, data, batch_size, transform_batch, modules) -> float:
+def _mean_loss(elbo, model, guide, data, batch_size, transform_batch, modules, group=None) -> float:
+    if group is not None:  # each rank scores its block of rows; the sums are reduced
+        data = group.shard(data)
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
@@ -208,6 +210,8 @@ def _mean_loss(elbo, model, guide, data, batch_size, transform_batch, modules) -
     finally:
         for m, flag in zip(modules, was_training, strict=True):
             m.train(flag)
+    if group is not None:
+        total, count = group.sum(total, count)
     return total / count
 
 
@@ -238,6 +242,7 @@ def fit(
     log_every: int = 10,
     progress: bool | None = None,
     config: dict[str, Any] | None = None,
+    distributed: bool | None = None,
 ) -> FitResult:
     r"""Fit the parameters of ``model`` and ``guide`` by stochastic variational inference.
 
@@ -299,6 +304,15 @@ def fit(
         log_every: steps between loss read-backs (history and progress bar).
         progress: show a tqdm bar; default only on a terminal.
         config: plain data describing the run, stored in checkpoints.
+        distributed: train data-parallel over the ranks of a ``torch.distributed``
+            process group (see :mod:`pyro_manifold.infer.distributed`); ``None``: when a
+            group is initialized or ``torchrun`` started several processes. Then
+            ``batch_size`` is per rank (the global batch is ``world_size`` times it, cut
+            from one shared permutation), gradients are averaged over the ranks (one step
+            equals one step on the global batch in one process), rank 0 writes the
+            checkpoints (resumable by a single process) and shows the bar, validation
+            losses are reduced over the ranks, and rank :math:`r` seeds its model
+            randomness with ``seed + r``.
 
     Returns:
         A :class:`FitResult`.
@@ -337,8 +351,9 @@ def fit(
         check_choice("optimizer", optimizer, OPTIMIZERS)
     if lr_schedule is not None and not callable(lr_schedule):
         check_choice("lr_schedule", lr_schedule, ("cosine",))
-    state = load_checkpoint(resume) if resume is not None else None
-    device = resolve_device(device)
+    group: DataParallelGroup = data_parallel_group(distributed, resolve_device(device))
+    device = group.device
+    state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
     mods = _owner_modules(model, guide, extra=modules)
     if state is not None:
@@ -351,13 +366,14 @@ def fit(
 
     # -- set up ------------------------------------------------------------------------
     run_dir = Path(run_dir) if run_dir is not None else None
-    pyro.set_rng_seed(seed)
+    pyro.set_rng_seed(seed + group.rank)
     for m in mods:
         m.to(device)
     data = tuple(t.to(device) for t in data)
     val = tuple(t.to(device) for t in val) if val is not None else None
     n = data[0].shape[0]
-    batch_size = min(batch_size, n)
+    batch_size = group.local_batch_size(batch_size, n)  # per rank
+    global_batch = batch_size * group.world_size
     order_gen = torch.Generator(device=device)
     order_gen.manual_seed(seed)
 
@@ -399,11 +415,12 @@ def fit(
         step, position = int(state["step"]), int(state["position"])
         perm = state["perm"].to(device)
         order_gen.set_state(state["order_generator"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(group.rng_state(state, seed))
         history = {k: list(v) for k, v in state["history"].items()}
         best_val = float(state.get("best_validation_loss", math.inf))
         bad_validations = int(state.get("bad_validations", 0))
         elapsed = float(state.get("elapsed", 0.0))
+    group.broadcast_state_(mods, params)
 
     def checkpoint_state() -> dict[str, Any]:
         return {
@@ -421,10 +438,11 @@ def fit(
             "bad_validations": bad_validations,
             "elapsed": elapsed,
             "config": dict(config or {}),
+            **group.checkpoint_extras(_rng_state()),
         }
 
     def write_history() -> None:
-        if run_dir is not None:
+        if run_dir is not None and group.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             tmp = run_dir / ".history.json.tmp"
             tmp.write_text(json.dumps(history, indent=1))
@@ -440,17 +458,18 @@ def fit(
     bar = tqdm(
         total=num_steps,
         initial=step,
-        disable=(None if progress is None else not progress),
+        disable=(None if progress is None else not progress) if group.is_main else True,
         desc="fit",
         dynamic_ncols=True,
     )
     try:
         while step < num_steps:
-            if position + batch_size > n:
+            if position + global_batch > n:
                 perm = torch.randperm(n, generator=order_gen, device=device)
                 position = 0
-            idx = perm[position : position + batch_size]
-            position += batch_size
+            start = position + group.rank * batch_size  # this rank's slice of the global batch
+            idx = perm[start : start + batch_size]
+            position += global_batch
             batch = tuple(t[idx] for t in data)
             if transform_batch is not None:
                 batch = tuple(transform_batch(*batch))
@@ -460,18 +479,20 @@ def fit(
             except Exception as e:
                 e.add_note(f"pyro_manifold.fit: raised at step {step}")
                 raise
-            if not torch.isfinite(value):
+            mean_value = group.mean(value.detach())
+            if not torch.isfinite(mean_value):
                 raise NonFiniteLossError(
-                    step, _nonfinite_sites(model, guide, batch), float(value.detach())
+                    step, _nonfinite_sites(model, guide, batch), float(mean_value)
                 )
             opt.zero_grad(set_to_none=True)
             value.backward()
+            group.synchronize_(params, mods)
             if clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             opt.step()
             if scheduler is not None:
                 scheduler.step()
-            window = window + value.detach()
+            window = window + mean_value
             window_count += 1
             if step % log_every == 0 or step == num_steps:
                 mean = float(window) / window_count
@@ -484,7 +505,7 @@ def fit(
                 bar.set_postfix(loss=f"{mean:.4g}")
             bar.update(1)
             if val is not None and (step % validate_every == 0 or step == num_steps):
-                v = _mean_loss(elbo, model, guide, val, batch_size, transform_batch, mods)
+                v = _mean_loss(elbo, model, guide, val, batch_size, transform_batch, mods, group)
                 history["val_step"].append(step)
                 history["val_loss"].append(v)
                 if v < best_val:
@@ -492,7 +513,7 @@ def fit(
                     best_states = [copy.deepcopy(m.state_dict()) for m in mods]
                     if run_dir is not None:
                         elapsed = time.perf_counter() - t0
-                        save_checkpoint(checkpoint_state(), run_dir / "best.pt")
+                        group.save_checkpoint(checkpoint_state(), run_dir / "best.pt")
                 else:
                     bad_validations += 1
                 if patience is not None and bad_validations >= patience:
@@ -501,7 +522,9 @@ def fit(
                 step % checkpoint_every == 0 or step == num_steps or result.stopped_early
             ):
                 elapsed = time.perf_counter() - t0
-                result.checkpoint = save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
+                result.checkpoint = group.save_checkpoint(
+                    checkpoint_state(), run_dir / "checkpoint.pt"
+                )
                 write_history()
             if result.stopped_early:
                 break
