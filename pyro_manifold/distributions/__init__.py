@@ -1,6 +1,7 @@
 """Pyro distributions: the noisy injective likelihood, its stochastic inverse, mixtures."""
 
 from pyro_manifold.distributions.block_linear import BlockLinear
+from pyro_manifold.distributions.chart_mixture import Atlas, ChartMixture
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows, SelectedComponent
 from pyro_manifold.distributions.noisy_injective import (
     NoisyInjective,
@@ -9,7 +10,9 @@ from pyro_manifold.distributions.noisy_injective import (
 )
 
 __all__ = [
+    "Atlas",
     "BlockLinear",
+    "ChartMixture",
     "MixtureOfFlows",
     "NoisyInjective",
     "SelectedComponent",

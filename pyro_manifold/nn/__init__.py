@@ -3,6 +3,7 @@
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN, BatchedLinear
 from pyro_manifold.nn.mnist_classifier import MNISTClassifier
 from pyro_manifold.nn.picnn import PICNN
+from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
 
 __all__ = [
     "BatchedAutoRegressiveNN",
@@ -10,4 +11,6 @@ __all__ = [
     "BatchedLinear",
     "MNISTClassifier",
     "PICNN",
+    "VectorQuantizer",
+    "chart_membership",
 ]

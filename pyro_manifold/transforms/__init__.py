@@ -10,6 +10,12 @@ from pyro_manifold.transforms.affine_coupling import (
     affine_coupling,
     conditional_affine_coupling,
 )
+from pyro_manifold.transforms.conformal import (
+    ConditionalConformalEmbedding,
+    ConformalEmbedding,
+    conditional_conformal_embedding,
+    conformal_embedding,
+)
 from pyro_manifold.transforms.gaussian_nif import GaussianNIF
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
@@ -28,16 +34,20 @@ from pyro_manifold.transforms.permutation import Reverse
 __all__ = [
     "AffineCoupling",
     "ConditionalAffineCoupling",
+    "ConditionalConformalEmbedding",
     "ConditionalMaskedAutoregressive",
     "ConditionalPCPMap",
     "ConditionedPCPMap",
+    "ConformalEmbedding",
     "GaussianNIF",
     "MaskedAutoregressive",
     "PCPMapInverseError",
     "Reverse",
     "affine_coupling",
     "conditional_affine_coupling",
+    "conditional_conformal_embedding",
     "conditional_masked_autoregressive",
     "conditional_pcp_map",
+    "conformal_embedding",
     "masked_autoregressive",
 ]

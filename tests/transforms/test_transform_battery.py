@@ -35,6 +35,11 @@ CASES = {
     "ConditionalAffineCoupling": Case(lambda: T.conditional_affine_coupling(5, 2, [16]), 5, 5, 2),
     "ConditionalPCPMap": Case(lambda: T.conditional_pcp_map(3, 2, [8, 8]), 3, 3, 2),
     "Reverse": Case(T.Reverse, 3, 3),
+    "ConformalEmbedding": Case(lambda: T.conformal_embedding(2, 5), 2, 5),
+    "ConformalEmbedding(square)": Case(lambda: T.conformal_embedding(3, 3), 3, 3),
+    "ConditionalConformalEmbedding": Case(
+        lambda: T.conditional_conformal_embedding(2, 4, 3, [8]), 2, 4, 3
+    ),
 }
 BATCH_SHAPES = [(), (3,), (2, 3)]
 

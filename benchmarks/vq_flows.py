@@ -1,0 +1,376 @@
+"""VQ-Flows against plain flows: 3D toy manifolds and MNIST (Sidheekh, Dock et al. 2022).
+
+Parts (``--part``, default ``toy``; ``all`` runs every part):
+
+* ``toy``: the four toy manifolds of ``pyro_manifold.datasets`` (sphere with a non-uniform
+  density, torus, Swiss roll, linked rings), ``--train`` points on the manifold plus
+  isotropic noise ``--noise`` (seed 0), 2000 held-out points (seed 1). VQ-RealNVP
+  (``VQFlow``: K charts, stage 1 the VQ autoencoder for ``--steps`` steps, stage 2 the chart
+  flows for ``2 * --steps``) against RealNVP(8) whose width is the smallest giving at
+  least as many parameters, trained for ``3 * --steps`` steps. Scores over ``--seeds``
+  seeds (mean ± std): MMD² (multi-bandwidth Gaussian kernel, unbiased) between 2000
+  samples and the held-out points, and the mean Euclidean distance of the samples to the
+  true manifold (lower is better for both). ``--figures DIR`` saves the figure: rows of
+  data, RealNVP samples, VQ-RealNVP samples and the learned chart regions on the data.
+* ``mnist``: dequantized logit-space MNIST; RealNVP vs VQ-RealNVP and MAF vs VQ-MAF
+  (d = 784), Fréchet distance in the features of the package's MNIST classifier (not
+  FID) between 5000 samples and the test images, every ``--eval-every`` steps, over
+  ``--seeds`` seeds. Needs ``PYRO_MANIFOLD_DATA`` and a GPU for the full protocol.
+* ``dimension``: VQ-RealNVP on MNIST with chart dimension d < 784 (``--latent-dims``),
+  through the conformal embeddings: Fréchet distance and the pixel-space reconstruction
+  error of test images (projection onto the charts) against d.
+
+Run (CPU):   python benchmarks/vq_flows.py --part toy --device cpu --threads 1
+GPU:         PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part mnist
+             PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part dimension
+Smoke:       python benchmarks/vq_flows.py --part all --smoke --device cpu
+             (tiny sizes; without MNIST data the MNIST parts run on random images with an
+             untrained classifier, to exercise the code only: their numbers mean nothing)
+Results are printed as Markdown tables and written to ``--out`` (JSON).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_manifold.datasets import (
+    dequantize,
+    inverse_logit_transform,
+    load_mnist,
+    logit_transform,
+    make_manifold,
+)
+from pyro_manifold.infer import fit, resolve_device
+from pyro_manifold.metrics import (
+    load_mnist_classifier,
+    maximum_mean_discrepancy,
+    mean_manifold_distance,
+    mnist_frechet_distance,
+)
+from pyro_manifold.models import Flow, VQFlow
+from pyro_manifold.nn import MNISTClassifier
+
+MANIFOLDS = ("sphere", "torus", "swiss_roll", "linked_rings")
+LAMBDA = 1e-6
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def mean_std(values):
+    values = [float(v) for v in values]
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": values}
+
+
+def fmt(stat, spec=".4f"):
+    return f"{stat['mean']:{spec}} ± {stat['std']:{spec}}"
+
+
+# ----------------------------------------------------------------------------- toy manifolds
+def matched_realnvp(num_params, layers=8):
+    width = 4
+    while True:
+        flow = Flow(3, "realnvp", num_layers=layers, hidden_dims=[width, width])
+        if count(flow) >= num_params:
+            return flow
+        width += 1
+
+
+def train_vq(model, data, steps, device, batch_size=256):
+    common = dict(batch_size=batch_size, device=device, progress=False)
+    fit(model.model, model.guide, data, num_steps=steps, lr=3e-3, **common)
+    model.set_stage("flows", data.to(device))
+    fit(
+        model.model, model.guide, data, num_steps=2 * steps, lr=1e-3, lr_schedule="cosine", **common
+    )
+    model.eval()
+    return model
+
+
+def toy_part(args, device):
+    results, figure_rows = {}, []
+    for name in args.manifolds:
+        manifold = make_manifold(name)
+        train = manifold.sample(args.train, noise=args.noise, seed=0).data
+        test = manifold.sample(args.test, noise=args.noise, seed=1).data
+        scores = {
+            "vq_realnvp": {"mmd2": [], "distance": []},
+            "realnvp": {"mmd2": [], "distance": []},
+        }
+        for seed in range(args.seeds):
+            pyro.set_rng_seed(seed)
+            vq = VQFlow(
+                3,
+                num_charts=args.num_charts,
+                flow="realnvp",
+                num_layers=4,
+                hidden_dims=[32],
+                autoencoder_hidden_dims=[64],
+                num_overlap=1,
+                epsilon=0.2,
+            )
+            nf = matched_realnvp(count(vq))
+            t0 = time.time()
+            train_vq(vq, train, args.steps, device)
+            t_vq = time.time() - t0
+            t0 = time.time()
+            fit(
+                nf.model, nf.guide, train, num_steps=3 * args.steps, batch_size=256, lr=1e-3,
+                lr_schedule="cosine", device=device, progress=False,
+            )  # fmt: skip
+            t_nf = time.time() - t0
+            with torch.no_grad():
+                pyro.set_rng_seed(100 + seed)
+                samples = {
+                    "vq_realnvp": vq.sample(len(test)).cpu(),
+                    "realnvp": nf.sample(len(test)).cpu(),
+                }
+            for key, s in samples.items():
+                scores[key]["mmd2"].append(float(maximum_mean_discrepancy(s, test)))
+                scores[key]["distance"].append(mean_manifold_distance(s, manifold.distance))
+            print(
+                f"{name} seed {seed}: VQ {scores['vq_realnvp']['mmd2'][-1]:.2e} / "
+                f"{scores['vq_realnvp']['distance'][-1]:.4f} ({t_vq:.0f}s), RealNVP "
+                f"{scores['realnvp']['mmd2'][-1]:.2e} / {scores['realnvp']['distance'][-1]:.4f} "
+                f"({t_nf:.0f}s)",
+                flush=True,
+            )
+            if seed == 0:
+                with torch.no_grad():
+                    chart = vq.autoencoder.assign(train.to(device)).cpu()
+                figure_rows.append(
+                    (name, test, samples["realnvp"], samples["vq_realnvp"], train, chart)
+                )
+        results[name] = {
+            "parameters": {"vq_realnvp": count(vq), "realnvp": count(nf)},
+            **{key: {metric: mean_std(v) for metric, v in s.items()} for key, s in scores.items()},
+        }
+    print("\n| manifold | model | parameters | MMD² | mean distance to the manifold |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        for key in ("realnvp", "vq_realnvp"):
+            print(
+                f"| {name} | {key} | {r['parameters'][key]} | {fmt(r[key]['mmd2'], '.2e')} "
+                f"| {fmt(r[key]['distance'])} |"
+            )
+    if args.figures:
+        toy_figure(figure_rows, Path(args.figures) / "vq_flows_toy.png")
+    return results
+
+
+def toy_figure(rows, path):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 4 * len(rows)))
+    titles = ("data", "RealNVP", "VQ-RealNVP", "chart regions")
+    for i, (name, test, nf, vq, train, chart) in enumerate(rows):
+        for j, points in enumerate((test, nf, vq, train)):
+            ax = fig.add_subplot(len(rows), 4, 4 * i + j + 1, projection="3d")
+            p = points[:2000]
+            color = chart[:2000].numpy() if j == 3 else "C0"
+            ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=1, c=color, cmap="tab10" if j == 3 else None)
+            ax.set_title(f"{name}: {titles[j]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"figure: {path}")
+
+
+# ----------------------------------------------------------------------------- MNIST
+def mnist_data(args, device):
+    """Logit-space training images, test images in [0, 1], the classifier; or stand-ins."""
+    if os.environ.get("PYRO_MANIFOLD_DATA"):
+        pixels = load_mnist(split="train").data
+        test = load_mnist(split="test").data.float() / 255
+        classifier = load_mnist_classifier(train_if_missing=True, device=device)
+        if args.smoke:
+            pixels, test = pixels[:512], test[:256]
+    else:
+        if not args.smoke:
+            raise SystemExit("the MNIST parts need PYRO_MANIFOLD_DATA (or --smoke)")
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (512, 784), generator=g, dtype=torch.uint8)
+        test = torch.rand(256, 784, generator=g)
+        classifier = MNISTClassifier().to(device)
+    train = logit_transform(dequantize(pixels, torch.Generator().manual_seed(0)), alpha=LAMBDA)[0]
+    return train, test, classifier
+
+
+def mnist_model(kind, args, latent_dim=784):
+    flow = kind.removeprefix("vq_")
+    if flow == "maf":
+        hidden = [1024]  # MADE needs hidden widths >= 784
+    else:
+        hidden = [64] if args.smoke else [1024, 1024]
+    layers = 2 if args.smoke else 5
+    if kind.startswith("vq_"):
+        return VQFlow(
+            784, num_charts=args.mnist_charts, latent_dim=latent_dim, code_dim=16, flow=flow,
+            num_layers=layers, hidden_dims=hidden if latent_dim >= 100 else [4 * latent_dim],
+            autoencoder_hidden_dims=[64] if args.smoke else [512],
+            num_reflections=8 if args.smoke else None,
+        )  # fmt: skip
+    return Flow(784, flow, num_layers=layers, hidden_dims=hidden)
+
+
+def frechet_of(model, test, classifier, num_samples):
+    model.eval()
+    with torch.no_grad():
+        images = inverse_logit_transform(model.sample(num_samples), alpha=LAMBDA)
+    return mnist_frechet_distance(images.nan_to_num(0.0).clamp(0, 1), test, classifier)
+
+
+def train_with_curve(model, train, args, device, evaluate, lr):
+    """Train in chunks of ``--eval-every`` steps (resuming the optimiser state) and evaluate."""
+    curve = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        checkpoint = Path(run_dir) / "checkpoint.pt"
+        for step in range(args.eval_every, args.mnist_steps + 1, args.eval_every):
+            fit(
+                model.model, model.guide, train, num_steps=step, batch_size=args.batch_size, lr=lr,
+                device=device, run_dir=run_dir, checkpoint_every=args.eval_every,
+                resume=checkpoint if checkpoint.exists() else None, progress=False,
+            )  # fmt: skip
+            curve.append((step, evaluate()))
+            print(f"  step {step}: {curve[-1][1]:.3f}", flush=True)
+            model.train()
+    return curve
+
+
+def mnist_part(args, device):
+    train, test, classifier = mnist_data(args, device)
+    n_samples = 64 if args.smoke else 5000
+    results = {}
+    for kind in ("realnvp", "vq_realnvp", "maf", "vq_maf"):
+        curves = []
+        for seed in range(args.seeds):
+            pyro.set_rng_seed(seed)
+            model = mnist_model(kind, args)
+            print(f"{kind} seed {seed} ({count(model)} parameters)", flush=True)
+            if isinstance(model, VQFlow):
+                fit(
+                    model.model, model.guide, train, num_steps=args.atlas_steps,
+                    batch_size=args.batch_size, lr=1e-3, device=device, progress=False,
+                )  # fmt: skip
+                model.set_stage("flows", train[:5000].to(device))
+            curves.append(
+                train_with_curve(
+                    model,
+                    train,
+                    args,
+                    device,
+                    lambda model=model: frechet_of(model, test, classifier, n_samples),
+                    lr=1e-4,
+                )  # fmt: skip
+            )
+        steps = [s for s, _ in curves[0]]
+        results[kind] = {
+            "steps": steps,
+            "frechet": [mean_std([c[i][1] for c in curves]) for i in range(len(steps))],
+        }
+    print("\n| model | Fréchet distance at the end (mean ± std over seeds) |")
+    print("|---|---|")
+    for kind, r in results.items():
+        print(f"| {kind} | {fmt(r['frechet'][-1], '.2f')} |")
+    if args.figures:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6, 4))
+        ax = fig.add_subplot(1, 1, 1)
+        for kind, r in results.items():
+            mu = [f["mean"] for f in r["frechet"]]
+            sd = [f["std"] for f in r["frechet"]]
+            ax.errorbar(r["steps"], mu, yerr=sd, label=kind, capsize=3)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("Fréchet distance (classifier features)")
+        ax.legend()
+        path = Path(args.figures) / "vq_flows_mnist.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path)
+    return results
+
+
+def dimension_part(args, device):
+    train, test, classifier = mnist_data(args, device)
+    n_samples = 64 if args.smoke else 5000
+    test_logit = logit_transform(test.clamp(1 / 512, 1 - 1 / 512), alpha=LAMBDA)[0]
+    results = {}
+    for d in args.latent_dims:
+        pyro.set_rng_seed(0)
+        model = mnist_model("vq_realnvp", args, latent_dim=d)
+        common = dict(batch_size=args.batch_size, device=device, progress=False)
+        fit(model.model, model.guide, train, num_steps=args.atlas_steps, lr=1e-3, **common)
+        model.set_stage("flows", train[:5000].to(device))
+        fit(model.model, model.guide, train, num_steps=args.mnist_steps, lr=1e-4, **common)
+        model.eval()
+        with torch.no_grad():
+            x = test_logit[:1000].to(device)
+            recon = inverse_logit_transform(model.reconstruct(x), alpha=LAMBDA).cpu()
+            mse = float((recon - test[:1000]).pow(2).mean())
+        results[d] = {
+            "frechet": frechet_of(model, test, classifier, n_samples),
+            "reconstruction_mse": mse,
+        }
+        print(f"d = {d}: {results[d]}", flush=True)
+    print("\n| d | Fréchet distance | reconstruction MSE (pixels) |")
+    print("|---|---|---|")
+    for d, r in results.items():
+        print(f"| {d} | {r['frechet']:.2f} | {r['reconstruction_mse']:.4f} |")
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", default="toy", choices=["toy", "mnist", "dimension", "all"])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--manifolds", nargs="+", default=list(MANIFOLDS), choices=MANIFOLDS)
+    parser.add_argument("--train", type=int, default=10000)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--noise", type=float, default=0.01)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--num-charts", type=int, default=8)
+    parser.add_argument("--mnist-charts", type=int, default=10)
+    parser.add_argument("--mnist-steps", type=int, default=20000)
+    parser.add_argument("--atlas-steps", type=int, default=3000)
+    parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--latent-dims", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--figures", default=None)
+    parser.add_argument("--out", default="benchmarks/results/vq_flows.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.seeds, args.train, args.test, args.steps = 1, 300, 200, 10
+        args.manifolds = args.manifolds[:2]
+        args.mnist_steps, args.atlas_steps, args.eval_every = 4, 2, 2
+        args.batch_size, args.latent_dims = 32, [8, 16]
+    device = resolve_device(args.device)
+    print(f"device: {device}")
+    parts = ["toy", "mnist", "dimension"] if args.part == "all" else [args.part]
+    results = {"config": vars(args), "device": str(device)}
+    for part in parts:
+        results[part] = {"toy": toy_part, "mnist": mnist_part, "dimension": dimension_part}[part](
+            args, device
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

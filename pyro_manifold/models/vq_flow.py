@@ -1,0 +1,303 @@
+r"""VQ-Flows as a Pyro program: a VQ autoencoder atlas and chart-conditioned local flows."""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.distributions.transforms import conditional_spline_autoregressive
+from pyro.nn import DenseNN, PyroModule
+from torch import Tensor, nn
+
+from pyro_manifold._validation import (
+    check_choice,
+    check_matches,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
+from pyro_manifold.distributions.chart_mixture import ChartMixture
+from pyro_manifold.models.vq_autoencoder import VQAutoencoder
+from pyro_manifold.transforms import (
+    ConditionalConformalEmbedding,
+    conditional_affine_coupling,
+    conditional_masked_autoregressive,
+)
+
+__all__ = ["CHART_FLOWS", "VQFlow", "conditional_flow_layers"]
+
+CHART_FLOWS = ("maf", "realnvp", "spline")
+STAGES = ("atlas", "flows")
+
+
+def conditional_flow_layers(
+    input_dim: int,
+    context_dim: int,
+    flow: str,
+    num_layers: int,
+    hidden_dims: list[int] | None = None,
+) -> list[nn.Module]:
+    r"""Conditional flow layers on :math:`\mathbb R^d`, ordered base to data.
+
+    ``"realnvp"``: :class:`~pyro_manifold.transforms.ConditionalAffineCoupling` with the
+    kept half alternating (both directions one pass); ``"maf"``:
+    :class:`~pyro_manifold.transforms.ConditionalMaskedAutoregressive` with the order
+    reversed between layers (scoring one pass, sampling sequential); ``"spline"``: Pyro's
+    conditional autoregressive rational-quadratic splines (sampling one pass, scoring
+    sequential).
+
+    Example:
+        >>> layers = conditional_flow_layers(3, 2, "realnvp", 2, [8])
+        >>> [type(t).__name__ for t in layers]
+        ['ConditionalAffineCoupling', 'ConditionalAffineCoupling']
+    """
+    check_positive_int("input_dim", input_dim, minimum=2)
+    check_positive_int("context_dim", context_dim)
+    check_choice("flow", flow, CHART_FLOWS)
+    check_positive_int("num_layers", num_layers)
+    layers: list[nn.Module] = []
+    for i in range(num_layers):
+        if flow == "realnvp":
+            layers.append(
+                conditional_affine_coupling(
+                    input_dim, context_dim, hidden_dims, reverse=bool(i % 2)
+                )
+            )
+        elif flow == "maf":
+            order = torch.arange(input_dim)
+            order = order.flip(0) if i % 2 else order
+            layers.append(
+                conditional_masked_autoregressive(
+                    input_dim, context_dim, hidden_dims, permutation=order
+                )
+            )
+        else:
+            hidden = hidden_dims or [max(10 * input_dim, 32)]
+            layers.append(conditional_spline_autoregressive(input_dim, context_dim, hidden))
+    return layers
+
+
+class _ChartPlacement(nn.Module):
+    r"""Hypernet of the chart embeddings: :math:`v \mapsto (s, D(v) + b(v), \Delta V(v))`.
+
+    The shift starts at the decoded chart centre :math:`D(v_k)`, so every chart starts
+    where the autoencoder puts its part of the data.
+    """
+
+    def __init__(self, owner: VQFlow, code_dim: int, data_dim: int, r: int, hidden: list[int]):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not a submodule: no duplicate weights
+        self.net = DenseNN(code_dim, hidden, param_dims=[1, data_dim, r * data_dim])
+        with torch.no_grad():  # start at scale 1, shift D(v), the base reflections
+            for p in self.net.layers[-1].parameters():
+                p.mul_(0.01)
+
+    def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s, b, dv = self.net(context)
+        return s, b + self._owner.autoencoder.decoder(context), dv
+
+
+class VQFlow(PyroModule):
+    r"""VQ-Flows: a learned atlas of :math:`K` overlapping charts with local flows.
+
+    .. math::
+
+        p(x) = \sum_{k:\, x\in U_k} p_k\,
+            \bigl|\det J_{f_k}(x) J_{f_k}(x)^\top\bigr|^{1/2}\, q(f_k(x)),\qquad
+        g_k = f_k^{-1} = c_k \circ g^L(\cdot\,; v_k) \circ\cdots\circ g^1(\cdot\,; v_k),
+
+    a :class:`~pyro_manifold.distributions.ChartMixture` whose atlas is a
+    :class:`VQAutoencoder` (chart centres :math:`v_k`, regions
+    :math:`U_k = \{x: d_k(x) \le (1+\varepsilon)\tilde d_m(x)\}`), whose chart flows are
+    conditional layers on :math:`\mathbb R^d` shared by all charts (context
+    :math:`v_k`) and whose last layer :math:`c_k` is a
+    :class:`~pyro_manifold.transforms.ConditionalConformalEmbedding` from
+    :math:`\mathbb R^d` to :math:`\mathbb R^D` with shift :math:`D(v_k) + b(v_k)`
+    (:math:`D` the decoder). Training has two stages, each one run of
+    :func:`pyro_manifold.infer.fit` on ``model``/``guide`` (the guide is empty: there
+    are no latent sites):
+
+    1. ``stage="atlas"`` (the default): the VQ autoencoder loss (reconstruction,
+       codebook and commitment terms; k-means start and dead-code re-seeding).
+    2. :meth:`set_stage` ``("flows", x)`` freezes the atlas, sets the chart weights to
+       the fraction of ``x`` nearest to each centre, and the loss becomes the negative
+       log-likelihood of eq. (2) plus, for :math:`d < D`, the reconstruction term of
+       conformal embedding flows
+       :math:`w\,\lVert x - \sum_k p(k\mid x)\, g_k(f_k(x))\rVert^2` for data only near
+       the manifold (``reconstruction_weight`` :math:`w`).
+
+    Args:
+        data_dim: :math:`D`.
+        num_charts: :math:`K`.
+        latent_dim: :math:`d \le D`, the chart dimension (default :math:`D`; at least 2).
+        code_dim: dimension :math:`C` of the codes (default :math:`\min(D, 16)`).
+        flow: chart flow family, ``"realnvp"`` (VQ-RealNVP), ``"maf"`` (VQ-MAF) or
+            ``"spline"``.
+        num_layers: chart flow layers :math:`L`.
+        hidden_dims: hidden widths of each chart flow layer.
+        autoencoder_hidden_dims: hidden widths of the encoder and decoder.
+        num_overlap: :math:`m`.
+        epsilon: :math:`\varepsilon`.
+        reconstruction_weight: :math:`w \ge 0` (used only when :math:`d < D`).
+        commitment: the VQ commitment weight :math:`\beta`.
+        restrict: eq. (2) over the charts containing :math:`x` (``False``: all charts).
+        num_reflections: Householder reflections :math:`r` of the chart embeddings
+            (default :math:`\min(d, D - 1, 64)`; :math:`r \ge \min(d, D-1)` reaches every
+            orientation of the chart planes, fewer are cheaper for large :math:`D`).
+
+    Example:
+        >>> from pyro_manifold.infer import fit
+        >>> x = torch.randn(64, 3)
+        >>> vq = VQFlow(3, num_charts=4, num_layers=2, hidden_dims=[16],
+        ...             autoencoder_hidden_dims=[16])
+        >>> _ = fit(vq.model, vq.guide, x, num_steps=2, batch_size=32, progress=False)
+        >>> vq.set_stage("flows", x)
+        >>> _ = fit(vq.model, vq.guide, x, num_steps=2, batch_size=32, progress=False)
+        >>> vq.log_prob(x[:5]).shape, vq.sample(7).shape
+        (torch.Size([5]), torch.Size([7, 3]))
+
+    References:
+        VQ-Flows: Vector Quantized Local Normalizing Flows. Sahil Sidheekh, Chris B.
+        Dock, Tushar Jain, Radu Balan, Maneesh K. Singh, 2022. arXiv:2203.11556.
+        Tractable Density Estimation on Learned Manifolds with Conformal Embedding Flows.
+        Brendan Leigh Ross, Jesse C. Cresswell, 2021. arXiv:2106.05275.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        num_charts: int = 8,
+        latent_dim: int | None = None,
+        code_dim: int | None = None,
+        flow: str = "realnvp",
+        num_layers: int = 4,
+        hidden_dims: list[int] | None = None,
+        autoencoder_hidden_dims: list[int] | None = None,
+        num_overlap: int = 1,
+        epsilon: float = 0.1,
+        reconstruction_weight: float = 1.0,
+        commitment: float = 0.25,
+        restrict: bool = True,
+        num_reflections: int | None = None,
+    ) -> None:
+        check_positive_int("data_dim", data_dim, minimum=2)
+        check_positive_int("num_charts", num_charts)
+        latent_dim = data_dim if latent_dim is None else latent_dim
+        check_positive_int("latent_dim", latent_dim, minimum=2)
+        if latent_dim > data_dim:
+            raise ValueError(
+                f"latent_dim: expected an int <= data_dim = {data_dim}, got {latent_dim}"
+            )
+        code_dim = min(data_dim, 16) if code_dim is None else code_dim
+        check_positive_int("code_dim", code_dim)
+        check_choice("flow", flow, CHART_FLOWS)
+        check_positive_int("num_overlap", num_overlap)
+        if num_overlap > num_charts:
+            raise ValueError(
+                f"num_overlap: expected an int <= num_charts = {num_charts}, got {num_overlap}"
+            )
+        self.epsilon = check_positive("epsilon", epsilon, allow_zero=True)
+        self.reconstruction_weight = check_positive(
+            "reconstruction_weight", reconstruction_weight, allow_zero=True
+        )
+        super().__init__()
+        self.data_dim, self.latent_dim, self.code_dim = data_dim, latent_dim, code_dim
+        self.num_charts, self.num_overlap, self.restrict = num_charts, num_overlap, restrict
+        self.flow = flow
+        self.autoencoder = VQAutoencoder(
+            data_dim, code_dim, num_charts, autoencoder_hidden_dims, commitment
+        )
+        self.chart_flow = nn.ModuleList(
+            conditional_flow_layers(latent_dim, code_dim, flow, num_layers, hidden_dims)
+        )
+        r = min(latent_dim, data_dim - 1, 64) if num_reflections is None else num_reflections
+        check_positive_int("num_reflections", r)
+        placement = _ChartPlacement(self, code_dim, data_dim, r, [max(4 * code_dim, 32)])
+        self.embedding = ConditionalConformalEmbedding(latent_dim, data_dim, placement, r)
+        self.chart_logits = nn.Parameter(torch.zeros(num_charts))
+        self.stage = "atlas"
+
+    def set_stage(self, stage: str, x: Tensor | None = None) -> None:
+        r"""Switch the training stage (``"atlas"`` or ``"flows"``).
+
+        ``"flows"`` freezes the autoencoder (``requires_grad=False``, eval mode) and, when
+        data ``x`` :math:`(N, D)` is given, sets the chart weights :math:`p_k` to the
+        fraction of points whose nearest centre is :math:`v_k` (plus one point per chart).
+        ``"atlas"`` unfreezes the autoencoder.
+        """
+        check_choice("stage", stage, STAGES)
+        if x is not None:
+            self._check_x(x)
+        frozen = stage == "flows"
+        for p in self.autoencoder.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            self.autoencoder.eval()
+            if x is not None:
+                with torch.no_grad():
+                    k = self.autoencoder.assign(x)
+                    counts = torch.bincount(k, minlength=self.num_charts).to(x.dtype) + 1
+                    self.chart_logits.copy_(counts.log())
+        self.stage = stage
+
+    def train(self, mode: bool = True) -> VQFlow:
+        """Set training mode; a frozen atlas (stage ``"flows"``) stays in eval mode."""
+        super().train(mode)
+        if self.stage == "flows":
+            self.autoencoder.eval()
+        return self
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
+        return check_matches("x", x, self.chart_logits)
+
+    def distribution(self) -> ChartMixture:
+        """The current :class:`~pyro_manifold.distributions.ChartMixture` over :math:`(D,)`."""
+        return ChartMixture(
+            self.autoencoder,
+            list(self.chart_flow),
+            self.chart_logits,
+            self.data_dim,
+            self.latent_dim,
+            self.embedding,
+            self.num_overlap,
+            self.epsilon,
+            self.restrict,
+        )
+
+    def model(self, x: Tensor) -> None:
+        """Observe ``x`` :math:`(N, D)`: the stage's loss as Pyro sites in a data plate."""
+        self._check_x(x)
+        if self.stage == "atlas":
+            self.autoencoder.model(x)
+            return
+        mixture = self.distribution()
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", mixture, obs=x)
+            if self.latent_dim < self.data_dim and self.reconstruction_weight > 0:
+                error = (x - mixture.reconstruct(x)).pow(2).sum(-1)
+                pyro.factor("reconstruction", -self.reconstruction_weight * error)
+
+    def guide(self, x: Tensor) -> None:
+        """Empty guide: VQ-Flows has no latent sites."""
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""Eq. (2), :math:`\log p(x)` of shape :math:`(N,)` for ``x`` :math:`(N, D)`."""
+        return self.distribution().log_prob(self._check_x(x))
+
+    def chart_posterior(self, x: Tensor) -> Tensor:
+        r""":math:`p(k \mid x)`, shape :math:`(N, K)`."""
+        return self.distribution().chart_posterior(self._check_x(x))
+
+    def encode(self, x: Tensor, stochastic: bool = False) -> Tensor:
+        r"""Latent codes :math:`(N, d)` (see :meth:`ChartMixture.encode`)."""
+        return self.distribution().encode(self._check_x(x), stochastic)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        r"""Projection :math:`\sum_k p(k\mid x) g_k(f_k(x))` of ``x`` onto the charts."""
+        return self.distribution().reconstruct(self._check_x(x))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> Tensor:
+        """Draw ``num_samples`` points, shape ``(num_samples, D)``."""
+        check_positive_int("num_samples", num_samples)
+        return self.distribution().sample((num_samples,))
