@@ -63,12 +63,20 @@ def to_logit(x_uint8, seed=3):
     return logit_transform(dequantize(x_uint8, generator=g), alpha=ALPHA)[0]
 
 
+NONFINITE = {}  # name -> fraction of samples dropped because sequential sampling overflowed
+
+
 @torch.no_grad()
-def draw(model, n, batch, **kwargs):
-    out = []
-    for start in range(0, n, batch):
-        m = min(batch, n - start)
-        out.append(model.sample(m, **kwargs) if kwargs else model.sample(m))
+def draw(model, n, batch, name, **kwargs):
+    """n finite samples in pixel space; rows that overflowed to inf/NaN are counted, dropped."""
+    out, dropped, drawn = [], 0, 0
+    while sum(len(o) for o in out) < n:
+        m = min(batch, n - sum(len(o) for o in out))
+        y = model.sample(m, **kwargs)
+        ok = torch.isfinite(y).all(-1)
+        out.append(y[ok])
+        dropped, drawn = dropped + int((~ok).sum()), drawn + m
+    NONFINITE[name] = dropped / drawn
     return to_pixels(torch.cat(out))
 
 
@@ -135,6 +143,12 @@ def main():
     p.add_argument("--nf-run", default="runs/mnist_maf")
     p.add_argument("--nif32-run", default="runs/mnist_nif32")
     p.add_argument("--nif64-run", default="runs/mnist_nif64")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["NF", "NIF-32", "NIF-64"],
+        help="which runs to evaluate (results of others already in the JSON stay)",
+    )
     args = p.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -144,8 +158,12 @@ def main():
     train = load_mnist(args.data, "train")
     reference = test.data.float() / 255
     runs = {"NF": args.nf_run, "NIF-32": args.nif32_run, "NIF-64": args.nif64_run}
+    runs = {name: path for name, path in runs.items() if name in args.models}
     models = {name: load_run(path) for name, path in runs.items() if Path(path).exists()}
-    report = {"bits_per_dim": {}, "frechet": {}, "embedding": {}}
+    path = out / "nif_mnist_eval.json"  # results of earlier calls for other models are kept
+    report = json.loads(path.read_text()) if path.exists() else {}
+    for key in ("bits_per_dim", "frechet", "embedding"):
+        report.setdefault(key, {})
     for name, path in runs.items():
         res = Path("benchmarks/results") / f"{Path(path).name}.json"
         if res.exists():
@@ -154,7 +172,7 @@ def main():
     fd = report["frechet"]
     if "NF" in models:
         fd["NF t=1"] = mnist_frechet_distance(
-            draw(models["NF"], args.num_samples, args.batch), reference, classifier
+            draw(models["NF"], args.num_samples, args.batch, "NF t=1"), reference, classifier
         )
         print("NF", fd["NF t=1"], flush=True)
     for name in ("NIF-32", "NIF-64"):
@@ -162,7 +180,7 @@ def main():
             continue
         grid = args.s_grid if name == "NIF-64" else [0.0]
         for s in grid:
-            samples = draw(models[name], args.num_samples, args.batch, s=s)
+            samples = draw(models[name], args.num_samples, args.batch, f"{name} s={s:g}", s=s)
             fd[f"{name} s={s:g}"] = mnist_frechet_distance(samples, reference, classifier)
             print(name, s, fd[f"{name} s={s:g}"], flush=True)
 
@@ -198,6 +216,7 @@ def main():
         }
         print(name, report["embedding"][name], flush=True)
 
+    fd = report["frechet"]
     if any(k.startswith("NIF-64 s=") for k in fd):
         from matplotlib.figure import Figure
 
@@ -213,7 +232,8 @@ def main():
         fig.tight_layout()
         fig.savefig(out / "nif_frechet_vs_s.png")
     report["num_samples"] = args.num_samples
-    (out / "nif_mnist_eval.json").write_text(json.dumps(report, indent=2))
+    report.setdefault("nonfinite_sample_fraction", {}).update(NONFINITE)
+    path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 
