@@ -160,8 +160,8 @@ def main():
     runs = {"NF": args.nf_run, "NIF-32": args.nif32_run, "NIF-64": args.nif64_run}
     runs = {name: path for name, path in runs.items() if name in args.models}
     models = {name: load_run(path) for name, path in runs.items() if Path(path).exists()}
-    path = out / "nif_mnist_eval.json"  # results of earlier calls for other models are kept
-    report = json.loads(path.read_text()) if path.exists() else {}
+    report_path = out / "nif_mnist_eval.json"  # results for models not evaluated now are kept
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
     for key in ("bits_per_dim", "frechet", "embedding"):
         report.setdefault(key, {})
     for name, path in runs.items():
@@ -233,7 +233,7 @@ def main():
         fig.savefig(out / "nif_frechet_vs_s.png")
     report["num_samples"] = args.num_samples
     report.setdefault("nonfinite_sample_fraction", {}).update(NONFINITE)
-    path.write_text(json.dumps(report, indent=2))
+    report_path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 
 
