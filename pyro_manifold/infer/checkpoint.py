@@ -4,7 +4,9 @@ A checkpoint is a dictionary saved with :func:`torch.save` and read back with
 ``torch.load(weights_only=True)``, so loading one never runs code from the file. It is
 written to a temporary file in the same folder, flushed to disk and then renamed over
 the old one (:func:`os.replace` is atomic on POSIX), so the file on disk is always a
-complete checkpoint: either the previous one or the new one.
+complete checkpoint: either the previous one or the new one. A writer killed half-way
+leaves only its temporary file, which the next successful write of the same checkpoint
+deletes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _remove_stale_temporaries(path, older_than=os.stat(path).st_mtime)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -60,6 +63,16 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _remove_stale_temporaries(path: Path, older_than: float) -> None:
+    """Delete half-written temporaries of ``path`` left by a writer that was killed."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if stale.stat().st_mtime <= older_than:
+                stale.unlink()
+        except FileNotFoundError:  # another cleaner got there first
+            pass
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +35,50 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a non-finite loss; names the step and the offending sites.
+    """Training produced a non-finite loss or gradient; names the step, sites and parameter.
 
     Attributes:
-        step: the 1-based optimisation step whose loss was not finite.
+        step: the 1-based optimisation step whose loss or gradient was not finite.
         sites: ``"model:NAME"`` / ``"guide:NAME"`` for every sample site whose
             log-probability (or value) was not finite when the step was re-run.
+        loss: the loss of that step (per data point).
+        parameter: the parameter with the largest gradient norm (a non-finite norm
+            counts as the largest), e.g. ``"Flow.layers.0.weight"`` or ``"param:loc"``.
+        grad_norm: that parameter's gradient norm.
+        nonfinite_parameters: every parameter whose gradient was not finite.
+
+    Example:
+        >>> err = NonFiniteLossError(7, ["model:obs"], float("nan"), parameter="param:loc")
+        >>> print(str(err).split("; ")[0], "|", err.parameter)
+        non-finite loss nan at step 7 | param:loc
     """
 
-    def __init__(self, step: int, sites: list[str], loss: float) -> None:
+    def __init__(
+        self,
+        step: int,
+        sites: list[str],
+        loss: float,
+        *,
+        parameter: str | None = None,
+        grad_norm: float | None = None,
+        nonfinite_parameters: Sequence[str] = (),
+        note: str = "",
+    ) -> None:
         self.step, self.sites, self.loss = step, sites, loss
+        self.parameter, self.grad_norm = parameter, grad_norm
+        self.nonfinite_parameters = list(nonfinite_parameters)
+        what = f"non-finite loss {loss}" if not math.isfinite(loss) else "non-finite gradient"
         where = ", ".join(sites) if sites else "no single site (check the parameters)"
+        msg = f"{what} at step {step}; non-finite log-probability at: {where}"
+        if self.nonfinite_parameters:
+            shown = ", ".join(self.nonfinite_parameters[:5])
+            more = len(self.nonfinite_parameters) - 5
+            msg += f"; non-finite gradient in: {shown}" + (f" (+{more} more)" if more > 0 else "")
+        if parameter is not None:
+            norm = "" if grad_norm is None else f" (norm {grad_norm:.4g})"
+            msg += f"; largest gradient: {parameter}{norm}"
         super().__init__(
-            f"non-finite loss {loss} at step {step}; non-finite log-probability at: {where}. "
-            "Training stopped; the last good checkpoint (if any) is unchanged."
+            f"{msg}. {note}Training stopped; the last good checkpoint (if any) is unchanged."
         )
 
 
@@ -62,6 +93,8 @@ class FitResult:
         best_validation_loss: the lowest validation loss seen, or ``None``.
         stopped_early: whether early stopping ended the run.
         checkpoint: the last checkpoint written, or ``None``.
+        skipped_steps: the steps skipped because their loss or gradient was not finite
+            (with ``on_nonfinite="skip"``).
 
     Example:
         >>> FitResult(step=3).step
@@ -73,6 +106,7 @@ class FitResult:
     best_validation_loss: float | None = None
     stopped_early: bool = False
     checkpoint: Path | None = None
+    skipped_steps: list[int] = field(default_factory=list)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -176,6 +210,32 @@ def _nonfinite_sites(model: Callable, guide: Callable, args: tuple) -> list[str]
     return bad
 
 
+def _parameter_names(modules: Sequence[nn.Module], param_names: list[str], store) -> dict:
+    """``id(tensor) -> readable name`` for every trainable tensor (for error messages)."""
+    names: dict[int, str] = {}
+    for name in param_names:
+        if name in store._params:
+            names[id(store._params[name])] = f"param:{name}"
+    for m in modules:
+        for name, p in m.named_parameters():
+            names.setdefault(id(p), f"{type(m).__name__}.{name}")
+    return names
+
+
+def _gradient_report(params: list[Tensor], names: dict) -> tuple[str | None, float, list[str]]:
+    """The largest gradient (non-finite first): its parameter, its norm, and all non-finite ones."""
+    norms = [
+        (names.get(id(p), f"parameter {i}"), float(p.grad.norm()))
+        for i, p in enumerate(params)
+        if p.grad is not None
+    ]
+    bad = [name for name, norm in norms if not math.isfinite(norm)]
+    if not norms:
+        return None, math.nan, bad
+    name, norm = max(norms, key=lambda t: (not math.isfinite(t[1]), t[1]))
+    return name, norm, bad
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -228,6 +288,8 @@ def fit(
     weight_decay: float = 0.0,
     lr_schedule: str | Callable | None = None,
     clip_norm: float | None = None,
+    on_nonfinite: str = "raise",
+    max_consecutive_skips: int = 20,
     validation_data: Tensor | Sequence[Tensor] | None = None,
     validate_every: int = 100,
     patience: int | None = None,
@@ -271,8 +333,16 @@ def fit(
     order, the RNG states, the history and ``config``, are written atomically and load
     with ``torch.load(weights_only=True)``. ``resume=path`` continues such a run: on the
     CPU the result equals an uninterrupted run with the same seed. A non-finite loss
-    raises :class:`NonFiniteLossError` naming the step and the sites; no checkpoint is
-    written after it, so the last good one survives.
+    or gradient raises :class:`NonFiniteLossError` naming the step, the sample sites
+    whose log-probability is not finite and the parameter with the largest gradient; the
+    step is not applied and no checkpoint is written after it, so the last good one
+    survives. With ``on_nonfinite="skip"`` such a batch is dropped instead (no update;
+    module buffers such as batch-norm statistics are restored), counted in
+    :attr:`FitResult.skipped_steps` and reported with a warning at the end; more than
+    ``max_consecutive_skips`` in a row still raise.
+
+    The finiteness check costs one device-to-host read per step (of the loss plus the
+    global gradient norm together).
 
     Args:
         model: a Pyro model, called as ``model(*batch)``.
@@ -288,6 +358,10 @@ def fit(
         lr_schedule: ``"cosine"`` or a callable ``optimizer -> LRScheduler`` (stepped
             once per step).
         clip_norm: clip the global gradient norm to this value.
+        on_nonfinite: ``"raise"`` (default) or ``"skip"``, what to do with a step whose
+            loss or gradient is not finite.
+        max_consecutive_skips: with ``"skip"``, raise after this many skipped steps in a
+            row.
         validation_data: held-out data with the same structure as ``data``.
         validate_every: steps between validation losses.
         patience: stop after this many validations without improvement.
@@ -345,6 +419,8 @@ def fit(
     check_positive_int("log_every", log_every)
     if clip_norm is not None:
         check_positive("clip_norm", clip_norm)
+    check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
+    check_positive_int("max_consecutive_skips", max_consecutive_skips)
     if patience is not None:
         check_positive_int("patience", patience)
     if not callable(optimizer):
@@ -393,6 +469,7 @@ def fit(
     params = _parameters(mods, param_sites)
     if not params:
         raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
+    names = _parameter_names(mods, param_names, store)
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
     scheduler = _make_scheduler(lr_schedule, opt, num_steps)
 
@@ -402,6 +479,7 @@ def fit(
     step, position, perm = 0, 0, torch.randperm(n, generator=order_gen, device=device)
     best_val, best_states, bad_validations = math.inf, None, 0
     elapsed = 0.0
+    skipped: list[int] = []
     if state is not None:
         for m, sd in zip(mods, state["modules"], strict=True):
             m.load_state_dict(sd)
@@ -420,6 +498,7 @@ def fit(
         best_val = float(state.get("best_validation_loss", math.inf))
         bad_validations = int(state.get("bad_validations", 0))
         elapsed = float(state.get("elapsed", 0.0))
+        skipped = [int(k) for k in state.get("skipped_steps", [])]
     group.broadcast_state_(mods, params)
 
     def checkpoint_state() -> dict[str, Any]:
@@ -437,6 +516,7 @@ def fit(
             "best_validation_loss": best_val,
             "bad_validations": bad_validations,
             "elapsed": elapsed,
+            "skipped_steps": list(skipped),
             "config": dict(config or {}),
             **group.checkpoint_extras(_rng_state()),
         }
@@ -449,7 +529,9 @@ def fit(
             os.replace(tmp, run_dir / "history.json")
 
     # -- train -------------------------------------------------------------------------
-    result = FitResult(history=history)
+    result = FitResult(history=history, skipped_steps=skipped)
+    buffers = [b for m in mods for b in m.buffers()] if on_nonfinite == "skip" else []
+    consecutive = 0
     for m in mods:
         m.train()
     window = torch.zeros((), device=device)
@@ -474,27 +556,56 @@ def fit(
             if transform_batch is not None:
                 batch = tuple(transform_batch(*batch))
             step += 1
+            saved_buffers = [b.clone() for b in buffers]
             try:
                 value = elbo.differentiable_loss(model, guide, *batch) / batch_size
             except Exception as e:
                 e.add_note(f"pyro_manifold.fit: raised at step {step}")
                 raise
             mean_value = group.mean(value.detach())
-            if not torch.isfinite(mean_value):
-                raise NonFiniteLossError(
-                    step, _nonfinite_sites(model, guide, batch), float(mean_value)
-                )
             opt.zero_grad(set_to_none=True)
             value.backward()
             group.synchronize_(params, mods)
+            grads = [p.grad for p in params if p.grad is not None]
             if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else mean_value * 0
+            if not bool(torch.isfinite(mean_value + grad_norm)):  # the one sync per step
+                consecutive += 1
+                if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
+                    parameter, norm, bad = _gradient_report(params, names)
+                    note = (
+                        ""
+                        if on_nonfinite == "raise"
+                        else (
+                            f"More than max_consecutive_skips={max_consecutive_skips} steps in a "
+                            "row were skipped. "
+                        )
+                    )
+                    raise NonFiniteLossError(
+                        step,
+                        _nonfinite_sites(model, guide, batch),
+                        float(mean_value),
+                        parameter=parameter,
+                        grad_norm=norm,
+                        nonfinite_parameters=bad,
+                        note=note,
+                    )
+                with torch.no_grad():
+                    for b, old in zip(buffers, saved_buffers, strict=True):
+                        b.copy_(old)
+                opt.zero_grad(set_to_none=True)
+                skipped.append(step)
+                bar.set_postfix(skipped=len(skipped))
+            else:
+                consecutive = 0
+                opt.step()
+                window = window + mean_value
+                window_count += 1
             if scheduler is not None:
                 scheduler.step()
-            window = window + mean_value
-            window_count += 1
-            if step % log_every == 0 or step == num_steps:
+            if (step % log_every == 0 or step == num_steps) and window_count:
                 mean = float(window) / window_count
                 window.zero_()
                 window_count = 0
@@ -536,6 +647,13 @@ def fit(
     for m in mods:
         m.eval()
     write_history()
+    if skipped:
+        warnings.warn(
+            f"fit: skipped {len(skipped)} of {step} steps whose loss or gradient was not "
+            f"finite (steps {skipped[:10]}{' ...' if len(skipped) > 10 else ''})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     result.step = step
     result.best_validation_loss = best_val if val is not None else None
     return result

@@ -1,4 +1,5 @@
 import json
+import math
 import pickle
 
 import pyro
@@ -153,9 +154,116 @@ def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
         )
     assert info.value.step == 11  # call 1 is the parameter discovery pass
     assert info.value.sites == ["model:obs"]
+    assert info.value.parameter == "Exploding.loc"
+    assert "largest gradient: Exploding.loc" in str(info.value)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
     assert saved["step"] == 9
     assert torch.isfinite(saved["modules"][0]["loc"]).all()
+
+
+class SqrtOfZero(nn.Module):
+    """A finite loss whose gradient is NaN: d/dw sqrt(w - w) = inf * 0 from step ``bad_from``."""
+
+    def __init__(self, bad_from):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1))
+        self.w = nn.Parameter(torch.ones(1))
+        self.bad_from, self.calls = bad_from, 0
+
+    def model(self, x):
+        self.calls += 1
+        if self.calls >= self.bad_from:
+            pyro.factor("trap", torch.sqrt(self.w - self.w).sum())
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(self.loc, 1.0), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_non_finite_gradient_with_finite_loss_names_the_parameter(tmp_path):
+    m = SqrtOfZero(bad_from=6)
+    before = None
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient at step 5") as info:
+        fit(
+            m.model,
+            m.guide,
+            torch.randn(32),
+            num_steps=20,
+            batch_size=32,
+            device="cpu",
+            progress=False,
+            run_dir=tmp_path,
+            checkpoint_every=2,
+        )
+    assert info.value.parameter == "SqrtOfZero.w"
+    assert info.value.nonfinite_parameters == ["SqrtOfZero.w"]
+    assert info.value.sites == []
+    before = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert before["step"] == 4
+    assert torch.isfinite(m.w).all() and torch.isfinite(m.loc).all()  # step 5 not applied
+
+
+class NaNBatches(nn.Module):
+    """Batch norm in the model; the data of the listed calls carry a NaN."""
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(2)
+        self.loc = nn.Parameter(torch.zeros(2))
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def model(self, x):
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            x = x.clone()
+            x[0, 0] = float("nan")
+        h = self.norm(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(self.loc, 1.0, validate_args=False).to_event(1), obs=h)
+
+    def guide(self, x):
+        pass
+
+
+def test_skip_mode_drops_non_finite_batches_and_restores_buffers(tmp_path):
+    m = NaNBatches(bad_calls={4, 5, 9})  # call 1 discovers parameters: steps 3, 4 and 8
+    x = torch.randn(64, 2) + 3.0
+    with pytest.warns(RuntimeWarning, match="skipped 3 of 12 steps"):
+        result = fit(
+            m.model,
+            m.guide,
+            x,
+            num_steps=12,
+            batch_size=16,
+            device="cpu",
+            progress=False,
+            on_nonfinite="skip",
+            run_dir=tmp_path,
+            log_every=4,
+        )
+    assert result.skipped_steps == [3, 4, 8]
+    assert torch.isfinite(m.loc).all()
+    assert torch.isfinite(m.norm.running_mean).all() and torch.isfinite(m.norm.running_var).all()
+    assert int(m.norm.num_batches_tracked) == 12 - 3  # skipped batches leave no trace
+    assert all(map(math.isfinite, result.history["loss"]))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["skipped_steps"] == [3, 4, 8]
+
+
+def test_skip_mode_gives_up_after_too_many_in_a_row():
+    m = SqrtOfZero(bad_from=3)
+    with pytest.raises(NonFiniteLossError, match="max_consecutive_skips=4"):
+        fit(
+            m.model,
+            m.guide,
+            torch.randn(32),
+            num_steps=50,
+            batch_size=32,
+            device="cpu",
+            progress=False,
+            on_nonfinite="skip",
+            max_consecutive_skips=4,
+        )
 
 
 def test_validation_early_stopping_and_history(tmp_path):
@@ -192,6 +300,8 @@ def test_validation_early_stopping_and_history(tmp_path):
         (dict(lr=-1.0), "lr"),
         (dict(num_steps=0), "num_steps"),
         (dict(optimizer="lbfgs"), "optimizer"),
+        (dict(on_nonfinite="ignore"), "on_nonfinite"),
+        (dict(max_consecutive_skips=0), "max_consecutive_skips"),
         (dict(validation_data=torch.zeros(4, 3)), "validation_data"),
     ],
 )
