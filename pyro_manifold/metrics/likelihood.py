@@ -105,9 +105,13 @@ def pixel_log_likelihood(log_prob_logit: Tensor, logit_logdet: Tensor) -> Tensor
 
 
 def mean_log_likelihood(
-    log_prob_fn: Callable[[Tensor], Tensor], data: Tensor, batch_size: int = 1000
+    log_prob_fn: Callable[[Tensor], Tensor],
+    data: Tensor,
+    batch_size: int = 1000,
+    *,
+    device: str | torch.device | None = None,
 ) -> tuple[float, float]:
-    r"""Mean and standard error of a per-example log density over a data set.
+    r"""Mean and standard error of a per-example log density over a data set, streamed.
 
     Evaluates ``log_prob_fn`` on consecutive batches of ``data`` (along dim 0) under
     ``torch.no_grad()`` and returns
@@ -117,13 +121,17 @@ def mean_log_likelihood(
         \bar\ell = \frac1N \sum_{n=1}^N \ell_n, \qquad
         \operatorname{se} = \sqrt{\frac{1}{N(N-1)} \sum_{n=1}^N (\ell_n - \bar\ell)^2},
 
-    the usual ":math:`\bar\ell \pm \operatorname{se}`" of likelihood tables.
+    the usual ":math:`\bar\ell \pm \operatorname{se}`" of likelihood tables. The batch
+    statistics are merged as they arrive (Chan et al.'s pairwise update, in float64), so
+    memory is that of one batch whatever :math:`N`: a million points on the CPU can be
+    scored by a model on the GPU with ``device="cuda"``.
 
     Args:
         log_prob_fn: maps a batch :math:`(B, *)` to log densities of shape :math:`(B,)`,
             e.g. ``flow_dist.log_prob``.
         data: the data set, shape :math:`(N, *)`.
         batch_size: the number of examples per call of ``log_prob_fn``.
+        device: where to move each batch before scoring it (default: leave it).
 
     Returns:
         ``(mean, standard_error)`` as Python floats; the standard error is ``nan`` when
@@ -142,10 +150,12 @@ def mean_log_likelihood(
         raise TypeError(f"log_prob_fn: expected a callable, got {type(log_prob_fn).__name__}")
     check_tensor("data", data, min_dim=1, floating=False, finite=False)
     check_positive_int("batch_size", batch_size)
-    values = []
+    count, mean, m2 = 0, 0.0, 0.0  # running count, mean and sum of squared deviations
     with torch.no_grad():
         for start in range(0, data.shape[0], batch_size):
             batch = data[start : start + batch_size]
+            if device is not None:
+                batch = batch.to(device, non_blocking=True)
             out = log_prob_fn(batch)
             if not isinstance(out, Tensor) or out.shape != batch.shape[:1]:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -154,9 +164,15 @@ def mean_log_likelihood(
                     f"batch of shape {tuple(batch.shape)}, got {got}"
                 )
             check_tensor("log_prob_fn(data)", out)
-            values.append(out.detach().to(torch.float64))
-    flat = torch.cat(values)
-    mean = flat.mean().item()
-    if flat.numel() < 2:
+            values = out.detach().to(torch.float64)
+            n_b = values.numel()
+            mean_b = values.mean().item()
+            m2_b = (values - mean_b).pow(2).sum().item()
+            delta = mean_b - mean
+            total = count + n_b
+            mean += delta * n_b / total
+            m2 += m2_b + delta**2 * count * n_b / total
+            count = total
+    if count < 2:
         return mean, math.nan
-    return mean, (flat.std(correction=1) / math.sqrt(flat.numel())).item()
+    return mean, math.sqrt(m2 / (count - 1) / count)

@@ -77,3 +77,15 @@ def test_mean_log_likelihood_no_grad_and_errors():
         mean_log_likelihood(lambda x: x, torch.ones(4, 2))
     with pytest.raises(ValueError, match="batch_size"):
         mean_log_likelihood(fn, torch.ones(4, 2), batch_size=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000, 5000])
+def test_mean_log_likelihood_streams_exact_statistics(batch_size):
+    """Merging batch statistics gives the one-shot mean and standard error (float64)."""
+    g = torch.Generator().manual_seed(0)
+    values = 1e3 + torch.randn(2345, generator=g, dtype=torch.float64) * 5.0
+    data = values.unsqueeze(-1)
+    mean, se = mean_log_likelihood(lambda x: x[:, 0], data, batch_size=batch_size)
+    assert mean == pytest.approx(values.mean().item(), rel=0, abs=1e-10)
+    want_se = (values.std(correction=1) / math.sqrt(values.numel())).item()
+    assert se == pytest.approx(want_se, rel=1e-10)
