@@ -2,24 +2,49 @@
 
 Every public entry point checks its inputs with these helpers before it changes any
 state, so that an error always names the argument, what was expected and what was
-given.
+given: ``ValueError`` for a wrong value, shape, dtype or device, ``TypeError`` for a
+wrong type (including an integer tensor where a floating one is needed).
+
+What is checked where (the cost stays off the hot paths):
+
+* Metadata (type, shape, dtype and device against the module's own tensors) is checked
+  at every entry point, transforms and networks included: it costs no device
+  synchronisation.
+* Values (finite entries, supports, ranges) are checked by :func:`check_input` only while
+  Pyro's validation is enabled (:func:`pyro.enable_validation`, on by default), like
+  the distributions' own ``validate_args``; ``pyro.enable_validation(False)`` removes
+  these synchronising checks from training loops. The networks of
+  :mod:`pyro_manifold.nn` (PICNN, batched MLPs) never check values: they run inside
+  transforms and in inner loops such as PCP-Map's Newton line search, which tries
+  non-finite points on purpose.
+* Empty batches are rejected where an empty data set makes no sense (models' data,
+  the NIF's stochastic inverse, the quantizer); transforms, networks and ``log_prob``
+  accept them and return empty results, as torch does.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from pyro.distributions.util import is_validation_enabled
+from torch import Tensor, nn
 
 __all__ = [
+    "check_bounds",
+    "check_broadcast",
     "check_choice",
     "check_finite",
+    "check_input",
     "check_matches",
     "check_positive",
     "check_positive_int",
     "check_probability",
     "check_tensor",
+    "check_widths",
+    "reference_tensor",
 ]
 
 
@@ -88,6 +113,9 @@ def check_tensor(
     return x
 
 
+_FINITE_CHUNK = 1 << 22  # elements checked at a time by check_finite
+
+
 def check_finite(name: str, x: Tensor) -> Tensor:
     """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or infinite values.
 
@@ -95,8 +123,14 @@ def check_finite(name: str, x: Tensor) -> Tensor:
         >>> check_finite("x", torch.ones(2)).tolist()
         [1.0, 1.0]
     """
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
+    if x.is_meta:  # no values to check
+        return x
+    if x.is_contiguous() and x.numel() > _FINITE_CHUNK:  # bounded memory for huge inputs
+        ok = all(bool(torch.isfinite(c).all()) for c in x.view(-1).split(_FINITE_CHUNK))
+    else:
+        ok = bool(torch.isfinite(x).all())
+    if not ok:
+        bad = ~torch.isfinite(x)
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(
             f"{name}: expected finite values, got {int(bad.sum())} non-finite "
@@ -174,3 +208,132 @@ def check_matches(name: str, x: Tensor, reference: Tensor, owner: str = "the mod
             f"got dtype {x.dtype} on device {x.device}"
         )
     return x
+
+
+def check_input(
+    name: str,
+    x: object,
+    reference: Tensor | None = None,
+    *,
+    event_shape: tuple[int, ...] | None = None,
+    min_dim: int | None = None,
+    nonempty: bool = True,
+    finite: bool = True,
+    owner: str = "the model's",
+) -> Tensor:
+    r"""Check a tensor argument against a module's own tensor; values only under validation.
+
+    Runs the type, dtype, shape and emptiness checks of :func:`check_tensor`, then
+    :func:`check_matches` against ``reference`` (dtype and device), and, when ``finite``
+    and Pyro's validation is enabled (:func:`pyro.enable_validation`), :func:`check_finite`.
+    The device is compared before any value is read, so a tensor on another device gets
+    this message rather than an error from inside torch.
+
+    Args:
+        name: the argument's name, used in the error message.
+        x: the value given.
+        reference: a tensor of the module (a parameter or buffer); ``None`` skips the
+            dtype and device check.
+        event_shape: required trailing shape.
+        min_dim: smallest number of dimensions.
+        nonempty: require at least one element.
+        finite: check for non-finite values while validation is enabled.
+        owner: whose dtype and device ``reference`` stands for, for the message.
+
+    Returns:
+        ``x`` unchanged.
+
+    Example:
+        >>> check_input("x", torch.zeros(3, 2), torch.ones(1), event_shape=(2,)).shape
+        torch.Size([3, 2])
+    """
+    check_tensor(name, x, event_shape=event_shape, min_dim=min_dim, finite=False, nonempty=nonempty)
+    assert isinstance(x, Tensor)
+    if reference is not None:
+        check_matches(name, x, reference, owner)
+    if finite and is_validation_enabled():
+        check_finite(name, x)
+    return x
+
+
+def check_widths(name: str, dims: object, minimum: int = 1) -> list[int]:
+    """Check a list (or tuple) of layer widths, each an int ``>= minimum``.
+
+    Example:
+        >>> check_widths("hidden_dims", (8, 8))
+        [8, 8]
+    """
+    if not isinstance(dims, list | tuple):
+        raise TypeError(f"{name}: expected a list of ints, got {dims!r}")
+    return [check_positive_int(name, d, minimum=minimum) for d in dims]
+
+
+def check_broadcast(
+    name: str, shape: Sequence[int], other: Sequence[int], other_name: str
+) -> torch.Size:
+    """Return the broadcast of two batch shapes, or raise ``ValueError`` naming ``name``.
+
+    Example:
+        >>> check_broadcast("z", (4, 1), (3,), "context")
+        torch.Size([4, 3])
+    """
+    try:
+        return torch.broadcast_shapes(tuple(shape), tuple(other))
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a batch shape that broadcasts with {other_name}'s "
+            f"{tuple(other)}, got {tuple(shape)}"
+        ) from None
+
+
+def check_bounds(
+    name: str,
+    x: Tensor,
+    lower: float | None = None,
+    upper: float | None = None,
+    what: str = "values",
+) -> Tensor:
+    """Raise ``ValueError`` naming ``name`` if entries of ``x`` lie outside ``[lower, upper]``.
+
+    Reads the values (a device synchronisation): call it where validation is enabled.
+
+    Example:
+        >>> check_bounds("p", torch.tensor([0.0, 1.0]), 0, 1).tolist()
+        [0.0, 1.0]
+    """
+    if x.is_meta or x.numel() == 0:
+        return x
+    low, high = x.min().item(), x.max().item()
+    if lower is not None and upper is not None:
+        if low < lower or high > upper:
+            raise ValueError(
+                f"{name}: expected {what} in [{lower:g}, {upper:g}], got values in "
+                f"[{low:g}, {high:g}]"
+            )
+    elif lower is not None and low < lower:
+        raise ValueError(f"{name}: expected {what} >= {lower:g}, got min {low:g}")
+    elif upper is not None and high > upper:
+        raise ValueError(f"{name}: expected {what} <= {upper:g}, got max {high:g}")
+    return x
+
+
+def reference_tensor(obj: object) -> Tensor | None:
+    """The first parameter (else buffer) of a module, to check inputs' dtype and device.
+
+    ``functools.partial`` objects (e.g. a network with its context bound) are unwrapped;
+    anything else gives ``None``.
+
+    Example:
+        >>> reference_tensor(torch.nn.Linear(2, 3)).shape
+        torch.Size([3, 2])
+    """
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if not isinstance(obj, nn.Module):
+        return None
+    for tensor in obj.parameters():
+        return tensor
+    for tensor in obj.buffers():
+        if tensor.is_floating_point():
+            return tensor
+    return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold._validation import check_input, check_positive_int, check_tensor
 
 __all__ = ["BlockLinear"]
 
@@ -111,14 +111,26 @@ class BlockLinear:
         return zb.transpose(-1, -2).reshape(*zb.shape[:-2], self.latent_dim)
 
     # -- products -----------------------------------------------------------------------
+    def _check(self, name: str, x: Tensor, size: int) -> Tensor:
+        """Shape, dtype and device (no values: this is the inner loop of the NIF)."""
+        return check_input(
+            name,
+            x,
+            self.weight,
+            event_shape=(size,),
+            nonempty=False,
+            finite=False,
+            owner="the map's",
+        )
+
     def matvec(self, z: Tensor) -> Tensor:
         r""":math:`Az` for :math:`z` of shape :math:`(*, d)`; returns :math:`(*, D)`."""
-        zb = self.latent_to_blocks(z)
+        zb = self.latent_to_blocks(self._check("z", z, self.latent_dim))
         return self.blocks_to_data(torch.einsum("pmk,...pk->...pm", self.weight, zb))
 
     def rmatvec(self, x: Tensor) -> Tensor:
         r""":math:`A^\top x` for :math:`x` of shape :math:`(*, D)`; returns :math:`(*, d)`."""
-        xb = self.data_to_blocks(x)
+        xb = self.data_to_blocks(self._check("x", x, self.data_dim))
         return self.blocks_to_latent(torch.einsum("pmk,...pm->...pk", self.weight, xb))
 
     def gram(self, precision: Tensor) -> Tensor:
@@ -130,7 +142,7 @@ class BlockLinear:
         Returns:
             :math:`(P, k, k)`.
         """
-        pb = self.data_to_blocks(precision)
+        pb = self.data_to_blocks(self._check("precision", precision, self.data_dim))
         return torch.einsum("pmk,pm,pml->pkl", self.weight, pb, self.weight)
 
     def dense(self) -> Tensor:

@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.distributions import Transform, constraints
 
 from pyro_manifold._validation import (
-    check_matches,
+    check_input,
     check_positive,
     check_positive_int,
     check_tensor,
@@ -159,7 +159,13 @@ class ChartMixture(TorchDistribution):
         if centres.dim() != 2:
             raise ValueError(f"atlas.centres: expected shape (K, C), got {tuple(centres.shape)}")
         num_charts = centres.shape[0]
-        check_tensor("chart_logits", chart_logits, event_shape=(num_charts,))
+        check_input(
+            "chart_logits",
+            chart_logits,
+            centres,
+            event_shape=(num_charts,),
+            owner="the atlas centres'",
+        )
         if chart_logits.dim() != 1:
             raise ValueError(
                 f"chart_logits: expected shape ({num_charts},), got {tuple(chart_logits.shape)}"
@@ -188,9 +194,10 @@ class ChartMixture(TorchDistribution):
         layers = [*self.chart_flow, *([self.embedding] if self.embedding is not None else [])]
         return [t.condition(context) if isinstance(t, ConditionalTransform) else t for t in layers]
 
-    def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,))
-        return check_matches("x", x, self.atlas.centres, owner="the atlas centres'")
+    def _check_x(self, x: Tensor, name: str = "x") -> Tensor:
+        return check_input(
+            name, x, self.atlas.centres, event_shape=(self.data_dim,), owner="the atlas centres'"
+        )
 
     def _log_base(self, z: Tensor) -> Tensor:
         return -0.5 * z.pow(2).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
@@ -224,14 +231,14 @@ class ChartMixture(TorchDistribution):
         full = x.new_zeros(n, big_k, self.data_dim).index_put((point, chart), proj)
         return terms, z, full
 
-    def _flat(self, x: Tensor) -> tuple[Tensor, torch.Size]:
-        self._check_x(x)
+    def _flat(self, x: Tensor, name: str = "x") -> tuple[Tensor, torch.Size]:
+        self._check_x(x, name)
         return x.reshape(-1, self.data_dim), x.shape[:-1]
 
     # ------------------------------------------------------------------ public API
     def log_prob(self, value: Tensor) -> Tensor:
         r"""Eq. (2): :math:`\log p(x)`, shape :math:`(*)`, for ``value`` :math:`(*, D)`."""
-        x, batch = self._flat(value)
+        x, batch = self._flat(value, "value")
         return self._chart_terms(x)[0].logsumexp(-1).reshape(batch)
 
     def chart_log_terms(self, x: Tensor) -> Tensor:

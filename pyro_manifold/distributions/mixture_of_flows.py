@@ -20,15 +20,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pyro.distributions import Categorical, TorchDistribution
+from pyro.distributions.util import is_validation_enabled
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from pyro_manifold._validation import check_tensor
+from pyro_manifold._validation import check_input, check_tensor
 
 __all__ = ["MixtureOfFlows", "SelectedComponent"]
 
 
-def _check_indices(name: str, k: object, num_components: int) -> Tensor:
+def _check_indices(name: str, k: object, num_components: int, device: torch.device) -> Tensor:
     if (
         not isinstance(k, Tensor)
         or k.is_floating_point()
@@ -37,7 +38,12 @@ def _check_indices(name: str, k: object, num_components: int) -> Tensor:
     ):
         got = f"tensor of dtype {k.dtype}" if isinstance(k, Tensor) else type(k).__name__
         raise TypeError(f"{name}: expected an integer tensor of component indices, got {got}")
-    if k.numel() and (bool((k < 0).any()) or bool((k >= num_components).any())):
+    check_tensor(name, k, floating=False, finite=False, nonempty=False, device=device)
+    if (
+        is_validation_enabled()
+        and k.numel()
+        and (bool((k < 0).any()) or bool((k >= num_components).any()))
+    ):
         raise ValueError(
             f"{name}: expected component indices in [0, {num_components - 1}], got values in "
             f"[{int(k.min())}, {int(k.max())}]"
@@ -97,7 +103,7 @@ class MixtureOfFlows(TorchDistribution):
         component_distribution: Distribution,
         validate_args: bool | None = None,
     ) -> None:
-        check_tensor("mixture_logits", mixture_logits, min_dim=1)
+        check_input("mixture_logits", mixture_logits, min_dim=1)
         if not isinstance(component_distribution, Distribution):
             raise TypeError(
                 "component_distribution: expected a torch Distribution with batch shape "
@@ -146,6 +152,17 @@ class MixtureOfFlows(TorchDistribution):
         ``value`` has shape :math:`(*, E)`; the result's leading dimensions are those of
         ``value`` broadcast with the batch shape.
         """
+        event = tuple(self.event_shape)
+        check_input(
+            "value",
+            value,
+            self.mixture_logits,
+            event_shape=event,
+            min_dim=len(event),
+            nonempty=False,
+            finite=False,  # values: validate_args checks the components' support
+            owner="the mixture's",
+        )
         if self._validate_args:
             self._validate_sample(value)
         comp = self.component_distribution
@@ -249,7 +266,7 @@ class SelectedComponent(TorchDistribution):
     def __init__(self, mixture: MixtureOfFlows, k: Tensor, validate_args: bool | None = None):
         if not isinstance(mixture, MixtureOfFlows):
             raise TypeError(f"mixture: expected a MixtureOfFlows, got {type(mixture).__name__}")
-        k = _check_indices("k", k, mixture.num_components)
+        k = _check_indices("k", k, mixture.num_components, mixture.mixture_logits.device)
         try:
             batch_shape = torch.broadcast_shapes(k.shape, mixture.batch_shape)
         except RuntimeError as e:

@@ -39,32 +39,53 @@ import math
 
 import torch
 from pyro.distributions import TorchDistribution
+from pyro.distributions.util import is_validation_enabled
 from torch import Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import _standard_normal
 
-from pyro_manifold._validation import check_positive, check_tensor
+from pyro_manifold._validation import check_input, check_positive
 from pyro_manifold.distributions.block_linear import BlockLinear
 
 __all__ = ["NoisyInjective", "StochasticInverse", "log_manifold_term"]
 
 _LOG_2PI = math.log(2 * math.pi)
+_OWNER = "the linear map's"
 
 
 def _check_common(linear: BlockLinear, bias: Tensor, noise_scale: Tensor) -> None:
     if not isinstance(linear, BlockLinear):
         raise TypeError(f"linear: expected a BlockLinear, got {type(linear).__name__}")
-    check_tensor("bias", bias, event_shape=(linear.data_dim,))
-    check_tensor("noise_scale", noise_scale, event_shape=(linear.data_dim,))
-    if not bool((noise_scale > 0).all()):
-        raise ValueError(f"noise_scale: expected positive values, got min {noise_scale.min()}")
+    check_input("bias", bias, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER)
+    check_input(
+        "noise_scale", noise_scale, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER
+    )
+    if is_validation_enabled() and not noise_scale.is_meta and not bool((noise_scale > 0).all()):
+        raise ValueError(
+            f"noise_scale: expected positive values, got min {noise_scale.min().item():g}"
+        )
+
+
+def _check_value(value: Tensor, linear: BlockLinear, size: int) -> Tensor:
+    """Metadata of a ``log_prob`` argument; its values are checked by ``validate_args``."""
+    return check_input(
+        "value",
+        value,
+        linear.weight,
+        event_shape=(size,),
+        nonempty=False,
+        finite=False,
+        owner=_OWNER,
+    )
 
 
 def _precision_cholesky(linear: BlockLinear, noise_scale: Tensor) -> Tensor:
     r"""Cholesky factors :math:`L_p` of the blocks of :math:`\Lambda`, shape :math:`(P, k, k)`."""
     lam = linear.gram(noise_scale.pow(-2))
     chol, info = torch.linalg.cholesky_ex(lam)
-    if bool((info > 0).any()):
+    # checked under validation (a host read); without it a singular block gives NaN,
+    # which fit reports as a non-finite loss
+    if is_validation_enabled() and bool((info > 0).any()):
         raise ValueError(
             "weight: A^T Sigma^-1 A is not positive definite, i.e. A is (numerically) rank "
             f"deficient; expected full column rank {linear.latent_dim}, got a singular block "
@@ -104,7 +125,7 @@ def log_manifold_term(x: Tensor, linear: BlockLinear, bias: Tensor, noise_scale:
         tensor(-0.9189)
     """
     _check_common(linear, bias, noise_scale)
-    check_tensor("x", x, event_shape=(linear.data_dim,))
+    check_input("x", x, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER)
     chol = _precision_cholesky(linear, noise_scale)
     return _log_manifold_term(x, linear, chol, bias, noise_scale)
 
@@ -165,7 +186,14 @@ class NoisyInjective(TorchDistribution):
         validate_args: bool | None = None,
     ) -> None:
         _check_common(linear, bias, noise_scale)
-        check_tensor("latent", latent, event_shape=(linear.latent_dim,), finite=False)
+        check_input(
+            "latent",
+            latent,
+            linear.weight,
+            event_shape=(linear.latent_dim,),
+            finite=False,  # checked by validate_args (arg_constraints)
+            owner=_OWNER,
+        )
         self.noise_multiplier = check_positive(
             "noise_multiplier", noise_multiplier, allow_zero=True
         )
@@ -210,6 +238,7 @@ class NoisyInjective(TorchDistribution):
 
         There is no density at :math:`s = 0` (a ``ValueError`` is raised).
         """
+        _check_value(value, self.linear, self.linear.data_dim)
         if self._validate_args:
             self._validate_sample(value)
         if self.noise_multiplier == 0:
@@ -266,7 +295,7 @@ class StochasticInverse(TorchDistribution):
         _chol: Tensor | None = None,
     ) -> None:
         _check_common(linear, bias, noise_scale)
-        check_tensor("x", x, event_shape=(linear.data_dim,))
+        check_input("x", x, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER)
         self.x, self.linear, self.bias, self.noise_scale = x, linear, bias, noise_scale
         self._chol = _chol if _chol is not None else _precision_cholesky(linear, noise_scale)
         self._loc_blocks = _pseudo_inverse(linear, self._chol, bias, noise_scale, x)
@@ -322,6 +351,7 @@ class StochasticInverse(TorchDistribution):
 
             -\tfrac d2\log 2\pi + \tfrac12\log\det\Lambda - \tfrac12\lVert L^\top(z - z^+)\rVert^2
         """
+        _check_value(value, self.linear, self.linear.latent_dim)
         if self._validate_args:
             self._validate_sample(value)
         delta = self.linear.latent_to_blocks(value) - self._loc_blocks

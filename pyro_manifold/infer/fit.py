@@ -17,6 +17,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -28,6 +29,7 @@ from pyro_manifold._validation import (
     check_tensor,
 )
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
+from pyro_manifold.infer.elbo import fast_elbo
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
 
@@ -158,10 +160,12 @@ def _make_optimizer(optimizer, params, lr: float, weight_decay: float) -> torch.
     if callable(optimizer):
         return optimizer(params)
     name = check_choice("optimizer", optimizer, OPTIMIZERS)
+    # one fused kernel for all tensors on CUDA; torch's multi-tensor (foreach) path elsewhere
+    fused = {"fused": True} if all(p.is_cuda for p in params) else {}
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
@@ -305,6 +309,7 @@ def fit(
     progress: bool | None = None,
     config: dict[str, Any] | None = None,
     distributed: bool | None = None,
+    fast: bool = True,
 ) -> FitResult:
     r"""Fit the parameters of ``model`` and ``guide`` by stochastic variational inference.
 
@@ -322,6 +327,16 @@ def fit(
     ``TraceEnum_ELBO``, ``TraceMeanField_ELBO``, ...). ``model`` and ``guide`` are called
     as ``model(*batch)``; for a flow without latent sites the guide is empty and the loss
     is the negative log-likelihood.
+
+    **The fast path** (``fast=True``, the default): ``Trace_ELBO`` and ``TraceEnum_ELBO``
+    are replaced by their twins from :mod:`pyro_manifold.infer.elbo` (same value and
+    gradients, no host synchronisation), Pyro's validation is switched off inside the
+    training steps (it stays as set for the first evaluation, which checks the programs'
+    shapes and supports on the first batch, and for validation losses), the data stay on
+    the device and are shuffled there, losses are read back every ``log_every`` steps, and
+    all parameters go into one ``torch.optim`` optimiser (fused Adam on CUDA), not one
+    per tensor as ``pyro.optim`` does. The one read-back left per step is the finiteness
+    check below. ``fast=False`` runs the ELBO exactly as given, with validation as set.
 
     Parameters optimised: every parameter of the ``nn.Module`` that ``model`` and
     ``guide`` are bound methods of, of each module in ``modules``, and of every
@@ -378,6 +393,7 @@ def fit(
         log_every: steps between loss read-backs (history and progress bar).
         progress: show a tqdm bar; default only on a terminal.
         config: plain data describing the run, stored in checkpoints.
+        fast: take the fast path described above.
         distributed: train data-parallel over the ranks of a ``torch.distributed``
             process group (see :mod:`pyro_manifold.infer.distributed`); ``None``: when a
             group is initialized or ``torchrun`` started several processes. Then
@@ -431,6 +447,10 @@ def fit(
     device = group.device
     state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
+    if not isinstance(elbo, ELBO):
+        raise TypeError(f"loss: expected a pyro.infer.ELBO, got {type(elbo).__name__}")
+    if fast:
+        elbo = fast_elbo(elbo)
     mods = _owner_modules(model, guide, extra=modules)
     if state is not None:
         names = [type(m).__name__ for m in mods]
@@ -558,7 +578,8 @@ def fit(
             step += 1
             saved_buffers = [b.clone() for b in buffers]
             try:
-                value = elbo.differentiable_loss(model, guide, *batch) / batch_size
+                with pyro.validation_enabled(not fast and is_validation_enabled()):
+                    value = elbo.differentiable_loss(model, guide, *batch) / batch_size
             except Exception as e:
                 e.add_note(f"pyro_manifold.fit: raised at step {step}")
                 raise

@@ -9,7 +9,7 @@ from pyro.distributions.transforms import BatchNorm, spline_coupling
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_choice, check_matches, check_positive_int, check_tensor
+from pyro_manifold._validation import check_choice, check_input, check_positive_int, check_widths
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
 
 __all__ = ["FLOWS", "Flow", "flow_layers"]
@@ -35,6 +35,8 @@ def flow_layers(
     check_choice("flow", flow, FLOWS)
     check_positive_int("num_layers", num_layers)
     check_positive_int("num_bins", num_bins)
+    if hidden_dims is not None:
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
     reverse = torch.arange(data_dim - 1, -1, -1)
     layers: list[nn.Module] = []
     for i in range(num_layers):
@@ -127,8 +129,7 @@ class Flow(PyroModule):
         return dist.TransformedDistribution(base, list(self.layers))
 
     def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
-        return check_matches("x", x, self.base_loc)
+        return check_input("x", x, self.base_loc, event_shape=(self.data_dim,), min_dim=2)
 
     def model(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
         """Observe ``x`` of shape :math:`(N, D)`, or draw ``num_samples`` new points.

@@ -17,7 +17,14 @@ from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._math import softplus_inverse
-from pyro_manifold._validation import check_choice, check_positive, check_positive_int, check_tensor
+from pyro_manifold._validation import (
+    check_choice,
+    check_input,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    check_widths,
+)
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
 __all__ = ["ENCODER_FLOWS", "LIKELIHOODS", "FlowVAE"]
@@ -25,12 +32,6 @@ __all__ = ["ENCODER_FLOWS", "LIKELIHOODS", "FlowVAE"]
 ENCODER_FLOWS = ("iaf", "pcp")
 LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "elu": F.elu, "softplus": F.softplus}
-
-
-def _widths(name: str, dims: object, minimum: int = 1) -> list[int]:
-    if not isinstance(dims, list | tuple):
-        raise TypeError(f"{name}: expected a list of ints, got {dims!r}")
-    return [check_positive_int(name, d, minimum=minimum) for d in dims]
 
 
 class FlowVAE(PyroModule):
@@ -147,16 +148,16 @@ class FlowVAE(PyroModule):
             check_choice("encoder_flow", encoder_flow, ENCODER_FLOWS)
         self.encoder_flow = encoder_flow
         self.num_flows = check_positive_int("num_flows", num_flows)
-        hidden = _widths("hidden_dims", hidden_dims)
+        hidden = check_widths("hidden_dims", hidden_dims)
         enc = (
             hidden
             if encoder_hidden_dims is None
-            else _widths("encoder_hidden_dims", encoder_hidden_dims)
+            else check_widths("encoder_hidden_dims", encoder_hidden_dims)
         )
         dec = (
             hidden[::-1]
             if decoder_hidden_dims is None
-            else _widths("decoder_hidden_dims", decoder_hidden_dims)
+            else check_widths("decoder_hidden_dims", decoder_hidden_dims)
         )
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
         self.activation = check_choice("activation", activation, tuple(ACTIVATIONS))
@@ -185,7 +186,7 @@ class FlowVAE(PyroModule):
             flow_hidden = (
                 default
                 if flow_hidden_dims is None
-                else _widths("flow_hidden_dims", flow_hidden_dims)
+                else check_widths("flow_hidden_dims", flow_hidden_dims)
             )
             for k in range(num_flows):
                 if encoder_flow == "iaf":
@@ -289,15 +290,9 @@ class FlowVAE(PyroModule):
 
     # -- checks ----------------------------------------------------------------------
     def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
+        check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
         if x.dim() != 2:
             raise ValueError(f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}")
-        ref = self.prior_loc
-        if x.dtype != ref.dtype or x.device != ref.device:
-            raise ValueError(
-                f"x: expected dtype {ref.dtype} on device {ref.device} (the model's), got "
-                f"dtype {x.dtype} on device {x.device}"
-            )
         if self.likelihood == "bernoulli" and is_validation_enabled():
             bad = (x != 0) & (x != 1)
             if bool(bad.any()):

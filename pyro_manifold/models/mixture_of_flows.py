@@ -37,10 +37,11 @@ from torch import Tensor, nn
 
 from pyro_manifold._validation import (
     check_choice,
+    check_input,
     check_positive,
     check_positive_int,
     check_probability,
-    check_tensor,
+    check_widths,
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
@@ -115,9 +116,8 @@ def batched_flow_layers(
     check_positive_int("num_layers", num_layers)
     check_positive_int("num_bins", num_bins, minimum=2)
     bound = check_positive("bound", bound)
-    hidden = list(hidden_dims) if hidden_dims is not None else _default_hidden(data_dim, flow)
-    for h in hidden:
-        check_positive_int("hidden_dims", h, minimum=data_dim if flow == "maf" else 1)
+    hidden = _default_hidden(data_dim, flow) if hidden_dims is None else hidden_dims
+    hidden = check_widths("hidden_dims", hidden, minimum=data_dim if flow == "maf" else 1)
     k_, d = num_components, data_dim
     layers: list[nn.Module] = []
     for i in range(num_layers):
@@ -284,9 +284,8 @@ class VariationalMixtureOfFlows(PyroModule):
         )
         if encoder_hidden_dims is None:
             encoder_hidden_dims = [max(10 * data_dim, 64)] * 2 if data_dim < 100 else [512, 512]
-        for h in encoder_hidden_dims:
-            check_positive_int("encoder_hidden_dims", h)
-        self.encoder = DenseNN(data_dim, list(encoder_hidden_dims), param_dims=[num_components])
+        encoder_hidden = check_widths("encoder_hidden_dims", encoder_hidden_dims)
+        self.encoder = DenseNN(data_dim, encoder_hidden, param_dims=[num_components])
         self.weights = _MixtureWeights(num_components, learned=prior == "learned")
         self.register_buffer("base_loc", torch.zeros(num_components, data_dim))
         self.register_buffer("base_scale", torch.ones(num_components, data_dim))
@@ -337,15 +336,9 @@ class VariationalMixtureOfFlows(PyroModule):
 
     # -- checks ------------------------------------------------------------------------
     def _check_x(self, x: object) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
-        assert isinstance(x, Tensor)
+        x = check_input("x", x, self.base_loc, event_shape=(self.data_dim,), min_dim=2)
         if x.dim() != 2:
             raise ValueError(f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}")
-        if x.dtype != self.base_loc.dtype or x.device != self.base_loc.device:
-            raise ValueError(
-                f"x: expected dtype {self.base_loc.dtype} on device {self.base_loc.device} "
-                f"(the model's), got dtype {x.dtype} on device {x.device}"
-            )
         return x
 
     def _check_labels(self, y: object, n: int) -> Tensor:
@@ -359,6 +352,12 @@ class VariationalMixtureOfFlows(PyroModule):
             raise TypeError(f"y: expected an integer tensor of labels (-1 = unlabelled), got {got}")
         if tuple(y.shape) != (n,):
             raise ValueError(f"y: expected shape ({n},) like x's rows, got {tuple(y.shape)}")
+        model_device = self.base_loc.device
+        if y.device != model_device and y.device.type != "cpu":
+            raise ValueError(
+                f"y: expected a tensor on device {model_device} (the model's) or on cpu, got "
+                f"tensor of shape {tuple(y.shape)}, dtype {y.dtype}, device {y.device}"
+            )
         if bool((y < -1).any()) or bool((y >= self.num_components).any()):
             raise ValueError(
                 f"y: expected labels in [0, {self.num_components - 1}] or -1 (unlabelled), got "

@@ -11,12 +11,12 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._validation import (
-    check_matches,
+    check_choice,
+    check_input,
     check_positive,
     check_positive_int,
-    check_tensor,
 )
-from pyro_manifold.models.flow import flow_layers
+from pyro_manifold.models.flow import FLOWS, flow_layers
 from pyro_manifold.transforms import GaussianNIF
 
 __all__ = ["NoisyInjectiveFlow"]
@@ -90,6 +90,12 @@ class NoisyInjectiveFlow(PyroModule):
         factor: int | None = None,
         init_noise_scale: float = 0.1,
     ) -> None:
+        if top_flow is not None:
+            check_choice("top_flow", top_flow, FLOWS)
+        check_positive_int("top_layers", top_layers)
+        if prior_flow is not None:
+            check_choice("prior_flow", prior_flow, FLOWS)
+        check_positive_int("prior_layers", prior_layers)
         super().__init__()
         self.nif = GaussianNIF(
             latent_dim,
@@ -125,8 +131,7 @@ class NoisyInjectiveFlow(PyroModule):
         )
 
     def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
-        return check_matches("x", x, self.prior_loc)
+        return check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
 
     def top_inverse(self, x: Tensor) -> Tensor:
         r""":math:`y = f^{-1}(x)`, one pass per layer for MAF and couplings."""

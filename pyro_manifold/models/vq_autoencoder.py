@@ -8,10 +8,10 @@ from pyro.nn import DenseNN, PyroModule
 from torch import Tensor
 
 from pyro_manifold._validation import (
-    check_matches,
+    check_input,
     check_positive,
     check_positive_int,
-    check_tensor,
+    check_widths,
 )
 from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
 
@@ -78,9 +78,8 @@ class VQAutoencoder(PyroModule):
         check_positive_int("num_charts", num_charts)
         check_positive("commitment", commitment, allow_zero=True)
         check_positive_int("reseed_every", reseed_every, minimum=0)
-        hidden = [max(8 * data_dim, 64)] * 2 if hidden_dims is None else list(hidden_dims)
-        for h in hidden:
-            check_positive_int("hidden_dims", h)
+        hidden = [max(8 * data_dim, 64)] * 2 if hidden_dims is None else hidden_dims
+        hidden = check_widths("hidden_dims", hidden)
         super().__init__()
         self.data_dim, self.code_dim, self.num_charts = data_dim, code_dim, num_charts
         self.reseed_every = reseed_every
@@ -94,9 +93,10 @@ class VQAutoencoder(PyroModule):
         r"""The chart centres :math:`v_k`, shape :math:`(K, C)` (the codebook)."""
         return self.quantizer.codebook
 
-    def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,))
-        return check_matches("x", x, self.quantizer.codebook)
+    def _check_x(self, x: Tensor, min_dim: int = 1) -> Tensor:
+        return check_input(
+            "x", x, self.quantizer.codebook, event_shape=(self.data_dim,), min_dim=min_dim
+        )
 
     def encode(self, x: Tensor) -> Tensor:
         r"""Encodings :math:`E(x)`, shape :math:`(*, C)` for ``x`` of shape :math:`(*, D)`."""
@@ -126,7 +126,7 @@ class VQAutoencoder(PyroModule):
 
     def model(self, x: Tensor) -> None:
         r"""Add :math:`-\ell(x)` for ``x`` of shape :math:`(N, D)` as a factor in a data plate."""
-        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
+        self._check_x(x, min_dim=2)
         with pyro.plate("data", x.shape[0]):
             pyro.factor("vq_autoencoder_loss", -self.loss(x))
 

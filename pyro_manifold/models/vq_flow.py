@@ -10,10 +10,10 @@ from torch import Tensor, nn
 
 from pyro_manifold._validation import (
     check_choice,
-    check_matches,
+    check_input,
     check_positive,
     check_positive_int,
-    check_tensor,
+    check_widths,
 )
 from pyro_manifold.distributions.chart_mixture import ChartMixture
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
@@ -54,6 +54,8 @@ def conditional_flow_layers(
     check_positive_int("context_dim", context_dim)
     check_choice("flow", flow, CHART_FLOWS)
     check_positive_int("num_layers", num_layers)
+    if hidden_dims is not None:
+        hidden_dims = check_widths("hidden_dims", hidden_dims)
     layers: list[nn.Module] = []
     for i in range(num_layers):
         if flow == "realnvp":
@@ -190,6 +192,15 @@ class VQFlow(PyroModule):
         code_dim = min(data_dim, 16) if code_dim is None else code_dim
         check_positive_int("code_dim", code_dim)
         check_choice("flow", flow, CHART_FLOWS)
+        check_positive_int("num_layers", num_layers)
+        if hidden_dims is not None:
+            hidden_dims = check_widths("hidden_dims", hidden_dims)
+        if autoencoder_hidden_dims is not None:
+            autoencoder_hidden_dims = check_widths(
+                "autoencoder_hidden_dims", autoencoder_hidden_dims
+            )
+        if num_reflections is not None:
+            check_positive_int("num_reflections", num_reflections)
         check_positive_int("num_overlap", num_overlap)
         if num_overlap > num_charts:
             raise ValueError(
@@ -212,7 +223,9 @@ class VQFlow(PyroModule):
         r = min(latent_dim, data_dim - 1, 64) if num_reflections is None else num_reflections
         check_positive_int("num_reflections", r)
         placement = _ChartPlacement(self, code_dim, data_dim, r, [max(4 * code_dim, 32)])
-        self.embedding = ConditionalConformalEmbedding(latent_dim, data_dim, placement, r)
+        self.embedding = ConditionalConformalEmbedding(
+            latent_dim, data_dim, placement, r, context_dim=code_dim
+        )
         self.chart_logits = nn.Parameter(torch.zeros(num_charts))
         self.stage = "atlas"
 
@@ -247,8 +260,7 @@ class VQFlow(PyroModule):
         return self
 
     def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,), min_dim=2)
-        return check_matches("x", x, self.chart_logits)
+        return check_input("x", x, self.chart_logits, event_shape=(self.data_dim,), min_dim=2)
 
     def distribution(self) -> ChartMixture:
         """The current :class:`~pyro_manifold.distributions.ChartMixture` over :math:`(D,)`."""

@@ -25,7 +25,12 @@ import torch
 from pyro.nn.auto_reg_nn import create_mask
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold._validation import (
+    check_input,
+    check_positive_int,
+    check_tensor,
+    check_widths,
+)
 
 __all__ = ["BatchedAutoRegressiveNN", "BatchedDenseNN", "BatchedLinear"]
 
@@ -92,6 +97,23 @@ class BatchedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply component ``k``'s map to ``x[..., k, :]``."""
+        return self._product(self._check(x))
+
+    def _check(self, x: Tensor) -> Tensor:
+        """Shape, dtype and device of the input (no values: networks run in hot loops)."""
+        check_input(
+            "x", x, self.weight, min_dim=2, nonempty=False, finite=False, owner="the network's"
+        )
+        k, d = self.num_components, self.in_features
+        if x.shape[-1] != d or x.shape[-2] not in (k, 1):
+            raise ValueError(
+                f"x: expected shape (*, {k}, {d}) or (*, 1, {d}), got tensor of shape "
+                f"{tuple(x.shape)}"
+            )
+        return x
+
+    def _product(self, x: Tensor) -> Tensor:
+        """The product of :meth:`forward` without the input check (for inner layers)."""
         weight = self.weight if self.mask is None else self.weight * self.mask
         if self.num_components > 1 and (x.shape[-2] == 1 or x.stride(-2) == 0):
             # one input row shared by the K maps (size 1, or expanded): one matrix product
@@ -110,15 +132,23 @@ class BatchedLinear(nn.Module):
 
 
 def _check_dims(hidden_dims: Sequence[int], param_dims: Sequence[int]) -> tuple[list, list]:
-    if len(hidden_dims) == 0:
+    hidden, params = (
+        check_widths("hidden_dims", hidden_dims),
+        check_widths("param_dims", param_dims),
+    )
+    if len(hidden) == 0:
         raise ValueError("hidden_dims: expected at least one hidden layer, got []")
-    for h in hidden_dims:
-        check_positive_int("hidden_dims", h)
-    if len(param_dims) == 0:
+    if len(params) == 0:
         raise ValueError("param_dims: expected at least one output block, got []")
-    for p in param_dims:
-        check_positive_int("param_dims", p)
-    return list(hidden_dims), list(param_dims)
+    return hidden, params
+
+
+def _run(layers: nn.ModuleList, f: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The layers with ``f`` between them; only the first checks its input."""
+    h = layers[0](x)
+    for layer in layers[1:]:
+        h = layer._product(f(h))
+    return h
 
 
 def _split_output(h: Tensor, param_dims: list[int]) -> Tensor | tuple[Tensor, ...]:
@@ -176,10 +206,7 @@ class BatchedDenseNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         """Return the output block(s), each :math:`(*, K, p_j)`."""
-        h = x
-        for layer in self.layers[:-1]:
-            h = self.f(layer(h))
-        return _split_output(self.layers[-1](h), self.param_dims)
+        return _split_output(_run(self.layers, self.f, x), self.param_dims)
 
 
 class BatchedAutoRegressiveNN(nn.Module):
@@ -259,10 +286,7 @@ class BatchedAutoRegressiveNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         """Return the output block(s) for the :math:`K` components."""
-        h = x
-        for layer in self.layers[:-1]:
-            h = self.f(layer(h))
-        h = self.layers[-1](h)
+        h = _run(self.layers, self.f, x)
         if sum(self.param_dims) == 1:
             return h
         h = h.reshape(*h.shape[:-1], sum(self.param_dims), self.input_dim)

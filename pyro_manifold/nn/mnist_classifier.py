@@ -3,7 +3,10 @@ r"""A small convolutional MNIST classifier whose features feed a Fréchet distan
 from __future__ import annotations
 
 import torch
+from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
+
+from pyro_manifold._validation import check_bounds, check_input, check_positive_int
 
 __all__ = ["MNISTClassifier"]
 
@@ -23,7 +26,8 @@ class MNISTClassifier(nn.Module):
     ``pyro_manifold.metrics.mnist_frechet_distance`` compares. Inputs are flattened
     images of shape :math:`(*, 784)` (or :math:`(*, 28, 28)`) with values in
     :math:`[0, 1]`; they are standardised with MNIST's pixel mean and standard deviation
-    inside the network.
+    inside the network. While Pyro's validation is enabled, values outside
+    :math:`[0, 1]` (e.g. 0-255 pixels) raise ``ValueError``.
 
     Args:
         num_features: the feature dimension :math:`F`.
@@ -44,6 +48,8 @@ class MNISTClassifier(nn.Module):
     pixel_std = 0.3081
 
     def __init__(self, num_features: int = 128, num_classes: int = 10) -> None:
+        check_positive_int("num_features", num_features)
+        check_positive_int("num_classes", num_classes, minimum=2)
         super().__init__()
         self.num_features = num_features
         self.num_classes = num_classes
@@ -63,6 +69,7 @@ class MNISTClassifier(nn.Module):
         self.test_accuracy: float | None = None
 
     def _images(self, x: Tensor) -> tuple[Tensor, torch.Size]:
+        check_input("x", x, self.head.weight, min_dim=1, nonempty=False, owner="the network's")
         if x.shape[-1] == 784:
             batch = x.shape[:-1]
         elif x.shape[-2:] == (28, 28):
@@ -70,7 +77,11 @@ class MNISTClassifier(nn.Module):
             if len(batch) and batch[-1] == 1:  # (N, 1, 28, 28)
                 batch = batch[:-1]
         else:
-            raise ValueError(f"x: expected shape (*, 784) or (*, 28, 28), got {tuple(x.shape)}")
+            raise ValueError(
+                f"x: expected shape (*, 784) or (*, 28, 28), got tensor of shape {tuple(x.shape)}"
+            )
+        if is_validation_enabled():
+            check_bounds("x", x, 0.0, 1.0, what="pixel values")
         images = x.reshape(-1, 1, 28, 28)
         return (images - self.pixel_mean) / self.pixel_std, batch
 

@@ -8,9 +8,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold._validation import (
+    check_broadcast,
+    check_input,
+    check_positive_int,
+    check_widths,
+)
 
 __all__ = ["PICNN"]
+
+# F.softplus is the identity above this input (its default threshold); the derivatives below
+# are those of that function, so that they match autograd through forward().
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+def _softplus_derivatives(x: Tensor) -> tuple[Tensor, Tensor]:
+    """First and second derivatives of ``F.softplus`` at ``x``."""
+    linear = x > _SOFTPLUS_THRESHOLD
+    first = torch.sigmoid(x)
+    second = first * torch.sigmoid(-x)  # not first * (1 - first): no cancellation
+    return first.masked_fill(linear, 1.0), second.masked_fill(linear, 0.0)
 
 
 def _nonnegative_init(raw: Tensor, fan_in: int) -> None:
@@ -81,17 +98,11 @@ class PICNN(nn.Module):
         super().__init__()
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.context_dim = check_positive_int("context_dim", context_dim)
-        if not isinstance(hidden_dims, list | tuple):
-            raise TypeError(f"hidden_dims: expected a list of ints, got {hidden_dims!r}")
-        hidden = [check_positive_int("hidden_dims", h) for h in hidden_dims]
+        hidden = check_widths("hidden_dims", hidden_dims)
         if context_hidden_dims is None:
             ctx = list(hidden)
         else:
-            if not isinstance(context_hidden_dims, list | tuple):
-                raise TypeError(
-                    f"context_hidden_dims: expected a list of ints, got {context_hidden_dims!r}"
-                )
-            ctx = [check_positive_int("context_hidden_dims", h) for h in context_hidden_dims]
+            ctx = check_widths("context_hidden_dims", context_hidden_dims)
             if len(ctx) != len(hidden):
                 raise ValueError(
                     f"context_hidden_dims: expected {len(hidden)} widths (one per hidden "
@@ -129,14 +140,37 @@ class PICNN(nn.Module):
                 gate.weight.mul_(0.1)
                 gate.bias.fill_(math.log(math.e - 1.0))
 
+    def _check(self, z: Tensor, context: Tensor) -> None:
+        """Shapes, dtypes and devices; no values (the Newton line search tries any point)."""
+        reference = self.z_weight[0].weight
+        owner = "the network's"
+        check_input(
+            "z",
+            z,
+            reference,
+            event_shape=(self.input_dim,),
+            nonempty=False,
+            finite=False,
+            owner=owner,
+        )
+        check_input(
+            "context",
+            context,
+            reference,
+            event_shape=(self.context_dim,),
+            nonempty=False,
+            finite=False,
+            owner=owner,
+        )
+        check_broadcast("context", context.shape[:-1], z.shape[:-1], "z")
+
     def nonnegative_weights(self) -> list[Tensor]:
         r"""The matrices :math:`W^{(a)}_k = \operatorname{softplus}(\cdot) \geq 0`."""
         return [F.softplus(raw) for raw in self.a_weight_raw]
 
     def forward(self, z: Tensor, context: Tensor) -> Tensor:
         r"""Evaluate :math:`g(z, h)`, shape :math:`(*)`, convex in ``z``."""
-        check_tensor("z", z, event_shape=(self.input_dim,), finite=False)
-        check_tensor("context", context, event_shape=(self.context_dim,), finite=False)
+        self._check(z, context)
         u = context
         a: Tensor | None = None
         last = len(self.hidden_dims)
@@ -191,8 +225,7 @@ class PICNN(nn.Module):
             >>> value.shape, grad.shape, hess.shape
             (torch.Size([5]), torch.Size([5, 2]), torch.Size([5, 2, 2]))
         """
-        check_tensor("z", z, event_shape=(self.input_dim,), finite=False)
-        check_tensor("context", context, event_shape=(self.context_dim,), finite=False)
+        self._check(z, context)
         last = len(self.hidden_dims)
         u = context
         a = a_jac = None
@@ -213,7 +246,7 @@ class PICNN(nn.Module):
             pre = pre + self.context_term[k](u)
             saved.append((pre, jac))
             a = F.softplus(pre)
-            a_jac = torch.sigmoid(pre).unsqueeze(-1) * jac
+            a_jac = _softplus_derivatives(pre)[0].unsqueeze(-1) * jac
             u = F.elu(self.context_layers[k](u))
         batch = torch.broadcast_shapes(z.shape[:-1], context.shape[:-1])
         value, grad = pre.squeeze(-1), jac.squeeze(-2).expand(*batch, self.input_dim)
@@ -225,8 +258,8 @@ class PICNN(nn.Module):
             pre_k, jac_k = saved[k]
             gate, w_a = mixing[k]
             adjoint = gate * (w_a.squeeze(0) if adjoint is None else adjoint @ w_a)
-            first = torch.sigmoid(pre_k)  # softplus' ; softplus'' = first * (1 - first)
-            weights = adjoint * first * (1.0 - first)
+            first, second = _softplus_derivatives(pre_k)
+            weights = adjoint * second
             hess = hess + jac_k.transpose(-1, -2) @ (weights.unsqueeze(-1) * jac_k)
             adjoint = adjoint * first
         return value, grad, hess

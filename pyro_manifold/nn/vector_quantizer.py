@@ -19,9 +19,15 @@ In VQ-Flows the codes are the chart centres and the chart regions are
 from __future__ import annotations
 
 import torch
+from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
+from pyro_manifold._validation import (
+    check_bounds,
+    check_input,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = ["VectorQuantizer", "chart_membership"]
 
@@ -51,7 +57,9 @@ def chart_membership(distances: Tensor, num_overlap: int = 1, epsilon: float = 0
         >>> chart_membership(d, num_overlap=2, epsilon=0.1)
         tensor([[ True,  True,  True, False]])
     """
-    check_tensor("distances", distances, min_dim=1)
+    check_input("distances", distances, min_dim=1)
+    if is_validation_enabled():
+        check_bounds("distances", distances, lower=0.0)
     num_charts = distances.shape[-1]
     check_positive_int("num_overlap", num_overlap)
     if num_overlap > num_charts:
@@ -102,8 +110,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
 
     def _check(self, e: Tensor) -> Tensor:
-        check_tensor("encodings", e, event_shape=(self.code_dim,))
-        return e
+        return check_input(
+            "e", e, self.codebook, event_shape=(self.code_dim,), owner="the codebook's"
+        )
 
     def distances(self, e: Tensor) -> Tensor:
         r"""Distances :math:`\lVert e - v_k\rVert`, shape :math:`(*, K)`, for ``e`` :math:`(*, C)`.

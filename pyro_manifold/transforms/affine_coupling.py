@@ -29,7 +29,13 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_manifold._math import SOFTPLUS_ONE
-from pyro_manifold._validation import check_positive, check_positive_int
+from pyro_manifold._validation import (
+    check_input,
+    check_positive,
+    check_positive_int,
+    check_widths,
+    reference_tensor,
+)
 
 __all__ = [
     "AffineCoupling",
@@ -56,6 +62,9 @@ class AffineCoupling(TransformModule):
             ``(mu, s)``, each :math:`(*, D - d_a)`.
         reverse: keep the last ``split_dim`` coordinates instead of the first.
         sigma_min: floor added to the softplus scale.
+        input_dim: :math:`D`; by default read from the hypernet's ``param_dims``
+            (Pyro's ``DenseNN``, :class:`~pyro_manifold.nn.BatchedDenseNN`) as
+            ``split_dim + param_dims[0]``. Inputs of another size raise ``ValueError``.
 
     Example:
         >>> from pyro.nn import DenseNN
@@ -79,13 +88,29 @@ class AffineCoupling(TransformModule):
         hypernet: Callable[[Tensor], tuple[Tensor, Tensor]],
         reverse: bool = False,
         sigma_min: float = 1e-3,
+        *,
+        input_dim: int | None = None,
     ) -> None:
-        super().__init__(cache_size=1)
         self.split_dim = check_positive_int("split_dim", split_dim)
+        self.input_dim = _input_dim(split_dim, hypernet, input_dim)
+        sigma_min = check_positive("sigma_min", sigma_min)
+        super().__init__(cache_size=1)
         self.nn = hypernet
         self.reverse = bool(reverse)
-        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_min = sigma_min
         self._ladj_cache: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _check(self, name: str, x: Tensor) -> Tensor:
+        event = None if self.input_dim is None else (self.input_dim,)
+        check_input(
+            name, x, reference_tensor(self.nn), event_shape=event, min_dim=1, nonempty=False
+        )
+        if self.input_dim is None and x.shape[-1] <= self.split_dim:
+            raise ValueError(
+                f"{name}: expected more than split_dim = {self.split_dim} coordinates, got "
+                f"shape {tuple(x.shape)}"
+            )
+        return x
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.reverse:
@@ -101,14 +126,14 @@ class AffineCoupling(TransformModule):
         return mu, (F.softplus(s + SOFTPLUS_ONE) + self.sigma_min).log()
 
     def _call(self, u: Tensor) -> Tensor:
-        kept, moved = self._split(u)
+        kept, moved = self._split(self._check("u", u))
         mu, log_sigma = self._loc_and_log_scale(kept)
         x = self._join(kept, mu + torch.exp(log_sigma) * moved)
         self._ladj_cache = (u, x, log_sigma.sum(-1))
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:
-        kept, moved = self._split(x)
+        kept, moved = self._split(self._check("x", x))
         mu, log_sigma = self._loc_and_log_scale(kept)
         u = self._join(kept, (moved - mu) * torch.exp(-log_sigma))
         self._ladj_cache = (u, x, log_sigma.sum(-1))
@@ -135,6 +160,9 @@ class ConditionalAffineCoupling(ConditionalTransformModule):
             ``(u_a, context=h)``) returning ``(mu, s)``.
         reverse: keep the last ``split_dim`` coordinates instead of the first.
         sigma_min: floor added to the softplus scale.
+        input_dim: :math:`D`; by default ``split_dim + param_dims[0]`` of the hypernet.
+        context_dim: :math:`C`; by default the hypernet's ``context_dim``. A context of
+            another size raises ``ValueError``.
 
     Example:
         >>> t = conditional_affine_coupling(3, context_dim=2)
@@ -152,30 +180,60 @@ class ConditionalAffineCoupling(ConditionalTransformModule):
         hypernet: ConditionalDenseNN,
         reverse: bool = False,
         sigma_min: float = 1e-3,
+        *,
+        input_dim: int | None = None,
+        context_dim: int | None = None,
     ) -> None:
-        super().__init__()
         self.split_dim = check_positive_int("split_dim", split_dim)
+        self.input_dim = _input_dim(split_dim, hypernet, input_dim)
+        if context_dim is None:
+            context_dim = getattr(hypernet, "context_dim", None) or None
+        self.context_dim = (
+            None if context_dim is None else check_positive_int("context_dim", context_dim)
+        )
+        sigma_min = check_positive("sigma_min", sigma_min)
+        super().__init__()
         self.nn = hypernet
         self.reverse = bool(reverse)
-        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_min = sigma_min
 
     def condition(self, context: Tensor) -> AffineCoupling:
-        """Bind the context :math:`h` and return the plain transform."""
+        """Bind the context :math:`h` of shape :math:`(*, C)` and return the plain transform."""
+        event = None if self.context_dim is None else (self.context_dim,)
+        check_input(
+            "context", context, reference_tensor(self.nn), event_shape=event, nonempty=False
+        )
         return AffineCoupling(
             self.split_dim,
             partial(self.nn, context=context),
             reverse=self.reverse,
             sigma_min=self.sigma_min,
+            input_dim=self.input_dim,
         )
+
+
+def _input_dim(split_dim: int, hypernet: object, input_dim: int | None) -> int | None:
+    """``input_dim`` checked against ``split_dim``, or inferred from the hypernet."""
+    if input_dim is None:
+        net = hypernet.func if isinstance(hypernet, partial) else hypernet
+        param_dims = getattr(net, "param_dims", None)
+        if not param_dims:
+            return None
+        input_dim = split_dim + int(param_dims[0])
+    check_positive_int("input_dim", input_dim, minimum=2)
+    if split_dim > input_dim - 1:
+        raise ValueError(
+            f"split_dim: expected an int in [1, {input_dim - 1}] (input_dim = {input_dim}), "
+            f"got {split_dim}"
+        )
+    return input_dim
 
 
 def _coupling_sizes(input_dim: int, hidden_dims: list[int] | None) -> tuple[int, list[int]]:
     check_positive_int("input_dim", input_dim, minimum=2)
     if hidden_dims is None:
         hidden_dims = [max(10 * input_dim, 64)] * 2 if input_dim < 100 else [1024, 1024]
-    for h in hidden_dims:
-        check_positive_int("hidden_dims", h)
-    return input_dim // 2, list(hidden_dims)
+    return input_dim // 2, check_widths("hidden_dims", hidden_dims)
 
 
 def affine_coupling(
@@ -193,7 +251,7 @@ def affine_coupling(
     split, hidden = _coupling_sizes(input_dim, hidden_dims)
     kept = split if not reverse else input_dim - split
     net = DenseNN(kept, hidden, param_dims=[input_dim - kept, input_dim - kept])
-    return AffineCoupling(kept, net, reverse=reverse, sigma_min=sigma_min)
+    return AffineCoupling(kept, net, reverse=reverse, sigma_min=sigma_min, input_dim=input_dim)
 
 
 def conditional_affine_coupling(
@@ -216,4 +274,11 @@ def conditional_affine_coupling(
     net = ConditionalDenseNN(
         kept, context_dim, hidden, param_dims=[input_dim - kept, input_dim - kept]
     )
-    return ConditionalAffineCoupling(kept, net, reverse=reverse, sigma_min=sigma_min)
+    return ConditionalAffineCoupling(
+        kept,
+        net,
+        reverse=reverse,
+        sigma_min=sigma_min,
+        input_dim=input_dim,
+        context_dim=context_dim,
+    )

@@ -35,7 +35,12 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from pyro_manifold._math import SOFTPLUS_ONE
-from pyro_manifold._validation import check_positive, check_positive_int
+from pyro_manifold._validation import (
+    check_input,
+    check_positive,
+    check_positive_int,
+    check_widths,
+)
 
 __all__ = [
     "ConditionalConformalEmbedding",
@@ -93,6 +98,16 @@ class _Conformal:
     def _ladj(self, z: Tensor, s: Tensor) -> Tensor:
         ladj = self.latent_dim * self._log_scale(s).squeeze(-1)
         return ladj.expand(torch.broadcast_shapes(ladj.shape, z.shape[:-1]))
+
+    def _check_z(self, z: Tensor, reference: Tensor | None) -> Tensor:
+        return check_input(
+            "z", z, reference, event_shape=(self.latent_dim,), nonempty=False, owner="the layer's"
+        )
+
+    def _check_x(self, x: Tensor, reference: Tensor | None) -> Tensor:
+        return check_input(
+            "x", x, reference, event_shape=(self.data_dim,), nonempty=False, owner="the layer's"
+        )
 
     def _inv_call(self, x: Tensor) -> Tensor:
         # Cache forward calls only: c(c^+(x)) is the projection of x, not x itself, so a
@@ -173,9 +188,11 @@ class ConformalEmbedding(_Conformal, TransformModule):
         self.shift = nn.Parameter(torch.zeros(data_dim))
 
     def _call(self, z: Tensor) -> Tensor:
+        self._check_z(z, self.shift)
         return self._embed(z, self.scale, self.shift, self.reflections)
 
     def _inverse(self, x: Tensor) -> Tensor:
+        self._check_x(x, self.shift)
         return self._project(x, self.scale, self.shift, self.reflections)
 
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
@@ -199,7 +216,8 @@ class ConditionedConformalEmbedding(_Conformal, TransformModule):
 
     Built by :meth:`ConditionalConformalEmbedding.condition`; ``scale`` :math:`(*, 1)`,
     ``shift`` :math:`(*, D)` and ``reflections`` :math:`(*, r, D)` broadcast against the
-    input's batch shape.
+    input's batch shape. Inputs must have the dtype and device of ``reference`` (the
+    parent module's base reflections) when given.
     """
 
     domain = constraints.real_vector
@@ -212,12 +230,14 @@ class ConditionedConformalEmbedding(_Conformal, TransformModule):
         data_dim: int,
         params: Callable[[], tuple[Tensor, Tensor, Tensor]],
         scale_min: float,
+        reference: Tensor | None = None,
     ) -> None:
         super().__init__(cache_size=1)
         self.latent_dim, self.data_dim, self.scale_min = latent_dim, data_dim, scale_min
         self.bijective = latent_dim == data_dim
         self._params_fn = params
         self._params: tuple[Tensor, Tensor, Tensor] | None = None
+        self._reference = reference
 
     def _get(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._params is None:
@@ -225,10 +245,10 @@ class ConditionedConformalEmbedding(_Conformal, TransformModule):
         return self._params
 
     def _call(self, z: Tensor) -> Tensor:
-        return self._embed(z, *self._get())
+        return self._embed(self._check_z(z, self._reference), *self._get())
 
     def _inverse(self, x: Tensor) -> Tensor:
-        return self._project(x, *self._get())
+        return self._project(self._check_x(x, self._reference), *self._get())
 
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`d\log\lambda(h)` broadcast to the batch shape :math:`(*)`."""
@@ -255,6 +275,9 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
             :class:`~pyro.nn.DenseNN` with ``param_dims=[1, D, r * D]``).
         num_reflections: :math:`r` (must match the network's last output).
         scale_min: floor :math:`\lambda_{\min}` added to the softplus scale.
+        context_dim: :math:`C`; by default the hypernet's ``input_dim`` (as for a
+            :class:`~pyro.nn.DenseNN`), if it has one. A context of another size raises
+            ``ValueError``.
 
     Example:
         >>> c = conditional_conformal_embedding(2, 3, context_dim=4)
@@ -280,9 +303,16 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
         hypernet: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
         num_reflections: int | None = None,
         scale_min: float = 1e-3,
+        *,
+        context_dim: int | None = None,
     ) -> None:
         r = _check_dims(latent_dim, data_dim, num_reflections)
         self.scale_min = check_positive("scale_min", scale_min)
+        if context_dim is None:
+            context_dim = getattr(hypernet, "input_dim", None)
+        self.context_dim = (
+            None if context_dim is None else check_positive_int("context_dim", context_dim)
+        )
         super().__init__()
         self.latent_dim, self.data_dim = latent_dim, data_dim
         self.bijective = latent_dim == data_dim
@@ -307,8 +337,21 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
 
         The network runs once, lazily, on the first use of the returned transform.
         """
+        event = None if self.context_dim is None else (self.context_dim,)
+        check_input(
+            "context",
+            context,
+            self.reflections,
+            event_shape=event,
+            nonempty=False,
+            owner="the layer's",
+        )
         return ConditionedConformalEmbedding(
-            self.latent_dim, self.data_dim, lambda: self._params(context), self.scale_min
+            self.latent_dim,
+            self.data_dim,
+            lambda: self._params(context),
+            self.scale_min,
+            self.reflections,
         )
 
 
@@ -340,8 +383,7 @@ def conditional_conformal_embedding(
     """
     r = _check_dims(latent_dim, data_dim, num_reflections)
     check_positive_int("context_dim", context_dim)
-    hidden = [max(4 * context_dim, 32)] if hidden_dims is None else list(hidden_dims)
-    for h in hidden:
-        check_positive_int("hidden_dims", h)
+    hidden = [max(4 * context_dim, 32)] if hidden_dims is None else hidden_dims
+    hidden = check_widths("hidden_dims", hidden)
     net = DenseNN(context_dim, hidden, param_dims=[1, data_dim, r * data_dim])
-    return ConditionalConformalEmbedding(latent_dim, data_dim, net, r)
+    return ConditionalConformalEmbedding(latent_dim, data_dim, net, r, context_dim=context_dim)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import (
-    check_matches,
+    check_input,
     check_positive,
     check_positive_int,
     check_tensor,
@@ -150,8 +150,7 @@ class GaussianNIF(nn.Module):
         return F.softplus(self.noise_raw) + self.min_noise_scale
 
     def _check_x(self, x: Tensor) -> Tensor:
-        check_tensor("x", x, event_shape=(self.data_dim,))
-        return check_matches("x", x, self.weight, "the layer's")
+        return check_input("x", x, self.weight, event_shape=(self.data_dim,), owner="the layer's")
 
     def likelihood(self, z: Tensor, s: float = 1.0) -> NoisyInjective:
         r""":math:`p(x|z) = \mathcal N(Az + b, s\Sigma)`; ``s=0`` samples on the manifold.
@@ -160,7 +159,8 @@ class GaussianNIF(nn.Module):
             z: :math:`(*, d)`.
             s: noise multiplier :math:`s \geq 0`.
         """
-        check_tensor("z", z, event_shape=(self.latent_dim,))
+        check_input("z", z, self.weight, event_shape=(self.latent_dim,), owner="the layer's")
+        check_positive("s", s, allow_zero=True)
         return NoisyInjective(z, self.linear, self.bias, self.noise_scale, noise_multiplier=s)
 
     def stochastic_inverse(self, x: Tensor) -> StochasticInverse:

@@ -30,7 +30,13 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_manifold._math import SOFTPLUS_ONE
-from pyro_manifold._validation import check_positive, check_positive_int
+from pyro_manifold._validation import (
+    check_input,
+    check_positive,
+    check_positive_int,
+    check_widths,
+    reference_tensor,
+)
 
 __all__ = [
     "ConditionalMaskedAutoregressive",
@@ -54,7 +60,8 @@ class MaskedAutoregressive(TransformModule):
 
     Args:
         autoregressive_nn: a MADE-like callable returning ``(mu, s)`` of shape
-            :math:`(*, D)` each, with a ``permutation`` attribute giving the order.
+            :math:`(*, D)` each, with a ``permutation`` attribute giving the order
+            (its length is :math:`D`; inputs of another size raise ``ValueError``).
         sigma_min: floor added to the softplus scale.
 
     Example:
@@ -78,10 +85,17 @@ class MaskedAutoregressive(TransformModule):
     def __init__(
         self, autoregressive_nn: Callable[[Tensor], tuple[Tensor, Tensor]], sigma_min: float = 1e-3
     ) -> None:
+        self.input_dim = _order_length(autoregressive_nn)
+        sigma_min = check_positive("sigma_min", sigma_min)
         super().__init__(cache_size=1)
         self.arn = autoregressive_nn
-        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_min = sigma_min
         self._ladj_cache: tuple[Tensor, Tensor] | None = None
+
+    def _check(self, name: str, x: Tensor) -> Tensor:
+        return check_input(
+            name, x, reference_tensor(self.arn), event_shape=(self.input_dim,), nonempty=False
+        )
 
     def _loc_and_log_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, s = self.arn(x)
@@ -95,6 +109,7 @@ class MaskedAutoregressive(TransformModule):
 
     def _call(self, u: Tensor) -> Tensor:
         """Base to data: sequential over the autoregressive order."""
+        self._check("u", u)
         x = torch.zeros_like(u)
         log_sigma = torch.zeros_like(u)
         for idx in self.arn.permutation.tolist():
@@ -106,7 +121,7 @@ class MaskedAutoregressive(TransformModule):
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:
-        u, ladj = self._inverse_and_ladj(x)
+        u, ladj = self._inverse_and_ladj(self._check("x", x))
         self._ladj_cache = (x, ladj)
         return u
 
@@ -149,23 +164,39 @@ class ConditionalMaskedAutoregressive(ConditionalTransformModule):
     bijective = True
 
     def __init__(self, autoregressive_nn: ConditionalAutoRegressiveNN, sigma_min: float = 1e-3):
+        self.input_dim = _order_length(autoregressive_nn)
+        self.context_dim = getattr(autoregressive_nn, "context_dim", None) or None
+        sigma_min = check_positive("sigma_min", sigma_min)
         super().__init__()
         self.nn = autoregressive_nn
-        self.sigma_min = check_positive("sigma_min", sigma_min)
+        self.sigma_min = sigma_min
 
     def condition(self, context: Tensor) -> MaskedAutoregressive:
-        """Bind the context :math:`h` and return the plain transform."""
+        """Bind the context :math:`h` of shape :math:`(*, C)` and return the plain transform."""
+        event = None if self.context_dim is None else (self.context_dim,)
+        check_input(
+            "context", context, reference_tensor(self.nn), event_shape=event, nonempty=False
+        )
         cond_nn = partial(self.nn, context=context)
         cond_nn.permutation = self.nn.permutation  # type: ignore[attr-defined]
         return MaskedAutoregressive(cond_nn, sigma_min=self.sigma_min)
 
 
+def _order_length(autoregressive_nn: object) -> int:
+    """:math:`D`, the length of the network's autoregressive order."""
+    permutation = getattr(autoregressive_nn, "permutation", None)
+    if permutation is None:
+        raise TypeError(
+            "autoregressive_nn: expected a MADE network with a permutation attribute, got "
+            f"{type(autoregressive_nn).__name__}"
+        )
+    return len(permutation)
+
+
 def _hidden_dims(input_dim: int, hidden_dims: list[int] | None) -> list[int]:
     if hidden_dims is None:
         return [max(10 * input_dim, 32)] if input_dim < 100 else [1024]
-    for h in hidden_dims:
-        check_positive_int("hidden_dims", h, minimum=input_dim)
-    return list(hidden_dims)
+    return check_widths("hidden_dims", hidden_dims, minimum=input_dim)
 
 
 def masked_autoregressive(

@@ -48,10 +48,10 @@ from torch.distributions import Transform, constraints
 
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import (
-    check_finite,
+    check_broadcast,
+    check_input,
     check_positive,
     check_positive_int,
-    check_tensor,
 )
 from pyro_manifold.nn.picnn import PICNN
 
@@ -203,7 +203,6 @@ class ConditionalPCPMap(ConditionalTransformModule):
 
     def condition(self, context: Tensor) -> ConditionedPCPMap:
         r"""Bind the context :math:`h` of shape :math:`(*, C)`; return the plain transform."""
-        check_tensor("context", context, event_shape=(self.context_dim,))
         return ConditionedPCPMap(self, context)
 
 
@@ -238,6 +237,16 @@ class ConditionedPCPMap(Transform):
     bijective = True
 
     def __init__(self, module: ConditionalPCPMap, context: Tensor) -> None:
+        if not isinstance(module, ConditionalPCPMap):
+            raise TypeError(f"module: expected a ConditionalPCPMap, got {type(module).__name__}")
+        check_input(
+            "context",
+            context,
+            module.gamma1,
+            event_shape=(module.context_dim,),
+            nonempty=False,
+            owner="the layer's",
+        )
         super().__init__(cache_size=1)
         self.module = module
         self.context = context
@@ -283,7 +292,21 @@ class ConditionedPCPMap(Transform):
         return log_det
 
     # -- the Transform interface ---------------------------------------------------------
+    def _check(self, name: str, x: Tensor) -> Tensor:
+        module = self.module
+        check_input(
+            name,
+            x,
+            module.gamma1,
+            event_shape=(module.input_dim,),
+            nonempty=False,
+            owner="the layer's",
+        )
+        check_broadcast(name, x.shape[:-1], self.context.shape[:-1], "the context")
+        return x
+
     def _call(self, z: Tensor) -> Tensor:
+        self._check("z", z)
         return self._gradient(z, create_graph=torch.is_grad_enabled())
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
@@ -292,7 +315,7 @@ class ConditionedPCPMap(Transform):
         return self._log_det(hessian)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        check_finite("y", y)
+        self._check("y", y)
         z_star, chol = self._newton(y)
         self._warm_start = z_star
         if not torch.is_grad_enabled():

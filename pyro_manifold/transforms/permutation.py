@@ -6,6 +6,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyro_manifold._validation import check_input
+
 __all__ = ["Reverse"]
 
 
@@ -33,10 +35,10 @@ class Reverse(TransformModule):
         super().__init__(cache_size=1)
 
     def _call(self, u: Tensor) -> Tensor:
-        return u.flip(-1)
+        return check_input("u", u, min_dim=1, nonempty=False).flip(-1)
 
     def _inverse(self, x: Tensor) -> Tensor:
-        return x.flip(-1)
+        return check_input("x", x, min_dim=1, nonempty=False).flip(-1)
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         """Zero, of shape :math:`(*)`."""
