@@ -46,6 +46,7 @@ from pyro_manifold._validation import (
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
 from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
+from pyro_manifold.transforms._cache import forget_cached
 
 __all__ = [
     "MIXTURE_FLOWS",
@@ -367,7 +368,11 @@ class VariationalMixtureOfFlows(PyroModule):
 
     # -- distributions -----------------------------------------------------------------
     def components(self) -> dist.TransformedDistribution:
-        """Return the :math:`K` flows as one distribution, batch shape ``(K,)``, event ``(D,)``."""
+        """Return the :math:`K` flows as one distribution, batch shape ``(K,)``, event ``(D,)``.
+
+        The layers' one-entry caches are emptied first (a new evaluation starts).
+        """
+        forget_cached(self.layers)
         base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
         return dist.TransformedDistribution(base, list(self.layers))
 

@@ -18,6 +18,7 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.models.flow import FLOWS, flow_layers
 from pyro_manifold.transforms import GaussianNIF
+from pyro_manifold.transforms._cache import forget_cached
 
 __all__ = ["NoisyInjectiveFlow"]
 
@@ -134,7 +135,12 @@ class NoisyInjectiveFlow(PyroModule):
         return check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
 
     def top_inverse(self, x: Tensor) -> Tensor:
-        r""":math:`y = f^{-1}(x)`, one pass per layer for MAF and couplings."""
+        r""":math:`y = f^{-1}(x)`, one pass per layer for MAF and couplings.
+
+        Starts a new evaluation: the top layers' caches are emptied first, then hold
+        :math:`(y, x)` so that the model's likelihood in the same ELBO reuses this pass.
+        """
+        forget_cached(self.top_layers)
         y = x
         for t in reversed(self.top_layers):
             y = t.inv(y)

@@ -36,6 +36,7 @@ from pyro_manifold._validation import (
     check_widths,
     reference_tensor,
 )
+from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "AffineCoupling",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class AffineCoupling(TransformModule):
+class AffineCoupling(FreshCache, TransformModule):
     r"""RealNVP affine coupling bijection :math:`u \mapsto x` of :math:`(*, D)` tensors.
 
     .. math::
@@ -130,6 +131,7 @@ class AffineCoupling(TransformModule):
         mu, log_sigma = self._loc_and_log_scale(kept)
         x = self._join(kept, mu + torch.exp(log_sigma) * moved)
         self._ladj_cache = (u, x, log_sigma.sum(-1))
+        self._remember_for("ladj", self._ladj_cache, (u, x), self._ladj_cache[2:])
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:
@@ -137,12 +139,13 @@ class AffineCoupling(TransformModule):
         mu, log_sigma = self._loc_and_log_scale(kept)
         u = self._join(kept, (moved - mu) * torch.exp(-log_sigma))
         self._ladj_cache = (u, x, log_sigma.sum(-1))
+        self._remember_for("ladj", self._ladj_cache, (u, x), self._ladj_cache[2:])
         return u
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`\sum_j \log\sigma_j(u_a)`, shared with the last call."""
         cache = self._ladj_cache
-        if cache is not None and cache[0] is u and cache[1] is x:
+        if cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache):
             return cache[2]
         return self._loc_and_log_scale(self._split(u)[0])[1].sum(-1)
 

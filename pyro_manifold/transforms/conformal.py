@@ -41,6 +41,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
+from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "ConditionalConformalEmbedding",
@@ -115,7 +116,7 @@ class _Conformal:
         if self.bijective:
             return super()._inv_call(x)  # type: ignore[misc]
         cached = getattr(self, "_cached_x_y", (None, None))
-        if cached[1] is x:
+        if cached[1] is x and self._fresh("x_y", cached):  # type: ignore[attr-defined]
             return cached[0]
         return self._inverse(x)
 
@@ -130,7 +131,7 @@ class _Conformal:
         return torch.Size((*shape[:-1], self.latent_dim))
 
 
-class ConformalEmbedding(_Conformal, TransformModule):
+class ConformalEmbedding(_Conformal, FreshCache, TransformModule):
     r"""Learned conformal embedding :math:`z \mapsto x` of :math:`(*, d)` into :math:`(*, D)`.
 
     .. math::
@@ -211,7 +212,7 @@ class ConformalEmbedding(_Conformal, TransformModule):
         return _reflect(eye.T.to(self.shift.device), self.reflections, reverse=False).T
 
 
-class ConditionedConformalEmbedding(_Conformal, TransformModule):
+class ConditionedConformalEmbedding(_Conformal, FreshCache, TransformModule):
     r"""A :class:`ConformalEmbedding` whose :math:`\lambda, b, v_i` were computed from a context.
 
     Built by :meth:`ConditionalConformalEmbedding.condition`; ``scale`` :math:`(*, 1)`,

@@ -37,6 +37,7 @@ from pyro_manifold._validation import (
     check_widths,
     reference_tensor,
 )
+from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "ConditionalMaskedAutoregressive",
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class MaskedAutoregressive(TransformModule):
+class MaskedAutoregressive(FreshCache, TransformModule):
     r"""Affine autoregressive bijection in the MAF direction.
 
     .. math::
@@ -118,17 +119,20 @@ class MaskedAutoregressive(TransformModule):
             x[..., idx] = mu[..., idx] + torch.exp(log_sigma[..., idx]) * u[..., idx]
         # After the last step every coordinate's scale depends only on earlier ones.
         self._ladj_cache = (x, log_sigma.sum(-1))
+        self._remember_for("ladj", self._ladj_cache, (u, x), self._ladj_cache[1:])
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:
         u, ladj = self._inverse_and_ladj(self._check("x", x))
         self._ladj_cache = (x, ladj)
+        self._remember_for("ladj", self._ladj_cache, (x,), (ladj,))
         return u
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`\sum_i \log\sigma_i(x)`, reusing the value from the last call."""
-        if self._ladj_cache is not None and self._ladj_cache[0] is x:
-            return self._ladj_cache[1]
+        cache = self._ladj_cache
+        if cache is not None and cache[0] is x and self._fresh("ladj", cache):
+            return cache[1]
         return self._inverse_and_ladj(x)[1]
 
 

@@ -54,6 +54,7 @@ from pyro_manifold._validation import (
     check_positive_int,
 )
 from pyro_manifold.nn.picnn import PICNN
+from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "ConditionalPCPMap",
@@ -206,7 +207,7 @@ class ConditionalPCPMap(ConditionalTransformModule):
         return ConditionedPCPMap(self, context)
 
 
-class ConditionedPCPMap(Transform):
+class ConditionedPCPMap(FreshCache, Transform):
     r"""The map :math:`z \mapsto \nabla_z G(z, h)` of a :class:`ConditionalPCPMap`, :math:`h` fixed.
 
     .. math::
@@ -251,6 +252,9 @@ class ConditionedPCPMap(Transform):
         self.module = module
         self.context = context
         self._warm_start: Tensor | None = None
+
+    def _cache_parameters(self):
+        return self.module.parameters()
 
     # -- shapes ------------------------------------------------------------------------
     def _batch_shape(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:

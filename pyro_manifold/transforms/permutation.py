@@ -7,11 +7,12 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from pyro_manifold._validation import check_input
+from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = ["Reverse"]
 
 
-class Reverse(TransformModule):
+class Reverse(FreshCache, TransformModule):
     r"""Reverse the order of the last dimension: :math:`x_i = u_{D+1-i}`.
 
     .. math::

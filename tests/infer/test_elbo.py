@@ -72,7 +72,6 @@ def _programs():
 def _value_and_grads(module, args, elbo, seed=1):
     pyro.set_rng_seed(seed)
     module.zero_grad(set_to_none=True)
-    args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
     loss = elbo.differentiable_loss(module.model, module.guide, *args)
     loss.backward()
     grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
@@ -141,9 +140,8 @@ def test_fast_elbos_do_not_read_back_to_the_host(name):
         args = tuple(a.float() for a in args)
     reads = {}
     for elbo in (stock, fast_elbo(stock)):
-        fresh = tuple(a.clone() for a in args)
         with pyro.validation_enabled(False), _count_host_reads() as calls:
-            elbo.differentiable_loss(module.model, module.guide, *fresh).backward()
+            elbo.differentiable_loss(module.model, module.guide, *args).backward()
         reads[type(elbo).__name__] = calls
     stock_reads, fast_reads = reads.values()
     assert stock_reads["n"] > 0  # the counter sees Pyro's own reads

@@ -1,0 +1,129 @@
+r"""A transform cache that is safe across training steps.
+
+``torch.distributions.Transform`` with ``cache_size=1`` keeps the last pair
+:math:`(x, y = T(x))` and returns it whenever it is called again with the *same tensor
+object*. Within one ELBO evaluation that is what makes an IAF's ``log_prob`` of its own
+sample free and lets a guide and a model share one inverse pass. Across evaluations it is
+a trap: passing the same data tensor again after an optimiser step returns the result
+computed with the old parameters (a silently wrong log-density), and after
+``backward()`` the cached result's graph has been freed.
+
+:class:`FreshCache` keeps the cache and removes the trap. An entry records the version
+counters of the transform's parameters (bumped by every in-place update, such as an
+optimiser step) and is used only while they are unchanged; an entry looked up by data
+(a tensor that does not require grad) is also dropped as soon as a gradient flows back
+through it, since the graph it belongs to is then spent. Secondary
+caches (a log-determinant kept from the last call) use :meth:`FreshCache._fresh` and
+:meth:`FreshCache._remember_for` in the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor
+from torch.distributions import Transform
+
+__all__ = ["FreshCache", "forget_cached"]
+
+
+class FreshCache:
+    """Mixin for ``Transform`` subclasses: Pyro's one-entry cache, valid only while fresh.
+
+    Put it first among the bases (``class T(FreshCache, TransformModule)``). Parameters
+    are found with ``self.parameters()`` when the transform is an ``nn.Module``;
+    override :meth:`_cache_parameters` otherwise.
+
+    Example:
+        >>> from pyro_manifold.transforms import affine_coupling
+        >>> t = affine_coupling(2, [8])
+        >>> x = torch.randn(3, 2)
+        >>> before = t.inv(x)
+        >>> with torch.no_grad():
+        ...     for p in t.parameters():
+        ...         _ = p.add_(1.0)
+        >>> torch.equal(t.inv(x), before)  # recomputed with the new parameters
+        False
+    """
+
+    _cached_x_y: tuple
+    _cache_size: int
+
+    def _cache_parameters(self) -> Iterable[Tensor]:
+        parameters = getattr(self, "parameters", None)
+        return parameters() if callable(parameters) else ()
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self._cache_parameters())
+
+    def _fresh(self, slot: str, entry: object) -> bool:
+        """Whether ``entry``, remembered in ``slot`` by :meth:`_remember_for`, is usable."""
+        tokens = getattr(self, "_fresh_tokens", {})
+        return entry is not None and tokens.get(slot) == (id(entry), self._versions())
+
+    def _remember_for(
+        self, slot: str, entry: object, keys: tuple[Tensor, ...], outputs: tuple[Tensor, ...]
+    ) -> None:
+        """Mark ``entry`` fresh until the parameters change or its graph is spent.
+
+        ``keys`` are the tensors the entry is looked up by. When none of them requires
+        grad (data), the entry is forgotten as soon as a gradient flows back through one
+        of ``outputs``. Keys that require grad are draws of the current evaluation
+        (an IAF's base sample, say) and may be differentiated several times within it
+        (PCP-Map's inner ``autograd.grad``), so their entries are left alone.
+        """
+        tokens = self.__dict__.setdefault("_fresh_tokens", {})
+        tokens[slot] = key = (id(entry), self._versions())
+        if any(k.requires_grad for k in keys):
+            return
+        for t in outputs:
+            if isinstance(t, Tensor) and t.requires_grad:
+                t.register_hook(lambda grad: self._forget(slot, key))
+
+    def _forget(self, slot: str, key: tuple) -> None:
+        tokens = getattr(self, "_fresh_tokens", {})
+        if tokens.get(slot) == key:
+            del tokens[slot]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._cache_size == 0:
+            return self._call(x)  # type: ignore[attr-defined]
+        x_old, y_old = self._cached_x_y
+        if x is x_old and self._fresh("x_y", self._cached_x_y):
+            return y_old
+        y = self._call(x)  # type: ignore[attr-defined]
+        self._store(x, y, key=x)
+        return y
+
+    def _inv_call(self, y: Tensor) -> Tensor:
+        if self._cache_size == 0:
+            return self._inverse(y)  # type: ignore[attr-defined]
+        x_old, y_old = self._cached_x_y
+        if y is y_old and self._fresh("x_y", self._cached_x_y):
+            return x_old
+        x = self._inverse(y)  # type: ignore[attr-defined]
+        self._store(x, y, key=y)
+        return x
+
+    def _store(self, x: Tensor, y: Tensor, key: Tensor) -> None:
+        self._cached_x_y = (x, y)
+        self._remember_for("x_y", self._cached_x_y, (key,), (x, y))
+
+
+def forget_cached(transforms: Iterable[Transform]) -> None:
+    """Empty the one-entry caches of ``transforms`` (e.g. Pyro's own layers in a flow).
+
+    Models call it where a new evaluation starts, so that Pyro's transforms (which key
+    their cache on tensor identity alone) never return a result from an earlier step.
+
+    Example:
+        >>> from pyro.distributions.transforms import spline_coupling
+        >>> t = spline_coupling(2)
+        >>> x = torch.randn(3, 2)
+        >>> _ = t.inv(x)
+        >>> forget_cached([t]); t._cached_x_y
+        (None, None)
+    """
+    for t in transforms:
+        if getattr(t, "_cache_size", 0):
+            t._cached_x_y = (None, None)

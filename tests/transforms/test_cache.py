@@ -1,0 +1,90 @@
+"""The transforms' one-entry cache is used within an evaluation and never goes stale."""
+
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_manifold.models import Flow, NoisyInjectiveFlow
+from pyro_manifold.transforms import (
+    affine_coupling,
+    conditional_pcp_map,
+    conformal_embedding,
+    masked_autoregressive,
+)
+
+F64 = torch.float64
+
+
+def _builders():
+    def pcp():
+        layer = conditional_pcp_map(2, 3, hidden_dims=[8]).double()
+        return layer.condition(torch.randn(3, dtype=F64)), layer
+
+    return {
+        "affine_coupling": lambda: (lambda t: (t, t))(affine_coupling(3, [8]).double()),
+        "masked_autoregressive": lambda: (lambda t: (t, t))(masked_autoregressive(3, [8]).double()),
+        "conformal_embedding": lambda: (lambda t: (t, t))(conformal_embedding(2, 3).double()),
+        "conditioned_pcp_map": pcp,
+    }
+
+
+def _perturb(module):
+    with torch.no_grad():  # an in-place update, like an optimiser step
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("name", list(_builders()))
+def test_cache_hits_within_an_evaluation_and_refreshes_after_an_update(name):
+    t, owner = _builders()[name]()
+    d_in = t.inverse_shape(torch.Size([5, 3]))[-1] if name == "conformal_embedding" else None
+    z = torch.randn(5, d_in or (2 if name == "conditioned_pcp_map" else 3), dtype=F64)
+    x = t(z)
+    assert t(z) is x  # same input, same parameters: the cached result
+    ladj = t.log_abs_det_jacobian(z, x)
+    _perturb(owner)
+    x_new = t(z)
+    assert x_new is not x
+    torch.testing.assert_close(x_new, t(z.clone()))  # recomputed with the new parameters
+    assert not torch.allclose(x_new, x)
+    torch.testing.assert_close(
+        t.log_abs_det_jacobian(z, x_new), t.log_abs_det_jacobian(z.clone(), x_new.clone())
+    )
+    assert not torch.allclose(t.log_abs_det_jacobian(z, x_new), ladj)
+
+
+@pytest.mark.parametrize("name", list(_builders()))
+def test_backward_twice_through_the_same_input_recomputes(name):
+    t, owner = _builders()[name]()
+    z = torch.randn(
+        4, 2 if name in ("conditioned_pcp_map", "conformal_embedding") else 3, dtype=F64
+    )
+    for _ in range(2):  # the second pass must not reuse the first (freed) graph
+        x = t(z)
+        (x.sum() + t.log_abs_det_jacobian(z, x).sum()).backward()
+    assert all(p.grad is not None for p in owner.parameters())
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
+def test_flow_log_prob_of_the_same_tensor_follows_the_parameters(flow):
+    f = Flow(2, flow, num_layers=2, hidden_dims=[8])
+    x = torch.randn(6, 2)
+    with torch.no_grad():
+        before = f.log_prob(x)
+        _perturb(f)
+        after = f.log_prob(x)
+        fresh = f.log_prob(x.clone())
+    torch.testing.assert_close(after, fresh)
+    assert not torch.allclose(after, before)
+
+
+def test_nif_elbo_twice_on_the_same_batch():
+    m = NoisyInjectiveFlow(3, 2, top_flow="maf", top_layers=2, top_hidden_dims=[8],
+                           batch_norm=True)  # fmt: skip
+    x = torch.randn(16, 3)
+    for _ in range(2):  # pyro's BatchNorm layer too: the guide starts a new evaluation
+        Trace_ELBO().differentiable_loss(m.model, m.guide, x).backward()
+    _perturb(m)
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m.log_prob(x), m.log_prob(x.clone()))
