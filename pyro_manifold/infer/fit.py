@@ -30,6 +30,7 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 from pyro_manifold.infer.elbo import fast_elbo
+from pyro_manifold.models._registration import parameters_registered
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
 
@@ -483,9 +484,14 @@ def fit(
     with poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, *first)
     _set_rng_state(rng)
-    param_names = sorted(capture.trace.nodes)
     store = pyro.get_param_store()
-    param_sites = [store._params[name] for name in param_names if name in store._params]
+    owned = {id(p) for m in mods for p in m.parameters()}  # module parameters that the
+    param_names = sorted(  # models also register as pyro.param sites are saved once
+        name
+        for name in capture.trace.nodes
+        if name in store._params and id(store._params[name]) not in owned
+    )
+    param_sites = [store._params[name] for name in param_names]
     params = _parameters(mods, param_sites)
     if not params:
         raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
@@ -578,7 +584,10 @@ def fit(
             step += 1
             saved_buffers = [b.clone() for b in buffers]
             try:
-                with pyro.validation_enabled(not fast and is_validation_enabled()):
+                with (
+                    pyro.validation_enabled(not fast and is_validation_enabled()),
+                    parameters_registered(not fast),
+                ):
                     value = elbo.differentiable_loss(model, guide, *batch) / batch_size
             except Exception as e:
                 e.add_note(f"pyro_manifold.fit: raised at step {step}")

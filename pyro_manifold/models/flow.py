@@ -10,6 +10,7 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._validation import check_choice, check_input, check_positive_int, check_widths
+from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
 from pyro_manifold.transforms._cache import forget_cached
 
@@ -144,6 +145,7 @@ class Flow(PyroModule):
             >>> Flow(2, "realnvp", num_layers=1).model(num_samples=4).shape
             torch.Size([4, 2])
         """
+        register_parameters(self)
         if x is not None:
             n = self._check_x(x).shape[0]
         else:

@@ -25,6 +25,7 @@ from pyro_manifold._validation import (
     check_tensor,
     check_widths,
 )
+from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
 __all__ = ["ENCODER_FLOWS", "LIKELIHOODS", "FlowVAE"]
@@ -325,6 +326,7 @@ class FlowVAE(PyroModule):
         Sites: ``"z"`` (latent, :math:`(N, L)`), ``"x_mean"`` (deterministic decoder
         mean) and ``"x"`` (observed). Returns the value of ``"x"``.
         """
+        register_parameters(self)
         if x is not None:
             n = self._check_x(x).shape[0]
         else:

@@ -44,6 +44,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
+from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
 from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
 from pyro_manifold.transforms._cache import forget_cached
@@ -442,6 +443,7 @@ class VariationalMixtureOfFlows(PyroModule):
 
         Returns the components of the unlabelled points (or of the new points).
         """
+        register_parameters(self)
         mixture = self.distribution()
         log_pi = mixture.mixture_log_weights
         if x is None:

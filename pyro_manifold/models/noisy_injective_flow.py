@@ -16,6 +16,7 @@ from pyro_manifold._validation import (
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.models.flow import FLOWS, flow_layers
 from pyro_manifold.transforms import GaussianNIF
 from pyro_manifold.transforms._cache import forget_cached
@@ -171,6 +172,7 @@ class NoisyInjectiveFlow(PyroModule):
             >>> NoisyInjectiveFlow(3, 1, top_flow=None).model(num_samples=2).shape
             torch.Size([2, 3])
         """
+        register_parameters(self)
         if x is not None:
             n = self._check_x(x).shape[0]
             check_positive("s", s)

@@ -13,6 +13,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
+from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
 
 __all__ = ["VQAutoencoder"]
@@ -126,6 +127,7 @@ class VQAutoencoder(PyroModule):
 
     def model(self, x: Tensor) -> None:
         r"""Add :math:`-\ell(x)` for ``x`` of shape :math:`(N, D)` as a factor in a data plate."""
+        register_parameters(self)
         self._check_x(x, min_dim=2)
         with pyro.plate("data", x.shape[0]):
             pyro.factor("vq_autoencoder_loss", -self.loss(x))

@@ -16,6 +16,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.chart_mixture import ChartMixture
+from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
 from pyro_manifold.transforms import (
     ConditionalConformalEmbedding,
@@ -278,6 +279,7 @@ class VQFlow(PyroModule):
 
     def model(self, x: Tensor) -> None:
         """Observe ``x`` :math:`(N, D)`: the stage's loss as Pyro sites in a data plate."""
+        register_parameters(self)
         self._check_x(x)
         if self.stage == "atlas":
             self.autoencoder.model(x)

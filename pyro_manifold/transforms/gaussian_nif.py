@@ -132,7 +132,7 @@ class GaussianNIF(nn.Module):
             init = weight.detach().clone().unsqueeze(0)
         else:
             init = torch.linalg.qr(torch.randn(data_dim, latent_dim)).Q.unsqueeze(0)
-        self.weight = nn.Parameter(init)
+        self.weight = nn.Parameter(init.contiguous())  # QR's Q is column-major
         self.bias = nn.Parameter(torch.zeros(data_dim))
         raw = softplus_inverse(init_noise_scale - min_noise_scale)
         self.noise_raw = nn.Parameter(torch.full((data_dim,), raw))
