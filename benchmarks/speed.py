@@ -8,7 +8,10 @@ shuffled order) are trained three ways:
   ours   pyro_manifold.infer.fit with its defaults (fast ELBO, validation off in the
          step, one fused optimiser, losses read back every 50 steps);
   pyro   stock pyro.infer.SVI with pyro.optim.Adam and Trace_ELBO/TraceEnum_ELBO,
-         Pyro's validation as shipped (on), svi.step per batch.
+         Pyro's validation as shipped (on), svi.step per batch;
+  zuko   for the MAF job, when zuko is installed: zuko.flows.MAF of the same size
+         (5 transforms, one hidden layer of 1024, the same parameter count) trained by
+         the hand-written loop.
 
 Each runner is timed over --steps steps after --warmup steps (CUDA synchronised at both
 ends); the figure is seconds per step times the steps in one epoch of --epoch-size
@@ -106,6 +109,21 @@ def jobs(device):
     }  # fmt: skip
 
 
+def zuko_maf():
+    """zuko's MAF with our MAF(5)'s size, as a module whose log_prob the loop can call."""
+    import zuko
+
+    class ZukoMAF(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flow = zuko.flows.MAF(features=784, transforms=5, hidden_features=[1024])
+
+        def log_prob(self, x):
+            return self.flow().log_prob(x)
+
+    return ZukoMAF()
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -196,10 +214,21 @@ def main():
             row[runner] = fn(module, data, batch, arg, device, args.warmup, args.steps) * per_epoch
         row["ours_over_torch"] = row["ours"] / row["torch"]
         row["pyro_over_ours"] = row["pyro"] / row["ours"]
+        if job.startswith("MAF"):
+            try:
+                torch.manual_seed(0)
+                zuko = zuko_maf().to(device)
+            except ImportError:
+                zuko = None
+            if zuko is not None:
+                seconds = time_torch(zuko, data, batch, flow_loss, device, args.warmup, args.steps)
+                row["zuko"] = seconds * per_epoch
+                row["zuko_over_ours"] = row["zuko"] / row["ours"]
         rows[job] = row
         print(
             f"{job:<22}{row['torch']:>11.3f}{row['ours']:>11.3f}{row['pyro']:>11.3f}"
-            f"{row['ours_over_torch']:>11.2f}{row['pyro_over_ours']:>10.2f}",
+            f"{row['ours_over_torch']:>11.2f}{row['pyro_over_ours']:>10.2f}"
+            + (f"   zuko {row['zuko']:.3f} s/ep" if "zuko" in row else ""),
             flush=True,
         )
     out = Path(args.out or f"benchmarks/results/speed_{device.type}.json")
