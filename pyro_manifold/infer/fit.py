@@ -157,12 +157,15 @@ def _parameters(modules: Sequence[nn.Module], param_sites: list[Tensor]) -> list
     return params
 
 
-def _make_optimizer(optimizer, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _make_optimizer(
+    optimizer, params, lr: float, weight_decay: float, fused: bool = False
+) -> torch.optim.Optimizer:
     if callable(optimizer):
         return optimizer(params)
     name = check_choice("optimizer", optimizer, OPTIMIZERS)
-    # one fused kernel for all tensors on CUDA; torch's multi-tensor (foreach) path elsewhere
-    fused = {"fused": True} if all(p.is_cuda for p in params) else {}
+    # one fused kernel for all tensors on CUDA (and wherever a step must be skippable on
+    # the device); torch's multi-tensor (foreach) path elsewhere
+    fused = {"fused": True} if fused or all(p.is_cuda for p in params) else {}
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":
@@ -295,6 +298,7 @@ def fit(
     clip_norm: float | None = None,
     on_nonfinite: str = "raise",
     max_consecutive_skips: int = 20,
+    sync_every: int = 1,
     validation_data: Tensor | Sequence[Tensor] | None = None,
     validate_every: int = 100,
     patience: int | None = None,
@@ -358,7 +362,13 @@ def fit(
     ``max_consecutive_skips`` in a row still raise.
 
     The finiteness check costs one device-to-host read per step (of the loss plus the
-    global gradient norm together).
+    global gradient norm together). With ``sync_every=N > 1`` it stays on the device:
+    the fused Adam/AdamW step is skipped there when the flag is set (``found_inf``, as
+    mixed-precision training does; no update, no step count, buffers restored), and the
+    flags are read back every ``N`` steps and at every log, validation and checkpoint, so
+    a checkpoint is never written after an unnoticed bad step. The error then names the
+    first bad step since the last read; its sites and largest gradient come from
+    re-running that step's batch with the parameters of the time of the read.
 
     Args:
         model: a Pyro model, called as ``model(*batch)``.
@@ -378,6 +388,8 @@ def fit(
             loss or gradient is not finite.
         max_consecutive_skips: with ``"skip"``, raise after this many skipped steps in a
             row.
+        sync_every: steps between reads of the finiteness flags (1: every step); more
+            than 1 needs ``optimizer="adam"`` or ``"adamw"`` (made fused).
         validation_data: held-out data with the same structure as ``data``.
         validate_every: steps between validation losses.
         patience: stop after this many validations without improvement.
@@ -438,6 +450,14 @@ def fit(
         check_positive("clip_norm", clip_norm)
     check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
     check_positive_int("max_consecutive_skips", max_consecutive_skips)
+    check_positive_int("sync_every", sync_every)
+    deferred = sync_every > 1
+    if deferred and (callable(optimizer) or optimizer not in ("adam", "adamw")):
+        raise ValueError(
+            f"sync_every: values above 1 need optimizer 'adam' or 'adamw' (fused, so that a "
+            f"bad step is skipped on the device), got sync_every={sync_every} with "
+            f"optimizer={optimizer!r}"
+        )
     if patience is not None:
         check_positive_int("patience", patience)
     if not callable(optimizer):
@@ -496,7 +516,7 @@ def fit(
     if not params:
         raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
     names = _parameter_names(mods, param_names, store)
-    opt = _make_optimizer(optimizer, params, lr, weight_decay)
+    opt = _make_optimizer(optimizer, params, lr, weight_decay, fused=deferred)
     scheduler = _make_scheduler(lr_schedule, opt, num_steps)
 
     history: dict[str, list[float]] = {
@@ -556,12 +576,61 @@ def fit(
 
     # -- train -------------------------------------------------------------------------
     result = FitResult(history=history, skipped_steps=skipped)
-    buffers = [b for m in mods for b in m.buffers()] if on_nonfinite == "skip" else []
+    keep_buffers = on_nonfinite == "skip" or deferred
+    buffers = [b for m in mods for b in m.buffers()] if keep_buffers else []
     consecutive = 0
+    pending: list[tuple[int, Tensor, Tensor]] = []  # (step, flag, batch rows) not yet read
     for m in mods:
         m.train()
     window = torch.zeros((), device=device)
-    window_count = 0
+    window_count = torch.zeros((), device=device)
+
+    def raise_nonfinite(bad_step: int, bad_batch: tuple, loss_value: float, rerun: bool):
+        if rerun:  # recompute that batch's gradients for the report
+            opt.zero_grad(set_to_none=True)
+            with pyro.validation_enabled(False), parameters_registered(False):
+                again = elbo.differentiable_loss(model, guide, *bad_batch) / bad_batch[0].shape[0]
+            again.backward()
+            loss_value = float(again.detach())
+        parameter, norm, bad = _gradient_report(params, names)
+        note = (
+            ""
+            if on_nonfinite == "raise"
+            else f"More than max_consecutive_skips={max_consecutive_skips} steps in a row "
+            "were skipped. "
+        )
+        raise NonFiniteLossError(
+            bad_step,
+            _nonfinite_sites(model, guide, bad_batch),
+            loss_value,
+            parameter=parameter,
+            grad_norm=norm,
+            nonfinite_parameters=bad,
+            note=note,
+        )
+
+    def settle() -> None:
+        """Read the pending finiteness flags (one sync) and act on them in step order."""
+        nonlocal consecutive
+        if not pending:
+            return
+        flags = torch.stack([flag for _, flag, _ in pending]).tolist()
+        entries = list(pending)
+        pending.clear()
+        for (at, _, rows), flag in zip(entries, flags, strict=True):
+            if not flag:
+                consecutive = 0
+                continue
+            consecutive += 1
+            if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
+                bad_batch = tuple(t[rows] for t in data)
+                if transform_batch is not None:
+                    bad_batch = tuple(transform_batch(*bad_batch))
+                raise_nonfinite(at, bad_batch, math.nan, rerun=True)
+            skipped.append(at)
+        if skipped:
+            bar.set_postfix(skipped=len(skipped))
+
     t0 = time.perf_counter() - elapsed
     bar = tqdm(
         total=num_steps,
@@ -601,27 +670,18 @@ def fit(
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
             else:
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else mean_value * 0
-            if not bool(torch.isfinite(mean_value + grad_norm)):  # the one sync per step
+            bad = ~torch.isfinite(mean_value + grad_norm)
+            if deferred:  # no read: the fused optimiser skips the update on the device
+                opt.found_inf = bad.to(torch.float32)
+                opt.step()
+                with torch.no_grad():
+                    for b, old in zip(buffers, saved_buffers, strict=True):
+                        b.copy_(torch.where(bad, old, b))
+                pending.append((step, bad, idx))
+            elif bool(bad):  # the one sync per step
                 consecutive += 1
                 if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
-                    parameter, norm, bad = _gradient_report(params, names)
-                    note = (
-                        ""
-                        if on_nonfinite == "raise"
-                        else (
-                            f"More than max_consecutive_skips={max_consecutive_skips} steps in a "
-                            "row were skipped. "
-                        )
-                    )
-                    raise NonFiniteLossError(
-                        step,
-                        _nonfinite_sites(model, guide, batch),
-                        float(mean_value),
-                        parameter=parameter,
-                        grad_norm=norm,
-                        nonfinite_parameters=bad,
-                        note=note,
-                    )
+                    raise_nonfinite(step, batch, float(mean_value), rerun=False)
                 with torch.no_grad():
                     for b, old in zip(buffers, saved_buffers, strict=True):
                         b.copy_(old)
@@ -631,21 +691,26 @@ def fit(
             else:
                 consecutive = 0
                 opt.step()
-                window = window + mean_value
-                window_count += 1
+            window = window + torch.where(bad, 0.0, mean_value)
+            window_count = window_count + (~bad)
             if scheduler is not None:
                 scheduler.step()
-            if (step % log_every == 0 or step == num_steps) and window_count:
-                mean = float(window) / window_count
+            log_now = step % log_every == 0 or step == num_steps
+            val_now = val is not None and (step % validate_every == 0 or step == num_steps)
+            save_now = run_dir is not None and (step % checkpoint_every == 0 or step == num_steps)
+            if deferred and (step % sync_every == 0 or log_now or val_now or save_now):
+                settle()
+            if log_now and int(window_count):
+                mean = float(window) / int(window_count)
                 window.zero_()
-                window_count = 0
+                window_count.zero_()
                 history["step"].append(step)
                 history["loss"].append(mean)
                 history["lr"].append(opt.param_groups[0]["lr"])
                 history["time"].append(time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{mean:.4g}")
             bar.update(1)
-            if val is not None and (step % validate_every == 0 or step == num_steps):
+            if val_now:
                 v = _mean_loss(elbo, model, guide, val, batch_size, transform_batch, mods, group)
                 history["val_step"].append(step)
                 history["val_loss"].append(v)

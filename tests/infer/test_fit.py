@@ -331,3 +331,74 @@ def test_checkpoint_refuses_pickled_objects_and_corrupt_files(tmp_path):
     torch.save({"w": torch.ones(1)}, other)
     with pytest.raises(ValueError, match="format"):
         load_checkpoint(other)
+
+
+def test_deferred_checks_skip_the_same_steps_as_immediate_ones():
+    x = torch.randn(64, 2) + 3.0
+    runs = {}
+    for sync_every in (1, 5):
+        torch.manual_seed(0)
+        m = NaNBatches(bad_calls={4, 5, 9})
+        with pytest.warns(RuntimeWarning, match="skipped 3 of 12 steps"):
+            result = fit(m.model, m.guide, x, num_steps=12, batch_size=16, device="cpu",
+                         progress=False, on_nonfinite="skip", sync_every=sync_every,
+                         log_every=4)  # fmt: skip
+        assert result.skipped_steps == [3, 4, 8]
+        assert torch.isfinite(m.norm.running_mean).all()
+        assert int(m.norm.num_batches_tracked) == 12 - 3
+        runs[sync_every] = (m.loc.detach().clone(), result.history["loss"])
+    torch.testing.assert_close(runs[5][0], runs[1][0], rtol=1e-5, atol=1e-6)  # fused Adam
+    torch.testing.assert_close(runs[5][1], runs[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_deferred_check_raises_for_the_first_bad_step_before_any_later_checkpoint(tmp_path):
+    class Exploding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.loc = nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def model(self, x):
+            self.calls += 1
+            scale = torch.tensor(1.0) if self.calls < 12 else torch.tensor(float("nan"))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(self.loc, scale, validate_args=False), obs=x)
+
+        def guide(self, x):
+            pass
+
+    m = Exploding()
+    with pytest.raises(NonFiniteLossError, match="step 11") as info:
+        fit(m.model, m.guide, torch.randn(64), num_steps=50, batch_size=64, device="cpu",
+            progress=False, run_dir=tmp_path, checkpoint_every=3, sync_every=10)  # fmt: skip
+    assert info.value.sites == ["model:obs"] and info.value.parameter == "Exploding.loc"
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 9
+    assert torch.isfinite(m.loc).all()  # the bad steps were skipped on the device
+
+
+def test_deferred_checks_read_back_rarely():
+    reads = {}
+    for sync_every in (1, 10):
+        flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+        calls = {"n": 0}
+        original = torch.Tensor.__bool__
+
+        def counting(self, calls=calls, original=original):
+            calls["n"] += 1
+            return original(self)
+
+        torch.Tensor.__bool__ = counting
+        try:
+            fit(flow.model, flow.guide, torch.randn(256, 2), num_steps=40, batch_size=32,
+                device="cpu", progress=False, log_every=20, sync_every=sync_every)  # fmt: skip
+        finally:
+            torch.Tensor.__bool__ = original
+        reads[sync_every] = calls["n"]
+    assert reads[1] >= 40 and reads[10] < reads[1] - 30
+
+
+def test_deferred_checks_need_a_fused_adam():
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    with pytest.raises(ValueError, match="sync_every: values above 1 need optimizer"):
+        fit(flow.model, flow.guide, torch.zeros(4, 2), device="cpu", progress=False,
+            optimizer="sgd", sync_every=4)  # fmt: skip
