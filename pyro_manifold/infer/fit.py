@@ -665,10 +665,10 @@ def fit(
             opt.zero_grad(set_to_none=True)
             value.backward()
             group.synchronize_(params, mods)
-            grads = [p.grad for p in params if p.grad is not None]
             if clip_norm is not None:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
             else:
+                grads = [p.grad for p in params if p.grad is not None]
                 grad_norm = torch.nn.utils.get_total_norm(grads) if grads else mean_value * 0
             bad = ~torch.isfinite(mean_value + grad_norm)
             if deferred:  # no read: the fused optimiser skips the update on the device

@@ -12,8 +12,9 @@ that holds another tensor (left by an earlier instance of the same class) is rep
 so a new model never trains, or is scored with, an old model's parameters.
 
 :func:`~pyro_manifold.infer.fit` already optimises the modules' parameters directly, so
-it switches registration off inside its training steps (:func:`parameters_registered`):
-a ``pyro.param`` message per parameter per step is overhead it does not need.
+its fast path switches registration off inside the training steps
+(:func:`parameters_registered`): a ``pyro.param`` message per parameter per step is
+overhead it does not need (``fast=False`` runs the programs exactly as given).
 """
 
 from __future__ import annotations

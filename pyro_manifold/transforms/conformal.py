@@ -80,6 +80,10 @@ def _reflect(x: Tensor, vectors: Tensor, reverse: bool) -> Tensor:
 class _Conformal:
     """Shared maths of the plain and conditioned embeddings (given :math:`s, b, v`)."""
 
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = False
+
     latent_dim: int
     data_dim: int
     scale_min: float
@@ -168,10 +172,6 @@ class ConformalEmbedding(_Conformal, FreshCache, TransformModule):
         Brendan Leigh Ross, Jesse C. Cresswell, 2021. arXiv:2106.05275.
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = False
-
     def __init__(
         self,
         latent_dim: int,
@@ -220,10 +220,6 @@ class ConditionedConformalEmbedding(_Conformal, FreshCache, TransformModule):
     input's batch shape. Inputs must have the dtype and device of ``reference`` (the
     parent module's base reflections) when given.
     """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = False
 
     def __init__(
         self,

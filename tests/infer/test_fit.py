@@ -122,22 +122,25 @@ def test_enumerated_elbo_trains_a_mixture():
     )
 
 
+class Exploding(nn.Module):
+    """Its model's observation scale turns NaN from the 12th call on (call 1 discovers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def model(self, x):
+        self.calls += 1
+        scale = torch.tensor(1.0) if self.calls < 12 else torch.tensor(float("nan"))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(self.loc, scale, validate_args=False), obs=x)
+
+    def guide(self, x):
+        pass
+
+
 def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
-    class Exploding(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.loc = nn.Parameter(torch.zeros(1))
-            self.calls = 0
-
-        def model(self, x):
-            self.calls += 1
-            scale = torch.tensor(1.0) if self.calls < 12 else torch.tensor(float("nan"))
-            with pyro.plate("data", x.shape[0]):
-                pyro.sample("obs", dist.Normal(self.loc, scale, validate_args=False), obs=x)
-
-        def guide(self, x):
-            pass
-
     m = Exploding()
     x = torch.randn(64)
     with pytest.raises(NonFiniteLossError, match="step 11") as info:
@@ -352,21 +355,6 @@ def test_deferred_checks_skip_the_same_steps_as_immediate_ones():
 
 
 def test_deferred_check_raises_for_the_first_bad_step_before_any_later_checkpoint(tmp_path):
-    class Exploding(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.loc = nn.Parameter(torch.zeros(1))
-            self.calls = 0
-
-        def model(self, x):
-            self.calls += 1
-            scale = torch.tensor(1.0) if self.calls < 12 else torch.tensor(float("nan"))
-            with pyro.plate("data", x.shape[0]):
-                pyro.sample("obs", dist.Normal(self.loc, scale, validate_args=False), obs=x)
-
-        def guide(self, x):
-            pass
-
     m = Exploding()
     with pytest.raises(NonFiniteLossError, match="step 11") as info:
         fit(m.model, m.guide, torch.randn(64), num_steps=50, batch_size=64, device="cpu",
