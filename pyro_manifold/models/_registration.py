@@ -59,9 +59,23 @@ def register_parameters(module: nn.Module) -> None:
                 f"with Pyro's param store, got strides {parameter.stride()}"
             )
         full = param_with_module_name(name, path)
-        if store._params.get(full, parameter) is not parameter:  # left by an older instance
-            del store[full]
+        stale = store._params.get(full, parameter)
+        if stale is not parameter:  # left by an older instance
+            _forget(store, full, stale)
         pyro.param(full, parameter)
+
+
+def _forget(store, name: str, value) -> None:
+    """Remove ``name`` from the param store, even when ``value`` is also stored elsewhere.
+
+    ``ParamStoreDict.__delitem__`` assumes a tensor is stored under one name only; a
+    tensor registered under two names (once through its parent model and once by a
+    nested model called on its own) would make it fail.
+    """
+    del store._params[name]
+    store._constraints.pop(name, None)
+    if store._param_to_name.get(value) == name:
+        del store._param_to_name[value]
 
 
 @contextlib.contextmanager

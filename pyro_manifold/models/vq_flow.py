@@ -16,7 +16,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.chart_mixture import ChartMixture
-from pyro_manifold.models._registration import register_parameters
+from pyro_manifold.models._registration import parameters_registered, register_parameters
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
 from pyro_manifold.transforms import (
     ConditionalConformalEmbedding,
@@ -282,7 +282,8 @@ class VQFlow(PyroModule):
         register_parameters(self)
         self._check_x(x)
         if self.stage == "atlas":
-            self.autoencoder.model(x)
+            with parameters_registered(False):  # registered above, under this model's name
+                self.autoencoder.model(x)
             return
         mixture = self.distribution()
         with pyro.plate("data", x.shape[0]):

@@ -62,3 +62,20 @@ def test_fit_saves_module_parameters_once(tmp_path):
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["params"] == {}
     assert set(state["modules"][0]) == set(flow.state_dict())
+
+
+def test_nested_model_registers_each_parameter_once():
+    # VQFlow's atlas stage runs its autoencoder's model: its parameters must be stored once,
+    # under VQFlow's name, and a second VQFlow must replace the first one's entries cleanly.
+    x = torch.randn(64, 3)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        vq = VQFlow(3, num_charts=3, flow="realnvp", num_layers=1, hidden_dims=[8])
+        svi = SVI(vq.model, vq.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        svi.step(x)
+        store = pyro.get_param_store()
+        stored = [store._params[name] for name in store.keys()]
+        assert len({id(p) for p in stored}) == len(stored)
+        assert all(name.startswith("VQFlow$$$") for name in store.keys())
+        ours = {id(p) for p in vq.parameters() if p.requires_grad}
+        assert {id(p) for p in stored} == ours
