@@ -2305,6 +2305,19 @@ NETWORKS = [
         int_at_least("num_iterations", 0, -1),
         id="VectorQuantizer-num_iterations-negative",
     ),
+    # scale_output_layer
+    P(
+        lambda: N.scale_output_layer(torch.nn.Linear(2, 2)),
+        TE,
+        r"net: expected a network with a non-empty `layers` ModuleList, got Linear",
+        id="scale_output_layer-no-layers",
+    ),
+    P(
+        lambda: N.scale_output_layer(pyro.nn.DenseNN(2, [4]), -1.0),
+        V,
+        nonnegative("factor", -1.0),
+        id="scale_output_layer-factor-negative",
+    ),
     # chart_membership: K = 4
     P(
         lambda: N.chart_membership(f64(5, 4).abs(), 5),

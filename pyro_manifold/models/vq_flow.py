@@ -18,6 +18,7 @@ from pyro_manifold._validation import (
 from pyro_manifold.distributions.chart_mixture import ChartMixture
 from pyro_manifold.models._registration import parameters_registered, register_parameters
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
+from pyro_manifold.nn import scale_output_layer
 from pyro_manifold.transforms import (
     ConditionalConformalEmbedding,
     conditional_affine_coupling,
@@ -90,9 +91,7 @@ class _ChartPlacement(nn.Module):
         super().__init__()
         object.__setattr__(self, "_owner", owner)  # not a submodule: no duplicate weights
         self.net = DenseNN(code_dim, hidden, param_dims=[1, data_dim, r * data_dim])
-        with torch.no_grad():  # start at scale 1, shift D(v), the base reflections
-            for p in self.net.layers[-1].parameters():
-                p.mul_(0.01)
+        scale_output_layer(self.net)  # start at scale 1, shift D(v), the base reflections
 
     def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         s, b, dv = self.net(context)
@@ -127,6 +126,11 @@ class VQFlow(PyroModule):
        conformal embedding flows
        :math:`w\,\lVert x - \sum_k p(k\mid x)\, g_k(f_k(x))\rVert^2` for data only near
        the manifold (``reconstruction_weight`` :math:`w`).
+
+    The last layer of every chart-flow network (and of the placement network) starts at
+    a hundredth of its default initialisation, so each chart map starts close to
+    :math:`c_k` at the autoencoder's decoded centre: with data of large range (logit-space
+    MNIST) a random start otherwise gives log-densities of order :math:`-10^{25}`.
 
     Args:
         data_dim: :math:`D`.
@@ -221,6 +225,8 @@ class VQFlow(PyroModule):
         self.chart_flow = nn.ModuleList(
             conditional_flow_layers(latent_dim, code_dim, flow, num_layers, hidden_dims)
         )
+        for layer in self.chart_flow:  # chart maps start close to the identity
+            scale_output_layer(layer.nn)
         r = min(latent_dim, data_dim - 1, 64) if num_reflections is None else num_reflections
         check_positive_int("num_reflections", r)
         placement = _ChartPlacement(self, code_dim, data_dim, r, [max(4 * code_dim, 32)])

@@ -1,6 +1,7 @@
-"""Networks that are not transforms: the MNIST classifier, PICNN, batched MLPs."""
+"""Networks that are not transforms: the MNIST classifier, PICNN, batched MLPs, init."""
 
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN, BatchedLinear
+from pyro_manifold.nn.init import scale_output_layer
 from pyro_manifold.nn.mnist_classifier import MNISTClassifier
 from pyro_manifold.nn.picnn import PICNN
 from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
@@ -13,4 +14,5 @@ __all__ = [
     "PICNN",
     "VectorQuantizer",
     "chart_membership",
+    "scale_output_layer",
 ]

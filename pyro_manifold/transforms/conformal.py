@@ -64,17 +64,34 @@ def _check_dims(latent_dim: int, data_dim: int, num_reflections: int | None) -> 
     return check_positive_int("num_reflections", num_reflections)
 
 
-def _reflect(x: Tensor, vectors: Tensor, reverse: bool) -> Tensor:
+def _reflect(x: Tensor, vectors: Tensor, reverse: bool, index: Tensor | None = None) -> Tensor:
     r"""Apply :math:`H_1\cdots H_r` (``reverse=False``) or :math:`H_r\cdots H_1` to ``x``.
 
-    ``vectors`` is :math:`(r, D)` or :math:`(*, r, D)` (broadcast against ``x``).
+    ``vectors`` is :math:`(r, D)` or :math:`(*, r, D)` (broadcast against ``x``); with
+    ``index``, it is :math:`(G, r, D)` and point :math:`n` uses ``vectors[index[n]]``
+    (gathered one reflection at a time, so no :math:`(N, r, D)` tensor is built).
     """
-    unit = vectors / vectors.norm(dim=-1, keepdim=True)
-    order = range(unit.shape[-2]) if reverse else reversed(range(unit.shape[-2]))
-    for i in order:
-        u = unit[..., i, :]
-        x = x - 2.0 * u * (x * u).sum(-1, keepdim=True)
+    units = (vectors / vectors.norm(dim=-1, keepdim=True)).unbind(-2)  # one backward stack
+    for u in units if reverse else reversed(units):
+        if index is not None:
+            u = u[index]
+        x = torch.addcmul(x, u, torch.linalg.vecdot(x, u).unsqueeze(-1), value=-2.0)
     return x
+
+
+def _distinct_rows(context: Tensor) -> tuple[Tensor, Tensor] | None:
+    r"""The distinct rows :math:`(G, C)` of a context :math:`(*, C)` and each row's index.
+
+    ``None`` when there is nothing to gain (no repeated row) or when the context needs
+    gradients: rows that are equal in value may still have different derivatives.
+    """
+    flat = context.reshape(-1, context.shape[-1])
+    if context.requires_grad or flat.shape[0] < 2:
+        return None
+    distinct, index = torch.unique(flat, dim=0, return_inverse=True)
+    if distinct.shape[0] == flat.shape[0]:
+        return None
+    return distinct, index.reshape(context.shape[:-1])
 
 
 class _Conformal:
@@ -91,13 +108,13 @@ class _Conformal:
     def _log_scale(self, s: Tensor) -> Tensor:
         return (F.softplus(s + SOFTPLUS_ONE) + self.scale_min).log()
 
-    def _embed(self, z: Tensor, s: Tensor, b: Tensor, v: Tensor) -> Tensor:
+    def _embed(self, z: Tensor, s: Tensor, b: Tensor, v: Tensor, index=None) -> Tensor:
         pad = z.new_zeros(*z.shape[:-1], self.data_dim - self.latent_dim)
-        y = _reflect(torch.cat([z, pad], dim=-1), v, reverse=False)
+        y = _reflect(torch.cat([z, pad], dim=-1), v, reverse=False, index=index)
         return torch.exp(self._log_scale(s)) * y + b
 
-    def _project(self, x: Tensor, s: Tensor, b: Tensor, v: Tensor) -> Tensor:
-        y = _reflect(x - b, v, reverse=True)[..., : self.latent_dim]
+    def _project(self, x: Tensor, s: Tensor, b: Tensor, v: Tensor, index=None) -> Tensor:
+        y = _reflect(x - b, v, reverse=True, index=index)[..., : self.latent_dim]
         return y * torch.exp(-self._log_scale(s))
 
     def _ladj(self, z: Tensor, s: Tensor) -> Tensor:
@@ -215,17 +232,20 @@ class ConformalEmbedding(_Conformal, FreshCache, TransformModule):
 class ConditionedConformalEmbedding(_Conformal, FreshCache, TransformModule):
     r"""A :class:`ConformalEmbedding` whose :math:`\lambda, b, v_i` were computed from a context.
 
-    Built by :meth:`ConditionalConformalEmbedding.condition`; ``scale`` :math:`(*, 1)`,
-    ``shift`` :math:`(*, D)` and ``reflections`` :math:`(*, r, D)` broadcast against the
-    input's batch shape. Inputs must have the dtype and device of ``reference`` (the
-    parent module's base reflections) when given.
+    Built by :meth:`ConditionalConformalEmbedding.condition`; ``params()`` returns
+    ``scale`` :math:`(*, 1)`, ``shift`` :math:`(*, D)`, ``reflections`` and ``index``:
+    either ``reflections`` :math:`(*, r, D)` and ``index=None``, or the reflections of
+    the :math:`G` distinct contexts :math:`(G, r, D)` and the index :math:`(*)` of each
+    point's context among them. All broadcast against the input's batch shape. Inputs
+    must have the dtype and device of ``reference`` (the parent module's base
+    reflections) when given.
     """
 
     def __init__(
         self,
         latent_dim: int,
         data_dim: int,
-        params: Callable[[], tuple[Tensor, Tensor, Tensor]],
+        params: Callable[[], tuple[Tensor, Tensor, Tensor, Tensor | None]],
         scale_min: float,
         reference: Tensor | None = None,
     ) -> None:
@@ -233,10 +253,10 @@ class ConditionedConformalEmbedding(_Conformal, FreshCache, TransformModule):
         self.latent_dim, self.data_dim, self.scale_min = latent_dim, data_dim, scale_min
         self.bijective = latent_dim == data_dim
         self._params_fn = params
-        self._params: tuple[Tensor, Tensor, Tensor] | None = None
+        self._params: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None
         self._reference = reference
 
-    def _get(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _get(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         if self._params is None:
             self._params = self._params_fn()
         return self._params
@@ -260,7 +280,8 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
         x = c(z; h) = \lambda(h)\, H_1(h)\cdots H_r(h)\begin{pmatrix} z\\0\end{pmatrix} + b(h),
         \qquad v_i(h) = v_i^{0} + \Delta v_i(h),
 
-    with one network pass :math:`h \mapsto (s, b, \Delta v)` per context and learned base
+    with one network pass :math:`h \mapsto (s, b, \Delta v)` per distinct context (per row
+    when the context needs gradients) and learned base
     reflection vectors :math:`v^0` (so a zero network output is a fixed orthogonal frame).
     Used as the last layer :math:`c_k` of VQ-Flows chart maps with :math:`h = v_k`.
 
@@ -324,10 +345,16 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
         """The shape :math:`(*, d)` of the left inverse of a :math:`(*, D)` tensor."""
         return _Conformal.inverse_shape(self, shape)  # type: ignore[arg-type]
 
-    def _params(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        s, b, dv = self.nn(context)
+    def _params(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        # Contexts repeat in VQ-Flows (one chart centre per point): the network and the
+        # (r, D) reflections then run once per distinct context, not once per point.
+        distinct = _distinct_rows(context)
+        s, b, dv = self.nn(context if distinct is None else distinct[0])
         v = self.reflections + dv.reshape(*dv.shape[:-1], *self.reflections.shape)
-        return s, b, v
+        if distinct is None:
+            return s, b, v, None
+        index = distinct[1]
+        return s[index], b[index], v, index
 
     def condition(self, context: Tensor) -> ConditionedConformalEmbedding:
         """Bind the context :math:`h` of shape :math:`(*, C)` and return the plain transform.

@@ -68,6 +68,48 @@ def test_conditional_per_context_matches_batched():
     assert t1.log_abs_det_jacobian(z, t1(z)).shape == (6,)
 
 
+def test_repeated_contexts_share_one_network_pass_with_the_same_values_and_gradients():
+    # VQ-Flows conditions on one chart centre per point: distinct contexts run the network
+    # once each, which must not change values or parameter gradients (float64).
+    torch.manual_seed(3)
+    c = _perturbed(conditional_conformal_embedding(2, 5, context_dim=3, hidden_dims=[8]))
+    centres = torch.randn(3, 3, dtype=torch.float64)
+    chart = torch.tensor([0, 2, 2, 1, 0, 2, 1])
+    z = torch.randn(7, 2, dtype=torch.float64)
+    x = torch.randn(7, 5, dtype=torch.float64)
+
+    def outputs(context):
+        t = c.condition(context)
+        return t(z), t.inv(x), t.log_abs_det_jacobian(z, x)
+
+    calls = []
+    hook = c.nn.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    shared = outputs(centres[chart])
+    hook.remove()
+    assert calls == [3]  # one network pass over the 3 distinct centres
+    loss = sum(o.sum() for o in shared)
+    grads = torch.autograd.grad(loss, list(c.parameters()))
+    per_row = [[] for _ in shared]
+    for i, k in enumerate(chart):
+        t = c.condition(centres[k])
+        per_row[0].append(t(z[i]))
+        per_row[1].append(t.inv(x[i]))
+        per_row[2].append(t.log_abs_det_jacobian(z[i], x[i]))
+    for got, rows in zip(shared, per_row):
+        torch.testing.assert_close(got, torch.stack(rows))
+    loss_rows = sum(torch.stack(rows).sum() for rows in per_row)
+    for g, g_rows in zip(grads, torch.autograd.grad(loss_rows, list(c.parameters()))):
+        torch.testing.assert_close(g, g_rows)
+    # a context that needs gradients runs per row, so each row gets its own derivative
+    leaf = centres[chart].clone().requires_grad_()
+    (grad_leaf,) = torch.autograd.grad(sum(o.sum() for o in outputs(leaf)), leaf)
+    for i in range(7):
+        row = leaf[i].detach().clone().requires_grad_()
+        t = c.condition(row)
+        value = t(z[i]).sum() + t.inv(x[i]).sum() + t.log_abs_det_jacobian(z[i], x[i])
+        torch.testing.assert_close(grad_leaf[i], torch.autograd.grad(value, row)[0])
+
+
 def test_shapes_and_bijective_flag():
     torch.manual_seed(3)
     c = ConformalEmbedding(2, 4)
