@@ -55,9 +55,10 @@ from pyro_manifold.metrics import (
     mnist_frechet_distance,
 )
 from pyro_manifold.models import Flow, VQFlow
-from pyro_manifold.nn import MNISTClassifier
+from pyro_manifold.nn import MNISTClassifier, scale_output_layer
 
 MANIFOLDS = ("sphere", "torus", "swiss_roll", "linked_rings")
+MNIST_KINDS = ("realnvp", "vq_realnvp", "maf", "vq_maf")
 LAMBDA = 1e-6
 
 
@@ -206,12 +207,13 @@ def mnist_data(args, device):
 
 
 def mnist_model(kind, args, latent_dim=784):
+    """The four MNIST models; every flow layer starts near the identity (as VQFlow's do)."""
     flow = kind.removeprefix("vq_")
     if flow == "maf":
-        hidden = [1024]  # MADE needs hidden widths >= 784
+        hidden = args.maf_hidden  # MADE: widths >= 784 connect every input
     else:
-        hidden = [64] if args.smoke else [1024, 1024]
-    layers = 2 if args.smoke else 5
+        hidden = [64] if args.smoke else args.realnvp_hidden
+    layers = 2 if args.smoke else args.mnist_layers
     if kind.startswith("vq_"):
         return VQFlow(
             784, num_charts=args.mnist_charts, latent_dim=latent_dim, code_dim=16, flow=flow,
@@ -219,7 +221,10 @@ def mnist_model(kind, args, latent_dim=784):
             autoencoder_hidden_dims=[64] if args.smoke else [512],
             num_reflections=8 if args.smoke else None,
         )  # fmt: skip
-    return Flow(784, flow, num_layers=layers, hidden_dims=hidden)
+    model = Flow(784, flow, num_layers=layers, hidden_dims=hidden)
+    for layer in model.layers:  # MAF layers name their network `arn`, as Pyro's do
+        scale_output_layer(layer.arn if flow == "maf" else layer.nn)
+    return model
 
 
 def frechet_of(model, test, classifier, num_samples):
@@ -248,56 +253,79 @@ def train_with_curve(model, train, args, device, evaluate, lr):
 
 def mnist_part(args, device):
     train, test, classifier = mnist_data(args, device)
-    n_samples = 64 if args.smoke else 5000
-    results = {}
-    for kind in ("realnvp", "vq_realnvp", "maf", "vq_maf"):
-        curves = []
-        for seed in range(args.seeds):
+    n_samples = 64 if args.smoke else args.frechet_samples
+    seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
+    curves = {}
+    for kind in args.kinds:
+        curves[kind] = {}
+        for seed in seeds:
             pyro.set_rng_seed(seed)
             model = mnist_model(kind, args)
             print(f"{kind} seed {seed} ({count(model)} parameters)", flush=True)
+            start = time.perf_counter()
             if isinstance(model, VQFlow):
                 fit(
                     model.model, model.guide, train, num_steps=args.atlas_steps,
                     batch_size=args.batch_size, lr=1e-3, device=device, progress=False,
                 )  # fmt: skip
                 model.set_stage("flows", train[:5000].to(device))
-            curves.append(
-                train_with_curve(
-                    model,
-                    train,
-                    args,
-                    device,
-                    lambda model=model: frechet_of(model, test, classifier, n_samples),
-                    lr=1e-4,
-                )  # fmt: skip
+            curves[kind][str(seed)] = train_with_curve(
+                model,
+                train,
+                args,
+                device,
+                lambda model=model: frechet_of(model, test, classifier, n_samples),
+                lr=args.mnist_lr,
             )
-        steps = [s for s, _ in curves[0]]
+            print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+    return summarize_mnist(curves, args.figures)
+
+
+def summarize_mnist(curves, figures=None):
+    """Mean ± std over seeds at every evaluation step; table; figure across training."""
+    results = {"curves": curves}
+    for kind, per_seed in curves.items():
+        runs = list(per_seed.values())
+        steps = [step for step, _ in runs[0]]
         results[kind] = {
             "steps": steps,
-            "frechet": [mean_std([c[i][1] for c in curves]) for i in range(len(steps))],
+            "seeds": list(per_seed),
+            "frechet": [mean_std([run[i][1] for run in runs]) for i in range(len(steps))],
         }
-    print("\n| model | Fréchet distance at the end (mean ± std over seeds) |")
-    print("|---|---|")
-    for kind, r in results.items():
-        print(f"| {kind} | {fmt(r['frechet'][-1], '.2f')} |")
-    if args.figures:
+    print("\n| model | seeds | Fréchet distance at the end (mean ± std over seeds) |")
+    print("|---|---|---|")
+    for kind in curves:
+        r = results[kind]
+        print(f"| {kind} | {len(r['seeds'])} | {fmt(r['frechet'][-1], '.2f')} |")
+    if figures:
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot(1, 1, 1)
-        for kind, r in results.items():
+        for kind in curves:
+            r = results[kind]
             mu = [f["mean"] for f in r["frechet"]]
             sd = [f["std"] for f in r["frechet"]]
-            ax.errorbar(r["steps"], mu, yerr=sd, label=kind, capsize=3)
+            style = "-" if kind.startswith("vq_") else "--"
+            ax.errorbar(r["steps"], mu, yerr=sd, label=kind, capsize=3, linestyle=style)
         ax.set_xlabel("training step")
         ax.set_ylabel("Fréchet distance (classifier features)")
+        ax.set_yscale("log")
         ax.legend()
-        path = Path(args.figures) / "vq_flows_mnist.png"
+        path = Path(figures) / "vq_flows_mnist.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
         fig.savefig(path)
     return results
+
+
+def merge_mnist(paths, figures=None):
+    """Combine the ``mnist`` curves of several output files (e.g. one process per seed)."""
+    curves = {}
+    for path in paths:
+        for kind, per_seed in json.loads(Path(path).read_text())["mnist"]["curves"].items():
+            curves.setdefault(kind, {}).update(per_seed)
+    return summarize_mnist(curves, figures)
 
 
 def dimension_part(args, device):
@@ -311,7 +339,7 @@ def dimension_part(args, device):
         common = dict(batch_size=args.batch_size, device=device, progress=False)
         fit(model.model, model.guide, train, num_steps=args.atlas_steps, lr=1e-3, **common)
         model.set_stage("flows", train[:5000].to(device))
-        fit(model.model, model.guide, train, num_steps=args.mnist_steps, lr=1e-4, **common)
+        fit(model.model, model.guide, train, num_steps=args.mnist_steps, lr=args.mnist_lr, **common)
         model.eval()
         with torch.no_grad():
             x = test_logit[:1000].to(device)
@@ -348,6 +376,14 @@ def main():
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--kinds", nargs="+", default=list(MNIST_KINDS), choices=MNIST_KINDS)
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="overrides --seeds")
+    parser.add_argument("--mnist-layers", type=int, default=5)
+    parser.add_argument("--realnvp-hidden", type=int, nargs="+", default=[1024, 1024])
+    parser.add_argument("--maf-hidden", type=int, nargs="+", default=[1024])
+    parser.add_argument("--mnist-lr", type=float, default=1e-4)
+    parser.add_argument("--frechet-samples", type=int, default=5000)
+    parser.add_argument("--merge", nargs="+", default=None, help="combine mnist output files")
     parser.add_argument("--figures", default=None)
     parser.add_argument("--out", default="benchmarks/results/vq_flows.json")
     args = parser.parse_args()
@@ -358,6 +394,10 @@ def main():
         args.manifolds = args.manifolds[:2]
         args.mnist_steps, args.atlas_steps, args.eval_every = 4, 2, 2
         args.batch_size, args.latent_dims = 32, [8, 16]
+    if args.merge:
+        results = {"merged": args.merge, "mnist": merge_mnist(args.merge, args.figures)}
+        Path(args.out).write_text(json.dumps(results, indent=1))
+        return
     device = resolve_device(args.device)
     print(f"device: {device}")
     parts = ["toy", "mnist", "dimension"] if args.part == "all" else [args.part]
