@@ -36,21 +36,44 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
-from pyro_manifold.datasets import load_dataset
+from pyro_manifold.datasets import dequantize, load_dataset, load_mnist, logit_transform
 from pyro_manifold.infer import fit
-from pyro_manifold.models import Flow, FlowVAE, NoisyInjectiveFlow, VariationalMixtureOfFlows
+from pyro_manifold.models import (
+    Flow,
+    FlowVAE,
+    NoisyInjectiveFlow,
+    VariationalMixtureOfFlows,
+    VQFlow,
+)
 
 
-def mnist_like(n, device):
-    """Binarized MNIST when PYRO_MANIFOLD_DATA has it, else random binary images (said so)."""
-    from pyro_manifold.datasets import load_mnist
-
+def mnist_pixels(n):
+    """MNIST pixels (uint8, (n, 784)) when PYRO_MANIFOLD_DATA has them, else random (said so)."""
     try:
         x = load_mnist(os.environ.get("PYRO_MANIFOLD_DATA"), "train").data[:n]
     except FileNotFoundError as e:
-        print(f"MNIST not found ({e}); timing on random binary images of the same size")
-        return (torch.rand(n, 784) > 0.8).float().to(device)
-    return (x.reshape(len(x), -1).float() / 255 > 0.5).float().to(device)
+        print(f"MNIST not found ({e}); timing on random images of the same size")
+        return (torch.rand(n, 784) * 256).to(torch.uint8)
+    return x.reshape(len(x), -1)
+
+
+def mnist_like(n, device):
+    """Binarized MNIST (or random binary images) on the device."""
+    return (mnist_pixels(n).float() / 255 > 0.5).float().to(device)
+
+
+def mnist_logit(n, device):
+    """Dequantized logit-space MNIST (the flows' protocol) on the device."""
+    x = dequantize(mnist_pixels(n), torch.Generator().manual_seed(0))
+    return logit_transform(x)[0].to(device)
+
+
+def vq_flow(data):
+    """VQ-RealNVP on MNIST in stage 2 (the chart flows; the atlas as initialised)."""
+    m = VQFlow(784, num_charts=10, latent_dim=64, flow="realnvp", num_layers=3,
+               hidden_dims=[256], autoencoder_hidden_dims=[512])  # fmt: skip
+    m.to(data.device).set_stage("flows", data[:5000])
+    return m
 
 
 # -- the hand-written losses (the same math as the Pyro programs) -------------------------
@@ -65,6 +88,12 @@ def vae_loss(vae, x):
 
 def flow_loss(flow, x):
     return -flow.log_prob(x).sum() / x.shape[0]
+
+
+def vq_flow_loss(m, x):
+    distribution = m.distribution()
+    error = (x - distribution.reconstruct(x)).pow(2).sum(-1)
+    return -(distribution.log_prob(x) - m.reconstruction_weight * error).sum() / x.shape[0]
 
 
 def vmonf_loss(m, x):
@@ -88,6 +117,7 @@ def nif_loss(m, x):
 def jobs(device):
     hidden = [1024]  # MADE needs widths >= 784
     mnist = mnist_like(60_000, device)
+    logit = mnist_logit(60_000, device)
     pinwheel = load_dataset("pinwheel", 2560).data.to(device)
     enum = TraceEnum_ELBO(max_plate_nesting=1)
     return {
@@ -108,6 +138,7 @@ def jobs(device):
                            vmonf_loss, enum),
         "VMoNF K=10 b128": (lambda: VariationalMixtureOfFlows(2, 10, "realnvp"), pinwheel, 128,
                             vmonf_loss, enum),
+        "VQ-Flow 784->64 b256": (lambda: vq_flow(logit), logit, 256, vq_flow_loss, Trace_ELBO()),
     }  # fmt: skip
 
 
