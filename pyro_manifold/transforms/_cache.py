@@ -19,7 +19,9 @@ caches (a log-determinant kept from the last call) use :meth:`FreshCache._fresh`
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
+from functools import partial
 
 from torch import Tensor
 from torch.distributions import Transform
@@ -76,14 +78,14 @@ class FreshCache:
         tokens[slot] = key = (id(entry), self._versions())
         if any(k.requires_grad for k in keys):
             return
+        # The hook holds the transform weakly: the transform holds the outputs (its cache)
+        # and the outputs hold the hook, a cycle that passes through the autograd graph,
+        # where Python's garbage collector cannot see it. A strong reference would keep
+        # every transform built per step (conditioned chart maps) alive with its graph.
+        owner = weakref.ref(self)
         for t in outputs:
             if isinstance(t, Tensor) and t.requires_grad:
-                t.register_hook(lambda grad: self._forget(slot, key))
-
-    def _forget(self, slot: str, key: tuple) -> None:
-        tokens = getattr(self, "_fresh_tokens", {})
-        if tokens.get(slot) == key:
-            del tokens[slot]
+                t.register_hook(partial(_forget, owner, slot, key))
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._cache_size == 0:
@@ -108,6 +110,14 @@ class FreshCache:
     def _store(self, x: Tensor, y: Tensor, key: Tensor) -> None:
         self._cached_x_y = (x, y)
         self._remember_for("x_y", self._cached_x_y, (key,), (x, y))
+
+
+def _forget(owner: weakref.ref, slot: str, key: tuple, grad: Tensor) -> None:
+    """Gradient hook: the entry remembered in ``slot`` under ``key`` is spent."""
+    transform = owner()
+    tokens = getattr(transform, "_fresh_tokens", {})
+    if tokens.get(slot) == key:
+        del tokens[slot]
 
 
 def forget_cached(transforms: Iterable[Transform]) -> None:
