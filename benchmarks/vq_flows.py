@@ -330,7 +330,7 @@ def merge_mnist(paths, figures=None):
 
 def dimension_part(args, device):
     train, test, classifier = mnist_data(args, device)
-    n_samples = 64 if args.smoke else 5000
+    n_samples = 64 if args.smoke else args.frechet_samples
     test_logit = logit_transform(test.clamp(1 / 512, 1 - 1 / 512), alpha=LAMBDA)[0]
     results = {}
     for d in args.latent_dims:
