@@ -281,8 +281,9 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
         \qquad v_i(h) = v_i^{0} + \Delta v_i(h),
 
     with one network pass :math:`h \mapsto (s, b, \Delta v)` per distinct context (per row
-    when the context needs gradients) and learned base
-    reflection vectors :math:`v^0` (so a zero network output is a fixed orthogonal frame).
+    when the context needs gradients; finding the distinct rows costs one host
+    synchronisation on a GPU) and learned base reflection vectors :math:`v^0` (so a zero
+    network output is a fixed orthogonal frame).
     Used as the last layer :math:`c_k` of VQ-Flows chart maps with :math:`h = v_k`.
 
     Args:
