@@ -44,6 +44,7 @@ from pyro_manifold.datasets import pinwheel, two_circles
 from pyro_manifold.infer import fit, resolve_device
 from pyro_manifold.metrics import clustering_accuracy, contingency_table
 from pyro_manifold.models import Flow, VariationalMixtureOfFlows
+from pyro_manifold.nn import scale_output_layer
 
 
 def elbo():
@@ -347,6 +348,9 @@ def run_mnist(args, device):
             encoder_hidden_dims=[512, 512],
             label_weight=args.label_weight or 0.05 * x_train.shape[0],
         )
+        if args.identity_init_mnist:  # MAF components start near the identity
+            for layer in model.layers:
+                scale_output_layer(layer.arn)
         if args.kmeans_mnist:
             model.initialize_components(x_train, seed=0)
         data = x_train if y is None else (x_train, y)
@@ -443,6 +447,7 @@ def main():
     p.add_argument("--mnist-steps", type=int, default=20000)
     p.add_argument("--kmeans-mnist", action="store_true")
     p.add_argument("--mnist-lr", type=float, default=1e-4)
+    p.add_argument("--identity-init-mnist", action="store_true")
     p.add_argument(
         "--mnist-configs", nargs="+", default=["unsupervised", "semi-supervised"],
         choices=["unsupervised", "semi-supervised"],
