@@ -306,8 +306,11 @@ def summarize_mnist(curves, figures=None):
             r = results[kind]
             mu = [f["mean"] for f in r["frechet"]]
             sd = [f["std"] for f in r["frechet"]]
-            style = "-" if kind.startswith("vq_") else "--"
-            ax.errorbar(r["steps"], mu, yerr=sd, label=kind, capsize=3, linestyle=style)
+            style = "-" if kind.startswith("vq_") else "--"  # one colour per flow family
+            color = "C0" if kind.endswith("realnvp") else "C3"
+            ax.errorbar(
+                r["steps"], mu, yerr=sd, label=kind, capsize=3, linestyle=style, color=color
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel("Fréchet distance (classifier features)")
         ax.set_yscale("log")
