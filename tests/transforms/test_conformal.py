@@ -95,10 +95,10 @@ def test_repeated_contexts_share_one_network_pass_with_the_same_values_and_gradi
         per_row[0].append(t(z[i]))
         per_row[1].append(t.inv(x[i]))
         per_row[2].append(t.log_abs_det_jacobian(z[i], x[i]))
-    for got, rows in zip(shared, per_row):
+    for got, rows in zip(shared, per_row, strict=True):
         torch.testing.assert_close(got, torch.stack(rows))
     loss_rows = sum(torch.stack(rows).sum() for rows in per_row)
-    for g, g_rows in zip(grads, torch.autograd.grad(loss_rows, list(c.parameters()))):
+    for g, g_rows in zip(grads, torch.autograd.grad(loss_rows, list(c.parameters())), strict=True):
         torch.testing.assert_close(g, g_rows)
     # a context that needs gradients runs per row, so each row gets its own derivative
     leaf = centres[chart].clone().requires_grad_()
