@@ -61,11 +61,11 @@ def register_parameters(module: nn.Module) -> None:
         full = param_with_module_name(name, path)
         stale = store._params.get(full, parameter)
         if stale is not parameter:  # left by an older instance
-            _forget(store, full, stale)
+            _remove_entry(store, full, stale)
         pyro.param(full, parameter)
 
 
-def _forget(store, name: str, value) -> None:
+def _remove_entry(store, name: str, value) -> None:
     """Remove ``name`` from the param store, even when ``value`` is also stored elsewhere.
 
     ``ParamStoreDict.__delitem__`` assumes a tensor is stored under one name only; a
