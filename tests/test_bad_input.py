@@ -1922,6 +1922,36 @@ MODELS = [
         id="VariationalMixtureOfFlows-initialize-too-few-rows",
     ),
     P(
+        OnTarget(vmonf, lambda m: m.initialize_components(f64(4, 2), y=torch.tensor([0, 3, 1, 2]))),
+        V,
+        r"y: expected labels in \[0, 2\] or -1 \(unlabelled\), got values in \[0, 3\]",
+        id="VariationalMixtureOfFlows-initialize-labels-range",
+    ),
+    P(
+        OnTarget(vmonf, lambda m: m.fit_encoder(f64(4, 2), torch.tensor([0, 1, -1, 2]))),
+        V,
+        r"labels: expected components in \[0, 2\] for every point, got -1 \(unlabelled\)",
+        id="VariationalMixtureOfFlows-fit_encoder-unlabelled",
+    ),
+    P(
+        OnTarget(vmonf, lambda m: m.fit_encoder(f64(4, 2), torch.tensor([0.0, 1.0, 2.0, 0.0]))),
+        TE,
+        r"labels: expected an integer tensor of labels \(-1 = unlabelled\), got tensor of dtype",
+        id="VariationalMixtureOfFlows-fit_encoder-float-labels",
+    ),
+    P(
+        OnTarget(vmonf, lambda m: m.fit_encoder(f64(4, 2), torch.tensor([0, 1, 2, 0]), lr=0.0)),
+        V,
+        positive("lr", 0.0),
+        id="VariationalMixtureOfFlows-fit_encoder-lr-zero",
+    ),
+    P(
+        OnTarget(vmonf, lambda m: m.fit_encoder(f64(3, 2), torch.tensor([0, 1, 2]), num_steps=-1)),
+        V,
+        int_at_least("num_steps", 0, -1),
+        id="VariationalMixtureOfFlows-fit_encoder-steps-negative",
+    ),
+    P(
         OnTarget(vmonf, lambda m: m.set_temperature_step(-1)),
         V,
         int_at_least("step", 0, -1),

@@ -264,6 +264,39 @@ def test_initialize_components_with_kmeans():
     assert (m.base_scale < 0.4).all()
 
 
+def test_seeded_kmeans_follows_the_labels():
+    # two clusters; the labels name them against k-means++'s own order
+    torch.manual_seed(0)
+    m = VariationalMixtureOfFlows(D, 2, num_layers=1, hidden_dims=[4, 4])
+    x = torch.cat([torch.randn(40, D) * 0.2 + 3, torch.randn(40, D) * 0.2 - 3])
+    for first in (0, 1):
+        y = torch.full((80,), -1)
+        y[0], y[79] = first, 1 - first  # one labelled point per cluster
+        labels = m.initialize_components(x, y=y)
+        expected = torch.cat([torch.full((40,), first), torch.full((40,), 1 - first)])
+        assert torch.equal(labels, expected)
+        assert torch.allclose(m.base_loc[first], torch.full((D,), 3.0), atol=0.2)
+    # labelled points keep their class even where the nearest centroid is the other one
+    y = torch.full((80,), -1)
+    y[:3], y[40], y[41] = 0, 1, 0
+    labels = m.initialize_components(x, y=y)
+    assert labels[41] == 0 and (labels[42:] == 1).all() and (labels[:40] == 0).all()
+
+
+def test_fit_encoder_learns_a_partition_and_leaves_the_flows():
+    torch.manual_seed(0)
+    m = VariationalMixtureOfFlows(D, 3, num_layers=1, hidden_dims=[8, 8])
+    x = torch.randn(300, D)
+    labels = (x[:, 0] > 0.5).long() + (x[:, 0] > -0.5).long()  # three slabs
+    before = {k: v.clone() for k, v in m.layers.state_dict().items()}
+    fresh = (m.encoder_logits(x).argmax(-1) == labels).double().mean()
+    agreement = m.fit_encoder(x, labels, num_steps=400, lr=1e-2)
+    assert fresh < 0.7 and agreement > 0.95
+    assert agreement == (m.cluster(x) == labels).double().mean()
+    assert all(torch.equal(v, m.layers.state_dict()[k]) for k, v in before.items())
+    assert m.fit_encoder(x, labels, num_steps=0) == agreement  # 0 steps: unchanged
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="num_components: expected an int >= 1, got 0"):
         VariationalMixtureOfFlows(D, 0)
