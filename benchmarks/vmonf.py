@@ -382,9 +382,7 @@ def run_mnist(args, device):
             exact = torch.cat(
                 [model.cluster(c.to(device), exact=True).cpu() for c in x_test.split(1000)]
             )
-        table = torch.zeros(5, 5).index_put_(  # every component, also an empty one
-            (pred, test.labels), torch.ones(len(pred)), accumulate=True
-        )
+        table = contingency_table(pred, test.labels, normalize=False, num_clusters=5)
         rows[name] = {
             "accuracy": clustering_accuracy(pred, test.labels),
             "nmi": normalized_mutual_information(pred, test.labels),
@@ -401,7 +399,7 @@ def run_mnist(args, device):
             flush=True,
         )
         # each digit's share over the components (the paper's table 1 normalises per class)
-        shares = table / table.sum(0, keepdim=True)
+        shares = contingency_table(pred, test.labels, normalize="class", num_clusters=5)
         print("  component \\ digit " + " ".join(f"{d:>6}" for d in digits))
         for k, share in enumerate(shares.tolist()):
             print(f"  {k:>17} " + " ".join(f"{v:6.3f}" for v in share))

@@ -224,7 +224,7 @@ if os.environ.get("PYRO_MANIFOLD_DATA") and not args.smoke:
         vmonf.cpu()
         with torch.no_grad():
             pred = torch.cat([vmonf.cluster(c) for c in xm_test.split(1000)])
-            table = contingency_table(pred, mnist_test.labels)
+            table = contingency_table(pred, mnist_test.labels, normalize="class", num_clusters=5)
             results[f"mnist/{name}"] = {
                 "accuracy": clustering_accuracy(pred, mnist_test.labels),
                 "contingency_table": table.tolist(),

@@ -8,6 +8,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from pyro_manifold._validation import check_positive_int
+
 __all__ = [
     "adjusted_rand_index",
     "clustering_accuracy",
@@ -36,31 +38,56 @@ def _as_labels(name: str, x: object) -> Tensor:
     return torch.unique(t.cpu(), return_inverse=True)[1]
 
 
-def _counts(pred: object, labels: object) -> Tensor:
-    """Contingency counts, shape ``(num_clusters, num_classes)``, float64."""
+def _counts(pred: object, labels: object, num_clusters: int | None = None) -> Tensor:
+    """Contingency counts, shape ``(num_clusters, num_classes)``, float64.
+
+    Rows are the distinct values of ``pred`` in sorted order, or, with ``num_clusters``,
+    the cluster indices ``0 .. num_clusters - 1`` themselves (empty clusters included).
+    """
     p = _as_labels("pred", pred)
     c = _as_labels("labels", labels)
     if p.shape != c.shape:
         raise ValueError(f"labels: expected the same length as pred ({p.numel()}), got {c.numel()}")
-    num_clusters, num_classes = int(p.max()) + 1, int(c.max()) + 1
+    if num_clusters is None:
+        num_clusters = int(p.max()) + 1
+    else:
+        num_clusters = check_positive_int("num_clusters", num_clusters)
+        raw = torch.as_tensor(pred).cpu()
+        if bool((raw < 0).any()) or bool((raw >= num_clusters).any()):
+            raise ValueError(
+                f"pred: expected cluster indices in [0, {num_clusters - 1}] (num_clusters = "
+                f"{num_clusters}), got values in [{int(raw.min())}, {int(raw.max())}]"
+            )
+        p = raw.long()
+    num_classes = int(c.max()) + 1
     flat = torch.bincount(p * num_classes + c, minlength=num_clusters * num_classes)
     return flat.reshape(num_clusters, num_classes).to(torch.float64)
 
 
-def contingency_table(pred: Tensor, labels: Tensor, normalize: bool = True) -> Tensor:
+def contingency_table(
+    pred: Tensor,
+    labels: Tensor,
+    normalize: bool | str = True,
+    num_clusters: int | None = None,
+) -> Tensor:
     r"""Joint counts (or frequencies) of cluster assignments and class labels.
 
     .. math::
 
         C_{ij} = \#\{n : \text{pred}_n = a_i,\ \text{labels}_n = b_j\}
 
-    with :math:`a_1 < a_2 < \dots` the distinct values of ``pred`` and :math:`b_1 < b_2
-    < \dots` those of ``labels``.
+    with :math:`a_1 < a_2 < \dots` the distinct values of ``pred`` (or, with
+    ``num_clusters``, :math:`a_i = i - 1` for every cluster, so that empty clusters keep
+    their row) and :math:`b_1 < b_2 < \dots` those of ``labels``.
 
     Args:
         pred: cluster assignments, integers of shape :math:`(N,)`.
         labels: reference classes, integers of shape :math:`(N,)`.
-        normalize: divide by :math:`N` so that the table sums to one.
+        normalize: ``True`` (or ``"all"``) divides by :math:`N` so that the table sums to
+            one; ``"class"`` divides each column by its class size, so that each column
+            sums to one (Pires & Figueiredo's table 1); ``False`` keeps the counts.
+        num_clusters: the number of clusters :math:`K`; ``pred`` must then hold indices in
+            :math:`[0, K)`, and the table has :math:`K` rows.
 
     Returns:
         A float64 tensor of shape ``(num_clusters, num_classes)``.
@@ -69,9 +96,18 @@ def contingency_table(pred: Tensor, labels: Tensor, normalize: bool = True) -> T
         >>> contingency_table(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 7, 7, 7]), False)
         tensor([[1., 1.],
                 [0., 2.]], dtype=torch.float64)
+        >>> contingency_table(torch.tensor([0, 0, 2, 2]), torch.tensor([5, 7, 7, 7]),
+        ...                   normalize="class", num_clusters=3)
+        tensor([[1.0000, 0.3333],
+                [0.0000, 0.0000],
+                [0.0000, 0.6667]], dtype=torch.float64)
     """
-    counts = _counts(pred, labels)
-    return counts / counts.sum() if normalize else counts
+    if normalize not in (True, False, "all", "class"):
+        raise ValueError(f"normalize: expected True, False, 'all' or 'class', got {normalize!r}")
+    counts = _counts(pred, labels, num_clusters)
+    if normalize == "class":
+        return counts / counts.sum(0, keepdim=True)
+    return counts / counts.sum() if normalize in (True, "all") else counts
 
 
 def clustering_accuracy(pred: Tensor, labels: Tensor) -> float:

@@ -30,6 +30,23 @@ def test_contingency_table_by_hand():
     torch.testing.assert_close(contingency_table(pred, labels), expected / 6)
 
 
+def test_contingency_table_keeps_empty_clusters_and_normalises_per_class():
+    pred = torch.tensor([3, 3, 0, 0, 0, 3])  # clusters 1 and 2 are empty
+    labels = torch.tensor([1, 0, 0, 0, 1, 1])
+    counts = contingency_table(pred, labels, normalize=False, num_clusters=4)
+    expected = torch.tensor([[2.0, 1.0], [0.0, 0.0], [0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(counts, expected)
+    per_class = contingency_table(pred, labels, normalize="class", num_clusters=4)
+    torch.testing.assert_close(per_class, expected / 3)  # three points per class
+    torch.testing.assert_close(contingency_table(pred, labels, "all", 4), expected / 6)
+    with pytest.raises(ValueError, match=r"pred: expected cluster indices in \[0, 2\] \(num"):
+        contingency_table(pred, labels, num_clusters=3)
+    with pytest.raises(ValueError, match="num_clusters: expected an int >= 1, got 0"):
+        contingency_table(pred, labels, num_clusters=0)
+    with pytest.raises(ValueError, match="normalize: expected True, False, 'all' or 'class', got"):
+        contingency_table(pred, labels, normalize="rows")
+
+
 def test_accuracy_by_hand_with_unequal_numbers():
     # clusters 0,1,2 vs classes a,b: best matching 0->a (3), 1->b (2); cluster 2 unmatched
     pred = torch.tensor([0, 0, 0, 1, 1, 2, 2, 0])
