@@ -181,6 +181,7 @@ class ChartMixture(TorchDistribution):
         self.chart_logits = chart_logits
         self.data_dim, self.latent_dim, self.num_charts = data_dim, latent_dim, num_charts
         self.num_overlap, self.restrict = num_overlap, bool(restrict)
+        self._memo: tuple[Tensor, tuple, tuple[Tensor, ...]] | None = None
         super().__init__(torch.Size(), torch.Size((data_dim,)), validate_args=validate_args)
 
     # ------------------------------------------------------------------ helpers
@@ -201,6 +202,42 @@ class ChartMixture(TorchDistribution):
 
     def _log_base(self, z: Tensor) -> Tensor:
         return -0.5 * z.pow(2).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+
+    def _state_key(self, value: Tensor) -> tuple:
+        """What the chart terms of ``value`` depend on besides its identity.
+
+        The versions of ``value`` and of every parameter and buffer (an optimizer step or
+        an in-place edit bumps them), the modules' train/eval modes and the grad mode.
+        """
+        modules = [
+            m
+            for m in (self.atlas, *self.chart_flow, self.embedding)
+            if isinstance(m, torch.nn.Module)
+        ]
+        tensors = [self.chart_logits, *(t for m in modules for t in m.parameters())]
+        tensors += [b for m in modules for b in m.buffers()]
+        return (
+            value._version,
+            torch.is_grad_enabled(),
+            tuple(t._version for t in tensors),
+            tuple(sub.training for m in modules for sub in m.modules()),
+        )
+
+    def _terms_of(self, value: Tensor, flat: Tensor, project: bool = False) -> tuple[Tensor, ...]:
+        """:meth:`_chart_terms` of ``flat`` (``value`` reshaped), memoised for ``value``.
+
+        One model step scores the data (``log_prob``) and reconstructs it: the second call
+        reuses the first's pass through the chart maps. The memo is the last call's, keyed
+        by the identity of ``value`` and by :meth:`_state_key`, so a distribution held
+        across optimizer steps recomputes.
+        """
+        memo = self._memo
+        if memo is not None and memo[0] is value and (len(memo[2]) == 3 or not project):
+            if memo[1] == self._state_key(value):
+                return memo[2]
+        out = self._chart_terms(flat, project=project)
+        self._memo = (value, self._state_key(value), out)
+        return out
 
     def _chart_terms(self, x: Tensor, project: bool = False) -> tuple[Tensor, ...]:
         """Chart log terms :math:`(N, K)` (``-inf`` outside :math:`U_k`), latents, images."""
@@ -239,7 +276,7 @@ class ChartMixture(TorchDistribution):
     def log_prob(self, value: Tensor) -> Tensor:
         r"""Eq. (2): :math:`\log p(x)`, shape :math:`(*)`, for ``value`` :math:`(*, D)`."""
         x, batch = self._flat(value, "value")
-        return self._chart_terms(x)[0].logsumexp(-1).reshape(batch)
+        return self._terms_of(value, x)[0].logsumexp(-1).reshape(batch)
 
     def chart_log_terms(self, x: Tensor) -> Tensor:
         r"""The terms :math:`\log p_k + \log|\det J_{f_k}J_{f_k}^\top|^{1/2} + \log q(f_k(x))`.
@@ -247,7 +284,7 @@ class ChartMixture(TorchDistribution):
         Shape :math:`(*, K)`; ``-inf`` for the charts whose region does not contain ``x``.
         """
         flat, batch = self._flat(x)
-        return self._chart_terms(flat)[0].reshape(*batch, self.num_charts)
+        return self._terms_of(x, flat)[0].reshape(*batch, self.num_charts)
 
     def chart_posterior(self, x: Tensor) -> Tensor:
         r""":math:`p(k \mid x)`, shape :math:`(*, K)`: the terms normalised over :math:`k`.
@@ -263,7 +300,7 @@ class ChartMixture(TorchDistribution):
         draw :math:`k \sim p(k\mid x)` and return :math:`f_k(x)`.
         """
         flat, batch = self._flat(x)
-        terms, z = self._chart_terms(flat)
+        terms, z = self._terms_of(x, flat)[:2]
         post = terms.softmax(-1)
         if stochastic:
             k = torch.multinomial(post.detach(), 1).squeeze(-1)
@@ -279,7 +316,7 @@ class ChartMixture(TorchDistribution):
         :math:`g_k(f_k(x)) = c_k(c_k^\dagger(x))`; for :math:`d = D` it returns :math:`x`.
         """
         flat, batch = self._flat(x)
-        terms, _, proj = self._chart_terms(flat, project=True)
+        terms, _, proj = self._terms_of(x, flat, project=True)
         post = terms.softmax(-1)
         return (post.unsqueeze(-1) * proj).sum(-2).reshape(*batch, self.data_dim)
 

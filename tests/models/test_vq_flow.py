@@ -63,6 +63,37 @@ def test_lower_dimensional_charts_add_the_reconstruction_term():
     assert vq.sample(10).shape == (10, 3)
 
 
+def test_one_pass_through_the_charts_per_step(monkeypatch):
+    # log_prob (Pyro's site "x") and the reconstruction term share one chart pass
+    from pyro_manifold.distributions import ChartMixture
+
+    torch.manual_seed(1)
+    vq = _small(latent_dim=2, reconstruction_weight=3.0).double()
+    vq.set_stage("flows")
+    x = torch.randn(20, 3, dtype=torch.float64)
+    passes = []
+    original = ChartMixture._chart_terms
+    monkeypatch.setattr(
+        ChartMixture, "_chart_terms", lambda *a, **k: passes.append(1) or original(*a, **k)
+    )
+    loss = Trace_ELBO().differentiable_loss(vq.model, vq.guide, x)
+    assert len(passes) == 1
+    # a distribution held across optimizer steps recomputes after each step
+    p = vq.distribution()
+    optimizer = torch.optim.SGD(vq.chart_flow.parameters(), lr=0.1)
+    first = p.log_prob(x).sum()
+    torch.testing.assert_close(p.log_prob(x).sum(), first)  # memo: same value, no new pass
+    assert len(passes) == 2
+    (-first + loss).backward()
+    optimizer.step()
+    second = p.log_prob(x).sum()
+    assert len(passes) == 3 and not torch.allclose(second, first)
+    with torch.no_grad():  # another grad mode is another memo entry
+        torch.testing.assert_close(p.log_prob(x).sum(), second)
+    assert len(passes) == 4
+    torch.testing.assert_close(second, vq.distribution().log_prob(x).sum())  # fresh instance
+
+
 @pytest.mark.parametrize("flow", ["maf", "spline"])
 def test_other_chart_flow_families(flow):
     torch.manual_seed(2)
