@@ -80,7 +80,10 @@ class ChartMixture(TorchDistribution):
     :math:`x \in U_k` (all pairs in one batched pass), so its cost grows with the
     overlap :math:`m`, not with :math:`K`. Scoring data uses the inverse direction of
     every layer and the left inverse :math:`c_k^\dagger` of the embedding (one pass per
-    layer for couplings and MAF layers); sampling uses the forward direction.
+    layer for couplings and MAF layers); sampling uses the forward direction. The last
+    pass is memoised for its input tensor: ``log_prob(x)``, ``reconstruct(x)``,
+    ``encode(x)`` and ``chart_posterior(x)`` on the same ``x`` share one pass through the
+    chart maps, until a parameter, buffer, module mode or the grad mode changes.
 
     **Normalisation.** Eq. (2) integrates to one over the manifold only when every chart
     map sends the support of :math:`q` onto its region (:math:`g_k(\mathbb R^d) = U_k`
