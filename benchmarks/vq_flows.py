@@ -255,7 +255,7 @@ def mnist_part(args, device):
     train, test, classifier = mnist_data(args, device)
     n_samples = 64 if args.smoke else args.frechet_samples
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
-    curves = {}
+    curves, atlas = {}, {}
     for kind in args.kinds:
         curves[kind] = {}
         for seed in seeds:
@@ -269,6 +269,13 @@ def mnist_part(args, device):
                     batch_size=args.batch_size, lr=1e-3, device=device, progress=False,
                 )  # fmt: skip
                 model.set_stage("flows", train[:5000].to(device))
+                with torch.no_grad():  # how the atlas shares out the images (dead codes)
+                    codes = torch.cat([model.autoencoder.assign(c.to(device)).cpu()
+                                       for c in train[:20000].split(5000)])  # fmt: skip
+                share = torch.bincount(codes, minlength=args.mnist_charts) / len(codes)
+                atlas.setdefault(kind, {})[str(seed)] = share.tolist()
+                print(f"  charts in use: {int((share > 0).sum())} of {len(share)}, "
+                      f"largest share {float(share.max()):.2f}", flush=True)  # fmt: skip
             curves[kind][str(seed)] = train_with_curve(
                 model,
                 train,
@@ -278,7 +285,7 @@ def mnist_part(args, device):
                 lr=args.mnist_lr,
             )
             print(f"  {time.perf_counter() - start:.0f} s", flush=True)
-    return summarize_mnist(curves, args.figures)
+    return {**summarize_mnist(curves, args.figures), "atlas_chart_shares": atlas}
 
 
 def summarize_mnist(curves, figures=None):
