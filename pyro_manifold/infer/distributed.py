@@ -21,7 +21,9 @@ with ``DistributedDataParallel(broadcast_buffers=True)``; they ride in the same
 ``all_reduce`` (the other ranks add zeros), so a step costs one collective per dtype
 plus one scalar for the loss. Layers that normalise by batch statistics (batch norm in
 training mode) see each rank's slice only, so such models match one process only
-approximately.
+approximately. Parameters that a layer edits in place outside autograd (the VQ
+codebook's k-means start and dead-code re-seeding) take rank 0's values right after the
+edit (:mod:`pyro_manifold._parallel`).
 
 Backends: NCCL for CUDA tensors, gloo on the CPU. Under ``torchrun`` let :func:`fit`
 join the group, or hold it with :func:`torchrun_process_group` (the command line does).

@@ -22,6 +22,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyro_manifold._parallel import data_parallel_training
 from pyro_manifold._validation import (
     check_choice,
     check_positive,
@@ -639,103 +640,109 @@ def fit(
         desc="fit",
         dynamic_ncols=True,
     )
-    try:
-        while step < num_steps:
-            if position + global_batch > n:
-                perm = torch.randperm(n, generator=order_gen, device=device)
-                position = 0
-            start = position + group.rank * batch_size  # this rank's slice of the global batch
-            idx = perm[start : start + batch_size]
-            position += global_batch
-            batch = tuple(t[idx] for t in data)
-            if transform_batch is not None:
-                batch = tuple(transform_batch(*batch))
-            step += 1
-            saved_buffers = [b.clone() for b in buffers]
-            try:
-                with (
-                    pyro.validation_enabled(not fast and is_validation_enabled()),
-                    parameters_registered(not fast),
-                ):
-                    value = elbo.differentiable_loss(model, guide, *batch) / batch_size
-            except Exception as e:
-                e.add_note(f"pyro_manifold.fit: raised at step {step}")
-                raise
-            mean_value = group.mean(value.detach())
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            group.synchronize_(params, mods)
-            if clip_norm is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            else:
-                grads = [p.grad for p in params if p.grad is not None]
-                grad_norm = torch.nn.utils.get_total_norm(grads) if grads else mean_value * 0
-            bad = ~torch.isfinite(mean_value + grad_norm)
-            if deferred:  # no read: the fused optimiser skips the update on the device
-                opt.found_inf = bad.to(torch.float32)
-                opt.step()
-                with torch.no_grad():
-                    for b, old in zip(buffers, saved_buffers, strict=True):
-                        b.copy_(torch.where(bad, old, b))
-                pending.append((step, bad, idx))
-            elif bool(bad):  # the one sync per step
-                consecutive += 1
-                if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
-                    raise_nonfinite(step, batch, float(mean_value), rerun=False)
-                with torch.no_grad():
-                    for b, old in zip(buffers, saved_buffers, strict=True):
-                        b.copy_(old)
+    # layers' in-place parameter edits follow rank 0 (see pyro_manifold._parallel)
+    with data_parallel_training(group.broadcast_ if group.distributed else None):
+        try:
+            while step < num_steps:
+                if position + global_batch > n:
+                    perm = torch.randperm(n, generator=order_gen, device=device)
+                    position = 0
+                start = position + group.rank * batch_size  # this rank's slice of the global batch
+                idx = perm[start : start + batch_size]
+                position += global_batch
+                batch = tuple(t[idx] for t in data)
+                if transform_batch is not None:
+                    batch = tuple(transform_batch(*batch))
+                step += 1
+                saved_buffers = [b.clone() for b in buffers]
+                try:
+                    with (
+                        pyro.validation_enabled(not fast and is_validation_enabled()),
+                        parameters_registered(not fast),
+                    ):
+                        value = elbo.differentiable_loss(model, guide, *batch) / batch_size
+                except Exception as e:
+                    e.add_note(f"pyro_manifold.fit: raised at step {step}")
+                    raise
+                mean_value = group.mean(value.detach())
                 opt.zero_grad(set_to_none=True)
-                skipped.append(step)
-                bar.set_postfix(skipped=len(skipped))
-            else:
-                consecutive = 0
-                opt.step()
-            window = window + torch.where(bad, 0.0, mean_value)
-            window_count = window_count + (~bad)
-            if scheduler is not None:
-                scheduler.step()
-            log_now = step % log_every == 0 or step == num_steps
-            val_now = val is not None and (step % validate_every == 0 or step == num_steps)
-            save_now = run_dir is not None and (step % checkpoint_every == 0 or step == num_steps)
-            if deferred and (step % sync_every == 0 or log_now or val_now or save_now):
-                settle()
-            if log_now and int(window_count):
-                mean = float(window) / int(window_count)
-                window.zero_()
-                window_count.zero_()
-                history["step"].append(step)
-                history["loss"].append(mean)
-                history["lr"].append(opt.param_groups[0]["lr"])
-                history["time"].append(time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{mean:.4g}")
-            bar.update(1)
-            if val_now:
-                v = _mean_loss(elbo, model, guide, val, batch_size, transform_batch, mods, group)
-                history["val_step"].append(step)
-                history["val_loss"].append(v)
-                if v < best_val:
-                    best_val, bad_validations = v, 0
-                    best_states = [copy.deepcopy(m.state_dict()) for m in mods]
-                    if run_dir is not None:
-                        elapsed = time.perf_counter() - t0
-                        group.save_checkpoint(checkpoint_state(), run_dir / "best.pt")
+                value.backward()
+                group.synchronize_(params, mods)
+                if clip_norm is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 else:
-                    bad_validations += 1
-                if patience is not None and bad_validations >= patience:
-                    result.stopped_early = True
-            if run_dir is not None and (
-                step % checkpoint_every == 0 or step == num_steps or result.stopped_early
-            ):
-                elapsed = time.perf_counter() - t0
-                result.checkpoint = group.save_checkpoint(
-                    checkpoint_state(), run_dir / "checkpoint.pt"
+                    grads = [p.grad for p in params if p.grad is not None]
+                    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else mean_value * 0
+                bad = ~torch.isfinite(mean_value + grad_norm)
+                if deferred:  # no read: the fused optimiser skips the update on the device
+                    opt.found_inf = bad.to(torch.float32)
+                    opt.step()
+                    with torch.no_grad():
+                        for b, old in zip(buffers, saved_buffers, strict=True):
+                            b.copy_(torch.where(bad, old, b))
+                    pending.append((step, bad, idx))
+                elif bool(bad):  # the one sync per step
+                    consecutive += 1
+                    if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
+                        raise_nonfinite(step, batch, float(mean_value), rerun=False)
+                    with torch.no_grad():
+                        for b, old in zip(buffers, saved_buffers, strict=True):
+                            b.copy_(old)
+                    opt.zero_grad(set_to_none=True)
+                    skipped.append(step)
+                    bar.set_postfix(skipped=len(skipped))
+                else:
+                    consecutive = 0
+                    opt.step()
+                window = window + torch.where(bad, 0.0, mean_value)
+                window_count = window_count + (~bad)
+                if scheduler is not None:
+                    scheduler.step()
+                log_now = step % log_every == 0 or step == num_steps
+                val_now = val is not None and (step % validate_every == 0 or step == num_steps)
+                save_now = run_dir is not None and (
+                    step % checkpoint_every == 0 or step == num_steps
                 )
-                write_history()
-            if result.stopped_early:
-                break
-    finally:
-        bar.close()
+                if deferred and (step % sync_every == 0 or log_now or val_now or save_now):
+                    settle()
+                if log_now and int(window_count):
+                    mean = float(window) / int(window_count)
+                    window.zero_()
+                    window_count.zero_()
+                    history["step"].append(step)
+                    history["loss"].append(mean)
+                    history["lr"].append(opt.param_groups[0]["lr"])
+                    history["time"].append(time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{mean:.4g}")
+                bar.update(1)
+                if val_now:
+                    v = _mean_loss(
+                        elbo, model, guide, val, batch_size, transform_batch, mods, group
+                    )
+                    history["val_step"].append(step)
+                    history["val_loss"].append(v)
+                    if v < best_val:
+                        best_val, bad_validations = v, 0
+                        best_states = [copy.deepcopy(m.state_dict()) for m in mods]
+                        if run_dir is not None:
+                            elapsed = time.perf_counter() - t0
+                            group.save_checkpoint(checkpoint_state(), run_dir / "best.pt")
+                    else:
+                        bad_validations += 1
+                    if patience is not None and bad_validations >= patience:
+                        result.stopped_early = True
+                if run_dir is not None and (
+                    step % checkpoint_every == 0 or step == num_steps or result.stopped_early
+                ):
+                    elapsed = time.perf_counter() - t0
+                    result.checkpoint = group.save_checkpoint(
+                        checkpoint_state(), run_dir / "checkpoint.pt"
+                    )
+                    write_history()
+                if result.stopped_early:
+                    break
+        finally:
+            bar.close()
     if val is not None and restore_best and best_states is not None:
         for m, sd in zip(mods, best_states, strict=True):
             m.load_state_dict(sd)

@@ -22,6 +22,7 @@ import torch
 from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
 
+from pyro_manifold._parallel import follow_main_process_
 from pyro_manifold._validation import (
     check_bounds,
     check_input,
@@ -81,6 +82,9 @@ class VectorQuantizer(nn.Module):
     training mode; :meth:`reseed_dead_codes` moves every code that no point used since
     the last re-seeding onto a random encoding of the current batch, and
     :meth:`initialize` places the codebook by k-means (k-means++ start, Lloyd steps).
+    In data-parallel :func:`~pyro_manifold.infer.fit` both edits take rank 0's values
+    on every rank (its batch, its draws; the usage counts are a buffer and so are
+    rank 0's too), so the ranks' codebooks stay equal.
 
     Args:
         num_codes: :math:`K`.
@@ -161,6 +165,7 @@ class VectorQuantizer(nn.Module):
             pick = torch.randint(len(flat), (len(dead),), device=flat.device)
             noise = 1e-3 * flat.std(0, keepdim=True).nan_to_num(1.0) * torch.randn_like(flat[pick])
             self.codebook[dead] = flat[pick] + noise
+            follow_main_process_(self.codebook)
         self.usage.zero_()
         return len(dead)
 
@@ -190,5 +195,6 @@ class VectorQuantizer(nn.Module):
             counts = torch.bincount(assign, minlength=self.num_codes).unsqueeze(-1)
             centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
         self.codebook.copy_(centres)
+        follow_main_process_(self.codebook)
         self.usage.zero_()
         self.initialized.fill_(True)

@@ -18,7 +18,14 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_manifold.infer import fit, load_checkpoint
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
-from pyro_manifold.models import Flow, FlowVAE, NoisyInjectiveFlow, VariationalMixtureOfFlows
+from pyro_manifold.models import (
+    Flow,
+    FlowVAE,
+    NoisyInjectiveFlow,
+    VariationalMixtureOfFlows,
+    VQAutoencoder,
+    VQFlow,
+)
 
 WORLD = 2
 B = 8  # per-rank batch; the global batch and the single-process batch are 2 * B
@@ -72,6 +79,12 @@ def _stochastic_models():
             hidden_dims=[8],
             likelihood="gaussian",
             kl_warmup_steps=4,
+        ),
+        # k-means start on the first batch and dead-code re-seeding every call: both
+        # edit the codebook in place, outside the gradient all-reduce
+        "vq_autoencoder": VQAutoencoder(2, 1, num_charts=6, hidden_dims=[8], reseed_every=1),
+        "vq_flow": VQFlow(
+            2, num_charts=3, num_layers=1, hidden_dims=[8], autoencoder_hidden_dims=[8]
         ),
     }
 
@@ -133,6 +146,9 @@ def _worker(rank, world, port, out_dir):
     out["vmonf"] = (_params(vmonf), result.history["loss"])
     for name, module in _stochastic_models().items():
         result = fit(module.model, module.guide, x, num_steps=2, batch_size=B, **COMMON)
+        if name == "vq_flow":  # then the chart flows on the atlas
+            module.set_stage("flows", x)
+            result = fit(module.model, module.guide, x, num_steps=2, batch_size=B, **COMMON)
         noise = pyro.sample("noise", pyro.distributions.Normal(0.0, 1.0))
         out[name] = (_params(module), list(module.buffers()), result.history["loss"], noise)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -259,8 +275,8 @@ def test_enumerated_guide_trains_data_parallel(ranks):
         assert losses == pytest.approx(single.history["loss"], abs=1e-10)
 
 
-@pytest.mark.parametrize("name", ["nif", "vae"])
-def test_models_with_latent_samples_stay_in_sync_across_ranks(ranks, name):
+@pytest.mark.parametrize("name", ["nif", "vae", "vq_autoencoder", "vq_flow"])
+def test_models_stay_in_sync_across_ranks(ranks, name):
     _, results = ranks
     (params0, buffers0, loss0, noise0), (params1, buffers1, loss1, noise1) = (
         r[name] for r in results
