@@ -23,7 +23,9 @@ plus one scalar for the loss. Layers that normalise by batch statistics (batch n
 training mode) see each rank's slice only, so such models match one process only
 approximately. Parameters that a layer edits in place outside autograd (the VQ
 codebook's k-means start and dead-code re-seeding) take rank 0's values right after the
-edit (:mod:`pyro_manifold._parallel`).
+edit, and statistics that a layer gathers from its batch to update a buffer (VMoNF's
+prior from the responsibilities) are summed over the ranks first, so the update is the
+one of the whole global batch (:mod:`pyro_manifold._parallel`).
 
 Backends: NCCL for CUDA tensors, gloo on the CPU. Under ``torchrun`` let :func:`fit`
 join the group, or hold it with :func:`torchrun_process_group` (the command line does).
@@ -254,6 +256,20 @@ class DataParallelGroup:
         flat = torch.tensor(values, dtype=torch.float64, device=self._comm)
         dist.all_reduce(flat)
         return tuple(flat.tolist())
+
+    @torch.no_grad()
+    def sum_(self, value: Tensor) -> Tensor:
+        """Replace ``value`` in place by its sum over the ranks (itself in one process).
+
+        Example:
+            >>> DataParallelGroup(torch.device("cpu")).sum_(torch.ones(2))
+            tensor([1., 1.])
+        """
+        if self.distributed:
+            flat = value.detach().reshape(-1).to(self._comm, copy=True)
+            dist.all_reduce(flat)
+            value.copy_(flat.view(value.shape).to(value.device))
+        return value
 
     @torch.no_grad()
     def broadcast_(self, tensors: Iterable[Tensor]) -> None:

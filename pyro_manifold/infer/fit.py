@@ -641,7 +641,7 @@ def fit(
         dynamic_ncols=True,
     )
     # layers' in-place parameter edits follow rank 0 (see pyro_manifold._parallel)
-    with data_parallel_training(group.broadcast_ if group.distributed else None):
+    with data_parallel_training(group if group.distributed else None):
         try:
             while step < num_steps:
                 if position + global_batch > n:

@@ -35,6 +35,7 @@ from pyro.distributions.transforms import SplineCoupling
 from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
+from pyro_manifold._parallel import sum_over_ranks_
 from pyro_manifold._validation import (
     check_choice,
     check_input,
@@ -502,18 +503,19 @@ class VariationalMixtureOfFlows(PyroModule):
 
     @torch.no_grad()
     def _update_prior(self, probs_u: Tensor | None, y_l: Tensor | None) -> None:
-        total = self.base_loc.new_zeros(self.num_components)
-        count = 0
+        # the responsibilities' sums and the point count, summed over the ranks of a
+        # data-parallel fit so that the update is the global batch's
+        stats = self.base_loc.new_zeros(self.num_components + 1)
         if probs_u is not None:
-            total += probs_u.sum(0)
-            count += probs_u.shape[0]
+            stats[:-1] += probs_u.sum(0)
+            stats[-1] += probs_u.shape[0]
         if y_l is not None:
-            total += torch.bincount(y_l, minlength=self.num_components).to(total.dtype)
-            count += y_l.shape[0]
-        if count == 0:
-            return
+            stats[:-1] += torch.bincount(y_l, minlength=self.num_components).to(stats.dtype)
+            stats[-1] += y_l.shape[0]
+        total, count = sum_over_ranks_(stats).split([self.num_components, 1])
         m = self.prior_momentum
-        pi = (1 - m) * self.mixture_log_weights().exp() + m * total / count
+        old = self.mixture_log_weights().exp()
+        pi = torch.where(count > 0, (1 - m) * old + m * total / count.clamp_min(1), old)
         self.weights.logits.copy_(pi.clamp_min(1e-12).log())
 
     @torch.no_grad()

@@ -58,11 +58,11 @@ def _flow():
     return Flow(2, "realnvp", num_layers=2, hidden_dims=[8, 8])
 
 
-def _vmonf():
+def _vmonf(prior="learned"):
     pyro.clear_param_store()
     torch.manual_seed(0)
     return VariationalMixtureOfFlows(
-        2, 2, num_layers=1, hidden_dims=[8, 8], encoder_hidden_dims=[8], prior="learned"
+        2, 2, num_layers=1, hidden_dims=[8, 8], encoder_hidden_dims=[8], prior=prior
     )
 
 
@@ -140,10 +140,12 @@ def _worker(rank, world, port, out_dir):
         **COMMON,
     )
     out["resumed"] = _params(flow)
-    vmonf = _vmonf()
-    elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    result = fit(vmonf.model, vmonf.guide, x, loss=elbo, num_steps=3, batch_size=B, **COMMON)
-    out["vmonf"] = (_params(vmonf), result.history["loss"])
+    for prior in ("learned", "responsibilities"):
+        vmonf = _vmonf(prior)
+        elbo = TraceEnum_ELBO(max_plate_nesting=1)
+        result = fit(vmonf.model, vmonf.guide, x, loss=elbo, num_steps=3, batch_size=B, **COMMON)
+        state = _params(vmonf) + [vmonf.mixture_log_weights().detach()]
+        out[f"vmonf_{prior}"] = (state, result.history["loss"])
     for name, module in _stochastic_models().items():
         result = fit(module.model, module.guide, x, num_steps=2, batch_size=B, **COMMON)
         if name == "vq_flow":  # then the chart flows on the atlas
@@ -260,18 +262,23 @@ def test_rank_zero_writes_a_checkpoint_that_resumes_in_one_process(ranks):
     assert resumed.history["step"] == [6, 10] and straight.history["step"] == [10]
 
 
-def test_enumerated_guide_trains_data_parallel(ranks):
+@pytest.mark.parametrize("prior", ["learned", "responsibilities"])
+def test_enumerated_guide_trains_data_parallel(ranks, prior):
     _, results = ranks
     x, _ = _data()
     with _float64():
-        vmonf = _vmonf()
+        vmonf = _vmonf(prior)
         elbo = TraceEnum_ELBO(max_plate_nesting=1)
         single = fit(
             vmonf.model, vmonf.guide, x, loss=elbo, num_steps=3, batch_size=WORLD * B, **COMMON
         )
-    # k is enumerated exactly: the loss has no sampling noise, so the runs agree
-    for params, losses in (r["vmonf"] for r in results):
-        _assert_close(params, _params(vmonf))
+    want = _params(vmonf) + [vmonf.mixture_log_weights().detach()]
+    if prior == "responsibilities":  # the prior moved: the comparison below is not vacuous
+        assert (want[-1] - torch.full((2,), 0.5).log()).abs().max() > 1e-4
+    # k is enumerated exactly: the loss has no sampling noise, so the runs agree (with
+    # the prior updated from the responsibilities of the whole global batch)
+    for state, losses in (r[f"vmonf_{prior}"] for r in results):
+        _assert_close(state, want)
         assert losses == pytest.approx(single.history["loss"], abs=1e-10)
 
 
