@@ -232,6 +232,13 @@ def nif_flow() -> M.NoisyInjectiveFlow:  # D = 3, d = 1
     ).double()
 
 
+def nif_prior_flow() -> M.NoisyInjectiveFlow:  # D = 3, d = 2, a RealNVP prior
+    return M.NoisyInjectiveFlow(
+        3, 2, top_flow="realnvp", top_layers=1, top_hidden_dims=[8], prior_flow="realnvp",
+        prior_layers=1, prior_hidden_dims=[8],
+    ).double()  # fmt: skip
+
+
 def vq_flow() -> M.VQFlow:  # D = 3, K = 4
     return M.VQFlow(3, 4, num_layers=1, hidden_dims=[8], autoencoder_hidden_dims=[8]).double()
 
@@ -1620,6 +1627,45 @@ MODELS = [
         V,
         int_at_least("num_samples", 1, 0),
         id="NoisyInjectiveFlow-num_samples-zero",
+    ),
+    P(
+        OnTarget(nif_flow, lambda m: m.fit_prior(f64(8, 3), num_steps=1)),
+        V,
+        r"prior_flow: fit_prior needs a prior flow, got a model built with prior_flow=None",
+        id="NoisyInjectiveFlow-fit_prior-no-prior-flow",
+    ),
+    P(
+        OnTarget(nif_prior_flow, lambda m: m.fit_prior(nan(8, 3), num_steps=1)),
+        V,
+        nonfinite("x"),
+        id="NoisyInjectiveFlow-fit_prior-nonfinite",
+    ),
+    P(
+        OnTarget(
+            nif_prior_flow,
+            lambda m: m.fit_prior(f64(8, 3), num_steps=1, validation_data=nan(4, 3)),
+        ),
+        V,
+        nonfinite("validation_data"),
+        id="NoisyInjectiveFlow-fit_prior-validation-nonfinite",
+    ),
+    P(
+        OnTarget(nif_prior_flow, lambda m: m.fit_prior(f64(8, 2), num_steps=1)),
+        V,
+        shape("x", "3", (8, 2)),
+        id="NoisyInjectiveFlow-fit_prior-event-dim",
+    ),
+    P(
+        OnTarget(nif_prior_flow, lambda m: m.fit_prior(f64(8, 3), num_steps=0)),
+        V,
+        int_at_least("num_steps", 1, 0),
+        id="NoisyInjectiveFlow-fit_prior-steps-zero",
+    ),
+    P(
+        OnTarget(nif_prior_flow, lambda m: m.fit_prior(f64(8, 3), lr=-1.0)),
+        V,
+        positive("lr", -1.0),
+        id="NoisyInjectiveFlow-fit_prior-lr-negative",
     ),
     # VQAutoencoder: D = 3, C = 2, K = 4
     P(

@@ -113,6 +113,43 @@ def test_fit_learns_a_line_in_the_plane():
         assert (m.nif.bias - torch.tensor([0.0, 1.0])) @ torch.tensor([-0.5, 1.0]) < 0.05
 
 
+def test_fit_prior_learns_where_the_data_sit_on_the_manifold_and_nothing_else():
+    m = _model(2, 3, prior_flow="realnvp", prior_layers=3, prior_hidden_dims=[32, 32])
+    g = torch.Generator().manual_seed(1)
+    # two clusters on the manifold, at z = (+-2.5, 0): a unit-normal prior puts its mass
+    # between them
+    sign = torch.randint(0, 2, (2000, 1), generator=g) * 2.0 - 1.0
+    z = torch.cat([2.5 * sign, torch.zeros(2000, 1)], -1) + 0.3 * torch.randn(2000, 2, generator=g)
+    with torch.no_grad():
+        x = m.nif.likelihood(z, s=0.0).sample()
+        for t in m.top_layers:
+            x = t(x)
+
+    def prior_fit_on_draws():
+        pyro.set_rng_seed(3)
+        with torch.no_grad():
+            draws = m.nif.stochastic_inverse(m.top_inverse(x)).sample()
+            return m.prior().log_prob(draws).mean().item()
+
+    before = prior_fit_on_draws()
+    others = {n: p.detach().clone() for n, p in m.named_parameters() if "prior_layers" not in n}
+    m.train()
+    result = m.fit_prior(
+        x, num_steps=600, batch_size=256, lr=1e-2, validation_data=x[:200], progress=False
+    )
+    assert m.training and result.step == 600 and result.history["val_loss"]
+    for name, p in m.named_parameters():  # the NIF layer and the top flow did not move
+        if "prior_layers" not in name:
+            assert torch.equal(p, others[name]), name
+    after = prior_fit_on_draws()
+    assert after > before + 3.0
+    with torch.no_grad():  # the prior's samples now sit in the two clusters
+        z_new = m.prior().sample((4000,))
+    assert (z_new[:, 0].abs() > 1.25).double().mean() > 0.8  # unit normal: 0.21
+    with pytest.raises(ValueError, match="prior_flow: fit_prior needs a prior flow"):
+        _model(2, 3).fit_prior(x, num_steps=1)
+
+
 def test_bad_input():
     m = _model(1, 2)
     with pytest.raises(ValueError, match=r"x: expected shape \(\*, 2\)"):
