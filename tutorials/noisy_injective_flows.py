@@ -118,7 +118,12 @@ with torch.no_grad():
 # %% [markdown]
 # ## MNIST (optional)
 # A short run of an image NIF (latent 16 = a 1 x 4 x 4 latent image upsampled by 7) with
-# a small MAF on top; see the benchmarks for the full comparison with an NF.
+# a small MAF on top and a small MAF prior on z; see the benchmarks for the full
+# comparison with an NF. After training, `fit_prior` refits the prior flow alone to the
+# stochastic inverse of the data (the NIF layer and the top flow stay fixed): samples at
+# s = 0 then come from where the data sit on the manifold. On the full MNIST protocol this
+# step took the on-manifold samples' Fréchet distance from 330.8 to 161.8
+# (benchmarks/RESULTS.md).
 
 # %%
 if args.mnist and os.environ.get("PYRO_MANIFOLD_DATA"):
@@ -140,6 +145,9 @@ if args.mnist and os.environ.get("PYRO_MANIFOLD_DATA"):
         image_shape=(1, 28, 28),
         factor=7,
         init_noise_scale=1.0,
+        prior_flow="maf",
+        prior_layers=2,
+        prior_hidden_dims=[128],
     )
     fit(
         mnist_nif.model,
@@ -153,6 +161,12 @@ if args.mnist and os.environ.get("PYRO_MANIFOLD_DATA"):
     with torch.no_grad():
         y = mnist_nif.sample(16, s=0.0)
     plot_image_grid(torch.sigmoid(y), out / "mnist_samples_s0.png", title="NIF-16, s = 0")
+    mnist_nif.fit_prior(to_logit(x)[0], num_steps=10 if args.smoke else 2000, progress=False)
+    with torch.no_grad():
+        y = mnist_nif.sample(16, s=0.0)
+    plot_image_grid(
+        torch.sigmoid(y), out / "mnist_samples_s0_fitted_prior.png", title="after fit_prior, s = 0"
+    )
 
 print(json.dumps(results, indent=1))
 (out / "results.json").write_text(json.dumps(results, indent=1))
