@@ -233,6 +233,8 @@ def main():
             iwae_samples=args.iwae_samples,
             iwae_points=bound.numel(),
             iwae_seconds=iwae_seconds,
+            # per test image, in order: paired comparisons between runs on the same images
+            test_iwae_bound=[round(v, 4) for v in bound.tolist()],
             curve_epochs=[s / steps_per_epoch for s in result.history["val_step"]],
             curve_test_neg_elbo=result.history["val_loss"],
             train_loss=result.history["loss"][-1],
