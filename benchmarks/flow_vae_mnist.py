@@ -101,6 +101,39 @@ def time_steps(args, encoder, train, device, steps_per_epoch, pixel_mean):
     return (time.perf_counter() - t0) / args.time_steps
 
 
+def merge(paths, out):
+    """One figure of every run's test-loss curve; paired IWAE differences, run by run."""
+    runs = {}
+    for path in paths:
+        tag = Path(path).parent.name.removeprefix("flow_vae_mnist_")
+        for name, r in json.loads(Path(path).read_text())["runs"].items():
+            runs[f"{name} ({tag}, {r['epochs']:.0f} epochs)"] = r
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, r in runs.items():
+        ax.plot(r["curve_epochs"], r["curve_test_neg_elbo"], "-", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test negative ELBO (nats)")
+    ax.set_title("VAE encoders on binarized MNIST")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "test_loss_curves.png", dpi=120)
+    plt.close(fig)
+    labels = [k for k, r in runs.items() if "test_iwae_bound" in r]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            x, y = (torch.tensor(runs[k]["test_iwae_bound"]) for k in (a, b))
+            if x.shape != y.shape:
+                continue
+            d = x - y  # the bound is log p: positive means a is better
+            print(
+                f"{a} - {b}: {d.mean():.3f} ± {d.std() / math.sqrt(d.numel()):.3f} nats "
+                f"(paired, {d.numel()} test images; {float((d > 0).double().mean()):.2f} "
+                "of them favour the first)"
+            )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="MNIST root (default: $PYRO_MANIFOLD_DATA)")
@@ -139,7 +172,18 @@ def main():
     p.add_argument("--out", default="benchmarks/results/flow_vae_mnist")
     p.add_argument("--resume", action="store_true", help="continue from run-dir checkpoints")
     p.add_argument("--smoke", action="store_true", help="tiny run to check the script")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="no training: plot the test-loss curves of these runs in one figure (in --out) "
+        "and print paired IWAE differences between runs scored on the same test images",
+    )
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
