@@ -29,11 +29,11 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
+from mnist_flows import evaluate  # benchmarks/ is the script's directory
 
 from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
 from pyro_manifold.infer import load_checkpoint
 from pyro_manifold.metrics import (
-    bits_per_dim,
     importance_log_likelihood,
     load_mnist_classifier,
     mnist_frechet_distance,
@@ -92,18 +92,16 @@ def fit_prior_flow(model, train, val, steps):
             "val_loss": result.history["val_loss"]}  # fmt: skip
 
 
-def iwae_bits_per_dim(model, x_uint8, num_samples, batch_size=1000, seed=1):
-    """Test bits/dim from the IWAE bound, dequantized as mnist_flows.evaluate does."""
-    g = torch.Generator().manual_seed(seed)
-    bpd = []
-    for start in range(0, x_uint8.shape[0], batch_size):
-        y, logdet = logit_transform(
-            dequantize(x_uint8[start : start + batch_size], generator=g), alpha=ALPHA
-        )
-        lp = importance_log_likelihood(model.model, model.guide, y, num_samples=num_samples)
-        bpd.append(bits_per_dim(lp + logdet, 784))
-    bpd = torch.cat(bpd)
-    return bpd.mean().item(), (bpd.std() / bpd.numel() ** 0.5).item()
+def iwae_bits_per_dim(model, x_uint8, num_samples):
+    """Test bits/dim from the IWAE bound, with mnist_flows.evaluate's dequantization."""
+    metrics = evaluate(
+        model,
+        x_uint8,
+        log_prob=lambda y: importance_log_likelihood(
+            model.model, model.guide, y, num_samples=num_samples
+        ),
+    )
+    return metrics["bits_per_dim"], metrics["bits_per_dim_stderr"]
 
 
 def to_pixels(y):

@@ -240,9 +240,7 @@ class DataParallelGroup:
         """
         if not self.distributed:
             return value
-        flat = value.detach().reshape(1).to(self._comm, copy=True)
-        dist.all_reduce(flat)
-        return (flat / self.world_size).reshape(value.shape).to(value.device)
+        return self.sum_(value.detach().clone()) / self.world_size
 
     def sum(self, *values: float) -> tuple[float, ...]:
         """Sums of Python numbers over the ranks (in float64).
