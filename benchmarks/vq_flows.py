@@ -59,6 +59,7 @@ from pyro_manifold.nn import MNISTClassifier, scale_output_layer
 
 MANIFOLDS = ("sphere", "torus", "swiss_roll", "linked_rings")
 MNIST_KINDS = ("realnvp", "vq_realnvp", "maf", "vq_maf")
+IN_REGIONS = "_in_regions"  # suffix of the VQ curves sampled within the chart regions
 LAMBDA = 1e-6
 
 
@@ -227,15 +228,40 @@ def mnist_model(kind, args, latent_dim=784):
     return model
 
 
-def frechet_of(model, test, classifier, num_samples):
+def frechet_of(model, test, classifier, num_samples, draws=None, within_regions=False):
+    """Fréchet distance of ``num_samples`` samples (or of the logit-space ``draws``)."""
     model.eval()
     with torch.no_grad():
-        images = inverse_logit_transform(model.sample(num_samples), alpha=LAMBDA)
+        if draws is None:
+            options = {"within_regions": True} if within_regions else {}
+            draws = model.sample(num_samples, **options)
+        images = inverse_logit_transform(draws, alpha=LAMBDA)
     return mnist_frechet_distance(images.nan_to_num(0.0).clamp(0, 1), test, classifier)
 
 
+def vq_scores(model, test, classifier, num_samples):
+    """Fréchet distance with every draw and with the draws inside their regions; acceptance.
+
+    The first draw uses the random stream exactly as ``model.sample`` does; the rejection
+    sampler runs on a forked stream, so training continues as without it.
+    """
+    model.eval()
+    with torch.no_grad():
+        mixture = model.distribution()
+        x, k = mixture.sample_with_charts((num_samples,))
+        kept = mixture.region_mask(x)[torch.arange(num_samples, device=x.device), k]
+    plain = frechet_of(model, test, classifier, num_samples, draws=x)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        within = frechet_of(model, test, classifier, num_samples, within_regions=True)
+    return plain, within, float(kept.double().mean())
+
+
 def train_with_curve(model, train, args, device, evaluate, lr):
-    """Train in chunks of ``--eval-every`` steps (resuming the optimiser state) and evaluate."""
+    """Train in chunks of ``--eval-every`` steps (resuming the optimiser state) and evaluate.
+
+    ``evaluate()`` returns a number or a tuple of numbers; the curve holds
+    ``(step, *numbers)``.
+    """
     curve = []
     with tempfile.TemporaryDirectory() as run_dir:
         checkpoint = Path(run_dir) / "checkpoint.pt"
@@ -245,8 +271,9 @@ def train_with_curve(model, train, args, device, evaluate, lr):
                 device=device, run_dir=run_dir, checkpoint_every=args.eval_every,
                 resume=checkpoint if checkpoint.exists() else None, progress=False,
             )  # fmt: skip
-            curve.append((step, evaluate()))
-            print(f"  step {step}: {curve[-1][1]:.3f}", flush=True)
+            scores = evaluate()
+            curve.append((step, *(scores if isinstance(scores, tuple) else (scores,))))
+            print(f"  step {step}: " + ", ".join(f"{v:.3f}" for v in curve[-1][1:]), flush=True)
             model.train()
     return curve
 
@@ -255,7 +282,7 @@ def mnist_part(args, device):
     train, test, classifier = mnist_data(args, device)
     n_samples = 64 if args.smoke else args.frechet_samples
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
-    curves, atlas = {}, {}
+    curves, atlas, acceptance = {}, {}, {}
     for kind in args.kinds:
         curves[kind] = {}
         for seed in seeds:
@@ -276,16 +303,27 @@ def mnist_part(args, device):
                 atlas.setdefault(kind, {})[str(seed)] = share.tolist()
                 print(f"  charts in use: {int((share > 0).sum())} of {len(share)}, "
                       f"largest share {float(share.max()):.2f}", flush=True)  # fmt: skip
-            curves[kind][str(seed)] = train_with_curve(
+            score = vq_scores if isinstance(model, VQFlow) else frechet_of
+            curve = train_with_curve(
                 model,
                 train,
                 args,
                 device,
-                lambda model=model: frechet_of(model, test, classifier, n_samples),
+                lambda model=model, score=score: score(model, test, classifier, n_samples),
                 lr=args.mnist_lr,
             )
+            curves[kind][str(seed)] = [point[:2] for point in curve]
+            if isinstance(model, VQFlow):  # the sampler that rejects draws outside U_k
+                within = curves.setdefault(f"{kind}{IN_REGIONS}", {})
+                within[str(seed)] = [(point[0], point[2]) for point in curve]
+                kept = acceptance.setdefault(kind, {})
+                kept[str(seed)] = [(point[0], point[3]) for point in curve]
             print(f"  {time.perf_counter() - start:.0f} s", flush=True)
-    return {**summarize_mnist(curves, args.figures), "atlas_chart_shares": atlas}
+    return {
+        **summarize_mnist(curves, args.figures),
+        "atlas_chart_shares": atlas,
+        "acceptance": acceptance,
+    }
 
 
 def summarize_mnist(curves, figures=None):
@@ -313,8 +351,9 @@ def summarize_mnist(curves, figures=None):
             r = results[kind]
             mu = [f["mean"] for f in r["frechet"]]
             sd = [f["std"] for f in r["frechet"]]
-            style = "-" if kind.startswith("vq_") else "--"  # one colour per flow family
-            color = "C0" if kind.endswith("realnvp") else "C3"
+            # one colour per flow family; plain dashed, VQ solid, VQ within regions dotted
+            style = ":" if kind.endswith(IN_REGIONS) else "-" if kind.startswith("vq_") else "--"
+            color = "C0" if "realnvp" in kind else "C3"
             ax.errorbar(
                 r["steps"], mu, yerr=sd, label=kind, capsize=3, linestyle=style, color=color
             )

@@ -1128,6 +1128,18 @@ DISTRIBUTIONS = [
         empty("x", (0, 3)),
         id="ChartMixture-empty",
     ),
+    P(
+        OnTarget(chart_mixture, lambda p: p.region_mask(f64(5, 2))),
+        V,
+        shape("x", "3", (5, 2)),
+        id="ChartMixture-region_mask-event-dim",
+    ),
+    P(
+        OnTarget(chart_mixture, lambda p: p.sample_with_charts((5,), True, max_draws=0)),
+        V,
+        int_at_least("max_draws", 1, 0),
+        id="ChartMixture-max_draws-zero",
+    ),
     # MixtureOfFlows: K = 3, D = 2
     P(
         lambda: D.MixtureOfFlows(torch.tensor(0.0, dtype=F64), dist.Normal(f64(3), 1.0)),

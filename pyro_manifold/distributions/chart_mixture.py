@@ -92,6 +92,8 @@ class ChartMixture(TorchDistribution):
     the paper's unnormalised model. ``restrict=False`` gives the unrestricted sum over all
     charts, :math:`\sum_k p_k\,|\det J_{f_k}J_{f_k}^\top|^{1/2} q(f_k(x))`, the exact
     density of :meth:`sample` when :math:`d = D` (for :math:`d < D`, of its projection).
+    ``sample_within_regions=True`` makes :meth:`sample` draw from the normalised eq. (2)
+    instead, by rejecting the draws of chart :math:`k` that fall outside :math:`U_k`.
 
     Args:
         atlas: an :class:`Atlas` (``chart_distances(x)`` and ``centres`` :math:`(K, C)`).
@@ -108,6 +110,10 @@ class ChartMixture(TorchDistribution):
         num_overlap: :math:`m`, every point lies in at least :math:`m` charts.
         epsilon: :math:`\varepsilon \ge 0`, the overlap margin.
         restrict: sum over the charts containing :math:`x` (eq. 2) or over all charts.
+        sample_within_regions: :meth:`sample` keeps only the draws of chart :math:`k`
+            inside :math:`U_k` (rejection), so that samples follow the normalised eq. (2)
+            even where the charts spill outside their regions (default: the paper's
+            sampler, every draw).
 
     Example:
         >>> from pyro_manifold.models import VQAutoencoder
@@ -144,6 +150,7 @@ class ChartMixture(TorchDistribution):
         num_overlap: int = 1,
         epsilon: float = 0.0,
         restrict: bool = True,
+        sample_within_regions: bool = False,
         validate_args: bool | None = None,
     ) -> None:
         check_positive_int("data_dim", data_dim)
@@ -184,6 +191,7 @@ class ChartMixture(TorchDistribution):
         self.chart_logits = chart_logits
         self.data_dim, self.latent_dim, self.num_charts = data_dim, latent_dim, num_charts
         self.num_overlap, self.restrict = num_overlap, bool(restrict)
+        self.sample_within_regions = bool(sample_within_regions)
         self._memo: tuple[Tensor, tuple, tuple[Tensor, ...]] | None = None
         super().__init__(torch.Size(), torch.Size((data_dim,)), validate_args=validate_args)
 
@@ -202,6 +210,10 @@ class ChartMixture(TorchDistribution):
         return check_input(
             name, x, self.atlas.centres, event_shape=(self.data_dim,), owner="the atlas centres'"
         )
+
+    def _regions(self, x: Tensor) -> Tensor:
+        """Region mask :math:`(N, K)` of points :math:`(N, D)`."""
+        return chart_membership(self.atlas.chart_distances(x), self.num_overlap, self.epsilon)
 
     def _log_base(self, z: Tensor) -> Tensor:
         return -0.5 * z.pow(2).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
@@ -246,7 +258,7 @@ class ChartMixture(TorchDistribution):
         """Chart log terms :math:`(N, K)` (``-inf`` outside :math:`U_k`), latents, images."""
         n, big_k = x.shape[0], self.num_charts
         if self.restrict:
-            mask = chart_membership(self.atlas.chart_distances(x), self.num_overlap, self.epsilon)
+            mask = self._regions(x)
         else:
             mask = torch.ones(n, big_k, dtype=torch.bool, device=x.device)
         point, chart = mask.nonzero(as_tuple=True)
@@ -323,22 +335,69 @@ class ChartMixture(TorchDistribution):
         post = terms.softmax(-1)
         return (post.unsqueeze(-1) * proj).sum(-2).reshape(*batch, self.data_dim)
 
-    def sample_with_charts(self, sample_shape: tuple[int, ...] = ()) -> tuple[Tensor, Tensor]:
-        r"""Draw :math:`k \sim p`, :math:`z \sim q`, :math:`x = g_k(z)`; return ``(x, k)``."""
-        sample_shape = torch.Size(sample_shape)
-        n = sample_shape.numel()
+    def region_mask(self, x: Tensor) -> Tensor:
+        r"""Boolean :math:`(*, K)` mask of the regions containing ``x``: :math:`x \in U_k`."""
+        flat, batch = self._flat(x)
+        return self._regions(flat).reshape(*batch, self.num_charts)
+
+    def _draw(self, n: int) -> tuple[Tensor, Tensor]:
         centres = self.atlas.centres
+        k = torch.multinomial(self.chart_weights.detach(), n, replacement=True)
+        x = torch.randn(n, self.latent_dim, dtype=centres.dtype, device=centres.device)
+        for t in self._transforms(centres[k]):
+            x = t(x)
+        return x, k
+
+    def sample_with_charts(
+        self,
+        sample_shape: tuple[int, ...] = (),
+        within_regions: bool | None = None,
+        max_draws: int = 100,
+    ) -> tuple[Tensor, Tensor]:
+        r"""Draw :math:`k \sim p`, :math:`z \sim q`, :math:`x = g_k(z)`; return ``(x, k)``.
+
+        ``within_regions=True`` keeps only the draws with :math:`x \in U_k` (rejection).
+        The kept draws follow the normalised eq. (2),
+        :math:`\propto \sum_k p_k\,|\det J_{f_k}J_{f_k}^\top|^{1/2} q(f_k(x))\,
+        \mathbb 1[x\in U_k]`, i.e. exactly the density that :meth:`log_prob` scores when
+        ``restrict=True``, also when learned charts spill outside their regions (each
+        draw of chart :math:`k` is kept with probability
+        :math:`\Pr_{z\sim q}[g_k(z) \in U_k]`, the chart's mass inside its region).
+        ``None`` takes the distribution's ``sample_within_regions``. Rejection gives up
+        with a ``RuntimeError`` after drawing ``max_draws`` times the requested number.
+        """
+        sample_shape = torch.Size(sample_shape)
+        check_positive_int("max_draws", max_draws)
+        within = self.sample_within_regions if within_regions is None else within_regions
+        n = sample_shape.numel()
         with torch.no_grad():
-            k = torch.multinomial(self.chart_weights.detach(), n, replacement=True)
-            x = torch.randn(n, self.latent_dim, dtype=centres.dtype, device=centres.device)
-            for t in self._transforms(centres[k]):
-                x = t(x)
+            if not within:
+                x, k = self._draw(n)
+            else:
+                xs, ks, kept, drawn = [], [], 0, 0
+                while kept < n:
+                    if drawn >= max_draws * n:
+                        raise RuntimeError(
+                            f"sample_with_charts: kept {kept} of {drawn} draws inside their "
+                            f"charts' regions, fewer than the {n} requested within "
+                            f"max_draws = {max_draws} times as many draws; the chart maps "
+                            "put little mass inside their regions"
+                        )
+                    rate = max(kept, 1) / max(drawn, 1) if drawn else 1.0
+                    size = min(max(int(1.2 * (n - kept) / rate) + 1, 16), max_draws * n - drawn)
+                    x, k = self._draw(size)
+                    keep = self._regions(x)[torch.arange(size, device=x.device), k]
+                    xs.append(x[keep])
+                    ks.append(k[keep])
+                    kept, drawn = kept + int(keep.sum()), drawn + size
+                x, k = torch.cat(xs)[:n], torch.cat(ks)[:n]
         return x.reshape(*sample_shape, self.data_dim), k.reshape(sample_shape)
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> Tensor:
         r"""Draw :math:`x = g_k(z)`, :math:`k \sim p`, :math:`z \sim q`: ``(*sample_shape, D)``.
 
-        Without gradients (the chart index is discrete).
+        Kept only inside :math:`U_k` when ``sample_within_regions`` (see
+        :meth:`sample_with_charts`). Without gradients (the chart index is discrete).
         """
         return self.sample_with_charts(sample_shape)[0]
 

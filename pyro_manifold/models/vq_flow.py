@@ -318,7 +318,12 @@ class VQFlow(PyroModule):
         return self.distribution().reconstruct(self._check_x(x))
 
     @torch.no_grad()
-    def sample(self, num_samples: int) -> Tensor:
-        """Draw ``num_samples`` points, shape ``(num_samples, D)``."""
+    def sample(self, num_samples: int, within_regions: bool = False) -> Tensor:
+        """Draw ``num_samples`` points, shape ``(num_samples, D)``.
+
+        ``within_regions=True`` keeps only the draws of chart :math:`k` inside
+        :math:`U_k`, so that the samples follow the normalised eq. (2) that
+        :meth:`log_prob` scores (see :meth:`ChartMixture.sample_with_charts`).
+        """
         check_positive_int("num_samples", num_samples)
-        return self.distribution().sample((num_samples,))
+        return self.distribution().sample_with_charts((num_samples,), within_regions)[0]

@@ -153,6 +153,49 @@ def test_circle_samples_agree_with_the_density():
     assert (counts - mix.chart_weights).abs().max() < 0.015
 
 
+def _leaky_circle_mixture():
+    """Arcs twice as wide as the regions: every chart spills mass outside U_k."""
+    mix, alpha = _circle_mixture(1, 0.5)
+    mix.embedding = ArcEmbedding(min(2 * alpha, 3.0))
+    mix.sample_within_regions = True
+    return mix
+
+
+def test_rejection_samples_follow_the_normalised_restricted_density():
+    mix = _leaky_circle_mixture()
+    n = 40000
+    theta = 2 * math.pi * torch.arange(n, dtype=F64) / n
+    grid = torch.stack([theta.cos(), theta.sin()], -1)
+    with torch.no_grad():
+        terms = mix.chart_log_terms(grid).exp() * 2 * math.pi / n  # p_k q_k ds inside U_k
+    mass = float(terms.sum())
+    assert 0.3 < mass < 0.9  # eq. (2) is not normalised for these charts
+    w = terms.sum(-1) / mass
+    torch.manual_seed(4)
+    x, k = mix.sample_with_charts((n,))
+    assert mix.region_mask(x)[torch.arange(n), k].all()  # each kept draw lies in U_k
+    phi = torch.atan2(x[:, 1], x[:, 0])
+    for f in (torch.cos, torch.sin, lambda t: torch.cos(2 * t), lambda t: torch.sin(3 * t)):
+        exact = float((w * f(theta)).sum())
+        assert abs(float(f(phi).mean()) - exact) < 4.5 / math.sqrt(n), exact
+    shares = torch.bincount(k, minlength=4).to(F64) / n  # p_k P[g_k(z) in U_k], normalised
+    assert (shares - terms.sum(0) / mass).abs().max() < 0.015
+    # every draw: some fall outside their chart's region, and the moments differ
+    x_all, k_all = mix.sample_with_charts((n,), within_regions=False)
+    outside = ~mix.region_mask(x_all)[torch.arange(n), k_all]
+    assert float(outside.double().mean()) > 0.1
+    phi_all = torch.atan2(x_all[:, 1], x_all[:, 0])
+    assert abs(float(torch.cos(3 * phi_all).mean() - torch.cos(3 * phi).mean())) > 0.05
+
+
+def test_rejection_gives_up_with_a_clear_error():
+    mix = _leaky_circle_mixture()
+    torch.manual_seed(5)
+    with pytest.raises(RuntimeError, match=r"kept \d+ of 200 draws inside.*max_draws = 1 "):
+        mix.sample_with_charts((200,), max_draws=1)
+    assert mix.sample_with_charts((200,), max_draws=3)[0].shape == (200, 2)
+
+
 # ----------------------------------------------------------------------------- learned pieces
 class OneChart:
     def __init__(self, code_dim):

@@ -41,6 +41,13 @@ def test_two_stage_training_learns_the_rings_and_freezes_the_atlas():
     samples = vq.sample(200)
     assert samples.shape == (200, 3) and torch.isfinite(samples).all()
     assert float(LinkedRings().distance(samples).mean()) < 0.5
+    # the in-regions sampler is the mixture's rejection sampler: every draw in its region
+    torch.manual_seed(7)
+    within = vq.sample(300, within_regions=True)
+    torch.manual_seed(7)
+    x_k, k = vq.distribution().sample_with_charts((300,), within_regions=True)
+    torch.testing.assert_close(within, x_k)
+    assert vq.distribution().region_mask(within)[torch.arange(300), k].all()
 
 
 def test_lower_dimensional_charts_add_the_reconstruction_term():
