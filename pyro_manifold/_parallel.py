@@ -1,4 +1,4 @@
-r"""The data-parallel training that is running, for layers that change their state in place.
+r"""The training that is running, for layers that change their state in place.
 
 Data-parallel :func:`~pyro_manifold.infer.fit` keeps the ranks' parameters equal by
 averaging gradients: every rank applies the same update to the same values, and
@@ -6,16 +6,19 @@ buffers take rank 0's values after each step. Two kinds of in-place change fall
 outside that and are routed through here:
 
 * a parameter written outside autograd from the rank's own batch or random draws (a
-  codebook placed by k-means, a dead code re-seeded): the layer calls
-  :func:`follow_main_process_` right after the edit, and every rank takes rank 0's
-  values, so the ranks cannot drift apart;
+  codebook placed by k-means, a dead code re-seeded): the layer makes the edit inside
+  :func:`editing_in_place`, and every rank takes rank 0's values afterwards, so the
+  ranks cannot drift apart;
 * a statistic of the batch that updates a buffer (a mixture prior moved towards the
   mean responsibility): the layer passes the batch sums through :func:`sum_over_ranks_`,
   so the update uses the whole global batch, as one process would.
 
 Both are collectives inside a data-parallel ``fit`` (every rank must make the same call
 at the same step, which holds when the decision to make it depends only on state that
-is equal across ranks) and do nothing anywhere else. This module sits below ``nn`` and
+is equal across ranks) and do nothing anywhere else. :func:`editing_in_place` also
+keeps the values from before the edit for the ``fit`` step that is running
+(:func:`step_edits`), so that a step skipped for a non-finite loss is undone whole, its
+parameter edits included, as its buffer updates are. This module sits below ``nn`` and
 ``infer`` so that layers need not import the training loop.
 """
 
@@ -36,6 +39,9 @@ class _Collectives(Protocol):
 
 
 _GROUP: ContextVar[_Collectives | None] = ContextVar("pyro_manifold_data_parallel", default=None)
+_EDITS: ContextVar[dict[int, tuple[Tensor, Tensor]] | None] = ContextVar(
+    "pyro_manifold_step_edits", default=None
+)
 
 
 @contextmanager
@@ -60,6 +66,58 @@ def data_parallel_training(group: _Collectives | None) -> Iterator[None]:
         yield
     finally:
         _GROUP.reset(token)
+
+
+@contextmanager
+def step_edits() -> Iterator[dict[int, tuple[Tensor, Tensor]]]:
+    """Collect the tensors edited by :func:`editing_in_place` in the block.
+
+    Yields a dict, ``id(tensor) -> (tensor, value before its first edit)``, filled as
+    layers edit; the caller empties it at the start of each step and copies the old
+    values back when it drops the step.
+
+    Example:
+        >>> import torch
+        >>> w = torch.zeros(2)
+        >>> with step_edits() as edits:
+        ...     with editing_in_place(w):
+        ...         _ = w.fill_(5.0)
+        ...     for t, old in edits.values():  # the step is dropped: undo the edit
+        ...         _ = t.copy_(old)
+        >>> w.tolist()
+        [0.0, 0.0]
+    """
+    edits: dict[int, tuple[Tensor, Tensor]] = {}
+    token = _EDITS.set(edits)
+    try:
+        yield edits
+    finally:
+        _EDITS.reset(token)
+
+
+@contextmanager
+def editing_in_place(*tensors: Tensor) -> Iterator[None]:
+    """Edit ``tensors`` in place in the block: journal their old values, then follow rank 0.
+
+    Inside :func:`step_edits` the values from before the first edit of the step are
+    kept; on leaving the block :func:`follow_main_process_` gives every rank rank 0's
+    values. Outside ``fit`` both do nothing.
+
+    Example:
+        >>> import torch
+        >>> w = torch.zeros(2)
+        >>> with editing_in_place(w):
+        ...     _ = w.add_(1.0)
+        >>> w.tolist()
+        [1.0, 1.0]
+    """
+    edits = _EDITS.get()
+    if edits is not None:
+        for t in tensors:
+            if id(t) not in edits:
+                edits[id(t)] = (t, t.detach().clone())
+    yield
+    follow_main_process_(*tensors)
 
 
 def follow_main_process_(*tensors: Tensor) -> None:

@@ -10,6 +10,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pyro_manifold._parallel import data_parallel_training
+from pyro_manifold._parallel import data_parallel_training, step_edits
 from pyro_manifold._validation import (
     check_choice,
     check_positive,
@@ -358,14 +359,16 @@ def fit(
     whose log-probability is not finite and the parameter with the largest gradient; the
     step is not applied and no checkpoint is written after it, so the last good one
     survives. With ``on_nonfinite="skip"`` such a batch is dropped instead (no update;
-    module buffers such as batch-norm statistics are restored), counted in
+    module buffers such as batch-norm statistics are restored, and so are parameters a
+    layer edited in place during the step, such as a re-seeded VQ code), counted in
     :attr:`FitResult.skipped_steps` and reported with a warning at the end; more than
     ``max_consecutive_skips`` in a row still raise.
 
     The finiteness check costs one device-to-host read per step (of the loss plus the
     global gradient norm together). With ``sync_every=N > 1`` it stays on the device:
     the fused Adam/AdamW step is skipped there when the flag is set (``found_inf``, as
-    mixed-precision training does; no update, no step count, buffers restored), and the
+    mixed-precision training does; no update, no step count, buffers and in-place
+    parameter edits restored), and the
     flags are read back every ``N`` steps and at every log, validation and checkpoint, so
     a checkpoint is never written after an unnoticed bad step. The error then names the
     first bad step since the last read; its sites and largest gradient come from
@@ -641,7 +644,11 @@ def fit(
         dynamic_ncols=True,
     )
     # layers' in-place parameter edits follow rank 0 (see pyro_manifold._parallel)
-    with data_parallel_training(group if group.distributed else None):
+    # and a skipped step undoes them (pyro_manifold._parallel.step_edits)
+    with (
+        data_parallel_training(group if group.distributed else None),
+        step_edits() if keep_buffers else nullcontext({}) as edits,
+    ):
         try:
             while step < num_steps:
                 if position + global_batch > n:
@@ -655,6 +662,7 @@ def fit(
                     batch = tuple(transform_batch(*batch))
                 step += 1
                 saved_buffers = [b.clone() for b in buffers]
+                edits.clear()
                 try:
                     with (
                         pyro.validation_enabled(not fast and is_validation_enabled()),
@@ -680,6 +688,8 @@ def fit(
                     with torch.no_grad():
                         for b, old in zip(buffers, saved_buffers, strict=True):
                             b.copy_(torch.where(bad, old, b))
+                        for t, old in edits.values():
+                            t.copy_(torch.where(bad, old, t))
                     pending.append((step, bad, idx))
                 elif bool(bad):  # the one sync per step
                     consecutive += 1
@@ -688,6 +698,8 @@ def fit(
                     with torch.no_grad():
                         for b, old in zip(buffers, saved_buffers, strict=True):
                             b.copy_(old)
+                        for t, old in edits.values():
+                            t.copy_(old)
                     opt.zero_grad(set_to_none=True)
                     skipped.append(step)
                     bar.set_postfix(skipped=len(skipped))

@@ -22,7 +22,7 @@ import torch
 from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
 
-from pyro_manifold._parallel import follow_main_process_
+from pyro_manifold._parallel import editing_in_place
 from pyro_manifold._validation import (
     check_bounds,
     check_input,
@@ -164,8 +164,8 @@ class VectorQuantizer(nn.Module):
         if len(dead) > 0:
             pick = torch.randint(len(flat), (len(dead),), device=flat.device)
             noise = 1e-3 * flat.std(0, keepdim=True).nan_to_num(1.0) * torch.randn_like(flat[pick])
-            self.codebook[dead] = flat[pick] + noise
-            follow_main_process_(self.codebook)
+            with editing_in_place(self.codebook):
+                self.codebook[dead] = flat[pick] + noise
         self.usage.zero_()
         return len(dead)
 
@@ -194,7 +194,7 @@ class VectorQuantizer(nn.Module):
             sums = torch.zeros_like(centres).index_add_(0, assign, flat)
             counts = torch.bincount(assign, minlength=self.num_codes).unsqueeze(-1)
             centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-        self.codebook.copy_(centres)
-        follow_main_process_(self.codebook)
+        with editing_in_place(self.codebook):
+            self.codebook.copy_(centres)
         self.usage.zero_()
         self.initialized.fill_(True)

@@ -9,8 +9,9 @@ import torch
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import nn
 
+from pyro_manifold._parallel import editing_in_place
 from pyro_manifold.infer import NonFiniteLossError, fit, load_checkpoint, save_checkpoint
-from pyro_manifold.models import Flow
+from pyro_manifold.models import Flow, VQAutoencoder
 
 
 class LinearGaussian(nn.Module):
@@ -267,6 +268,59 @@ def test_skip_mode_gives_up_after_too_many_in_a_row():
             on_nonfinite="skip",
             max_consecutive_skips=4,
         )
+
+
+class EditsInPlace(nn.Module):
+    """Adds one to ``w`` in place at every call (as a VQ layer re-seeds a code)."""
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.loc = nn.Parameter(torch.zeros(()))
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def model(self, x):
+        self.calls += 1
+        with torch.no_grad(), editing_in_place(self.w):
+            self.w.add_(1.0)
+        loc = self.loc * (math.nan if self.calls in self.bad_calls else 1.0)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc + 0 * self.w, 1.0, validate_args=False), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+@pytest.mark.parametrize("sync_every", [1, 5])
+def test_skipped_steps_undo_in_place_parameter_edits(sync_every):
+    m = EditsInPlace(bad_calls={4, 5, 9})  # call 1 discovers parameters: steps 3, 4 and 8
+    with pytest.warns(RuntimeWarning, match="skipped 3 of 12 steps"):
+        result = fit(m.model, m.guide, torch.randn(32), num_steps=12, batch_size=16,
+                     device="cpu", progress=False, on_nonfinite="skip",
+                     sync_every=sync_every)  # fmt: skip
+    assert result.skipped_steps == [3, 4, 8]
+    assert float(m.w.detach()) == 1 + 12 - 3  # the discovery call and the applied steps only
+
+
+def test_a_skipped_step_leaves_the_vq_codebook_as_it_was():
+    torch.manual_seed(0)
+    vq = VQAutoencoder(2, code_dim=2, num_charts=8, hidden_dims=[16], reseed_every=2)
+    x = torch.randn(64, 2) * 0.01  # one tight cluster: most codes die and get re-seeded
+    calls, codebooks = {"n": 0}, {}
+
+    def model(batch):
+        calls["n"] += 1
+        codebooks[calls["n"]] = vq.quantizer.codebook.detach().clone()
+        if calls["n"] == 5:  # a re-seeding call whose encodings are all NaN
+            batch = torch.full_like(batch, math.nan)
+        vq.model(batch)
+
+    with pytest.warns(RuntimeWarning, match="skipped 1 of 8 steps"):
+        result = fit(model, vq.guide, x, num_steps=8, batch_size=32, device="cpu",
+                     progress=False, on_nonfinite="skip")  # fmt: skip
+    assert result.skipped_steps == [4]  # call 5 (call 1 discovers the parameters)
+    assert not torch.equal(codebooks[5], codebooks[4])  # re-seeding moves codes
+    torch.testing.assert_close(codebooks[6], codebooks[5], rtol=0, atol=0)
 
 
 def test_validation_early_stopping_and_history(tmp_path):
