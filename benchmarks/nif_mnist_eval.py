@@ -48,6 +48,12 @@ def load_run(run_dir, prior=None):
     """The best checkpoint of a run; ``prior`` (dict) adds an untrained prior flow to a NIF."""
     state = load_checkpoint(Path(run_dir) / "best.pt")
     cfg = state["config"]
+    trained_prior = {}  # a prior flow trained with the NIF (mnist_flows.py --prior-flow)
+    if cfg.get("prior_flow"):
+        if prior:
+            raise SystemExit(f"{run_dir}: trained with a prior flow; drop --prior-flow")
+        trained_prior = {"prior_flow": cfg["prior_flow"], "prior_layers": cfg["prior_layers"],
+                         "prior_hidden_dims": [cfg["prior_hidden"]]}  # fmt: skip
     if cfg.get("model", "maf") == "maf":
         model = Flow(
             784, "maf", num_layers=cfg["layers"], hidden_dims=[cfg["hidden"]], batch_norm=True
@@ -63,7 +69,7 @@ def load_run(run_dir, prior=None):
             image_shape=(1, 28, 28),
             factor=7,
             init_noise_scale=cfg["init_noise"],
-            **(prior or {}),
+            **(prior or trained_prior),
         )
     missing, unexpected = model.load_state_dict(state["modules"][0], strict=False)
     if unexpected or any(not key.startswith("prior_layers.") for key in missing):

@@ -312,6 +312,10 @@ def mnist_part(args, device):
                 lambda model=model, score=score: score(model, test, classifier, n_samples),
                 lr=args.mnist_lr,
             )
+            if args.save_models:
+                path = Path(args.save_models) / f"{kind}_seed{seed}.pt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), path)
             curves[kind][str(seed)] = [point[:2] for point in curve]
             if isinstance(model, VQFlow):  # the sampler that rejects draws outside U_k
                 within = curves.setdefault(f"{kind}{IN_REGIONS}", {})
@@ -434,6 +438,7 @@ def main():
     parser.add_argument("--frechet-samples", type=int, default=5000)
     parser.add_argument("--merge", nargs="+", default=None, help="combine mnist output files")
     parser.add_argument("--figures", default=None)
+    parser.add_argument("--save-models", default=None, help="directory for the trained weights")
     parser.add_argument("--out", default="benchmarks/results/vq_flows.json")
     args = parser.parse_args()
     if args.threads:
