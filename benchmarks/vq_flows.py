@@ -217,7 +217,8 @@ def mnist_model(kind, args, latent_dim=784):
     layers = 2 if args.smoke else args.mnist_layers
     if kind.startswith("vq_"):
         return VQFlow(
-            784, num_charts=args.mnist_charts, latent_dim=latent_dim, code_dim=16, flow=flow,
+            784, num_charts=args.mnist_charts, latent_dim=latent_dim, code_dim=args.code_dim,
+            commitment=args.commitment, flow=flow,
             num_layers=layers, hidden_dims=hidden if latent_dim >= 100 else [4 * latent_dim],
             autoencoder_hidden_dims=[64] if args.smoke else [512],
             num_reflections=8 if args.smoke else None,
@@ -424,6 +425,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--num-charts", type=int, default=8)
     parser.add_argument("--mnist-charts", type=int, default=10)
+    parser.add_argument("--code-dim", type=int, default=16, help="VQ code size on MNIST")
+    parser.add_argument("--commitment", type=float, default=0.25, help="VQ commitment on MNIST")
     parser.add_argument("--mnist-steps", type=int, default=20000)
     parser.add_argument("--atlas-steps", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=2000)
