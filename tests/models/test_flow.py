@@ -41,7 +41,7 @@ def test_samples_agree_with_log_prob(kind):
     pts, area = _grid(4.0, 320)
     with torch.no_grad():
         dens = flow.log_prob(pts).exp() * area
-    cell = lambda z: torch.bucketize(z, edges[1:-1])  # noqa: E731
+    cell = lambda z: torch.bucketize(z.contiguous(), edges[1:-1])  # noqa: E731
     expected = torch.zeros(8, 8, dtype=torch.float64).index_put_(
         (cell(pts[:, 0]), cell(pts[:, 1])), dens, accumulate=True
     )
