@@ -383,7 +383,7 @@ class ChartMixture(TorchDistribution):
                             f"max_draws = {max_draws} times as many draws; the chart maps "
                             "put little mass inside their regions"
                         )
-                    rate = max(kept, 1) / max(drawn, 1) if drawn else 1.0
+                    rate = max(kept, 1) / drawn if drawn else 1.0
                     size = min(max(int(1.2 * (n - kept) / rate) + 1, 16), max_draws * n - drawn)
                     x, k = self._draw(size)
                     keep = self._regions(x)[torch.arange(size, device=x.device), k]
