@@ -60,6 +60,7 @@ from pyro_manifold.nn import MNISTClassifier, scale_output_layer
 MANIFOLDS = ("sphere", "torus", "swiss_roll", "linked_rings")
 MNIST_KINDS = ("realnvp", "vq_realnvp", "maf", "vq_maf")
 IN_REGIONS = "_in_regions"  # suffix of the VQ curves sampled within the chart regions
+DEFAULT_COMMITMENT = 0.25  # VQ commitment weight on MNIST unless --commitment says otherwise
 LAMBDA = 1e-6
 
 
@@ -85,6 +86,18 @@ def matched_realnvp(num_params, layers=8):
         if count(flow) >= num_params:
             return flow
         width += 1
+
+
+def curve_label(kind, commitment):
+    """The key of a curve: VQ kinds trained with a non-default commitment β get ``_beta<β>``.
+
+    ``curve_label("vq_maf_in_regions", 1.0)`` is ``"vq_maf_beta1_in_regions"``; plain flows
+    and the default β keep their kind.
+    """
+    if not kind.startswith("vq_") or commitment == DEFAULT_COMMITMENT or "_beta" in kind:
+        return kind
+    regions = IN_REGIONS if kind.endswith(IN_REGIONS) else ""
+    return f"{kind.removesuffix(IN_REGIONS)}_beta{commitment:g}{regions}"
 
 
 def train_vq(model, data, steps, device, batch_size=256):
@@ -285,7 +298,8 @@ def mnist_part(args, device):
     seeds = args.seed_list if args.seed_list is not None else list(range(args.seeds))
     curves, atlas, acceptance = {}, {}, {}
     for kind in args.kinds:
-        curves[kind] = {}
+        label = curve_label(kind, args.commitment)
+        curves[label] = {}
         for seed in seeds:
             pyro.set_rng_seed(seed)
             model = mnist_model(kind, args)
@@ -301,7 +315,7 @@ def mnist_part(args, device):
                     codes = torch.cat([model.autoencoder.assign(c.to(device)).cpu()
                                        for c in train[:20000].split(5000)])  # fmt: skip
                 share = torch.bincount(codes, minlength=args.mnist_charts) / len(codes)
-                atlas.setdefault(kind, {})[str(seed)] = share.tolist()
+                atlas.setdefault(label, {})[str(seed)] = share.tolist()
                 print(f"  charts in use: {int((share > 0).sum())} of {len(share)}, "
                       f"largest share {float(share.max()):.2f}", flush=True)  # fmt: skip
             score = vq_scores if isinstance(model, VQFlow) else frechet_of
@@ -317,11 +331,11 @@ def mnist_part(args, device):
                 path = Path(args.save_models) / f"{kind}_seed{seed}.pt"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(model.state_dict(), path)
-            curves[kind][str(seed)] = [point[:2] for point in curve]
+            curves[label][str(seed)] = [point[:2] for point in curve]
             if isinstance(model, VQFlow):  # the sampler that rejects draws outside U_k
-                within = curves.setdefault(f"{kind}{IN_REGIONS}", {})
+                within = curves.setdefault(f"{label}{IN_REGIONS}", {})
                 within[str(seed)] = [(point[0], point[2]) for point in curve]
-                kept = acceptance.setdefault(kind, {})
+                kept = acceptance.setdefault(label, {})
                 kept[str(seed)] = [(point[0], point[3]) for point in curve]
             print(f"  {time.perf_counter() - start:.0f} s", flush=True)
     return {
@@ -350,22 +364,28 @@ def summarize_mnist(curves, figures=None):
     if figures:
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(6, 4))
-        ax = fig.add_subplot(1, 1, 1)
+        fig = Figure(figsize=(11, 4))
+        panels = {"realnvp": fig.add_subplot(1, 2, 1), "maf": fig.add_subplot(1, 2, 2)}
         for kind in curves:
             r = results[kind]
             mu = [f["mean"] for f in r["frechet"]]
             sd = [f["std"] for f in r["frechet"]]
-            # one colour per flow family; plain dashed, VQ solid, VQ within regions dotted
+            # one panel per flow family; plain grey dashed, VQ solid (a colour per β),
+            # VQ sampled within the chart regions dotted
             style = ":" if kind.endswith(IN_REGIONS) else "-" if kind.startswith("vq_") else "--"
-            color = "C0" if "realnvp" in kind else "C3"
+            color = "C7" if not kind.startswith("vq_") else "C3" if "_beta" in kind else "C0"
+            ax = panels["realnvp" if "realnvp" in kind else "maf"]
             ax.errorbar(
-                r["steps"], mu, yerr=sd, label=kind, capsize=3, linestyle=style, color=color
-            )
-        ax.set_xlabel("training step")
-        ax.set_ylabel("Fréchet distance (classifier features)")
-        ax.set_yscale("log")
-        ax.legend()
+                r["steps"], mu, yerr=sd, label=f"{kind} ({len(r['seeds'])} seeds)",
+                capsize=3, linestyle=style, color=color,
+            )  # fmt: skip
+        for family, ax in panels.items():
+            ax.set_title(family)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("Fréchet distance (classifier features)")
+            ax.set_yscale("log")
+            if ax.lines:
+                ax.legend(fontsize=8)
         path = Path(figures) / "vq_flows_mnist.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
@@ -377,8 +397,10 @@ def merge_mnist(paths, figures=None):
     """Combine the ``mnist`` curves of several output files (e.g. one process per seed)."""
     curves = {}
     for path in paths:
-        for kind, per_seed in json.loads(Path(path).read_text())["mnist"]["curves"].items():
-            curves.setdefault(kind, {}).update(per_seed)
+        run = json.loads(Path(path).read_text())
+        commitment = run.get("config", {}).get("commitment", DEFAULT_COMMITMENT)
+        for kind, per_seed in run["mnist"]["curves"].items():
+            curves.setdefault(curve_label(kind, commitment), {}).update(per_seed)
     return summarize_mnist(curves, figures)
 
 
@@ -426,7 +448,9 @@ def main():
     parser.add_argument("--num-charts", type=int, default=8)
     parser.add_argument("--mnist-charts", type=int, default=10)
     parser.add_argument("--code-dim", type=int, default=16, help="VQ code size on MNIST")
-    parser.add_argument("--commitment", type=float, default=0.25, help="VQ commitment on MNIST")
+    parser.add_argument(
+        "--commitment", type=float, default=DEFAULT_COMMITMENT, help="VQ commitment on MNIST"
+    )
     parser.add_argument("--mnist-steps", type=int, default=20000)
     parser.add_argument("--atlas-steps", type=int, default=3000)
     parser.add_argument("--eval-every", type=int, default=2000)
