@@ -342,7 +342,12 @@ class ChartMixture(TorchDistribution):
 
     def _draw(self, n: int) -> tuple[Tensor, Tensor]:
         centres = self.atlas.centres
-        k = torch.multinomial(self.chart_weights.detach(), n, replacement=True)
+        weights = self.chart_weights.detach()
+        k = (
+            torch.multinomial(weights, n, replacement=True)
+            if n
+            else torch.zeros(0, dtype=torch.long, device=weights.device)
+        )
         x = torch.randn(n, self.latent_dim, dtype=centres.dtype, device=centres.device)
         for t in self._transforms(centres[k]):
             x = t(x)
@@ -371,7 +376,7 @@ class ChartMixture(TorchDistribution):
         within = self.sample_within_regions if within_regions is None else within_regions
         n = sample_shape.numel()
         with torch.no_grad():
-            if not within:
+            if not within or n == 0:
                 x, k = self._draw(n)
             else:
                 xs, ks, kept, drawn = [], [], 0, 0

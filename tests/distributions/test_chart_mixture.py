@@ -310,6 +310,9 @@ def test_batch_shapes_sampling_and_pyro_site():
     assert mix.chart_posterior(x).shape == (2, 3, 5)
     assert mix.encode(x).shape == (2, 3, 2)
     assert mix.reconstruct(x).shape == (2, 3, 4)
+    for within in (False, True):  # an empty sample shape gives empty tensors, no error
+        empty, k_empty = mix.sample_with_charts((0, 3), within_regions=within)
+        assert empty.shape == (0, 3, 4) and k_empty.shape == (0, 3)
     # a sample x = g_k(z) lies on chart k: f_k(x) = z (through the left inverse c_k^+)
     torch.manual_seed(6)
     xs, k = mix.sample_with_charts((8,))
