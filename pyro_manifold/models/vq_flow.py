@@ -145,7 +145,10 @@ class VQFlow(PyroModule):
         num_overlap: :math:`m`.
         epsilon: :math:`\varepsilon`.
         reconstruction_weight: :math:`w \ge 0` (used only when :math:`d < D`).
-        commitment: the VQ commitment weight :math:`\beta`.
+        commitment: the VQ commitment weight :math:`\beta` (0.25, VQ-VAE's value, by
+            default). A larger :math:`\beta` ties the encoder to its codes and gives
+            purer charts; on MNIST :math:`\beta = 1` gave the better atlas and samples
+            (``benchmarks/RESULTS.md``, VQ-Flows on MNIST).
         restrict: eq. (2) over the charts containing :math:`x` (``False``: all charts).
         num_reflections: Householder reflections :math:`r` of the chart embeddings
             (default :math:`\min(d, D - 1, 64)`; :math:`r \ge \min(d, D-1)` reaches every
