@@ -328,7 +328,7 @@ def mnist_part(args, device):
                 lr=args.mnist_lr,
             )
             if args.save_models:
-                path = Path(args.save_models) / f"{kind}_seed{seed}.pt"
+                path = Path(args.save_models) / f"{label}_seed{seed}.pt"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(model.state_dict(), path)
             curves[label][str(seed)] = [point[:2] for point in curve]

@@ -342,12 +342,8 @@ class ChartMixture(TorchDistribution):
 
     def _draw(self, n: int) -> tuple[Tensor, Tensor]:
         centres = self.atlas.centres
-        weights = self.chart_weights.detach()
-        k = (
-            torch.multinomial(weights, n, replacement=True)
-            if n
-            else torch.zeros(0, dtype=torch.long, device=weights.device)
-        )
+        weights = self.chart_weights.detach()  # multinomial refuses n = 0
+        k = torch.multinomial(weights, n, True) if n else weights.new_zeros(0, dtype=torch.long)
         x = torch.randn(n, self.latent_dim, dtype=centres.dtype, device=centres.device)
         for t in self._transforms(centres[k]):
             x = t(x)
