@@ -126,7 +126,12 @@ def torchrun_process_group(
 ) -> Iterator[bool]:
     """Join ``torchrun``'s process group for the ``with`` block, leaving it afterwards.
 
-    Yields whether a group is in use; outside ``torchrun`` it does nothing.
+    Yields whether a group is in use; outside ``torchrun`` it does nothing. When the
+    block ends normally the ranks meet at a barrier before they destroy the group, so
+    no rank closes its connections while another (rank 0 evaluating and plotting) still
+    holds the group: a gloo peer whose connection closes under it aborts the process.
+    After an exception the group is destroyed at once, since the other ranks may never
+    reach the barrier.
 
     Example:
         >>> with torchrun_process_group("cpu") as joined:
@@ -135,9 +140,13 @@ def torchrun_process_group(
     started = init_process_group_from_env(device, timeout)
     try:
         yield started or (dist.is_available() and dist.is_initialized())
-    finally:
+    except BaseException:
         if started:
             dist.destroy_process_group()
+        raise
+    if started:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _by_dtype(tensors: Iterable[Tensor]) -> dict[torch.dtype, list[Tensor]]:

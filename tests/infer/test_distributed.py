@@ -17,7 +17,11 @@ import torch.multiprocessing as mp
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_manifold.infer import fit, load_checkpoint
-from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
+from pyro_manifold.infer.distributed import (
+    DataParallelGroup,
+    data_parallel_group,
+    torchrun_process_group,
+)
 from pyro_manifold.models import (
     Flow,
     FlowVAE,
@@ -106,55 +110,62 @@ def _worker(rank, world, port, out_dir):
     )
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
-    x, val = _data()
-    out = {}
-    # distributed=None: joins the group torchrun's variables describe (gloo on the CPU)
-    flow = _flow()
-    fit(flow.model, flow.guide, x, num_steps=1, batch_size=B, optimizer="sgd", **COMMON)
-    out["group"] = (dist.get_rank(), dist.get_world_size(), dist.get_backend())
-    out["one_step"] = _params(flow)
-    flow = _flow()
-    run = fit(
-        flow.model,
-        flow.guide,
-        x,
-        num_steps=6,
-        batch_size=B,
-        validation_data=val,
-        validate_every=3,
-        run_dir=os.path.join(out_dir, "run"),
-        checkpoint_every=3,
-        distributed=True,
-        **COMMON,
-    )
-    out["run"] = (_params(flow), run.history, str(run.checkpoint))
-    flow = _flow()
-    fit(
-        flow.model,
-        flow.guide,
-        x,
-        num_steps=10,
-        batch_size=B,
-        resume=run.checkpoint,  # rank 0 reads it and sends it to rank 1
-        run_dir=os.path.join(out_dir, "resumed"),
-        **COMMON,
-    )
-    out["resumed"] = _params(flow)
-    for prior in ("learned", "responsibilities"):
-        vmonf = _vmonf(prior)
-        elbo = TraceEnum_ELBO(max_plate_nesting=1)
-        result = fit(vmonf.model, vmonf.guide, x, loss=elbo, num_steps=3, batch_size=B, **COMMON)
-        state = _params(vmonf) + [vmonf.mixture_log_weights().detach()]
-        out[f"vmonf_{prior}"] = (state, result.history["loss"])
-    for name, module in _stochastic_models().items():
-        result = fit(module.model, module.guide, x, num_steps=2, batch_size=B, **COMMON)
-        if name == "vq_flow":  # then the chart flows on the atlas
-            module.set_stage("flows", x)
+    with torchrun_process_group("cpu"):  # as `python -m pyro_manifold fit` holds it
+        x, val = _data()
+        out = {}
+        # distributed=None: data-parallel in the group joined from torchrun's variables
+        flow = _flow()
+        fit(flow.model, flow.guide, x, num_steps=1, batch_size=B, optimizer="sgd", **COMMON)
+        out["group"] = (dist.get_rank(), dist.get_world_size(), dist.get_backend())
+        out["one_step"] = _params(flow)
+        flow = _flow()
+        run = fit(
+            flow.model,
+            flow.guide,
+            x,
+            num_steps=6,
+            batch_size=B,
+            validation_data=val,
+            validate_every=3,
+            run_dir=os.path.join(out_dir, "run"),
+            checkpoint_every=3,
+            distributed=True,
+            **COMMON,
+        )
+        out["run"] = (_params(flow), run.history, str(run.checkpoint))
+        flow = _flow()
+        fit(
+            flow.model,
+            flow.guide,
+            x,
+            num_steps=10,
+            batch_size=B,
+            resume=run.checkpoint,  # rank 0 reads it and sends it to rank 1
+            run_dir=os.path.join(out_dir, "resumed"),
+            **COMMON,
+        )
+        out["resumed"] = _params(flow)
+        for prior in ("learned", "responsibilities"):
+            vmonf = _vmonf(prior)
+            elbo = TraceEnum_ELBO(max_plate_nesting=1)
+            result = fit(
+                vmonf.model, vmonf.guide, x, loss=elbo, num_steps=3, batch_size=B, **COMMON
+            )
+            state = _params(vmonf) + [vmonf.mixture_log_weights().detach()]
+            out[f"vmonf_{prior}"] = (state, result.history["loss"])
+        for name, module in _stochastic_models().items():
             result = fit(module.model, module.guide, x, num_steps=2, batch_size=B, **COMMON)
-        noise = pyro.sample("noise", pyro.distributions.Normal(0.0, 1.0))
-        out[name] = (_params(module), list(module.buffers()), result.history["loss"], noise)
+            if name == "vq_flow":  # then the chart flows on the atlas
+                module.set_stage("flows", x)
+                result = fit(module.model, module.guide, x, num_steps=2, batch_size=B, **COMMON)
+            noise = pyro.sample("noise", pyro.distributions.Normal(0.0, 1.0))
+            out[name] = (_params(module), list(module.buffers()), result.history["loss"], noise)
+        if rank == 0:  # rank 0 is still busy (evaluating, plotting) when rank 1 is done
+            time.sleep(0.5)
+        out["block_end"] = time.monotonic()
+    out["left"] = time.monotonic()
+    out["initialized_after"] = dist.is_initialized()
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
 
 
 def _free_port():
@@ -193,6 +204,15 @@ def _assert_close(got, want, tol=1e-10):
 def test_ranks_join_the_torchrun_group_from_the_environment(ranks):
     _, results = ranks
     assert [r["group"] for r in results] == [(0, 2, "gloo"), (1, 2, "gloo")]
+
+
+def test_ranks_leave_the_group_together(ranks):
+    # the barrier in torchrun_process_group: rank 1 destroys the group only once rank 0
+    # is done with it, so rank 0 never loses a gloo connection it still holds
+    _, results = ranks
+    assert results[1]["left"] >= results[0]["block_end"]
+    assert results[1]["block_end"] < results[0]["block_end"] - 0.3  # rank 1 was waiting
+    assert not any(r["initialized_after"] for r in results)
 
 
 def test_one_step_on_two_ranks_equals_one_step_on_their_union(ranks):
