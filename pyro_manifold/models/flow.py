@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import BatchNorm, spline_coupling
+from pyro.distributions.transforms import BatchNorm
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
@@ -13,6 +13,7 @@ from pyro_manifold._validation import check_choice, check_input, check_positive_
 from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
 from pyro_manifold.transforms._cache import forget_cached
+from pyro_manifold.transforms._spline_coupling import fresh_spline_coupling
 
 __all__ = ["FLOWS", "Flow", "flow_layers"]
 
@@ -52,7 +53,7 @@ def flow_layers(
         else:
             if i > 0:
                 layers.append(Reverse())
-            layers.append(spline_coupling(data_dim, hidden_dims=hidden_dims, count_bins=num_bins))
+            layers.append(fresh_spline_coupling(data_dim, hidden_dims, count_bins=num_bins))
     return layers
 
 

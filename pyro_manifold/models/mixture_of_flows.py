@@ -31,7 +31,6 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
-from pyro.distributions.transforms import SplineCoupling
 from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
@@ -49,6 +48,7 @@ from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
 from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
 from pyro_manifold.transforms._cache import forget_cached
+from pyro_manifold.transforms._spline_coupling import FreshSplineCoupling
 
 __all__ = [
     "MIXTURE_FLOWS",
@@ -145,7 +145,9 @@ def batched_flow_layers(
                 hidden,
                 param_dims=[m * num_bins, m * num_bins, m * (num_bins - 1), m * num_bins],
             )
-            layer = SplineCoupling(d, split, net, count_bins=num_bins, bound=bound, identity=True)
+            layer = FreshSplineCoupling(
+                d, split, net, count_bins=num_bins, bound=bound, identity=True
+            )
             layer.lower_spline = None  # never used with identity=True; not shared by the K flows
             layers.append(layer)
     return nn.ModuleList(layers)

@@ -10,9 +10,10 @@ computed with the old parameters (a silently wrong log-density), and after
 
 :class:`FreshCache` keeps the cache and removes the trap. An entry records the version
 counters of the transform's parameters (bumped by every in-place update, such as an
-optimiser step) and is used only while they are unchanged; an entry looked up by data
-(a tensor that does not require grad) is also dropped as soon as a gradient flows back
-through it, since the graph it belongs to is then spent. Secondary
+optimiser step) and of its own tensors (an input refilled in place) and is used only
+while they are unchanged; an entry looked up by data (a tensor that does not require
+grad, or a leaf that the user differentiates by) is also dropped as soon as a gradient
+flows back through it, since the graph it belongs to is then spent. Secondary
 caches (a log-determinant kept from the last call) use :meth:`FreshCache._fresh` and
 :meth:`FreshCache._remember_for` in the same way.
 """
@@ -61,30 +62,47 @@ class FreshCache:
     def _fresh(self, slot: str, entry: object) -> bool:
         """Whether ``entry``, remembered in ``slot`` by :meth:`_remember_for`, is usable."""
         tokens = getattr(self, "_fresh_tokens", {})
-        return entry is not None and tokens.get(slot) == (id(entry), self._versions())
+        watched = getattr(self, "_fresh_watched", {}).get(slot, ())
+        token = self._token(entry, watched)
+        return token is not None and tokens.get(slot) == token
+
+    def _token(self, entry: object, watched: tuple[weakref.ref, ...]) -> tuple | None:
+        """What ``entry`` is valid for, or ``None`` when it cannot be checked."""
+        tensors = [ref() for ref in watched]
+        # inference tensors (torch.inference_mode) keep no version counter
+        if entry is None or any(t is None or t.is_inference() for t in tensors):
+            return None
+        return (id(entry), self._versions(), tuple(t._version for t in tensors))
 
     def _remember_for(
         self, slot: str, entry: object, keys: tuple[Tensor, ...], outputs: tuple[Tensor, ...]
     ) -> None:
-        """Mark ``entry`` fresh until the parameters change or its graph is spent.
+        """Mark ``entry`` fresh until the parameters change, its tensors do, or its graph is spent.
 
-        ``keys`` are the tensors the entry is looked up by. When none of them requires
-        grad (data), the entry is forgotten as soon as a gradient flows back through one
-        of ``outputs``. Keys that require grad are draws of the current evaluation
-        (an IAF's base sample, say) and may be differentiated several times within it
-        (PCP-Map's inner ``autograd.grad``), so their entries are left alone.
+        ``keys`` are the tensors the entry is looked up by; an in-place change of a key or
+        an output (a data buffer refilled with ``copy_``, say) makes the entry stale, as an
+        optimiser step on a parameter does. When no key is the result of a computation
+        that requires grad (the keys are data, or a leaf the user differentiates by), the
+        entry is forgotten as soon as a gradient flows back through one of the
+        ``outputs`` that are not keys. Keys computed with grad are draws of the current
+        evaluation (an IAF's sample, say) and may be differentiated several times within
+        it (PCP-Map's inner ``autograd.grad``), so their entries are left alone.
         """
+        keys_and_outputs = [t for t in (*keys, *outputs) if isinstance(t, Tensor)]
+        watched = tuple(weakref.ref(t) for t in {id(t): t for t in keys_and_outputs}.values())
+        self.__dict__.setdefault("_fresh_watched", {})[slot] = watched
         tokens = self.__dict__.setdefault("_fresh_tokens", {})
-        tokens[slot] = key = (id(entry), self._versions())
-        if any(k.requires_grad for k in keys):
+        tokens[slot] = key = self._token(entry, watched)
+        if any(k.requires_grad and not k.is_leaf for k in keys):
             return
         # The hook holds the transform weakly: the transform holds the outputs (its cache)
         # and the outputs hold the hook, a cycle that passes through the autograd graph,
         # where Python's garbage collector cannot see it. A strong reference would keep
         # every transform built per step (conditioned chart maps) alive with its graph.
+        # No hook goes on a key: a user's tensor would gather one at every call.
         owner = weakref.ref(self)
         for t in outputs:
-            if isinstance(t, Tensor) and t.requires_grad:
+            if isinstance(t, Tensor) and t.requires_grad and not any(t is k for k in keys):
                 t.register_hook(partial(_forget, owner, slot, key))
 
     def __call__(self, x: Tensor) -> Tensor:

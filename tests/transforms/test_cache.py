@@ -17,6 +17,7 @@ from pyro_manifold.transforms import (
     conformal_embedding,
     masked_autoregressive,
 )
+from pyro_manifold.transforms._spline_coupling import fresh_spline_coupling
 
 F64 = torch.float64
 
@@ -31,6 +32,7 @@ def _builders():
         "masked_autoregressive": lambda: (lambda t: (t, t))(masked_autoregressive(3, [8]).double()),
         "conformal_embedding": lambda: (lambda t: (t, t))(conformal_embedding(2, 3).double()),
         "conditioned_pcp_map": pcp,
+        "spline_coupling": lambda: (lambda t: (t, t))(fresh_spline_coupling(3, [8]).double()),
     }
 
 
@@ -69,6 +71,71 @@ def test_backward_twice_through_the_same_input_recomputes(name):
         x = t(z)
         (x.sum() + t.log_abs_det_jacobian(z, x).sum()).backward()
     assert all(p.grad is not None for p in owner.parameters())
+
+
+@pytest.mark.parametrize("name", list(_builders()))
+def test_an_input_refilled_in_place_is_recomputed(name):
+    # a data buffer refilled with copy_ is the same tensor object with new values
+    t, _ = _builders()[name]()
+    d_in = 2 if name in ("conditioned_pcp_map", "conformal_embedding") else 3
+    z = torch.randn(5, d_in, dtype=F64)
+    with torch.no_grad():
+        x = t(z)
+        ladj = t.log_abs_det_jacobian(z, x)
+        z.copy_(torch.randn_like(z))
+        x_new = t(z)
+        torch.testing.assert_close(x_new, t(z.clone()))
+        assert not torch.allclose(x_new, x)
+        ladj_new = t.log_abs_det_jacobian(z, x_new)
+        torch.testing.assert_close(ladj_new, t.log_abs_det_jacobian(z.clone(), x_new.clone()))
+        if name == "conformal_embedding":  # an isometry's ladj and a projection's inverse
+            return  # do not depend on z, and its inverse is never cached
+        assert not torch.allclose(ladj_new, ladj)
+        y = x_new.clone()
+        z_back = t.inv(y)
+        y.mul_(1.1)
+        torch.testing.assert_close(t.inv(y), t.inv(y.clone()))
+        assert not torch.allclose(t.inv(y), z_back)
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
+def test_input_gradients_of_the_same_leaf_twice(flow):
+    # the score d log p / dx of one batch, asked for twice of a distribution built once:
+    # the second pass must not reuse the first pass's freed graph (before: "Trying to
+    # backward through the graph a second time")
+    d = Flow(2, flow, num_layers=2, hidden_dims=[8]).distribution()
+    x = torch.randn(6, 2, requires_grad=True)
+    (first,) = torch.autograd.grad(d.log_prob(x).sum(), x)
+    (second,) = torch.autograd.grad(d.log_prob(x).sum(), x)
+    torch.testing.assert_close(first, second)
+    d.log_prob(x).sum().backward()
+    d.log_prob(x).sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+    assert not x._backward_hooks  # no hook is left on the user's tensor
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
+def test_refilled_buffer_gives_the_new_log_density(flow):
+    d = Flow(2, flow, num_layers=2, hidden_dims=[8]).distribution()  # built once, reused
+    buf = torch.randn(5, 2)
+    with torch.no_grad():
+        before = d.log_prob(buf).clone()
+        buf.copy_(torch.randn(5, 2))
+        torch.testing.assert_close(d.log_prob(buf), d.log_prob(buf.clone()))
+        assert not torch.allclose(d.log_prob(buf), before)
+
+
+def test_cache_under_inference_mode():
+    d = Flow(2, "maf", num_layers=2, hidden_dims=[8]).distribution()
+    x = torch.randn(5, 2)
+    with torch.inference_mode():
+        buf = torch.randn(5, 2)
+        first = d.log_prob(buf).clone()
+        buf.copy_(x)  # inference tensors keep no version counter: never served stale
+        torch.testing.assert_close(d.log_prob(buf), d.log_prob(x.clone()))
+        assert not torch.allclose(d.log_prob(buf), first)
+        draw = d.sample((3,))
+        torch.testing.assert_close(d.log_prob(draw), d.log_prob(draw.clone()))
 
 
 @pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
