@@ -23,6 +23,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 from functools import partial
+from typing import ClassVar
 
 from torch import Tensor
 from torch.distributions import Transform
@@ -51,6 +52,21 @@ class FreshCache:
 
     _cached_x_y: tuple
     _cache_size: int
+
+    _cache_slots: ClassVar[tuple[str, ...]] = ("_cached_x_y",)
+    """The attributes that hold cached results (a subclass adds its secondary caches)."""
+
+    def __getstate__(self) -> dict:
+        # A pickled or deep-copied transform starts with an empty cache: the cached
+        # tensors carry autograd graphs (which cannot be deep-copied) and the last batch,
+        # and what makes an entry fresh (weak references, version counters) is
+        # bookkeeping of this process.
+        state = super().__getstate__()  # type: ignore[misc]
+        state = {k: v for k, v in state.items() if k not in ("_fresh_tokens", "_fresh_watched")}
+        for name in self._cache_slots:
+            if name in state:
+                state[name] = (None, None) if name == "_cached_x_y" else None
+        return state
 
     def _cache_parameters(self) -> Iterable[Tensor]:
         parameters = getattr(self, "parameters", None)

@@ -34,6 +34,25 @@ class FreshSplineCoupling(FreshCache, SplineCoupling):
         True
     """
 
+    _cache_slots = ("_cached_x_y", "_cache_log_detJ")
+
+    def _call(self, x: Tensor) -> Tensor:
+        y = super()._call(x)
+        self._forget_lower_spline()
+        return y
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        x = super()._inverse(y)
+        self._forget_lower_spline()
+        return x
+
+    def _forget_lower_spline(self) -> None:
+        # the element-wise spline of the kept half keeps its own last result; the pass
+        # above has read it, and left there it would hold a graph (no deep copy) for good
+        if self.lower_spline is not None:
+            self.lower_spline._cached_x_y = (None, None)
+            self.lower_spline._cache_log_detJ = None
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """``log |det dy/dx|`` of shape :math:`(*)`, from the last pass when it is fresh."""
         x_old, y_old = self._cached_x_y

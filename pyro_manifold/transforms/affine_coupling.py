@@ -83,6 +83,8 @@ class AffineCoupling(FreshCache, TransformModule):
     codomain = constraints.real_vector
     bijective = True
 
+    _cache_slots = ("_cached_x_y", "_ladj_cache")
+
     def __init__(
         self,
         split_dim: int,

@@ -83,6 +83,8 @@ class MaskedAutoregressive(FreshCache, TransformModule):
     bijective = True
     autoregressive = True
 
+    _cache_slots = ("_cached_x_y", "_ladj_cache")
+
     def __init__(
         self, autoregressive_nn: Callable[[Tensor], tuple[Tensor, Tensor]], sigma_min: float = 1e-3
     ) -> None:

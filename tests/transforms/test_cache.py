@@ -1,13 +1,21 @@
 """The transforms' one-entry cache is used within an evaluation and never goes stale."""
 
+import copy
 import gc
+import io
 import weakref
 
 import pytest
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
-from pyro_manifold.models import Flow, NoisyInjectiveFlow
+from pyro_manifold.models import (
+    Flow,
+    FlowVAE,
+    NoisyInjectiveFlow,
+    VariationalMixtureOfFlows,
+    VQFlow,
+)
 from pyro_manifold.transforms import (
     affine_coupling,
     conditional_affine_coupling,
@@ -123,6 +131,39 @@ def test_refilled_buffer_gives_the_new_log_density(flow):
         buf.copy_(torch.randn(5, 2))
         torch.testing.assert_close(d.log_prob(buf), d.log_prob(buf.clone()))
         assert not torch.allclose(d.log_prob(buf), before)
+
+
+def _trained_one_step():
+    x = torch.randn(8, 2)
+    models = {f: Flow(2, f, num_layers=2, hidden_dims=[8]) for f in ("realnvp", "maf", "spline")}
+    models["nif"] = NoisyInjectiveFlow(2, 1, top_flow="realnvp", top_layers=1, top_hidden_dims=[8])
+    models["vmonf_spline"] = VariationalMixtureOfFlows(
+        2, 2, flow="spline", num_layers=1, hidden_dims=[8], encoder_hidden_dims=[8]
+    )
+    models["vae_pcp"] = FlowVAE(1, 2, "pcp", num_flows=1, hidden_dims=[8], likelihood="gaussian")
+    models["vq_flow"] = VQFlow(
+        2, num_charts=3, num_layers=1, hidden_dims=[8], autoencoder_hidden_dims=[8]
+    )
+    for name, m in models.items():
+        elbo = TraceEnum_ELBO(max_plate_nesting=1) if name == "vmonf_spline" else Trace_ELBO()
+        elbo.differentiable_loss(m.model, m.guide, x).backward()
+    return models
+
+
+def test_a_model_after_a_training_step_deep_copies_and_pickles():
+    # keeping the best model with copy.deepcopy, or torch.save(model), in the middle of
+    # training: the transforms' caches hold the step's graph, which cannot be copied
+    for name, m in _trained_one_step().items():
+        buffer = io.BytesIO()
+        torch.save(m, buffer)  # nor do the cache's weak references pickle
+        buffer.seek(0)
+        for twin in (copy.deepcopy(m), torch.load(buffer, weights_only=False)):
+            for a, b in zip(m.parameters(), twin.parameters(), strict=True):
+                assert torch.equal(a, b), name
+            if isinstance(m, Flow):
+                x = torch.randn(5, 2)
+                with torch.no_grad():
+                    torch.testing.assert_close(twin.log_prob(x), m.log_prob(x))
 
 
 def test_cache_under_inference_mode():
