@@ -3,7 +3,8 @@
 `--model maf` trains the "NF" baseline; `--model nif --latent 64` trains a deep NIF whose
 top flow is the same MAF(5) and whose bottom is a structured image NIF layer
 (nearest-neighbour upsampling by 7 of a (latent/16, 4, 4) latent image, appendix A.6 of
-Cunningham et al. 2020) with a unit-normal prior, so its log-likelihood is exact. With
+Cunningham et al. 2020; `--nif-map dense` uses a dense 784 x latent A instead) with a
+unit-normal prior, so its log-likelihood is exact. With
 `--prior-flow maf` the NIF has a flow prior on z trained jointly (the deep NIF of appendix
 B.5); it is trained on the NIF bound and its test figure is the IWAE bound with
 `--iwae-samples` draws per image (an upper bound on bits/dim).
@@ -35,6 +36,14 @@ from pyro_manifold.metrics import bits_per_dim, importance_log_likelihood
 from pyro_manifold.models import Flow, NoisyInjectiveFlow
 
 LAMBDA = 1e-6
+
+
+NIF_MAPS = ("image", "dense")
+
+
+def nif_map_kwargs(nif_map: str) -> dict:
+    """``NoisyInjectiveFlow`` arguments for the NIF layer's A (``--nif-map``)."""
+    return {"image_shape": (1, 28, 28), "factor": 7} if nif_map == "image" else {}
 
 
 def to_logit(x_uint8, generator=None):
@@ -73,6 +82,12 @@ def main():
     p.add_argument("--model", choices=["maf", "nif"], default="maf")
     p.add_argument("--latent", type=int, default=64, help="NIF latent size (multiple of 16)")
     p.add_argument("--init-noise", type=float, default=1.0, help="NIF initial noise scale")
+    p.add_argument(
+        "--nif-map",
+        choices=NIF_MAPS,
+        default="image",
+        help="NIF layer's A: the structured image map (appendix A.6) or a dense 784 x latent",
+    )
     p.add_argument("--prior-flow", choices=["maf", "realnvp"], default=None, help="NIF prior")
     p.add_argument("--prior-layers", type=int, default=5)
     p.add_argument("--prior-hidden", type=int, default=512)
@@ -122,8 +137,7 @@ def main():
             top_layers=args.layers,
             top_hidden_dims=[args.hidden],
             batch_norm=True,
-            image_shape=(1, 28, 28),
-            factor=7,
+            **nif_map_kwargs(args.nif_map),
             init_noise_scale=args.init_noise,
             prior_flow=args.prior_flow,
             prior_layers=args.prior_layers,
@@ -163,7 +177,7 @@ def main():
         metrics = evaluate(flow, test.to(device))
     report = {
         "model": f"MAF({args.layers}) hidden [{args.hidden}] + batch norm"
-        + ("" if args.model == "maf" else f" over an image NIF with latent {args.latent}")
+        + ("" if args.model == "maf" else f" over an {args.nif_map} NIF with latent {args.latent}")
         + (f", {args.prior_flow} prior (IWAE-{args.iwae_samples})" if args.prior_flow else ""),
         "parameters": n_params,
         "epochs_run": result.step / steps_per_epoch,

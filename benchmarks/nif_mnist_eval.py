@@ -29,7 +29,7 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
-from mnist_flows import evaluate  # benchmarks/ is the script's directory
+from mnist_flows import evaluate, nif_map_kwargs  # benchmarks/ is the script's directory
 
 from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
 from pyro_manifold.infer import load_checkpoint
@@ -66,8 +66,7 @@ def load_run(run_dir, prior=None):
             top_layers=cfg["layers"],
             top_hidden_dims=[cfg["hidden"]],
             batch_norm=True,
-            image_shape=(1, 28, 28),
-            factor=7,
+            **nif_map_kwargs(cfg.get("nif_map", "image")),
             init_noise_scale=cfg["init_noise"],
             **(prior or trained_prior),
         )
