@@ -38,7 +38,8 @@ from pyro_manifold.models import Flow, NoisyInjectiveFlow
 LAMBDA = 1e-6
 
 
-NIF_MAPS = ("image", "dense")
+NIF_MAP_NAMES = {"image": "an image NIF with latent", "dense": "a dense NIF with latent"}
+NIF_MAPS = tuple(NIF_MAP_NAMES)
 
 
 def nif_map_kwargs(nif_map: str) -> dict:
@@ -177,7 +178,7 @@ def main():
         metrics = evaluate(flow, test.to(device))
     report = {
         "model": f"MAF({args.layers}) hidden [{args.hidden}] + batch norm"
-        + ("" if args.model == "maf" else f" over an {args.nif_map} NIF with latent {args.latent}")
+        + ("" if args.model == "maf" else f" over {NIF_MAP_NAMES[args.nif_map]} {args.latent}")
         + (f", {args.prior_flow} prior (IWAE-{args.iwae_samples})" if args.prior_flow else ""),
         "parameters": n_params,
         "epochs_run": result.step / steps_per_epoch,
