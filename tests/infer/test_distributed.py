@@ -211,7 +211,7 @@ def test_ranks_leave_the_group_together(ranks):
     # is done with it, so rank 0 never loses a gloo connection it still holds
     _, results = ranks
     assert results[1]["left"] >= results[0]["block_end"]
-    assert results[1]["block_end"] < results[0]["block_end"] - 0.3  # rank 1 was waiting
+    assert results[1]["block_end"] < results[0]["block_end"]  # rank 1 was done first
     assert not any(r["initialized_after"] for r in results)
 
 
