@@ -1,0 +1,49 @@
+"""Mean against median test bits/dim of MNIST runs, and the test image each model likes least.
+
+A mean bits/dim can be moved by a single test image that a model puts far off its
+density; this prints, for each run of `mnist_flows.py` (best checkpoint, the same
+dequantization as its test figure), the mean and median bits/dim, the mean without the
+worst image, and that image's index and log-likelihood (logit space).
+
+Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_test_outliers.py \
+          runs/mnist_maf runs/mnist_nif64
+"""
+
+import argparse
+import os
+
+import torch
+from mnist_flows import to_logit  # benchmarks/ is the script's directory
+from nif_mnist_eval import load_run
+
+from pyro_manifold.datasets import load_mnist
+from pyro_manifold.metrics import bits_per_dim
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run directories of mnist_flows.py")
+    p.add_argument("--data", default=os.environ.get("PYRO_MANIFOLD_DATA"))
+    args = p.parse_args()
+    test = load_mnist(args.data, "test").data
+    print(f"{'run':40s} {'mean':>7s} {'median':>7s} {'w/o worst':>9s} {'worst':>6s} {'log p':>10s}")
+    for run in args.runs:
+        model = load_run(run)
+        g = torch.Generator().manual_seed(1)  # as mnist_flows.evaluate
+        lp, bpd = [], []
+        with torch.no_grad():
+            for start in range(0, test.shape[0], 1000):
+                y, logdet = to_logit(test[start : start + 1000], generator=g)
+                lp.append(model.log_prob(y))
+                bpd.append(bits_per_dim(lp[-1] + logdet, 784))
+        lp, bpd = torch.cat(lp), torch.cat(bpd)
+        worst = int(lp.argmin())
+        rest = torch.cat([bpd[:worst], bpd[worst + 1 :]])
+        print(
+            f"{run:40s} {bpd.mean():7.4f} {bpd.median():7.4f} {rest.mean():9.4f} {worst:6d}"
+            f" {lp[worst]:10.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
