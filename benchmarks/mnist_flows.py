@@ -38,8 +38,7 @@ from pyro_manifold.models import Flow, NoisyInjectiveFlow
 LAMBDA = 1e-6
 
 
-NIF_MAP_NAMES = {"image": "an image NIF with latent", "dense": "a dense NIF with latent"}
-NIF_MAPS = tuple(NIF_MAP_NAMES)
+NIF_MAPS = ("image", "dense")
 
 
 def nif_map_kwargs(nif_map: str) -> dict:
@@ -52,8 +51,8 @@ def to_logit(x_uint8, generator=None):
     return y, logdet
 
 
-def evaluate(flow, x_uint8, batch_size=1000, seed=1, log_prob=None):
-    """Mean and standard error of log p(y) (logit space) and bits/dim in pixel space.
+def per_image(flow, x_uint8, batch_size=1000, seed=1, log_prob=None):
+    """log p(y) (logit space) and bits/dim (pixel space) of each image, dequantized with ``seed``.
 
     ``log_prob`` replaces ``flow.log_prob`` (e.g. an IWAE bound where there is no closed form).
     """
@@ -67,7 +66,12 @@ def evaluate(flow, x_uint8, batch_size=1000, seed=1, log_prob=None):
             lp = log_prob(y)
             logit_lp.append(lp)
             bpd.append(bits_per_dim(lp + logdet, 784))
-    lp, bpd = torch.cat(logit_lp), torch.cat(bpd)
+    return torch.cat(logit_lp), torch.cat(bpd)
+
+
+def evaluate(flow, x_uint8, batch_size=1000, seed=1, log_prob=None):
+    """Mean and standard error of :func:`per_image`'s log p(y) and bits/dim."""
+    lp, bpd = per_image(flow, x_uint8, batch_size, seed, log_prob)
     n = lp.numel()
     return {
         "log_likelihood_logit": lp.mean().item(),
@@ -176,9 +180,10 @@ def main():
         metrics = evaluate(flow, test.to(device), batch_size=100, log_prob=iwae)
     else:
         metrics = evaluate(flow, test.to(device))
+    nif_layer = "an image" if args.nif_map == "image" else "a dense"
     report = {
         "model": f"MAF({args.layers}) hidden [{args.hidden}] + batch norm"
-        + ("" if args.model == "maf" else f" over {NIF_MAP_NAMES[args.nif_map]} {args.latent}")
+        + ("" if args.model == "maf" else f" over {nif_layer} NIF with latent {args.latent}")
         + (f", {args.prior_flow} prior (IWAE-{args.iwae_samples})" if args.prior_flow else ""),
         "parameters": n_params,
         "epochs_run": result.step / steps_per_epoch,

@@ -13,11 +13,10 @@ import argparse
 import os
 
 import torch
-from mnist_flows import to_logit  # benchmarks/ is the script's directory
+from mnist_flows import per_image  # benchmarks/ is the script's directory
 from nif_mnist_eval import load_run
 
 from pyro_manifold.datasets import load_mnist
-from pyro_manifold.metrics import bits_per_dim
 
 
 def main():
@@ -28,15 +27,7 @@ def main():
     test = load_mnist(args.data, "test").data
     print(f"{'run':40s} {'mean':>7s} {'median':>7s} {'w/o worst':>9s} {'worst':>6s} {'log p':>10s}")
     for run in args.runs:
-        model = load_run(run)
-        g = torch.Generator().manual_seed(1)  # as mnist_flows.evaluate
-        lp, bpd = [], []
-        with torch.no_grad():
-            for start in range(0, test.shape[0], 1000):
-                y, logdet = to_logit(test[start : start + 1000], generator=g)
-                lp.append(model.log_prob(y))
-                bpd.append(bits_per_dim(lp[-1] + logdet, 784))
-        lp, bpd = torch.cat(lp), torch.cat(bpd)
+        lp, bpd = per_image(load_run(run), test)
         worst = int(lp.argmin())
         rest = torch.cat([bpd[:worst], bpd[worst + 1 :]])
         print(

@@ -62,7 +62,7 @@ class FreshCache:
         # and what makes an entry fresh (weak references, version counters) is
         # bookkeeping of this process.
         state = super().__getstate__()  # type: ignore[misc]
-        state = {k: v for k, v in state.items() if k not in ("_fresh_tokens", "_fresh_watched")}
+        state = {k: v for k, v in state.items() if k != "_fresh_tokens"}
         for name in self._cache_slots:
             if name in state:
                 state[name] = (None, None) if name == "_cached_x_y" else None
@@ -77,10 +77,9 @@ class FreshCache:
 
     def _fresh(self, slot: str, entry: object) -> bool:
         """Whether ``entry``, remembered in ``slot`` by :meth:`_remember_for`, is usable."""
-        tokens = getattr(self, "_fresh_tokens", {})
-        watched = getattr(self, "_fresh_watched", {}).get(slot, ())
+        remembered, watched = getattr(self, "_fresh_tokens", {}).get(slot, (None, ()))
         token = self._token(entry, watched)
-        return token is not None and tokens.get(slot) == token
+        return token is not None and remembered == token
 
     def _token(self, entry: object, watched: tuple[weakref.ref, ...]) -> tuple | None:
         """What ``entry`` is valid for, or ``None`` when it cannot be checked."""
@@ -106,9 +105,8 @@ class FreshCache:
         """
         keys_and_outputs = [t for t in (*keys, *outputs) if isinstance(t, Tensor)]
         watched = tuple(weakref.ref(t) for t in {id(t): t for t in keys_and_outputs}.values())
-        self.__dict__.setdefault("_fresh_watched", {})[slot] = watched
-        tokens = self.__dict__.setdefault("_fresh_tokens", {})
-        tokens[slot] = key = self._token(entry, watched)
+        key = self._token(entry, watched)
+        self.__dict__.setdefault("_fresh_tokens", {})[slot] = (key, watched)
         if any(k.requires_grad and not k.is_leaf for k in keys):
             return
         # The hook holds the transform weakly: the transform holds the outputs (its cache)
@@ -150,7 +148,7 @@ def _forget(owner: weakref.ref, slot: str, key: tuple, grad: Tensor) -> None:
     """Gradient hook: the entry remembered in ``slot`` under ``key`` is spent."""
     transform = owner()
     tokens = getattr(transform, "_fresh_tokens", {})
-    if tokens.get(slot) == key:
+    if tokens.get(slot, (None,))[0] == key:
         del tokens[slot]
 
 
