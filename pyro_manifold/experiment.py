@@ -242,6 +242,13 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow | NoisyInjectiveFlow]
     return config, model
 
 
+def _finite_samples(samples: Tensor, metrics: dict[str, Any], key: str) -> Tensor:
+    """The rows of ``samples`` with finite entries; the dropped fraction goes to ``metrics``."""
+    ok = torch.isfinite(samples).all(-1)
+    metrics.setdefault("nonfinite_sample_fraction", {})[key] = 1.0 - ok.float().mean().item()
+    return samples[ok]
+
+
 @torch.no_grad()
 def evaluate_run(
     run_dir: str | os.PathLike, *, model: Flow | NoisyInjectiveFlow | None = None
@@ -253,6 +260,9 @@ def evaluate_run(
     data) to the manifold; a NIF also reports it for samples on its learned manifold
     (``s = 0``).
     MNIST: test log-likelihood in logit space and bits per dimension in pixel space.
+    Samples with a non-finite entry (an overflow in a flow's inverse) are dropped before
+    the sample metrics and plots, and their fraction is reported as
+    ``nonfinite_sample_fraction``.
     """
     run_dir = Path(run_dir)
     config, loaded = _load_run(run_dir)
@@ -276,11 +286,11 @@ def evaluate_run(
             test_log_likelihood_stderr=(lp.std() / math.sqrt(lp.numel())).item(),
             bits_per_dim=bpd.mean().item(),
         )
-        samples = torch.sigmoid(model.sample(32))
+        samples = torch.sigmoid(_finite_samples(model.sample(32), metrics, "samples"))
         plot_image_grid((samples - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA), run_dir / "samples.png")
     else:
         lp = model.log_prob(test)
-        samples = model.sample(2000)
+        samples = _finite_samples(model.sample(2000), metrics, "samples")
         metrics.update(
             test_log_likelihood=lp.mean().item(),
             test_log_likelihood_stderr=(lp.std() / math.sqrt(lp.numel())).item(),
@@ -300,7 +310,7 @@ def evaluate_run(
             metrics["test_data_manifold_distance"] = mean_manifold_distance(test, distance)
             plot_samples_3d(test, run_dir / "samples.png", samples=samples, title=config["dataset"])
             if isinstance(model, NoisyInjectiveFlow):
-                on_manifold = model.sample(2000, s=0.0)
+                on_manifold = _finite_samples(model.sample(2000, s=0.0), metrics, "samples_s0")
                 metrics["mean_manifold_distance_s0"] = mean_manifold_distance(on_manifold, distance)
                 plot_samples_3d(
                     test,
@@ -317,17 +327,23 @@ def sample_run(run_dir: str | os.PathLike, num_samples: int) -> Path:
     """Draw ``num_samples`` points from a trained run; saves ``samples.pt`` and a PNG.
 
     MNIST samples are mapped back from logit space to pixel intensities in ``[0, 1]``.
+    ``samples.pt`` holds every draw; the figure shows those with finite entries (none is
+    drawn when no draw is finite).
     """
     run_dir = Path(run_dir)
     config, model = _load_run(run_dir)
     samples = model.sample(num_samples)
     if _is_mnist(config):
         samples = (torch.sigmoid(samples) - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA)
-        plot_image_grid(samples[:64], run_dir / "samples_grid.png")
-    elif samples.shape[-1] == 2:
-        plot_density_2d(model.log_prob, samples, run_dir / "samples_density.png", samples=samples)
-    else:
-        plot_samples_3d(samples, run_dir / "samples_3d.png")
     path = run_dir / "samples.pt"
     torch.save(samples.cpu(), path)
+    shown = samples[torch.isfinite(samples).all(-1)]
+    if len(shown) == 0:
+        return path
+    if _is_mnist(config):
+        plot_image_grid(shown[:64], run_dir / "samples_grid.png")
+    elif samples.shape[-1] == 2:
+        plot_density_2d(model.log_prob, shown, run_dir / "samples_density.png", samples=shown)
+    else:
+        plot_samples_3d(shown, run_dir / "samples_3d.png")
     return path

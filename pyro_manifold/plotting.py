@@ -1,7 +1,9 @@
 r"""Figures saved as PNG: 2D densities, samples over data, image grids, training curves.
 
 Matplotlib is used headless (the Agg canvas); every function writes one PNG and returns
-its path.
+its path. Arguments are checked before anything is drawn: points and images must be
+non-empty floating tensors of the stated shape with finite entries (drop the
+non-finite rows of model samples first, e.g. ``x[torch.isfinite(x).all(-1)]``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pyro_manifold._validation import check_positive_int, check_tensor
+
 __all__ = ["plot_density_2d", "plot_image_grid", "plot_samples_3d", "plot_training_curve"]
 
 
-def _figure(ncols: int = 1, size: float = 4.0, projection: str | None = None):
+def _figure(
+    ncols: int = 1, size: float = 4.0, projection: str | None = None, height: float | None = None
+):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(size * ncols, size), dpi=100)
+    fig = Figure(figsize=(size * ncols, size if height is None else height), dpi=100)
     axes = [fig.add_subplot(1, ncols, i + 1, projection=projection) for i in range(ncols)]
     return fig, axes
 
@@ -69,20 +75,26 @@ def plot_density_2d(
         >>> p.exists()
         True
     """
-    data = data.detach().cpu().float()
+    if not callable(log_prob):
+        raise TypeError(f"log_prob: expected a callable, got {type(log_prob).__name__}")
+    check_tensor("data", data, event_shape=(2,), min_dim=2)
+    if samples is not None:
+        check_tensor("samples", samples, event_shape=(2,), min_dim=2)
+    check_positive_int("grid_size", grid_size, minimum=2)
+    data = data.detach().cpu().float().reshape(-1, 2)
     x0, y0, x1, y1 = _bounds(data)
     xs = torch.linspace(x0, x1, grid_size)
     ys = torch.linspace(y0, y1, grid_size)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     pts = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
-    lp = torch.cat([log_prob(chunk).detach().cpu().float() for chunk in pts.split(4096)])
+    lp = torch.cat([_grid_log_prob(log_prob, chunk) for chunk in pts.split(4096)])
     dens = lp.exp().reshape(grid_size, grid_size)
     fig, axes = _figure(2 if samples is not None else 1)
     axes[0].contourf(gx.numpy(), gy.numpy(), dens.numpy(), levels=30, cmap="viridis")
     axes[0].scatter(data[:500, 0], data[:500, 1], s=1, c="white", alpha=0.4)
     axes[0].set_title(f"{title} density" if title else "density")
     if samples is not None:
-        s = samples.detach().cpu().float()
+        s = samples.detach().cpu().float().reshape(-1, 2)
         axes[1].scatter(data[:, 0], data[:, 1], s=2, c="0.7", label="data")
         axes[1].scatter(s[:, 0], s[:, 1], s=2, c="C3", alpha=0.6, label="samples")
         axes[1].set_xlim(x0, x1)
@@ -90,6 +102,23 @@ def plot_density_2d(
         axes[1].legend(loc="upper right", markerscale=4)
         axes[1].set_title("samples over data")
     return _save(fig, path)
+
+
+def _grid_log_prob(log_prob: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
+    lp = log_prob(points)
+    if not isinstance(lp, Tensor) or lp.shape != points.shape[:1]:
+        got = tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__
+        raise ValueError(
+            f"log_prob: expected a tensor of shape ({len(points)},) for {len(points)} points, "
+            f"got {got}"
+        )
+    lp = lp.detach().cpu().float()
+    if torch.isnan(lp).any() or (lp == math.inf).any():
+        raise ValueError(
+            f"log_prob: expected values in [-inf, inf), got {int(torch.isnan(lp).sum())} NaN "
+            f"and {int((lp == math.inf).sum())} +inf on the plotting grid"
+        )
+    return lp
 
 
 def plot_samples_3d(
@@ -102,11 +131,14 @@ def plot_samples_3d(
         >>> plot_samples_3d(torch.randn(30, 3), os.path.join(tempfile.mkdtemp(), "s.png")).exists()
         True
     """
+    check_tensor("data", data, event_shape=(3,), min_dim=2)
+    if samples is not None:
+        check_tensor("samples", samples, event_shape=(3,), min_dim=2)
     fig, (ax,) = _figure(1, size=5.0, projection="3d")
-    d = data.detach().cpu().float()
+    d = data.detach().cpu().float().reshape(-1, 3)
     ax.scatter(d[:, 0], d[:, 1], d[:, 2], s=1, c="0.6", label="data")
     if samples is not None:
-        s = samples.detach().cpu().float()
+        s = samples.detach().cpu().float().reshape(-1, 3)
         ax.scatter(s[:, 0], s[:, 1], s[:, 2], s=1, c="C3", label="samples")
         ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title)
@@ -118,20 +150,37 @@ def plot_image_grid(
 ) -> Path:
     r"""Tile :math:`(N, side^2)` images with values in :math:`[0, 1]` into one grid.
 
+    Values outside :math:`[0, 1]` are clipped; :math:`(N, side, side)` images are taken
+    as well. The grid has ``min(ncols, N)`` columns and :math:`\lceil N / ncols \rceil`
+    rows, and the figure the grid's aspect ratio.
+
     Example:
         >>> import tempfile, os
         >>> plot_image_grid(torch.rand(10, 784), os.path.join(tempfile.mkdtemp(), "g.png")).exists()
         True
     """
+    check_positive_int("side", side)
+    check_positive_int("ncols", ncols)
+    check_tensor("images", images, min_dim=2)
+    if tuple(images.shape[1:]) not in ((side * side,), (side, side)):
+        raise ValueError(
+            f"images: expected shape (N, {side * side}) or (N, {side}, {side}), "
+            f"got {tuple(images.shape)}"
+        )
     imgs = images.detach().cpu().float().clamp(0, 1).reshape(-1, side, side)
     n = imgs.shape[0]
+    ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
     canvas = torch.ones(nrows * (side + 2), ncols * (side + 2))
     for i in range(n):
         r, c = divmod(i, ncols)
         canvas[r * (side + 2) + 1 : r * (side + 2) + 1 + side,
                c * (side + 2) + 1 : c * (side + 2) + 1 + side] = imgs[i]  # fmt: skip
-    fig, (ax,) = _figure(1, size=max(3.0, ncols * 0.6))
+    width = max(3.0, ncols * 0.6)
+    title_room = 0.4 if title else 0.0
+    fig, (ax,) = _figure(
+        1, size=width, height=width * canvas.shape[0] / canvas.shape[1] + title_room
+    )
     ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
     ax.axis("off")
     ax.set_title(title)
@@ -147,6 +196,7 @@ def plot_training_curve(history: dict[str, list[float]], path: str | os.PathLike
         >>> plot_training_curve(h, os.path.join(tempfile.mkdtemp(), "c.png")).exists()
         True
     """
+    _check_history(history)
     fig, (ax,) = _figure(1, size=4.5)
     ax.plot(history["step"], history["loss"], label="train")
     if history.get("val_step"):
@@ -155,3 +205,17 @@ def plot_training_curve(history: dict[str, list[float]], path: str | os.PathLike
     ax.set_ylabel("loss per data point")
     ax.legend()
     return _save(fig, path)
+
+
+def _check_history(history: object) -> None:
+    if not isinstance(history, dict):
+        raise TypeError(f"history: expected a dict of lists, got {type(history).__name__}")
+    pairs = [("step", "loss")] + ([("val_step", "val_loss")] if history.get("val_step") else [])
+    for x, y in pairs:
+        if x not in history or y not in history:
+            raise ValueError(f"history: expected keys {x!r} and {y!r}, got keys {sorted(history)}")
+        if len(history[x]) != len(history[y]):
+            raise ValueError(
+                f"history: expected {x!r} and {y!r} of the same length, "
+                f"got {len(history[x])} and {len(history[y])}"
+            )
