@@ -278,9 +278,9 @@ def main():
         for t in (0.5, 1.0, 1.5, 2.0):
             if name == "NF":
                 rows.append(nf_sample_at_temperature(model, 8, t))
-            else:  # a draw that overflows stays in the grid, as a blank or speckled image
+            else:  # a draw that overflows stays in the grid: its NaN pixels drawn black
                 with pyro.validation_enabled(False):
-                    rows.append(to_pixels(model.sample(8, t=t, s=0.0)))
+                    rows.append(to_pixels(model.sample(8, t=t, s=0.0)).nan_to_num(nan=0.0))
         plot_image_grid(
             torch.cat(rows),
             out / f"temperature_{name}.png",

@@ -247,7 +247,8 @@ if os.environ.get("PYRO_MANIFOLD_DATA") and not args.smoke:
             print(f"MNIST {name}: normalised contingency table (rows: clusters, cols: digits)")
             print(table)
             grid = [vmonf.distribution().component(torch.full((8,), k)).sample() for k in range(5)]
-            images = inverse_logit_transform(torch.cat(grid), alpha=1e-6)
+            # a draw that overflowed is drawn black (plots take finite pixels)
+            images = inverse_logit_transform(torch.cat(grid), alpha=1e-6).nan_to_num(nan=0.0)
         plot_image_grid(
             images,
             out / f"mnist_{name}_samples.png",
