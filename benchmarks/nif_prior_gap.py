@@ -113,7 +113,18 @@ def main():
             "Gaussian fit to Q": gauss.sample((n,)),
             "Q": z_q[-n:],
         }
-        row = {"frechet_s0": {}, "finite_fraction": {}}
+        spread = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+        row = {
+            "frechet_s0": {},
+            "finite_fraction": {},
+            # min, median, max eigenvalue of Q's covariance and of every q(z | y)'s
+            "q_aggregate_covariance_eigenvalues": torch.linalg.eigvalsh(torch.cov(z_q.T).double())
+            .quantile(spread)
+            .tolist(),
+            "stochastic_inverse_covariance_eigenvalues": torch.linalg.eigvalsh(cov.double())
+            .quantile(spread)
+            .tolist(),
+        }
         for name, z in draws.items():
             pixels, finite = on_manifold(model, z)
             row["frechet_s0"][name] = mnist_frechet_distance(pixels, reference, classifier)
