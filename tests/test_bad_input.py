@@ -824,6 +824,24 @@ TRANSFORMS = [
         nonnegative("s", -1.0),
         id="GaussianNIF-likelihood-s-negative",
     ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f64(3))),
+        V,
+        shape("loc", "2", (3,)),
+        id="GaussianNIF-marginal-loc-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f64(2), f64(2, 3))),
+        V,
+        r"scale_tril: expected shape \(\*, 2, 2\)",
+        id="GaussianNIF-marginal-scale_tril-shape",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f32(2))),
+        V,
+        dtype("loc"),
+        id="GaussianNIF-marginal-float32",
+    ),
     # MaskedAutoregressive: D = 3
     P(
         lambda: T.MaskedAutoregressive(AutoRegressiveNN(3, [8]), sigma_min=0.0),
@@ -1581,6 +1599,19 @@ MODELS = [
         id="NoisyInjectiveFlow-prior_flow-1d",
     ),
     P(
+        lambda: M.NoisyInjectiveFlow(3, 2, prior_components=0),
+        V,
+        r"prior_components: expected an int >= 1, got 0",
+        id="NoisyInjectiveFlow-prior_components-zero",
+    ),
+    P(
+        lambda: M.NoisyInjectiveFlow(3, 2, prior_flow="maf", prior_components=2),
+        V,
+        r"prior_components: expected None with prior_flow='maf' \(one prior: a flow or a "
+        r"mixture\), got 2",
+        id="NoisyInjectiveFlow-prior_components-with-prior_flow",
+    ),
+    P(
         lambda: M.NoisyInjectiveFlow(3, 1, init_noise_scale=-1.0),
         V,
         positive("init_noise_scale", -1.0),
@@ -1643,7 +1674,8 @@ MODELS = [
     P(
         OnTarget(nif_flow, lambda m: m.fit_prior(f64(8, 3), num_steps=1)),
         V,
-        r"prior_flow: fit_prior needs a prior flow, got a model built with prior_flow=None",
+        r"prior_flow: fit_prior needs a prior flow or a mixture prior, got a model built with "
+        r"prior_flow=None and prior_components=None",
         id="NoisyInjectiveFlow-fit_prior-no-prior-flow",
     ),
     P(

@@ -18,6 +18,7 @@ from pyro_manifold._validation import (
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.models._mixture_prior import GaussianMixturePrior
 from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.models.flow import FLOWS, flow_layers
 from pyro_manifold.transforms import GaussianNIF
@@ -36,23 +37,27 @@ class NoisyInjectiveFlow(PyroModule):
 
     .. math::
 
-        z \sim p_t(z) = g_\#\,\mathcal N(0, tI_d), \qquad
+        z \sim p_t(z), \qquad
         y \,|\, z \sim \mathcal N(Az + b, s\Sigma), \qquad x = f(y),
 
-    where :math:`g` is the optional prior flow on :math:`\mathbb R^d` and :math:`f` the
-    top flow on :math:`\mathbb R^D`. ``guide`` inverts the top flow deterministically,
-    :math:`y = f^{-1}(x)`, then samples the stochastic inverse
-    :math:`z \sim q(z|y) = \mathcal N(\Lambda^{-1}u, \Lambda^{-1})`. Pyro's ``Trace_ELBO``
-    of this pair is the NIF bound (their eq. 7 with the top flow's change of variables):
+    where :math:`f` is the top flow on :math:`\mathbb R^D` and the prior :math:`p_t` is
+    the unit normal :math:`\mathcal N(0, tI_d)`, that pushed through an optional prior
+    flow :math:`g` (:math:`g_\#\mathcal N(0, tI_d)`), or a Gaussian mixture
+    :math:`\sum_k \pi_k \mathcal N(\mu_k, tS_k)` (``prior_components``). ``guide``
+    inverts the top flow deterministically, :math:`y = f^{-1}(x)`, then samples the
+    stochastic inverse :math:`z \sim q(z|y) = \mathcal N(\Lambda^{-1}u, \Lambda^{-1})`.
+    Pyro's ``Trace_ELBO`` of this pair is the NIF bound (their eq. 7 with the top flow's
+    change of variables):
 
     .. math::
 
         \mathbb E_{q(z|y)}[\log p(z)] + \log\int p(y|z)\,dz
         - \log\left|\det J_f(y)\right|,
 
-    whose manifold term has zero variance. With a unit-normal prior (no prior flow),
-    :meth:`log_prob` is exact: :math:`p(y) = \mathcal N(b, AA^\top + \Sigma)` pushed
-    through :math:`f`. With a prior flow, bound :math:`\log p(x)` with
+    whose manifold term has zero variance. With a unit-normal prior :meth:`log_prob` is
+    exact: :math:`p(y) = \mathcal N(b, AA^\top + \Sigma)` pushed through :math:`f`; with
+    a Gaussian-mixture prior too, :math:`p(y) = \sum_k \pi_k \mathcal N(A\mu_k + b,
+    AS_kA^\top + \Sigma)`. With a prior flow, bound :math:`\log p(x)` with
     :func:`pyro_manifold.metrics.importance_log_likelihood` on ``model``/``guide``.
 
     Args:
@@ -65,6 +70,9 @@ class NoisyInjectiveFlow(PyroModule):
             (needs :math:`d \geq 2`).
         prior_layers: layers of the prior flow.
         prior_hidden_dims: hidden widths of the prior flow's networks.
+        prior_components: ``None``, or the number :math:`K` of components of a
+            Gaussian-mixture prior (full covariances; not with ``prior_flow``). Fit it to
+            the data with :meth:`fit_prior` (EM), or train it with the rest by SVI.
         batch_norm: batch norm between top-flow layers.
         image_shape: ``(C, H, W)`` for the structured image NIF (see :class:`GaussianNIF`).
         factor: upsampling factor of the image NIF.
@@ -92,6 +100,7 @@ class NoisyInjectiveFlow(PyroModule):
         prior_flow: str | None = None,
         prior_layers: int = 3,
         prior_hidden_dims: list[int] | None = None,
+        prior_components: int | None = None,
         batch_norm: bool = False,
         image_shape: tuple[int, int, int] | None = None,
         factor: int | None = None,
@@ -103,6 +112,13 @@ class NoisyInjectiveFlow(PyroModule):
         if prior_flow is not None:
             check_choice("prior_flow", prior_flow, FLOWS)
         check_positive_int("prior_layers", prior_layers)
+        if prior_components is not None:
+            check_positive_int("prior_components", prior_components)
+            if prior_flow is not None:
+                raise ValueError(
+                    f"prior_components: expected None with prior_flow={prior_flow!r} (one "
+                    f"prior: a flow or a mixture), got {prior_components}"
+                )
         super().__init__()
         self.nif = GaussianNIF(
             latent_dim,
@@ -124,12 +140,21 @@ class NoisyInjectiveFlow(PyroModule):
             if prior_flow is not None
             else []
         )
+        self.prior_mixture = (
+            None if prior_components is None else GaussianMixturePrior(latent_dim, prior_components)
+        )
         self.register_buffer("prior_loc", torch.zeros(latent_dim))
 
     # -- pieces -------------------------------------------------------------------------
     def prior(self, t: float = 1.0) -> dist.TorchDistribution:
-        r""":math:`p_t(z)`: :math:`\mathcal N(0, tI)` pushed through the prior flow."""
+        r""":math:`p_t(z)`: the unit normal, through the prior flow, or the mixture.
+
+        The temperature :math:`t` scales :math:`I` in :math:`\mathcal N(0, tI)`, or every
+        component covariance of the mixture.
+        """
         check_positive("t", t)
+        if self.prior_mixture is not None:
+            return self.prior_mixture.distribution(t)
         base = dist.Normal(self.prior_loc, math.sqrt(t)).to_event(1)
         return (
             dist.TransformedDistribution(base, list(self.prior_layers))
@@ -209,7 +234,7 @@ class NoisyInjectiveFlow(PyroModule):
 
     # -- evaluation and sampling --------------------------------------------------------
     def log_prob(self, x: Tensor) -> Tensor:
-        r"""Exact :math:`\log p(x)`, shape :math:`(N,)`, for a unit-normal prior.
+        r"""Exact :math:`\log p(x)`, shape :math:`(N,)`, for a unit-normal or mixture prior.
 
         Raises:
             ValueError: with a prior flow, where no closed form exists (use
@@ -221,7 +246,13 @@ class NoisyInjectiveFlow(PyroModule):
                 "pyro_manifold.metrics.importance_log_likelihood(model.model, model.guide, x)"
             )
         self._check_x(x)
-        marginal = self.nif.marginal()
+        if self.prior_mixture is None:
+            marginal = self.nif.marginal()
+        else:
+            mix = self.prior_mixture
+            marginal = dist.MixtureSameFamily(
+                dist.Categorical(logits=mix.logits), self.nif.marginal(mix.loc, mix.scale_tril())
+            )
         if not len(self.top_layers):
             return marginal.log_prob(x)
         return dist.TransformedDistribution(marginal, list(self.top_layers)).log_prob(x)
@@ -273,6 +304,17 @@ class NoisyInjectiveFlow(PyroModule):
         ``patience``, ``run_dir``, ...). The model's training/evaluation mode is
         restored afterwards.
 
+        A Gaussian-mixture prior (``prior_components``) is fitted by EM instead, whose
+        M-step maximises the same objective in closed form: one draw
+        :math:`z_n \sim q(z \mid y_n)` per point (and per validation point), means started
+        at :math:`K` of them (picked with ``seed``, default 0), unit covariances and equal
+        weights, then up to ``num_steps`` EM iterations over all the draws, stopping once
+        the mean :math:`\log p(z_n)` rises by less than ``1e-4`` nats per point. With
+        ``validation_data`` the iterate with the lowest validation loss is kept.
+        ``batch_size``, ``lr`` and the other ``fit_options`` do not apply. The returned
+        history holds ``step``, ``loss`` (mean :math:`-\log p(z_n)` before each update),
+        ``val_step`` and ``val_loss``.
+
         Args:
             x: data :math:`(N, D)`, as the model sees it (e.g. logit space).
             num_steps: optimisation steps.
@@ -287,7 +329,7 @@ class NoisyInjectiveFlow(PyroModule):
             ``fit``'s :class:`~pyro_manifold.infer.FitResult`.
 
         Raises:
-            ValueError: when the model has no prior flow (``prior_flow=None``).
+            ValueError: when the model has a unit-normal prior (nothing to fit).
 
         Example:
             >>> nif = NoisyInjectiveFlow(3, 2, top_flow=None, prior_flow="realnvp",
@@ -297,10 +339,11 @@ class NoisyInjectiveFlow(PyroModule):
             >>> result.step
             20
         """
-        if not len(self.prior_layers):
+        if not len(self.prior_layers) and self.prior_mixture is None:
             raise ValueError(
-                "prior_flow: fit_prior needs a prior flow, got a model built with "
-                "prior_flow=None (a unit-normal prior has nothing to fit)"
+                "prior_flow: fit_prior needs a prior flow or a mixture prior, got a model "
+                "built with prior_flow=None and prior_components=None (a unit-normal prior "
+                "has nothing to fit)"
             )
         for name, data in (("x", x), ("validation_data", validation_data)):
             if data is not None:
@@ -335,6 +378,10 @@ class NoisyInjectiveFlow(PyroModule):
                     for data in (x, validation_data)
                 )
             forget_cached(self.top_layers)
+            if self.prior_mixture is not None:
+                return self._fit_mixture_prior(
+                    y, y_val, num_steps, chunk_size, fit_options.get("seed") or 0
+                )
             return fit(
                 model,
                 guide,
@@ -349,6 +396,44 @@ class NoisyInjectiveFlow(PyroModule):
             )
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def _fit_mixture_prior(
+        self, y: Tensor, y_val: Tensor | None, num_steps: int, chunk_size: int, seed: int
+    ) -> FitResult:
+        from pyro_manifold.infer import FitResult
+
+        pyro.set_rng_seed(seed)
+
+        def draws(data: Tensor) -> Tensor:
+            inverse = self.nif.stochastic_inverse
+            return torch.cat([inverse(c).sample() for c in data.split(chunk_size)])
+
+        mixture = self.prior_mixture
+        z = draws(y)
+        z_val = None if y_val is None else draws(y_val)
+        mixture.start(z, torch.Generator().manual_seed(seed))
+        history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+        best, best_state, previous, step = math.inf, None, -math.inf, 0
+        for step in range(1, num_steps + 1):
+            log_p = mixture.em_step(z)
+            history["step"].append(step - 1)
+            history["loss"].append(-log_p)
+            if z_val is not None:
+                val = -mixture.distribution().log_prob(z_val).mean().item()
+                history["val_step"].append(step)
+                history["val_loss"].append(val)
+                if val < best:
+                    best = val
+                    best_state = {k: v.clone() for k, v in mixture.state_dict().items()}
+            if log_p - previous < 1e-4:
+                break
+            previous = log_p
+        if best_state is not None:
+            mixture.load_state_dict(best_state)
+        return FitResult(
+            history=history, step=step, best_validation_loss=None if z_val is None else best
+        )
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:

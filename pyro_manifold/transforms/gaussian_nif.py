@@ -182,11 +182,37 @@ class GaussianNIF(nn.Module):
         r"""The pseudo-inverse :math:`z^+ = \Lambda^{-1}u`, shape :math:`(*, d)`."""
         return self.stochastic_inverse(x).mean
 
-    def marginal(self) -> dist.LowRankMultivariateNormal:
-        r"""The closed-form marginal under :math:`z \sim \mathcal N(0, I)` (eq. 41).
+    def marginal(
+        self, loc: Tensor | None = None, scale_tril: Tensor | None = None
+    ) -> dist.LowRankMultivariateNormal:
+        r"""The closed-form marginal of :math:`x` under a Gaussian :math:`z` (eq. 41).
 
-        .. math:: p(x) = \mathcal N(b, AA^\top + \Sigma)
+        Under :math:`z \sim \mathcal N(0, I)` (the default),
+
+        .. math:: p(x) = \mathcal N(b, AA^\top + \Sigma),
+
+        and under :math:`z \sim \mathcal N(\mu, LL^\top)`,
+        :math:`p(x) = \mathcal N(A\mu + b, (AL)(AL)^\top + \Sigma)`.
+
+        Args:
+            loc: :math:`\mu`, shape :math:`(*, d)` (batch dimensions give a batch of
+                marginals, e.g. one per mixture component).
+            scale_tril: :math:`L`, shape :math:`(*, d, d)`, lower-triangular.
+
+        Example:
+            >>> nif = GaussianNIF(2, 5)
+            >>> nif.marginal(torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2)).batch_shape
+            torch.Size([3])
         """
+        dense = self.linear.dense()
+        if loc is None and scale_tril is None:
+            return dist.LowRankMultivariateNormal(self.bias, dense, self.noise_scale.pow(2))
+        d = self.latent_dim
+        loc = torch.zeros(d, dtype=dense.dtype, device=dense.device) if loc is None else loc
+        check_input("loc", loc, self.weight, event_shape=(d,), owner="the layer's")
+        if scale_tril is None:
+            scale_tril = torch.eye(d, dtype=dense.dtype, device=dense.device)
+        check_input("scale_tril", scale_tril, self.weight, event_shape=(d, d), owner="the layer's")
         return dist.LowRankMultivariateNormal(
-            self.bias, self.linear.dense(), self.noise_scale.pow(2)
+            self.bias + loc @ dense.T, dense @ scale_tril, self.noise_scale.pow(2)
         )

@@ -52,6 +52,27 @@ def test_marginal_is_the_low_rank_gaussian():
     torch.testing.assert_close(nif.marginal().log_prob(x), dense.log_prob(x))
 
 
+def test_marginal_under_a_gaussian_z_equals_quadrature():
+    """z ~ N(mu_k, L_k L_k^T), a batch of two: p(x) = N(A mu_k + b, A L_k L_k^T A^T + Sigma)."""
+    nif = _nif(2, 3)
+    loc = torch.tensor([[1.0, -0.5], [-2.0, 0.3]])
+    tril = torch.tensor([[[0.7, 0.0], [0.4, 0.5]], [[1.2, 0.0], [-0.3, 0.2]]])
+    x = torch.randn(4, 1, 3)
+    grid = torch.linspace(-7, 7, 281)
+    pts = torch.cartesian_prod(grid, grid)
+    w = (grid[1] - grid[0]) ** 2
+    with torch.no_grad():
+        prior = dist.MultivariateNormal(loc[:, None], scale_tril=tril[:, None]).log_prob(pts)
+        like = nif.likelihood(pts).log_prob(x[:, :, None, :])  # (4, 1, M)
+        quad = torch.logsumexp(prior + like, -1) + math.log(w)  # (4, 2)
+        exact = nif.marginal(loc, tril).log_prob(x)
+    torch.testing.assert_close(exact, quad, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        nif.marginal(torch.zeros(2), torch.eye(2)).log_prob(x[:, 0]),
+        nif.marginal().log_prob(x[:, 0]),
+    )
+
+
 @pytest.mark.parametrize("d, D", [(1, 3), (2, 5), (3, 4)])
 def test_stochastic_inverse_is_the_normalised_likelihood(d, D):
     nif = _nif(d, D)

@@ -146,8 +146,58 @@ def test_fit_prior_learns_where_the_data_sit_on_the_manifold_and_nothing_else():
     with torch.no_grad():  # the prior's samples now sit in the two clusters
         z_new = m.prior().sample((4000,))
     assert (z_new[:, 0].abs() > 1.25).double().mean() > 0.8  # unit normal: 0.21
-    with pytest.raises(ValueError, match="prior_flow: fit_prior needs a prior flow"):
+    with pytest.raises(ValueError, match="prior_flow: fit_prior needs a prior flow or a mixture"):
         _model(2, 3).fit_prior(x, num_steps=1)
+
+
+def test_mixture_prior_log_prob_is_exact():
+    m = _model(2, 3, top_flow="maf", top_hidden_dims=[16], prior_components=3)
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        grid = torch.linspace(-9, 9, 361)
+        pts = torch.cartesian_prod(grid, grid)
+        joint = m.prior().log_prob(pts) + m._observation(pts, 1.0).log_prob(x[:, None, :])
+        quad = torch.logsumexp(joint, -1) + 2 * math.log(grid[1] - grid[0])
+    torch.testing.assert_close(m.log_prob(x), quad, atol=1e-5, rtol=1e-5)
+
+
+def test_fit_prior_em_finds_the_clusters_on_the_manifold():
+    m = _model(2, 3, prior_components=2)
+    g = torch.Generator().manual_seed(1)
+    sign = torch.randint(0, 2, (3000, 1), generator=g) * 2.0 - 1.0
+    z = torch.cat([2.5 * sign, torch.zeros(3000, 1)], -1) + 0.3 * torch.randn(3000, 2, generator=g)
+    with torch.no_grad():
+        x = m.nif.likelihood(z, s=0.0).sample()
+        for t in m.top_layers:
+            x = t(x)
+    unit = m.log_prob(x[:500]).mean()  # a mixture at its start is no unit normal: compare below
+    others = {n: p.detach().clone() for n, p in m.named_parameters() if "prior_mixture" not in n}
+    result = m.fit_prior(x, num_steps=100, validation_data=x[:300], seed=2)
+    assert 2 < result.step < 100  # stopped once converged
+    losses = result.history["loss"]
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:], strict=False))  # EM ascends
+    assert result.best_validation_loss == min(result.history["val_loss"])
+    for name, p in m.named_parameters():  # the NIF layer and the top flow did not move
+        if "prior_mixture" not in name:
+            assert torch.equal(p, others[name]), name
+    means = m.prior_mixture.loc.detach()[:, 0].sort().values
+    torch.testing.assert_close(means, torch.tensor([-2.5, 2.5]), atol=0.2, rtol=0)
+    assert m.log_prob(x[:500]).mean() > unit
+    with torch.no_grad():
+        z_new = m.prior().sample((4000,))
+    assert (z_new[:, 0].abs() > 1.25).double().mean() > 0.95  # unit normal: 0.21
+
+
+def test_mixture_prior_trains_with_the_rest_and_round_trips():
+    m = _model(2, 3, prior_components=2)
+    x = m.sample(200).detach()
+    result = fit(m.model, m.guide, x, num_steps=5, batch_size=50, progress=False)
+    assert result.step == 5
+    assert any(n.startswith("prior_mixture.") for n, _ in m.named_parameters())
+    clone = NoisyInjectiveFlow(3, 2, top_flow="realnvp", top_layers=2, top_hidden_dims=[16, 16],
+                               prior_components=2).double()  # fmt: skip
+    clone.load_state_dict(m.state_dict())
+    torch.testing.assert_close(clone.eval().log_prob(x[:5]), m.eval().log_prob(x[:5]))
 
 
 def test_bad_input():
@@ -164,3 +214,7 @@ def test_bad_input():
         m.sample(3, t=0.0)
     with pytest.raises(ValueError, match="s: expected"):
         m.model(torch.zeros(2, 2), s=0.0)
+    with pytest.raises(ValueError, match="prior_components: expected None with prior_flow"):
+        NoisyInjectiveFlow(3, 2, prior_flow="maf", prior_components=2)
+    with pytest.raises(ValueError, match="prior_components: expected an int >= 1, got 0"):
+        NoisyInjectiveFlow(3, 2, prior_components=0)
