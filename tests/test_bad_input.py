@@ -232,6 +232,12 @@ def nif_flow() -> M.NoisyInjectiveFlow:  # D = 3, d = 1
     ).double()
 
 
+def nif_mixture_prior() -> M.NoisyInjectiveFlow:  # D = 3, d = 2, a 4-component mixture
+    return M.NoisyInjectiveFlow(
+        3, 2, top_flow="realnvp", top_layers=1, top_hidden_dims=[8], prior_components=4
+    ).double()
+
+
 def nif_prior_flow() -> M.NoisyInjectiveFlow:  # D = 3, d = 2, a RealNVP prior
     return M.NoisyInjectiveFlow(
         3, 2, top_flow="realnvp", top_layers=1, top_hidden_dims=[8], prior_flow="realnvp",
@@ -1610,6 +1616,12 @@ MODELS = [
         r"prior_components: expected None with prior_flow='maf' \(one prior: a flow or a "
         r"mixture\), got 2",
         id="NoisyInjectiveFlow-prior_components-with-prior_flow",
+    ),
+    P(
+        OnTarget(nif_mixture_prior, lambda m: m.fit_prior(f64(3, 3), num_steps=1)),
+        V,
+        r"x: expected at least prior_components=4 points to start the mixture's means at, got 3",
+        id="NoisyInjectiveFlow-fit_prior-fewer-points-than-components",
     ),
     P(
         lambda: M.NoisyInjectiveFlow(3, 1, init_noise_scale=-1.0),

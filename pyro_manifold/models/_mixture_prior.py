@@ -57,10 +57,11 @@ class GaussianMixturePrior(nn.Module):
         E-step: responsibilities :math:`r_{nk} \propto \pi_k \mathcal N(z_n; \mu_k, S_k)`.
         M-step: :math:`\pi_k = \bar r_k`, :math:`\mu_k` and :math:`S_k` the
         responsibility-weighted mean and covariance, plus
-        :data:`COVARIANCE_FLOOR` :math:`\cdot I`. Computed in float64.
+        :data:`COVARIANCE_FLOOR` :math:`\cdot I`. The component densities are evaluated in
+        the dtype of ``z``, everything after them in float64.
         """
         zd = z.double()
-        log_joint = self.distribution().component_distribution.log_prob(zd[:, None].to(z.dtype))
+        log_joint = self.distribution().component_distribution.log_prob(z[:, None])
         log_joint = log_joint.double() + torch.log_softmax(self.logits.double(), -1)
         log_p = log_joint.logsumexp(-1, keepdim=True)
         r = (log_joint - log_p).exp()  # (N, K)

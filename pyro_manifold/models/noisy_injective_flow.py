@@ -307,7 +307,7 @@ class NoisyInjectiveFlow(PyroModule):
         A Gaussian-mixture prior (``prior_components``) is fitted by EM instead, whose
         M-step maximises the same objective in closed form: one draw
         :math:`z_n \sim q(z \mid y_n)` per point (and per validation point), means started
-        at :math:`K` of them (picked with ``seed``, default 0), unit covariances and equal
+        at :math:`K` of them (``seed`` seeds the draws and the pick), unit covariances and equal
         weights, then up to ``num_steps`` EM iterations over all the draws, stopping once
         the mean :math:`\log p(z_n)` rises by less than ``1e-4`` nats per point. With
         ``validation_data`` the iterate with the lowest validation loss is kept.
@@ -354,6 +354,12 @@ class NoisyInjectiveFlow(PyroModule):
         check_positive_int("batch_size", batch_size)
         check_positive("lr", lr)
         check_positive_int("chunk_size", chunk_size)
+        k = 0 if self.prior_mixture is None else len(self.prior_mixture.logits)
+        if x.shape[0] < k:
+            raise ValueError(
+                f"x: expected at least prior_components={k} points to start the mixture's "
+                f"means at, got {x.shape[0]}"
+            )
         from pyro_manifold.infer import fit  # the training loop imports the models package
 
         def model(z: Tensor) -> None:
@@ -380,7 +386,7 @@ class NoisyInjectiveFlow(PyroModule):
             forget_cached(self.top_layers)
             if self.prior_mixture is not None:
                 return self._fit_mixture_prior(
-                    y, y_val, num_steps, chunk_size, fit_options.get("seed") or 0
+                    y, y_val, num_steps, chunk_size, fit_options.get("seed")
                 )
             return fit(
                 model,
@@ -399,11 +405,14 @@ class NoisyInjectiveFlow(PyroModule):
 
     @torch.no_grad()
     def _fit_mixture_prior(
-        self, y: Tensor, y_val: Tensor | None, num_steps: int, chunk_size: int, seed: int
+        self, y: Tensor, y_val: Tensor | None, num_steps: int, chunk_size: int, seed: int | None
     ) -> FitResult:
         from pyro_manifold.infer import FitResult
 
-        pyro.set_rng_seed(seed)
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        else:
+            seed = int(torch.randint(2**62, ()))
 
         def draws(data: Tensor) -> Tensor:
             inverse = self.nif.stochastic_inverse
