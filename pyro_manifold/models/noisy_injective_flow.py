@@ -329,7 +329,10 @@ class NoisyInjectiveFlow(PyroModule):
             ``fit``'s :class:`~pyro_manifold.infer.FitResult`.
 
         Raises:
-            ValueError: when the model has a unit-normal prior (nothing to fit).
+            ValueError: when the model has a unit-normal prior (nothing to fit), or a
+                mixture prior and fewer points than components.
+            FloatingPointError: when an EM step gives a non-finite fit (the error names
+                the step; the mixture keeps its last good iterate).
 
         Example:
             >>> nif = NoisyInjectiveFlow(3, 2, top_flow=None, prior_flow="realnvp",
@@ -411,38 +414,16 @@ class NoisyInjectiveFlow(PyroModule):
 
         if seed is not None:
             pyro.set_rng_seed(seed)
-        else:
-            seed = int(torch.randint(2**62, ()))
 
         def draws(data: Tensor) -> Tensor:
             inverse = self.nif.stochastic_inverse
             return torch.cat([inverse(c).sample() for c in data.split(chunk_size)])
 
-        mixture = self.prior_mixture
         z = draws(y)
         z_val = None if y_val is None else draws(y_val)
-        mixture.start(z, torch.Generator().manual_seed(seed))
-        history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
-        best, best_state, previous, step = math.inf, None, -math.inf, 0
-        for step in range(1, num_steps + 1):
-            log_p = mixture.em_step(z)
-            history["step"].append(step - 1)
-            history["loss"].append(-log_p)
-            if z_val is not None:
-                val = -mixture.distribution().log_prob(z_val).mean().item()
-                history["val_step"].append(step)
-                history["val_loss"].append(val)
-                if val < best:
-                    best = val
-                    best_state = {k: v.clone() for k, v in mixture.state_dict().items()}
-            if log_p - previous < 1e-4:
-                break
-            previous = log_p
-        if best_state is not None:
-            mixture.load_state_dict(best_state)
-        return FitResult(
-            history=history, step=step, best_validation_loss=None if z_val is None else best
-        )
+        history = self.prior_mixture.fit_em(z, z_val, max_steps=num_steps, seed=seed)
+        best = min(history["val_loss"], default=None)
+        return FitResult(history=history, step=len(history["step"]), best_validation_loss=best)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
