@@ -39,6 +39,7 @@ __all__ = [
     "check_finite",
     "check_input",
     "check_matches",
+    "check_per_point",
     "check_positive",
     "check_positive_int",
     "check_probability",
@@ -138,6 +139,25 @@ def check_finite(name: str, x: Tensor) -> Tensor:
             f"{tuple(x.shape)}"
         )
     return x
+
+
+def check_per_point(name: str, out: object, inputs: Tensor) -> Tensor:
+    """Check that a callback ``name`` returned one value per row of ``inputs``.
+
+    Raises ``ValueError`` naming ``name``, the shape expected (``(N,)`` for ``N`` rows)
+    and the shape or type returned.
+
+    Example:
+        >>> check_per_point("log_prob", torch.zeros(3), torch.ones(3, 2)).shape
+        torch.Size([3])
+    """
+    if not isinstance(out, Tensor) or out.shape != inputs.shape[:1]:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"{name}: expected an output of shape ({inputs.shape[0]},) for inputs of shape "
+            f"{tuple(inputs.shape)}, got {got}"
+        )
+    return out
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold._validation import check_per_point, check_positive_int, check_tensor
 
 __all__ = ["plot_density_2d", "plot_image_grid", "plot_samples_3d", "plot_training_curve"]
 
@@ -105,14 +105,7 @@ def plot_density_2d(
 
 
 def _grid_log_prob(log_prob: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
-    lp = log_prob(points)
-    if not isinstance(lp, Tensor) or lp.shape != points.shape[:1]:
-        got = tuple(lp.shape) if isinstance(lp, Tensor) else type(lp).__name__
-        raise ValueError(
-            f"log_prob: expected a tensor of shape ({len(points)},) for {len(points)} points, "
-            f"got {got}"
-        )
-    lp = lp.detach().cpu().float()
+    lp = check_per_point("log_prob", log_prob(points), points).detach().cpu().float()
     if torch.isnan(lp).any() or (lp == math.inf).any():
         raise ValueError(
             f"log_prob: expected values in [-inf, inf), got {int(torch.isnan(lp).sum())} NaN "

@@ -128,7 +128,8 @@ BAD = [
     pytest.param(
         lambda p: plot_density_2d(lambda x: x, torch.rand(5, 2), p, grid_size=10),
         ValueError,
-        r"log_prob: expected a tensor of shape \(100,\) for 100 points, got \(100, 2\)",
+        r"log_prob: expected an output of shape \(100,\) for inputs of shape \(100, 2\), "
+        r"got \(100, 2\)",
     ),
     pytest.param(
         lambda p: plot_density_2d(lambda x: gauss(x) * NAN, torch.rand(5, 2), p, grid_size=10),

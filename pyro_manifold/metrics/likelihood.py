@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold._validation import check_per_point, check_positive_int, check_tensor
 
 __all__ = ["bits_per_dim", "mean_log_likelihood", "pixel_log_likelihood"]
 
@@ -156,13 +156,7 @@ def mean_log_likelihood(
             batch = data[start : start + batch_size]
             if device is not None:
                 batch = batch.to(device, non_blocking=True)
-            out = log_prob_fn(batch)
-            if not isinstance(out, Tensor) or out.shape != batch.shape[:1]:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(
-                    f"log_prob_fn: expected an output of shape ({batch.shape[0]},) for a "
-                    f"batch of shape {tuple(batch.shape)}, got {got}"
-                )
+            out = check_per_point("log_prob_fn", log_prob_fn(batch), batch)
             check_tensor("log_prob_fn(data)", out)
             values = out.detach().to(torch.float64)
             n_b = values.numel()

@@ -113,17 +113,21 @@ def test_fit_learns_a_line_in_the_plane():
         assert (m.nif.bias - torch.tensor([0.0, 1.0])) @ torch.tensor([-0.5, 1.0]) < 0.05
 
 
-def test_fit_prior_learns_where_the_data_sit_on_the_manifold_and_nothing_else():
-    m = _model(2, 3, prior_flow="realnvp", prior_layers=3, prior_hidden_dims=[32, 32])
+def _two_clusters_on_the_manifold(m, n):
+    """Points x = f(Az + b) with z in two clusters at (+-2.5, 0), where a unit normal is thin."""
     g = torch.Generator().manual_seed(1)
-    # two clusters on the manifold, at z = (+-2.5, 0): a unit-normal prior puts its mass
-    # between them
-    sign = torch.randint(0, 2, (2000, 1), generator=g) * 2.0 - 1.0
-    z = torch.cat([2.5 * sign, torch.zeros(2000, 1)], -1) + 0.3 * torch.randn(2000, 2, generator=g)
+    sign = torch.randint(0, 2, (n, 1), generator=g) * 2.0 - 1.0
+    z = torch.cat([2.5 * sign, torch.zeros(n, 1)], -1) + 0.3 * torch.randn(n, 2, generator=g)
     with torch.no_grad():
         x = m.nif.likelihood(z, s=0.0).sample()
         for t in m.top_layers:
             x = t(x)
+    return x
+
+
+def test_fit_prior_learns_where_the_data_sit_on_the_manifold_and_nothing_else():
+    m = _model(2, 3, prior_flow="realnvp", prior_layers=3, prior_hidden_dims=[32, 32])
+    x = _two_clusters_on_the_manifold(m, 2000)
 
     def prior_fit_on_draws():
         pyro.set_rng_seed(3)
@@ -163,13 +167,7 @@ def test_mixture_prior_log_prob_is_exact():
 
 def test_fit_prior_em_finds_the_clusters_on_the_manifold():
     m = _model(2, 3, prior_components=2)
-    g = torch.Generator().manual_seed(1)
-    sign = torch.randint(0, 2, (3000, 1), generator=g) * 2.0 - 1.0
-    z = torch.cat([2.5 * sign, torch.zeros(3000, 1)], -1) + 0.3 * torch.randn(3000, 2, generator=g)
-    with torch.no_grad():
-        x = m.nif.likelihood(z, s=0.0).sample()
-        for t in m.top_layers:
-            x = t(x)
+    x = _two_clusters_on_the_manifold(m, 3000)
     unit = m.log_prob(x[:500]).mean()  # a mixture at its start is no unit normal: compare below
     others = {n: p.detach().clone() for n, p in m.named_parameters() if "prior_mixture" not in n}
     result = m.fit_prior(x, num_steps=100, validation_data=x[:300], seed=2)
