@@ -56,6 +56,38 @@ class GaussianMixturePrior(nn.Module):
         components = dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril() * math.sqrt(t))
         return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
 
+    def component_log_prob(self, z: Tensor) -> Tensor:
+        r"""Each component's :math:`\log \mathcal N(z_n; \mu_k, L_kL_k^\top)`, shape :math:`(N, K)`.
+
+        One component at a time, so memory stays :math:`O(N(K + d) + Kd^2)` where the
+        batched ``distribution().log_prob`` broadcasts to :math:`O(NKd)`.
+        """
+        pairs = zip(self.loc, self.scale_tril(), strict=True)
+        return torch.stack(
+            [dist.MultivariateNormal(mu, scale_tril=tril).log_prob(z) for mu, tril in pairs], -1
+        )
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        r""":math:`\log p(z_n)`, shape :math:`(N,)`, with :meth:`component_log_prob`'s memory."""
+        return (self.component_log_prob(z) + torch.log_softmax(self.logits, -1)).logsumexp(-1)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, t: float = 1.0) -> Tensor:
+        r"""``num_samples`` draws :math:`(n, d)` at temperature ``t``, one component at a time.
+
+        The same distribution as ``distribution(t).sample((n,))``, whose batched matrix
+        product broadcasts every :math:`L_k` to :math:`O(nKd^2)` memory; here the
+        component counts are drawn first and each component draws its own points.
+        """
+        counts = torch.distributions.Multinomial(num_samples, logits=self.logits).sample().long()
+        scale = math.sqrt(t)
+        draws = [
+            mu + scale * torch.randn(int(n), len(mu), dtype=mu.dtype, device=mu.device) @ tril.T
+            for mu, tril, n in zip(self.loc, self.scale_tril(), counts, strict=True)
+        ]
+        z = torch.cat(draws)
+        return z[torch.randperm(num_samples, device=z.device)]
+
     @torch.no_grad()
     def _set(self, weight: Tensor, loc: Tensor, chol: Tensor) -> None:
         self.logits.copy_((weight / weight.sum()).log())
@@ -90,15 +122,8 @@ class GaussianMixturePrior(nn.Module):
                 finite; the mixture is then left as it was.
         """
         zd = z.double()
-        scale_tril = self.scale_tril()
-        log_joint = torch.stack(  # (N, K), one component at a time
-            [
-                dist.MultivariateNormal(mu, scale_tril=tril).log_prob(z)
-                for mu, tril in zip(self.loc, scale_tril, strict=True)
-            ],
-            dim=-1,
-        )
-        log_joint = log_joint.double() + torch.log_softmax(self.logits.double(), -1)
+        log_joint = self.component_log_prob(z).double()
+        log_joint = log_joint + torch.log_softmax(self.logits.double(), -1)
         log_p = log_joint.logsumexp(-1, keepdim=True)
         mean_log_p = log_p.mean().item()
         if not math.isfinite(mean_log_p):
@@ -171,7 +196,7 @@ class GaussianMixturePrior(nn.Module):
             history["step"].append(step - 1)
             history["loss"].append(-log_p)
             if z_val is not None:
-                val = -self.distribution().log_prob(z_val).mean().item()
+                val = -self.log_prob(z_val).mean().item()
                 history["val_step"].append(step)
                 history["val_loss"].append(val)
                 if val < best:

@@ -100,3 +100,23 @@ def test_fit_em_bad_input_changes_nothing(z, z_val, match):
         prior.fit_em(z, z_val, seed=0)
     for name, value in prior.state_dict().items():
         assert torch.equal(value, state[name]), name
+
+
+def test_log_prob_and_sample_are_the_batched_mixtures():
+    prior, z = _prior(), _points(50)
+    with torch.no_grad():
+        torch.testing.assert_close(prior.log_prob(z), prior.distribution().log_prob(z))
+        for t in (1.0, 2.0):
+            draws = prior.sample(200_000, t=t)
+            batched = prior.distribution(t)
+            # moments of the mixture: the weighted means and the law of total covariance
+            w = torch.softmax(prior.logits, -1)
+            comp = batched.component_distribution
+            mean = w @ prior.loc
+            centred = prior.loc - mean
+            cov = torch.einsum("k,kij->ij", w, comp.covariance_matrix) + centred.T @ (
+                w[:, None] * centred
+            )
+            assert draws.shape == (200_000, 3)
+            torch.testing.assert_close(draws.mean(0), mean, atol=0.02, rtol=0)
+            torch.testing.assert_close(draws.T.cov(), cov, atol=0.05, rtol=0.02)
