@@ -47,8 +47,8 @@ def push_forward(flow, u, batch):
 def log_prob_with_base(flow, base_log_prob, y):
     """log p(y) = base_log_prob(f^-1(y)) + log|det J_f^-1(y)|, as TransformedDistribution does.
 
-    ``base_log_prob`` takes the (N, D) latents at once, so a mixture can score them one
-    component at a time (GaussianMixturePrior.log_prob).
+    (The NF's layers with another base distribution, scored like
+    TransformedDistribution does.)
     """
     u, log_det = y, 0.0
     for layer in reversed(flow.layers):
@@ -102,7 +102,7 @@ def main():
           "->", report["val_nll_mixture_base"], flush=True)  # fmt: skip
 
     def mixture_log_prob(y):
-        return log_prob_with_base(flow, mixture.log_prob, y)
+        return log_prob_with_base(flow, mixture.distribution().log_prob, y)
 
     bases = {"unit normal": None, f"{args.components}-component mixture": mixture_log_prob}
     torch.manual_seed(1)
@@ -112,7 +112,7 @@ def main():
             u = (
                 torch.randn(args.num_samples, u_val.shape[1])
                 if log_prob is None
-                else mixture.sample(args.num_samples)
+                else mixture.distribution().sample((args.num_samples,))
             )
         pixels, dropped = finite_pixels(push_forward(flow, u, args.batch))
         report[name] = {
@@ -126,7 +126,7 @@ def main():
     rows = []
     with torch.no_grad():
         for t in (0.5, 1.0, 1.5, 2.0):
-            u = mixture.sample(8, t=t)
+            u = mixture.distribution(t).sample((8,))
             rows.append(to_pixels(push_forward(flow, u, 8)).nan_to_num(nan=0.0))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -102,21 +102,21 @@ def test_fit_em_bad_input_changes_nothing(z, z_val, match):
         assert torch.equal(value, state[name]), name
 
 
-def test_log_prob_and_sample_are_the_batched_mixtures():
-    prior, z = _prior(), _points(50)
+def test_the_low_memory_sampler_draws_the_mixture_under_a_plate_too():
+    prior = _prior()
     with torch.no_grad():
-        torch.testing.assert_close(prior.log_prob(z), prior.distribution().log_prob(z))
         for t in (1.0, 2.0):
-            draws = prior.sample(200_000, t=t)
-            batched = prior.distribution(t)
+            mixture = prior.distribution(t)
             # moments of the mixture: the weighted means and the law of total covariance
             w = torch.softmax(prior.logits, -1)
-            comp = batched.component_distribution
             mean = w @ prior.loc
             centred = prior.loc - mean
-            cov = torch.einsum("k,kij->ij", w, comp.covariance_matrix) + centred.T @ (
-                w[:, None] * centred
-            )
-            assert draws.shape == (200_000, 3)
-            torch.testing.assert_close(draws.mean(0), mean, atol=0.02, rtol=0)
-            torch.testing.assert_close(draws.T.cov(), cov, atol=0.05, rtol=0.02)
+            within = torch.einsum("k,kij->ij", w, mixture.component_distribution.covariance_matrix)
+            cov = within + centred.T @ (w[:, None] * centred)
+            for draws in (
+                mixture.sample((200_000,)),
+                mixture.expand((2000,)).sample((100,)).reshape(-1, 3),  # as in pyro.plate
+            ):
+                assert draws.shape == (200_000, 3)
+                torch.testing.assert_close(draws.mean(0), mean, atol=0.02, rtol=0)
+                torch.testing.assert_close(draws.T.cov(), cov, atol=0.05, rtol=0.02)
