@@ -22,6 +22,7 @@ import json
 import time
 from pathlib import Path
 
+import pyro
 import torch
 from mnist_flows import evaluate  # benchmarks/ is the script's directory
 from nif_mnist_eval import embed, load_run, to_logit, to_pixels
@@ -35,12 +36,16 @@ from pyro_manifold.plotting import plot_image_grid
 
 @torch.no_grad()
 def push_forward(flow, u, batch):
-    """x = f(u) in pixel space, ``batch`` rows at a time (MAF: sequential per layer)."""
+    """y = f(u), ``batch`` rows at a time (MAF: sequential per layer).
+
+    Rows that overflow to inf/NaN are passed on (validation off) for the caller to drop.
+    """
     out = []
-    for chunk in u.split(batch):
-        for layer in flow.layers:
-            chunk = layer(chunk)
-        out.append(chunk)
+    with pyro.validation_enabled(False):
+        for chunk in u.split(batch):
+            for layer in flow.layers:
+                chunk = layer(chunk)
+            out.append(chunk)
     return torch.cat(out)
 
 
