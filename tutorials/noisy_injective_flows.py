@@ -123,8 +123,8 @@ with torch.no_grad():
 # training, `fit_prior` refits the mixture alone by EM to the stochastic inverse of the
 # data (the NIF layer and the top flow stay fixed): samples at s = 0 then come from where
 # the data sit on the manifold. On the full MNIST protocol this step took the on-manifold
-# samples' Fréchet distance from 225.6 to 142.1, 45% below the NF's
-# (benchmarks/RESULTS.md).
+# samples' Fréchet distance from 225.6 to 142.1, 45% below the NF's; the NF given the
+# same mixture as its base distribution gets no better (benchmarks/RESULTS.md).
 
 # %%
 if args.mnist and os.environ.get("PYRO_MANIFOLD_DATA"):
