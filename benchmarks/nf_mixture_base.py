@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import torch
 from mnist_flows import evaluate  # benchmarks/ is the script's directory
 from nif_mnist_eval import embed, load_run, to_logit, to_pixels
-from pyro.distributions.util import sum_rightmost
 
 from pyro_manifold.datasets import load_mnist
 from pyro_manifold.metrics import load_mnist_classifier, mnist_frechet_distance
@@ -47,21 +47,6 @@ def push_forward(flow, u, batch):
                 chunk = layer(chunk)
             out.append(chunk)
     return torch.cat(out)
-
-
-def log_prob_with_base(flow, base_log_prob, y):
-    """log p(y) = base_log_prob(f^-1(y)) + log|det J_f^-1(y)|, as TransformedDistribution does.
-
-    (The NF's layers with another base distribution, scored like
-    TransformedDistribution does.)
-    """
-    u, log_det = y, 0.0
-    for layer in reversed(flow.layers):
-        previous = layer.inv(u)
-        ladj = layer.log_abs_det_jacobian(previous, u)  # batch norm: per coordinate
-        log_det = log_det - sum_rightmost(ladj, 1 - layer.codomain.event_dim)
-        u = previous
-    return base_log_prob(u) + log_det
 
 
 def finite_pixels(y):
@@ -107,7 +92,7 @@ def main():
           "->", report["val_nll_mixture_base"], flush=True)  # fmt: skip
 
     def mixture_log_prob(y):
-        return log_prob_with_base(flow, mixture.distribution().log_prob, y)
+        return dist.TransformedDistribution(mixture.distribution(), list(flow.layers)).log_prob(y)
 
     bases = {"unit normal": None, f"{args.components}-component mixture": mixture_log_prob}
     torch.manual_seed(1)
