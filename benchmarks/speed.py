@@ -1,34 +1,53 @@
-"""Seconds per epoch: hand-written PyTorch loop vs our fit (fast path) vs stock Pyro SVI.
+"""Seconds per epoch, interleaved: a hand-written loop, our fit, stock Pyro SVI (and zuko).
 
-For each job the same modules and the same mini-batches (drawn on the device from one
-shuffled order) are trained three ways:
+For each job the same modules (built from the same seed) and mini-batches of the same
+size (drawn on the device from one seeded shuffle) are trained by each runner:
 
   torch  a hand-written loop of the same math: the ELBO written out with
-         torch.distributions (validation off), one torch.optim.Adam (fused on CUDA);
+         torch.distributions (validation off);
   ours   pyro_manifold.infer.fit with its defaults (fast ELBO, validation off in the
-         step, one optimiser) and sync_every equal to the logging interval (fused Adam
-         that skips a non-finite step on the device; flags and losses read back only
-         at the logging steps);
-  pyro   stock pyro.infer.SVI with pyro.optim.Adam and Trace_ELBO/TraceEnum_ELBO,
-         Pyro's validation as shipped (on), svi.step per batch;
-  zuko   for the MAF job, when zuko is installed: zuko.flows.MAF of the same size
-         (5 transforms, one hidden layer of 1024, the same parameter count) trained by
-         the hand-written loop.
+         step, one optimiser), sync_every = log_every = the round's steps; each round is
+         one whole ``fit`` call, so fit's own per-call set-up (parameter discovery, the
+         first evaluation with Pyro's validation on) is inside the time, as a user sees it;
+  pyro   stock pyro.infer.SVI with Trace_ELBO/TraceEnum_ELBO and Pyro's validation as
+         shipped (on), a loop of svi.step;
+  zuko   MAF jobs only, where zuko is installed: zuko.flows.MAF of the same size
+         (5 transforms, one hidden layer, the same parameter count) in the hand-written loop.
 
-Each runner is timed over --steps steps after --warmup steps (CUDA synchronised at both
-ends); the figure is seconds per step times the steps in one epoch of --epoch-size
-points. Ratios: ours/torch (target <= 1.15 on GPU) and pyro/ours (target >= 2.5 at
-batch 128 on GPU). Prints one table and writes JSON.
+Every runner uses the same optimiser implementation: Adam, lr 1e-3, the fused kernel
+(``torch.optim.Adam(fused=True)`` in the loops, ``pyro.optim.Adam({"fused": True})`` for
+stock Pyro, which builds one such optimiser per parameter as Pyro does, and fit's fused
+Adam, which sync_every > 1 selects on every device).
 
-Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/speed.py            (GPU)
-      OMP_NUM_THREADS=1 python benchmarks/speed.py --device cpu --steps 30    (CPU)
+The runners alternate: one warm-up round (not recorded) then ``--rounds`` rounds, each
+running every runner for the same number of steps, in an order rotated every round, so
+that a slow patch of a shared machine lands on all of them. Steps per round are
+calibrated after the warm-up so that a round of the hand-written loop takes about
+``--round-seconds``
+(``--steps`` fixes them). CUDA is synchronised at both ends of each timed round. Every
+time is seconds per step times the steps in one epoch of ``--epoch-size`` points;
+ratios are taken within each round (paired) and reported as median [min, max]. On CUDA
+the peak of extra device memory during a runner's rounds is recorded too.
+
+Targets (issue 23): ours/torch <= 1.05 (median) on every job; pyro/ours >= 1.2 at batch
+<= 128 on the CPU, >= 3 at batch 128 on a GPU.
+
+Run:  PYRO_MANIFOLD_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/speed.py --device cpu
+      python benchmarks/speed.py --device cuda          (on a GPU machine)
+      python benchmarks/speed.py --device cpu --smoke   (tiny sizes: a check that it runs)
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
+import statistics
+import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -46,34 +65,36 @@ from pyro_manifold.models import (
     VQFlow,
 )
 
+LR = 1e-3
+RUNNERS = ("torch", "ours", "pyro", "zuko")
 
-def mnist_pixels(n):
-    """MNIST pixels (uint8, (n, 784)) when PYRO_MANIFOLD_DATA has them, else random (said so)."""
+
+# -- data ---------------------------------------------------------------------------------
+def mnist_pixels(n: int, side: int = 28) -> torch.Tensor:
+    """MNIST pixels (uint8, (n, side**2)) when PYRO_MANIFOLD_DATA has them, else random.
+
+    ``side < 28`` average-pools the images (the smoke mode's small data).
+    """
     try:
         x = load_mnist(os.environ.get("PYRO_MANIFOLD_DATA"), "train").data[:n]
     except FileNotFoundError as e:
         print(f"MNIST not found ({e}); timing on random images of the same size")
-        return (torch.rand(n, 784) * 256).to(torch.uint8)
-    return x.reshape(len(x), -1)
+        x = (torch.rand(n, 28, 28) * 256).to(torch.uint8)
+    x = x.reshape(len(x), 1, 28, 28).float()
+    if side != 28:
+        x = F.adaptive_avg_pool2d(x, side).round()
+    return x.reshape(len(x), -1).to(torch.uint8)
 
 
-def mnist_like(n, device):
+def mnist_binary(n: int, side: int, device: torch.device) -> torch.Tensor:
     """Binarized MNIST (or random binary images) on the device."""
-    return (mnist_pixels(n).float() / 255 > 0.5).float().to(device)
+    return (mnist_pixels(n, side).float() / 255 > 0.5).float().to(device)
 
 
-def mnist_logit(n, device):
+def mnist_logit(n: int, side: int, device: torch.device) -> torch.Tensor:
     """Dequantized logit-space MNIST (the flows' protocol) on the device."""
-    x = dequantize(mnist_pixels(n), torch.Generator().manual_seed(0))
+    x = dequantize(mnist_pixels(n, side), torch.Generator().manual_seed(0))
     return logit_transform(x)[0].to(device)
-
-
-def vq_flow(data):
-    """VQ-RealNVP on MNIST in stage 2 (the chart flows; the atlas as initialised)."""
-    m = VQFlow(784, num_charts=10, latent_dim=64, flow="realnvp", num_layers=3,
-               hidden_dims=[256], autoencoder_hidden_dims=[512])  # fmt: skip
-    m.to(data.device).set_stage("flows", data[:5000])
-    return m
 
 
 # -- the hand-written losses (the same math as the Pyro programs) -------------------------
@@ -114,42 +135,35 @@ def nif_loss(m, x):
     return -elbo.sum() / x.shape[0]
 
 
-def jobs(device):
-    hidden = [1024]  # MADE needs widths >= 784
-    mnist = mnist_like(60_000, device)
-    logit = mnist_logit(60_000, device)
-    pinwheel = load_dataset("pinwheel", 2560).data.to(device)
-    enum = TraceEnum_ELBO(max_plate_nesting=1)
-    return {
-        "VAE gaussian b128": (lambda: FlowVAE(50, 784, None, hidden_dims=[400]), mnist, 128,
-                              vae_loss, Trace_ELBO()),
-        "VAE gaussian b1024": (lambda: FlowVAE(50, 784, None, hidden_dims=[400]), mnist, 1024,
-                               vae_loss, Trace_ELBO()),
-        "VAE iaf b1024": (lambda: FlowVAE(50, 784, "iaf", hidden_dims=[400]), mnist, 1024,
-                          vae_loss, Trace_ELBO()),
-        "VAE pcp b1024": (lambda: FlowVAE(50, 784, "pcp", hidden_dims=[400]), mnist, 1024,
-                          vae_loss, Trace_ELBO()),
-        "MAF(5) 784-d b256": (lambda: Flow(784, "maf", num_layers=5, hidden_dims=hidden),
-                              mnist, 256, flow_loss, Trace_ELBO()),
-        "NIF 784->64 b256": (lambda: NoisyInjectiveFlow(784, 64, top_flow="maf", top_layers=2,
-                                                        top_hidden_dims=hidden),
-                             mnist, 256, nif_loss, Trace_ELBO()),
-        "VMoNF K=1 b128": (lambda: VariationalMixtureOfFlows(2, 1, "realnvp"), pinwheel, 128,
-                           vmonf_loss, enum),
-        "VMoNF K=10 b128": (lambda: VariationalMixtureOfFlows(2, 10, "realnvp"), pinwheel, 128,
-                            vmonf_loss, enum),
-        "VQ-Flow 784->64 b256": (lambda: vq_flow(logit), logit, 256, vq_flow_loss, Trace_ELBO()),
-    }  # fmt: skip
+# -- the jobs -----------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One model on one data set: how to build it, its hand-written loss and its Pyro ELBO."""
+
+    build: Callable[[], torch.nn.Module]
+    data: torch.Tensor
+    batch: int
+    loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+    elbo: pyro.infer.ELBO
+    zuko: Callable[[], torch.nn.Module] | None = None
 
 
-def zuko_maf():
+def vq_flow(data: torch.Tensor, latent: int, hidden: int, ae_hidden: int) -> VQFlow:
+    """VQ-RealNVP in stage 2 (the chart flows; the atlas as initialised)."""
+    m = VQFlow(data.shape[1], num_charts=10, latent_dim=latent, flow="realnvp", num_layers=3,
+               hidden_dims=[hidden], autoencoder_hidden_dims=[ae_hidden])  # fmt: skip
+    m.to(data.device).set_stage("flows", data[:5000])
+    return m
+
+
+def zuko_maf(features: int, hidden: int) -> torch.nn.Module:
     """zuko's MAF with our MAF(5)'s size, as a module whose log_prob the loop can call."""
     import zuko
 
     class ZukoMAF(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.flow = zuko.flows.MAF(features=784, transforms=5, hidden_features=[1024])
+            self.flow = zuko.flows.MAF(features=features, transforms=5, hidden_features=[hidden])
 
         def log_prob(self, x):
             return self.flow().log_prob(x)
@@ -157,12 +171,45 @@ def zuko_maf():
     return ZukoMAF()
 
 
-def sync(device):
+def jobs(device: torch.device, smoke: bool = False) -> dict[str, Job]:
+    """The jobs of the speed table; ``smoke``: 7x7 images, tiny widths, few points."""
+    # points, image side, MADE width, VAE width, VAE latent, NIF latent, VQ chart dimension
+    n, side, wide, vae_h, z, nif_z, vq_z = (
+        (256, 7, 64, 16, 8, 4, 4) if smoke else (60_000, 28, 1024, 400, 50, 64, 64)
+    )
+    d = side * side
+    binary, logit = mnist_binary(n, side, device), mnist_logit(n, side, device)
+    pinwheel = load_dataset("pinwheel", 256 if smoke else 2560).data.to(device)
+    enum = TraceEnum_ELBO(max_plate_nesting=1)
+    b = lambda size: min(size, n // 2)  # noqa: E731 (smoke data are small)
+    vae = lambda flow: lambda: FlowVAE(z, d, flow, hidden_dims=[vae_h])  # noqa: E731
+    return {
+        "VAE gaussian b128": Job(vae(None), binary, b(128), vae_loss, Trace_ELBO()),
+        "VAE gaussian b1024": Job(vae(None), binary, b(1024), vae_loss, Trace_ELBO()),
+        "VAE iaf b1024": Job(vae("iaf"), binary, b(1024), vae_loss, Trace_ELBO()),
+        "VAE pcp b1024": Job(vae("pcp"), binary, b(1024), vae_loss, Trace_ELBO()),
+        "MAF(5) 784-d b256": Job(lambda: Flow(d, "maf", num_layers=5, hidden_dims=[wide]),
+                                 logit, b(256), flow_loss, Trace_ELBO(),
+                                 zuko=lambda: zuko_maf(d, wide)),
+        "NIF 784->64 b256": Job(lambda: NoisyInjectiveFlow(d, nif_z, top_flow="maf",
+                                                           top_layers=2, top_hidden_dims=[wide]),
+                                binary, b(256), nif_loss, Trace_ELBO()),
+        "VMoNF K=1 b128": Job(lambda: VariationalMixtureOfFlows(2, 1, "realnvp"), pinwheel,
+                              128, vmonf_loss, enum),
+        "VMoNF K=10 b128": Job(lambda: VariationalMixtureOfFlows(2, 10, "realnvp"), pinwheel,
+                               128, vmonf_loss, enum),
+        "VQ-Flow 784->64 b256": Job(lambda: vq_flow(logit, vq_z, wide // 4, wide // 2),
+                                    logit, b(256), vq_flow_loss, Trace_ELBO()),
+    }  # fmt: skip
+
+
+# -- the runners: each is prepared once per job, then run(steps) trains that many steps ----
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
-def batches(data, batch, device, seed=0):
+def batches(data: torch.Tensor, batch: int, device: torch.device, seed: int = 0):
     g = torch.Generator(device=device).manual_seed(seed)
     while True:
         perm = torch.randperm(data.shape[0], generator=g, device=device)
@@ -170,100 +217,192 @@ def batches(data, batch, device, seed=0):
             yield data[perm[i : i + batch]]
 
 
-def time_torch(module, data, batch, loss_fn, device, warmup, steps):
-    params = list(module.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3, **({"fused": True} if device.type == "cuda" else {}))
+def loop_runner(module, data, batch, loss_fn, device):
+    """The hand-written loop: loss, backward, one fused Adam over every parameter."""
+    opt = torch.optim.Adam(module.parameters(), lr=LR, fused=True)
     it = batches(data, batch, device)
-    torch.distributions.Distribution.set_default_validate_args(False)
-    try:
-        for i in range(warmup + steps):
-            if i == warmup:
-                sync(device)
-                t0 = time.perf_counter()
-            loss = loss_fn(module, next(it))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync(device)
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(True)
-    return (time.perf_counter() - t0) / steps
+
+    def run(steps: int) -> None:
+        torch.distributions.Distribution.set_default_validate_args(False)
+        try:
+            for _ in range(steps):
+                loss = loss_fn(module, next(it))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(True)
+
+    return run
 
 
-def time_ours(module, data, batch, loss, device, warmup, steps):
-    times = {}
-    # fit's history records wall time at each log step: time the steps after the warm-up
-    log_every = steps if warmup % steps == 0 else math.gcd(warmup, steps)
-    result = fit(module.model, module.guide, data, loss=loss, num_steps=warmup + steps,
-                 batch_size=batch, device=device, progress=False, log_every=log_every,
-                 lr=1e-3, sync_every=log_every)  # fmt: skip
-    for s, t in zip(result.history["step"], result.history["time"], strict=True):
-        times[s] = t
-    return (times[warmup + steps] - times[warmup]) / steps
+def ours_runner(module, data, batch, elbo, device):
+    """One whole ``fit`` call per round (set-up included), continuing the same module."""
+    calls = iter(range(1_000_000))
+
+    def run(steps: int) -> None:
+        fit(module.model, module.guide, data, loss=elbo, num_steps=steps, batch_size=batch,
+            device=device, progress=False, log_every=steps, sync_every=max(steps, 2),
+            lr=LR, seed=next(calls))  # fmt: skip
+
+    return run
 
 
-def time_pyro(module, data, batch, loss, device, warmup, steps):
+def pyro_runner(module, data, batch, elbo, device):
+    """Stock Pyro: SVI with pyro.optim.Adam (fused kernel), validation as shipped."""
     pyro.clear_param_store()
-    svi = SVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
+    svi = SVI(module.model, module.guide, pyro.optim.Adam({"lr": LR, "fused": True}), elbo)
     it = batches(data, batch, device)
-    module.train()
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        svi.step(next(it))
+
+    def run(steps: int) -> None:
+        module.train()
+        for _ in range(steps):
+            svi.step(next(it))
+
+    return run
+
+
+def prepare(runner: str, job: Job, device: torch.device):
+    """Build the job's module for ``runner`` (seed 0) and return its ``run(steps)``."""
+    torch.manual_seed(0)
+    if runner == "zuko":
+        return loop_runner(job.zuko().to(device), job.data, job.batch, flow_loss, device)
+    module = job.build().to(device)
+    if runner == "torch":
+        return loop_runner(module, job.data, job.batch, job.loss, device)
+    make = ours_runner if runner == "ours" else pyro_runner
+    return make(module, job.data, job.batch, job.elbo, device)
+
+
+def timed(run: Callable[[int], None], steps: int, device: torch.device) -> tuple[float, float]:
+    """Seconds for ``run(steps)`` and the peak extra device memory (MiB; 0 off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    t0 = time.perf_counter()
+    run(steps)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    peak = (
+        (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else 0.0
+    )
+    return seconds, peak
 
 
-def main():
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def zuko_available() -> bool:
+    try:
+        import zuko  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
+             round_seconds: float, epoch_size: int, runners=RUNNERS) -> dict:  # fmt: skip
+    """Interleaved rounds of ``runners`` on one job; seconds per epoch and paired ratios."""
+    names = [r for r in runners if r != "zuko" or (job.zuko is not None and zuko_available())]
+    runs = {r: prepare(r, job, device) for r in names}
+    warm = {r: timed(runs[r], 2, device) for r in names}  # warm-up (not recorded)
+    if steps is None:  # calibrate on the hand-written loop, warm
+        per_step = timed(runs["torch"], 5, device)[0] / 5
+        steps = int(min(1000, max(3, round_seconds / max(per_step, 1e-6))))
+    seconds = {r: [] for r in names}
+    peaks = {r: [warm[r][1]] for r in names}
+    for i in range(rounds):
+        order = names[i % len(names) :] + names[: i % len(names)]
+        for r in order:
+            s, peak = timed(runs[r], steps, device)
+            seconds[r].append(s / steps * math.ceil(epoch_size / job.batch))
+            peaks[r].append(peak)
+    row = {"steps_per_round": steps, "batch": job.batch}
+    for r in names:
+        row[r] = spread(seconds[r]) | {"rounds": seconds[r]}
+        if device.type == "cuda":
+            row[r]["peak_extra_mib"] = max(peaks[r])
+    pairs = {"ours_over_torch": ("ours", "torch"), "pyro_over_ours": ("pyro", "ours"),
+             "zuko_over_ours": ("zuko", "ours")}  # fmt: skip
+    for key, (a, b) in pairs.items():
+        if a in seconds:
+            row[key] = spread([x / y for x, y in zip(seconds[a], seconds[b], strict=True)])
+    return row
+
+
+def describe(device: torch.device) -> dict:
+    """The device, the versions, the thread count and the commit the figures came from."""
+    packed = os.environ.get("PYRO_MANIFOLD_COMMIT")  # set by device_check.sh (no .git there)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit, _, state = (packed or "unknown").partition("+")
+        dirty = state == "dirty" if packed else None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": name, "torch": torch.__version__, "pyro": pyro.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "commit": commit, "dirty": dirty}  # fmt: skip
+
+
+def fmt(s: dict) -> str:
+    return f"{s['median']:.2f} [{s['min']:.2f}, {s['max']:.2f}]"
+
+
+def print_row(job: str, row: dict) -> None:
+    cols = [f"{row[r]['median']:>9.3f}" if r in row else f"{'-':>9}" for r in RUNNERS]
+    ratios = [fmt(row[k]) if k in row else "-" for k in ("ours_over_torch", "pyro_over_ours")]
+    print(f"{job:<22}{''.join(cols)}  {ratios[0]:<20}{ratios[1]:<20}", flush=True)
+
+
+def print_header() -> None:
+    print(f"{'job (s/epoch, median)':<22}{'torch':>9}{'ours':>9}{'pyro':>9}{'zuko':>9}  "
+          f"{'ours/torch [min,max]':<20}{'pyro/ours [min,max]':<20}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=None, help="steps per round (default: calibrated)")
+    p.add_argument(
+        "--round-seconds",
+        type=float,
+        default=None,
+        help="target seconds of one runner's round (default 3 on CPU, 1 on CUDA)",
+    )
     p.add_argument("--epoch-size", type=int, default=60_000)
     p.add_argument("--jobs", nargs="+", default=None, help="a subset of the job names")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 rounds of 2 steps")
     p.add_argument("--out", default=None, help="default benchmarks/results/speed_DEVICE.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if args.smoke:
+        args.rounds, args.steps = 2, 2
+    round_seconds = args.round_seconds or (1.0 if device.type == "cuda" else 3.0)
+    table = jobs(device, smoke=args.smoke)
+    unknown = sorted(set(args.jobs or ()) - set(table))
+    if unknown:
+        p.error(f"--jobs: unknown {unknown}; expected names from {sorted(table)}")
+    info = describe(device)
+    print(json.dumps(info))
+    print_header()
     rows = {}
-    print(f"device: {name}, torch {torch.__version__}, pyro {pyro.__version__}")
-    print(f"{'job':<22}{'torch s/ep':>11}{'ours s/ep':>11}{'pyro s/ep':>11}"
-          f"{'ours/torch':>11}{'pyro/ours':>10}")  # fmt: skip
-    for job, (build, data, batch, loss_fn, elbo) in jobs(device).items():
-        if args.jobs and job not in args.jobs:
+    for name, job in table.items():
+        if args.jobs and name not in args.jobs:
             continue
-        per_epoch = math.ceil(args.epoch_size / batch)
-        row = {}
-        for runner, fn in (("torch", time_torch), ("ours", time_ours), ("pyro", time_pyro)):
-            torch.manual_seed(0)
-            module = build().to(device)
-            arg = loss_fn if runner == "torch" else elbo
-            row[runner] = fn(module, data, batch, arg, device, args.warmup, args.steps) * per_epoch
-        row["ours_over_torch"] = row["ours"] / row["torch"]
-        row["pyro_over_ours"] = row["pyro"] / row["ours"]
-        if job.startswith("MAF"):
-            try:
-                torch.manual_seed(0)
-                zuko = zuko_maf().to(device)
-            except ImportError:
-                print("zuko is not installed: no zuko column (pip install zuko)")
-                zuko = None
-            if zuko is not None:
-                seconds = time_torch(zuko, data, batch, flow_loss, device, args.warmup, args.steps)
-                row["zuko"] = seconds * per_epoch
-                row["zuko_over_ours"] = row["zuko"] / row["ours"]
-        rows[job] = row
-        print(
-            f"{job:<22}{row['torch']:>11.3f}{row['ours']:>11.3f}{row['pyro']:>11.3f}"
-            f"{row['ours_over_torch']:>11.2f}{row['pyro_over_ours']:>10.2f}"
-            + (f"   zuko {row['zuko']:.3f} s/ep" if "zuko" in row else ""),
-            flush=True,
-        )
+        rows[name] = time_job(job, device, args.rounds, args.steps, round_seconds,
+                              args.epoch_size)  # fmt: skip
+        print_row(name, rows[name])
+    result = {"info": info, "args": vars(args), "rows": rows}
     out = Path(args.out or f"benchmarks/results/speed_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": name, "args": vars(args), "rows": rows}, indent=2))
+    out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The benchmark scripts run in smoke mode and write the fields their tables are read from."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_speed_smoke_writes_interleaved_rounds(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = _run("speed.py", "--device", "cpu", "--smoke", "--jobs", "VAE gaussian b128",
+                "VMoNF K=1 b128", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["info"]["commit"] and result["info"]["device"] == "cpu"
+    assert set(result["rows"]) == {"VAE gaussian b128", "VMoNF K=1 b128"}
+    for row in result["rows"].values():
+        for runner in ("torch", "ours", "pyro"):
+            cell = row[runner]
+            assert len(cell["rounds"]) == 2 and cell["min"] <= cell["median"] <= cell["max"]
+        ratio = row["ours_over_torch"]
+        pairs = [o / t for o, t in zip(row["ours"]["rounds"], row["torch"]["rounds"], strict=True)]
+        assert ratio["median"] == pytest.approx(sorted(pairs)[0] / 2 + sorted(pairs)[1] / 2)
+
+
+def test_speed_refuses_an_unknown_job(tmp_path):
+    proc = _run("speed.py", "--device", "cpu", "--smoke", "--jobs", "nope", "--out",
+                str(tmp_path / "s.json"))  # fmt: skip
+    assert proc.returncode == 2 and "--jobs: unknown ['nope']" in proc.stderr
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.slow
+def test_device_check_smoke_on_cpu(tmp_path):
+    out = tmp_path / "device_check.json"
+    proc = _run("device_check.py", "--device", "cpu", "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    sections = result["sections"]
+    assert {k: s["status"] for k, s in sections.items()} == dict.fromkeys(
+        ("tests", "speed", "vmonf_k", "vae_epoch"), "ok"
+    )
+    tests = sections["tests"]["result"]
+    assert tests["returncode"] == 0 and tests["counts"]["passed"] >= 14
+    assert len(sections["speed"]["result"]) == 9
+    assert sections["vmonf_k"]["result"]["K=1"]["over_K1"] == 1.0
+    assert set(sections["vae_epoch"]["result"]) == {"gaussian", "iaf", "pcp"}
+    assert "== device_check: cpu" in proc.stdout  # the table is printed last
+
+
+def test_device_check_budget_skips_sections(tmp_path):
+    out = tmp_path / "device_check.json"
+    proc = _run("device_check.py", "--device", "cpu", "--smoke", "--budget", "0",
+                "--sections", "vae_epoch", "vmonf_k", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    sections = json.loads(out.read_text())["sections"]
+    assert sections["vmonf_k"]["status"] == "skipped" and "budget" in sections["vmonf_k"]["error"]
