@@ -3,8 +3,10 @@
 #
 #   bash benchmarks/device_check.sh pack   # here: fills .device/ (git-ignored) with what the
 #                                          # GPU image lacks: the pyro-ppl, pyro-api and zuko
-#                                          # wheels, MNIST gzipped, the shared anchor script and
-#                                          # the commit; prints the device command
+#                                          # wheels, MNIST gzipped, the shared anchor script,
+#                                          # and the committed code (git archive HEAD, so the
+#                                          # figures belong to one commit, whatever else is
+#                                          # edited meanwhile); prints the device command
 #   bash benchmarks/device_check.sh run [device_check.py options]
 #                                          # there: installs the wheels into /tmp/site, unpacks
 #                                          # MNIST into /tmp/mnist, runs benchmarks/device_check.py
@@ -21,23 +23,27 @@ pack)
   for f in "$data"/MNIST/raw/*-ubyte; do gzip -c "$f" > ".device/mnist/$(basename "$f").gz"; done
   anchor=../shared/gpu/stock_pyro_baseline.py
   if [ -f "$anchor" ]; then cp "$anchor" .device/; fi
-  commit=$(git rev-parse HEAD)
-  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then commit="$commit+dirty"; fi
-  echo "$commit" > .device/COMMIT
+  mkdir -p .device/src
+  git archive HEAD pyro_manifold benchmarks/speed.py benchmarks/device_check.py \
+    benchmarks/device_check.sh tests conftest.py setup.cfg pyproject.toml | tar -x -C .device/src
+  git rev-parse HEAD > .device/COMMIT
   du -sh .device
   echo 'device command (carry [".device"]): bash benchmarks/device_check.sh run'
   ;;
 run)
   shift
-  [ -d .device/wheels ] || { echo "device_check.sh: .device/ is missing: run 'pack' first and carry it" >&2; exit 2; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl
+  [ -d .device/src ] || { echo "device_check.sh: .device/ is missing: run 'pack' first and carry it" >&2; exit 2; }
+  out="${OUT:-$PWD/benchmarks/results}"
+  cp .device/stock_pyro_baseline.py /tmp/ 2>/dev/null || true
+  cp -r .device/wheels .device/mnist .device/COMMIT /tmp/
+  cd .device/src
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl
   export PYTHONPATH="$PWD:/tmp/site" PYTHONUNBUFFERED=1
   mkdir -p /tmp/mnist/MNIST/raw
-  for f in .device/mnist/*.gz; do gunzip -c "$f" > "/tmp/mnist/MNIST/raw/$(basename "$f" .gz)"; done
-  export PYRO_MANIFOLD_DATA=/tmp/mnist PYRO_MANIFOLD_COMMIT="$(cat .device/COMMIT)"
-  out="${OUT:-benchmarks/results}"
+  for f in /tmp/mnist/*.gz; do gunzip -c "$f" > "/tmp/mnist/MNIST/raw/$(basename "$f" .gz)"; done
+  export PYRO_MANIFOLD_DATA=/tmp/mnist PYRO_MANIFOLD_COMMIT="$(cat /tmp/COMMIT)"
   anchors=()
-  if [ -f .device/stock_pyro_baseline.py ]; then anchors=(--anchor-script .device/stock_pyro_baseline.py); fi
+  if [ -f /tmp/stock_pyro_baseline.py ]; then anchors=(--anchor-script /tmp/stock_pyro_baseline.py); fi
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
   set -o pipefail
   python3 benchmarks/device_check.py --device cuda --out "$out/device_check.json" "${anchors[@]}" "$@" \

@@ -334,15 +334,19 @@ def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
 
 def describe(device: torch.device) -> dict:
     """The device, the versions, the thread count and the commit the figures came from."""
-    packed = os.environ.get("PYRO_MANIFOLD_COMMIT")  # set by device_check.sh (no .git there)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()  # fmt: skip
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        commit, _, state = (packed or "unknown").partition("+")
-        dirty = state == "dirty" if packed else None
+    packed = os.environ.get("PYRO_MANIFOLD_COMMIT")  # a git archive of it (device_check.sh)
+    if packed:
+        commit, dirty = packed, False
+    else:
+        try:
+            git = ["git", "-C", str(Path(__file__).resolve().parent)]
+            commit = subprocess.run(
+                [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            status = [*git, "status", "--porcelain", "--untracked-files=no"]
+            dirty = bool(subprocess.run(status, capture_output=True, text=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            commit, dirty = "unknown", None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "torch": torch.__version__, "pyro": pyro.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
