@@ -14,7 +14,8 @@ size (drawn on the device from one seeded shuffle) are trained by each runner:
   zuko   MAF jobs only, where zuko is installed: zuko.flows.MAF of the same size
          (5 transforms, one hidden layer, the same parameter count) in the hand-written loop.
 
-Every runner uses the same optimiser implementation: Adam, lr 1e-3, the fused kernel
+Every runner uses the same optimiser implementation: Adam (lr 1e-3; 1e-4 for the 784-d
+MAF, whose steps diverge at 1e-3), the fused kernel
 (``torch.optim.Adam(fused=True)`` in the loops, ``pyro.optim.Adam({"fused": True})`` for
 stock Pyro, which builds one such optimiser per parameter as Pyro does, and fit's fused
 Adam, which sync_every > 1 selects on every device).
@@ -65,7 +66,6 @@ from pyro_manifold.models import (
     VQFlow,
 )
 
-LR = 1e-3
 RUNNERS = ("torch", "ours", "pyro", "zuko")
 
 
@@ -89,6 +89,11 @@ def mnist_pixels(n: int, side: int = 28) -> torch.Tensor:
 def mnist_binary(n: int, side: int, device: torch.device) -> torch.Tensor:
     """Binarized MNIST (or random binary images) on the device."""
     return (mnist_pixels(n, side).float() / 255 > 0.5).float().to(device)
+
+
+def mnist_unit(n: int, side: int, device: torch.device) -> torch.Tensor:
+    """Dequantized MNIST in (0, 1) on the device (a density flow's data, well scaled)."""
+    return dequantize(mnist_pixels(n, side), torch.Generator().manual_seed(0)).to(device)
 
 
 def mnist_logit(n: int, side: int, device: torch.device) -> torch.Tensor:
@@ -146,6 +151,7 @@ class Job:
     loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
     elbo: pyro.infer.ELBO
     zuko: Callable[[], torch.nn.Module] | None = None
+    lr: float = 1e-3
 
 
 def vq_flow(data: torch.Tensor, latent: int, hidden: int, ae_hidden: int) -> VQFlow:
@@ -179,6 +185,7 @@ def jobs(device: torch.device, smoke: bool = False) -> dict[str, Job]:
     )
     d = side * side
     binary, logit = mnist_binary(n, side, device), mnist_logit(n, side, device)
+    unit = mnist_unit(n, side, device)
     pinwheel = load_dataset("pinwheel", 256 if smoke else 2560).data.to(device)
     enum = TraceEnum_ELBO(max_plate_nesting=1)
     b = lambda size: min(size, n // 2)  # noqa: E731 (smoke data are small)
@@ -189,8 +196,8 @@ def jobs(device: torch.device, smoke: bool = False) -> dict[str, Job]:
         "VAE iaf b1024": Job(vae("iaf"), binary, b(1024), vae_loss, Trace_ELBO()),
         "VAE pcp b1024": Job(vae("pcp"), binary, b(1024), vae_loss, Trace_ELBO()),
         "MAF(5) 784-d b256": Job(lambda: Flow(d, "maf", num_layers=5, hidden_dims=[wide]),
-                                 logit, b(256), flow_loss, Trace_ELBO(),
-                                 zuko=lambda: zuko_maf(d, wide)),
+                                 unit, b(256), flow_loss, Trace_ELBO(),
+                                 zuko=lambda: zuko_maf(d, wide), lr=1e-4),
         "NIF 784->64 b256": Job(lambda: NoisyInjectiveFlow(d, nif_z, top_flow="maf",
                                                            top_layers=2, top_hidden_dims=[wide]),
                                 binary, b(256), nif_loss, Trace_ELBO()),
@@ -217,9 +224,9 @@ def batches(data: torch.Tensor, batch: int, device: torch.device, seed: int = 0)
             yield data[perm[i : i + batch]]
 
 
-def loop_runner(module, data, batch, loss_fn, device):
+def loop_runner(module, data, batch, loss_fn, device, lr):
     """The hand-written loop: loss, backward, one fused Adam over every parameter."""
-    opt = torch.optim.Adam(module.parameters(), lr=LR, fused=True)
+    opt = torch.optim.Adam(module.parameters(), lr=lr, fused=True)
     it = batches(data, batch, device)
 
     def run(steps: int) -> None:
@@ -236,22 +243,22 @@ def loop_runner(module, data, batch, loss_fn, device):
     return run
 
 
-def ours_runner(module, data, batch, elbo, device):
+def ours_runner(module, data, batch, elbo, device, lr):
     """One whole ``fit`` call per round (set-up included), continuing the same module."""
     calls = iter(range(1_000_000))
 
     def run(steps: int) -> None:
         fit(module.model, module.guide, data, loss=elbo, num_steps=steps, batch_size=batch,
             device=device, progress=False, log_every=steps, sync_every=max(steps, 2),
-            lr=LR, seed=next(calls))  # fmt: skip
+            lr=lr, seed=next(calls))  # fmt: skip
 
     return run
 
 
-def pyro_runner(module, data, batch, elbo, device):
+def pyro_runner(module, data, batch, elbo, device, lr):
     """Stock Pyro: SVI with pyro.optim.Adam (fused kernel), validation as shipped."""
     pyro.clear_param_store()
-    svi = SVI(module.model, module.guide, pyro.optim.Adam({"lr": LR, "fused": True}), elbo)
+    svi = SVI(module.model, module.guide, pyro.optim.Adam({"lr": lr, "fused": True}), elbo)
     it = batches(data, batch, device)
 
     def run(steps: int) -> None:
@@ -266,12 +273,12 @@ def prepare(runner: str, job: Job, device: torch.device):
     """Build the job's module for ``runner`` (seed 0) and return its ``run(steps)``."""
     torch.manual_seed(0)
     if runner == "zuko":
-        return loop_runner(job.zuko().to(device), job.data, job.batch, flow_loss, device)
+        return loop_runner(job.zuko().to(device), job.data, job.batch, flow_loss, device, job.lr)
     module = job.build().to(device)
     if runner == "torch":
-        return loop_runner(module, job.data, job.batch, job.loss, device)
+        return loop_runner(module, job.data, job.batch, job.loss, device, job.lr)
     make = ours_runner if runner == "ours" else pyro_runner
-    return make(module, job.data, job.batch, job.elbo, device)
+    return make(module, job.data, job.batch, job.elbo, device, job.lr)
 
 
 def timed(run: Callable[[int], None], steps: int, device: torch.device) -> tuple[float, float]:
