@@ -4,7 +4,9 @@ For each job the same modules (built from the same seed) and mini-batches of the
 size (drawn on the device from one seeded shuffle) are trained by each runner:
 
   torch  a hand-written loop of the same math: the ELBO written out with
-         torch.distributions (validation off);
+         torch.distributions, validation off (``pyro.validation_enabled(False)``, which
+         also switches off torch's argument checks and the package's value checks, each
+         a host read);
   ours   pyro_manifold.infer.fit with its defaults (fast ELBO, validation off in the
          step, one optimiser), sync_every = log_every = the round's steps; each round is
          one whole ``fit`` call, so fit's own per-call set-up (parameter discovery, the
@@ -230,15 +232,12 @@ def loop_runner(module, data, batch, loss_fn, device, lr):
     it = batches(data, batch, device)
 
     def run(steps: int) -> None:
-        torch.distributions.Distribution.set_default_validate_args(False)
-        try:
+        with pyro.validation_enabled(False):  # torch's and the package's value checks off
             for _ in range(steps):
                 loss = loss_fn(module, next(it))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        finally:
-            torch.distributions.Distribution.set_default_validate_args(True)
 
     return run
 

@@ -8,6 +8,9 @@ Cases:
   flow-stream   mean_log_likelihood(flow.log_prob, x, batch_size=10_000) (MAF, 8-d)
   flow-oneshot  flow.log_prob(x) on all points at once (what streaming avoids)
   vae-iwae      iwae_log_likelihood(vae, x, num_samples=16) (FlowVAE with IAF, 32-d binary)
+  sample-batch  sample_in_batches(flow.sample, N) (the CLI's `sample -n N`; the N draws
+                themselves, N x 8 floats, are part of the peak)
+  sample-oneshot flow.sample(N) in one call (what batching avoids)
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/streaming_memory.py
 """
@@ -30,8 +33,8 @@ def hwm_mib():
         if line.startswith("VmHWM"):
             return int(line.split()[1]) / 1024
 
-if case.startswith("flow"):
-    from pyro_manifold.metrics import mean_log_likelihood
+if case.startswith(("flow", "sample")):
+    from pyro_manifold.metrics import mean_log_likelihood, sample_in_batches
     from pyro_manifold.models import Flow
     model = Flow(8, "maf", num_layers=5, hidden_dims=[64]).eval()
     x = torch.randn(n, 8)
@@ -41,7 +44,7 @@ else:
     model = FlowVAE(4, data_dim=32, encoder_flow="iaf", hidden_dims=[64]).eval()
     x = torch.randint(0, 2, (n, 32)).float()
 with torch.no_grad():  # warm up allocator and kernels on a few points
-    model.log_prob(torch.randn(10, 8)) if case.startswith("flow") else None
+    model.log_prob(torch.randn(10, 8)) if case.startswith(("flow", "sample")) else None
 before = hwm_mib()
 t0 = time.perf_counter()
 with torch.no_grad():
@@ -49,6 +52,10 @@ with torch.no_grad():
         value = mean_log_likelihood(model.log_prob, x, batch_size=10_000)[0]
     elif case == "flow-oneshot":
         value = model.log_prob(x).mean().item()
+    elif case == "sample-batch":
+        value = sample_in_batches(model.sample, n).mean().item()
+    elif case == "sample-oneshot":
+        value = model.sample(n).mean().item()
     else:
         value = iwae_log_likelihood(model, x, num_samples=16, chunk_size=16,
                                     batch_size=10_000).mean().item()
@@ -61,7 +68,11 @@ print(before, after, seconds, value)
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--cases", nargs="+", default=["flow-stream", "flow-oneshot", "vae-iwae"])
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=["flow-stream", "flow-oneshot", "vae-iwae", "sample-batch", "sample-oneshot"],
+    )
     p.add_argument("--out", default="benchmarks/results/streaming_memory.json")
     args = p.parse_args()
     rows = []

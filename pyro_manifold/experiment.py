@@ -33,7 +33,12 @@ from pyro_manifold.datasets import (
 )
 from pyro_manifold.infer import fit, load_checkpoint, resolve_device
 from pyro_manifold.infer.distributed import is_main_process
-from pyro_manifold.metrics import bits_per_dim, maximum_mean_discrepancy, mean_manifold_distance
+from pyro_manifold.metrics import (
+    bits_per_dim,
+    maximum_mean_discrepancy,
+    mean_manifold_distance,
+    sample_in_batches,
+)
 from pyro_manifold.models import FLOWS, Flow, NoisyInjectiveFlow
 from pyro_manifold.plotting import (
     plot_density_2d,
@@ -55,6 +60,8 @@ __all__ = [
 
 MODELS = ("flow", "nif")
 LOGIT_ALPHA = 1e-6
+SAMPLE_BATCH = 65_536  # draws per call of model.sample in sample_run
+MAX_PLOTTED = 10_000  # draws shown in sample_run's figure
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "model": "flow",
@@ -327,17 +334,21 @@ def sample_run(run_dir: str | os.PathLike, num_samples: int) -> Path:
     """Draw ``num_samples`` points from a trained run; saves ``samples.pt`` and a PNG.
 
     MNIST samples are mapped back from logit space to pixel intensities in ``[0, 1]``.
-    ``samples.pt`` holds every draw; the figure shows those with finite entries (none is
-    drawn when no draw is finite).
+    The draws are made in batches of ``SAMPLE_BATCH`` into one tensor on the CPU
+    (:func:`~pyro_manifold.metrics.sample_in_batches`), so memory beyond the samples
+    themselves is that of one batch at any ``num_samples``. ``samples.pt`` holds every
+    draw; the figure shows the finite ones among the first ``MAX_PLOTTED`` (none is
+    drawn when none of those is finite).
     """
     run_dir = Path(run_dir)
     config, model = _load_run(run_dir)
-    samples = model.sample(num_samples)
+    samples = sample_in_batches(model.sample, num_samples, SAMPLE_BATCH)  # on the CPU
     if _is_mnist(config):
         samples = (torch.sigmoid(samples) - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA)
     path = run_dir / "samples.pt"
-    torch.save(samples.cpu(), path)
-    shown = samples[torch.isfinite(samples).all(-1)]
+    torch.save(samples, path)
+    shown = samples[:MAX_PLOTTED]
+    shown = shown[torch.isfinite(shown).all(-1)]
     if len(shown) == 0:
         return path
     if _is_mnist(config):

@@ -57,6 +57,27 @@ def test_fit_evaluate_sample(tmp_path, model, dataset, capsys):
     assert torch.load(run / "samples.pt", weights_only=True).shape[0] == 50
 
 
+def test_sample_draws_in_batches(tmp_path, monkeypatch):
+    import pyro_manifold.experiment as experiment
+
+    run = tmp_path / "run"
+    assert main(["fit", "flow", "--dataset", "two_moons", "--run-dir", str(run), *SMALL]) == 0
+    monkeypatch.setattr(experiment, "SAMPLE_BATCH", 7)
+    monkeypatch.setattr(experiment, "MAX_PLOTTED", 5)
+    sizes = []
+    real_sample = experiment.Flow.sample
+
+    def spy(self, n, *args, **kwargs):
+        sizes.append(n)
+        return real_sample(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(experiment.Flow, "sample", spy)
+    assert main(["sample", str(run), "-n", "30"]) == 0
+    assert sizes == [7, 7, 7, 7, 2]
+    samples = torch.load(run / "samples.pt", weights_only=True)
+    assert samples.shape == (30, 2) and samples.device.type == "cpu"
+
+
 def test_fit_resume_continues(tmp_path):
     run = str(tmp_path / "run")
     args = ["fit", "flow", "--dataset", "pinwheel", "--run-dir", run, *SMALL]

@@ -5,7 +5,8 @@
 - :mod:`~pyro_manifold.metrics.importance`: the IWAE bound for any Pyro model and guide.
 - :mod:`~pyro_manifold.metrics.vae`: that bound for a VAE over a data set, in batches.
 - :mod:`~pyro_manifold.metrics.clustering`: accuracy under the best matching, NMI, ARI.
-- :mod:`~pyro_manifold.metrics.sample_quality`: distance to a known manifold, MMD.
+- :mod:`~pyro_manifold.metrics.sample_quality`: distance to a known manifold, MMD, and
+  drawing many samples in bounded memory.
 - :mod:`~pyro_manifold.metrics.frechet`: a Fréchet distance on a small MNIST classifier's
   features (not Inception FID).
 """
@@ -30,7 +31,11 @@ from pyro_manifold.metrics.likelihood import (
     mean_log_likelihood,
     pixel_log_likelihood,
 )
-from pyro_manifold.metrics.sample_quality import maximum_mean_discrepancy, mean_manifold_distance
+from pyro_manifold.metrics.sample_quality import (
+    maximum_mean_discrepancy,
+    mean_manifold_distance,
+    sample_in_batches,
+)
 from pyro_manifold.metrics.vae import iwae_log_likelihood
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "mnist_frechet_distance",
     "normalized_mutual_information",
     "pixel_log_likelihood",
+    "sample_in_batches",
     "save_mnist_classifier",
     "train_mnist_classifier",
 ]

@@ -1,4 +1,4 @@
-r"""Sample quality: distance to a known manifold and the maximum mean discrepancy."""
+r"""Sample quality: manifold distance, MMD, and many samples drawn in bounded memory."""
 
 from __future__ import annotations
 
@@ -7,9 +7,69 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from pyro_manifold._validation import check_positive, check_tensor
+from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
 
-__all__ = ["maximum_mean_discrepancy", "mean_manifold_distance"]
+__all__ = ["maximum_mean_discrepancy", "mean_manifold_distance", "sample_in_batches"]
+
+
+def sample_in_batches(
+    sample_fn: Callable[[int], Tensor | tuple[Tensor, ...]],
+    num_samples: int,
+    batch_size: int = 65_536,
+    *,
+    device: str | torch.device | None = "cpu",
+) -> Tensor:
+    r"""Draw ``num_samples`` points by calling ``sample_fn`` on batches, in bounded memory.
+
+    Calls ``sample_fn(b)`` with :math:`b \le` ``batch_size`` under ``torch.no_grad()``
+    and writes each draw into one preallocated tensor of shape :math:`(N, *)` on
+    ``device``, so the model's intermediate tensors take the memory of one batch
+    whatever :math:`N` (a million draws of a model on the GPU land on the CPU). A
+    ``sample_fn`` that returns a tuple (e.g. points and their components) contributes its
+    first element.
+
+    Args:
+        sample_fn: maps a count :math:`b` to draws of shape :math:`(b, *)`, e.g.
+            ``flow.sample``.
+        num_samples: :math:`N`, at least 1.
+        batch_size: the largest count per call.
+        device: where the result lives (``None``: where the draws are made).
+
+    Returns:
+        The draws, shape :math:`(N, *)`.
+
+    Raises:
+        ValueError: ``sample_fn`` returns a tensor with another number of rows or
+            another trailing shape than its first batch.
+
+    Example:
+        >>> normal = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> sample_in_batches(lambda b: normal.sample((b,)), 5, batch_size=2).shape
+        torch.Size([5, 2])
+    """
+    if not callable(sample_fn):
+        raise TypeError(f"sample_fn: expected a callable, got {type(sample_fn).__name__}")
+    check_positive_int("num_samples", num_samples)
+    check_positive_int("batch_size", batch_size)
+    out: Tensor | None = None
+    with torch.no_grad():
+        for start in range(0, num_samples, batch_size):
+            count = min(batch_size, num_samples - start)
+            draw = sample_fn(count)
+            if isinstance(draw, tuple):
+                draw = draw[0]
+            check_tensor("sample_fn(b)", draw, min_dim=1, floating=False, finite=False)
+            if out is None:
+                where = draw.device if device is None else torch.device(device)
+                out = torch.empty((num_samples, *draw.shape[1:]), dtype=draw.dtype, device=where)
+            if draw.shape != (count, *out.shape[1:]):
+                raise ValueError(
+                    f"sample_fn: expected draws of shape {(count, *out.shape[1:])} for "
+                    f"b={count}, got shape {tuple(draw.shape)}"
+                )
+            out[start : start + count] = draw
+    assert out is not None
+    return out
 
 
 def mean_manifold_distance(samples: Tensor, distance_fn: Callable[[Tensor], Tensor]) -> float:

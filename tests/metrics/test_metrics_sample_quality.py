@@ -54,3 +54,41 @@ def test_mmd_differentiable_and_checks():
         maximum_mean_discrepancy(torch.randn(1, 2), torch.randn(5, 2))
     with pytest.raises(ValueError, match="bandwidths"):
         maximum_mean_discrepancy(torch.randn(5, 2), torch.randn(5, 2), bandwidths=[1.0, -1.0])
+
+
+def test_sample_in_batches_equals_one_call_and_keeps_batches_small():
+    from pyro_manifold.metrics import sample_in_batches
+
+    normal = torch.distributions.Normal(torch.zeros(3), 1.0)
+    sizes = []
+
+    def draw(b):
+        sizes.append(b)
+        return normal.sample((b,))
+
+    torch.manual_seed(0)
+    batched = sample_in_batches(draw, 10, batch_size=4)
+    torch.manual_seed(0)
+    whole = torch.cat([normal.sample((b,)) for b in (4, 4, 2)])
+    assert sizes == [4, 4, 2] and torch.equal(batched, whole)
+    pairs = sample_in_batches(lambda b: (torch.ones(b, 2), torch.zeros(b)), 3, batch_size=2)
+    assert pairs.shape == (3, 2)  # a tuple contributes its first element
+
+
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (
+            lambda b: torch.ones(b + 1, 2),
+            r"expected draws of shape \(2, 2\) for b=2, got shape \(3, 2\)",
+        ),
+        (lambda b: "x", "sample_fn"),
+    ],
+)
+def test_sample_in_batches_refuses_wrong_draws(fn, match):
+    from pyro_manifold.metrics import sample_in_batches
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        sample_in_batches(fn, 4, batch_size=2)
+    with pytest.raises(ValueError, match="num_samples"):
+        sample_in_batches(fn, 0)
