@@ -24,6 +24,7 @@ from pyro.distributions.util import is_validation_enabled
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from pyro_manifold._math import broadcast_shapes
 from pyro_manifold._validation import check_input, check_tensor
 
 __all__ = ["MixtureOfFlows", "SelectedComponent"]
@@ -118,7 +119,7 @@ class MixtureOfFlows(TorchDistribution):
                 f"{tuple(comp_batch)}"
             )
         try:
-            batch_shape = torch.broadcast_shapes(mixture_logits.shape[:-1], comp_batch[:-1])
+            batch_shape = broadcast_shapes(mixture_logits.shape[:-1], comp_batch[:-1])
         except RuntimeError as e:
             raise ValueError(
                 f"mixture_logits: batch shape {tuple(mixture_logits.shape[:-1])} does not "
@@ -168,7 +169,7 @@ class MixtureOfFlows(TorchDistribution):
         comp = self.component_distribution
         x = value.unsqueeze(-1 - len(self.event_shape))
         # expand (a view) so that batched components see every row K times
-        x = x.expand(torch.broadcast_shapes(x.shape, comp.batch_shape + self.event_shape))
+        x = x.expand(broadcast_shapes(x.shape, comp.batch_shape + self.event_shape))
         return comp.log_prob(x)
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -210,7 +211,7 @@ class MixtureOfFlows(TorchDistribution):
         r"""One draw of :math:`x \sim p_k` for each entry of ``k`` (broadcast with the batch)."""
         comp = self.component_distribution
         draw = comp.rsample if reparameterized else comp.sample
-        shape = torch.broadcast_shapes(k.shape, self.batch_shape)
+        shape = broadcast_shapes(k.shape, self.batch_shape)
         k = k.expand(shape)
         event = self.event_shape
         if len(comp.batch_shape) == 1:
@@ -268,13 +269,17 @@ class SelectedComponent(TorchDistribution):
             raise TypeError(f"mixture: expected a MixtureOfFlows, got {type(mixture).__name__}")
         k = _check_indices("k", k, mixture.num_components, mixture.mixture_logits.device)
         try:
-            batch_shape = torch.broadcast_shapes(k.shape, mixture.batch_shape)
+            batch_shape = broadcast_shapes(k.shape, mixture.batch_shape)
         except RuntimeError as e:
             raise ValueError(
                 f"k: expected a shape that broadcasts with the mixture's batch shape "
                 f"{tuple(mixture.batch_shape)}, got {tuple(k.shape)}"
             ) from e
         self.mixture, self.k = mixture, k
+        # k as Pyro's parallel enumeration made it (a reshaped arange over the support),
+        # kept through expand() for the fast path of log_prob
+        marked = getattr(k, "_pyro_categorical_support", None) is not None
+        self._support = k if marked and k.dim() and k.numel() == k.shape[0] else None
         super().__init__(batch_shape, mixture.event_shape, validate_args)
 
     @property
@@ -290,12 +295,28 @@ class SelectedComponent(TorchDistribution):
     def expand(self, batch_shape, _instance=None) -> SelectedComponent:
         """Expand ``k`` to ``batch_shape``."""
         batch_shape = torch.Size(batch_shape)
-        return type(self)(self.mixture, self.k.expand(batch_shape), validate_args=False)
+        new = type(self)(self.mixture, self.k.expand(batch_shape), validate_args=False)
+        new._support = self._support
+        return new
 
     def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`\log p_k(x)`, shape: ``value``'s batch dimensions broadcast with ``k``'s."""
+        r""":math:`\log p_k(x)`, shape: ``value``'s batch dimensions broadcast with ``k``'s.
+
+        When ``k`` is the enumerated support of a ``Categorical`` over the :math:`K`
+        components (Pyro's parallel enumeration marks it: ``torch.arange(K)`` reshaped to
+        :math:`(K, 1, \dots, 1)`), the gather is the table's last dimension moved to the
+        front, taken as a view (as Pyro's own ``Categorical.log_prob`` does for its support).
+        """
         table = self.mixture.component_log_prob(value)  # (*, K)
-        shape = torch.broadcast_shapes(self.k.shape, table.shape[:-1])
+        shape = broadcast_shapes(self.k.shape, table.shape[:-1])
+        k = self._support
+        if k is not None and k.shape[0] == self.mixture.num_components:
+            moved = table
+            if moved.dim() <= k.dim():
+                moved = moved.reshape((1,) * (1 + k.dim() - moved.dim()) + moved.shape)
+            if moved.shape[-1 - k.dim()] == 1:
+                moved = moved.transpose(-1 - k.dim(), -1).squeeze(-1)
+                return moved if moved.shape == shape else moved.expand(shape)
         idx = self.k.expand(shape).unsqueeze(-1)
         return table.expand(shape + table.shape[-1:]).gather(-1, idx).squeeze(-1)
 

@@ -14,10 +14,15 @@ non-differentiable value, used for validation) is Pyro's own.
 
 from __future__ import annotations
 
+import warnings
+
+import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.enum import get_importance_trace
 from pyro.infer.trace_elbo import _compute_log_r
-from pyro.infer.traceenum_elbo import _compute_dice_elbo
-from pyro.infer.util import is_identically_zero
+from pyro.infer.traceenum_elbo import _check_tmc_elbo_constraint, _compute_dice_elbo
+from pyro.infer.util import is_identically_zero, is_validation_enabled
+from pyro.util import check_traceenum_requirements
 from torch import Tensor
 
 __all__ = ["FastTraceEnum_ELBO", "FastTrace_ELBO", "fast_elbo"]
@@ -101,7 +106,27 @@ class FastTraceEnum_ELBO(TraceEnum_ELBO):
 
     The value is Pyro's dice-factor ELBO with enumerated sites summed out exactly (for a
     mixture guide :math:`\sum_k q(k|x)[\log p(x|k) + \log p(k) - \log q(k|x)]`), computed
-    by the same contraction, only without the NaN check that synchronises.
+    by Pyro's contraction, only without the NaN check that synchronises; or, in the
+    common case below, in closed form.
+
+    The common case, computed without Pyro's tensor contraction (or its packing): a
+    guide whose only sample site :math:`k` is enumerated in parallel (no Monte Carlo
+    ``num_samples``) and a model that enumerates nothing of its own. Pyro's Dice
+    estimator then weights each model site's (scaled, masked) log-probability
+    :math:`\log p_s` and the guide's :math:`-\log q` by the guide's probabilities
+    :math:`q = \exp(\log q)` (not detached) when the term depends on :math:`k` and lies
+    inside all the plates of :math:`k`, and sums every other term as it is:
+
+    .. math::
+
+        \mathrm{ELBO} = \sum_{s \ni k} \sum q \odot \bigl[\log p_s\bigr]_{q > 0}
+            - \sum q \odot \bigl[\log q\bigr]_{q > 0}
+            + \sum_{s \not\ni k} \sum \log p_s,
+
+    where :math:`[c]_{q > 0}` drops the entries where :math:`q` underflowed to 0, as
+    Pyro's contraction does (with ``masked_select``, a host read; here with
+    ``torch.where``, none). It is the same function of the parameters as Pyro's, so value
+    and gradient agree (to rounding); everything else goes through Pyro's contraction.
 
     Example:
         >>> from pyro.infer import config_enumerate
@@ -117,17 +142,118 @@ class FastTraceEnum_ELBO(TraceEnum_ELBO):
         True
     """
 
+    _leave_unpacked = False  # set while differentiable_loss draws its traces
+
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """The negative enumerated ELBO, as a tensor on the data's device."""
         elbo: Tensor | float = 0.0
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            particle = _compute_dice_elbo(model_trace, guide_trace)
-            if not is_identically_zero(particle):
-                elbo = elbo + particle
+        self._leave_unpacked = True
+        try:
+            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+                particle = _closed_form_elbo(model_trace, guide_trace)
+                if particle is None:
+                    guide_trace.pack_tensors()
+                    model_trace.pack_tensors(guide_trace.plate_to_symbol)
+                    particle = _compute_dice_elbo(model_trace, guide_trace)
+                if not is_identically_zero(particle):
+                    elbo = elbo + particle
+        finally:
+            self._leave_unpacked = False
         elbo = elbo / self.num_particles
         if not isinstance(elbo, Tensor) or not elbo.requires_grad:
             raise ValueError(f"model/guide: the ELBO cannot be differentiated, got {elbo!r}")
         return -elbo
+
+    def _get_trace(self, model, guide, args, kwargs):
+        """One guide trace and the model's against it; unpacked inside ``differentiable_loss``.
+
+        Packing (naming every dimension for the tensor contraction) is then left to the
+        pairs that need the contraction. Pyro's checks of the pair run under validation,
+        and a pair without enumerated sites is reported, as Pyro does.
+        """
+        if not self._leave_unpacked:  # Pyro's other methods (loss, marginals) pack
+            return super()._get_trace(model, guide, args, kwargs)
+        model_trace, guide_trace = get_importance_trace(
+            "flat", self.max_plate_nesting, model, guide, args, kwargs
+        )
+        if is_validation_enabled():
+            check_traceenum_requirements(model_trace, guide_trace)
+            _check_tmc_elbo_constraint(model_trace, guide_trace)
+            enumerated = (
+                site["infer"].get("enumerate")
+                for trace in (model_trace, guide_trace)
+                for site in trace.nodes.values()
+                if site["type"] == "sample"
+            )
+            if self.strict_enumeration_warning and not any(enumerated):
+                warnings.warn(
+                    "FastTraceEnum_ELBO: no sample site is marked for enumeration "
+                    '(config_enumerate, or infer={"enumerate": "parallel"}); without one, '
+                    "Trace_ELBO gives the same estimate",
+                    stacklevel=2,
+                )
+        return model_trace, guide_trace
+
+
+def _plates(site) -> frozenset[str]:
+    """The names of the vectorised plates a site is in (Pyro's ordinal, by name)."""
+    return frozenset(f.name for f in site["cond_indep_stack"] if f.vectorized)
+
+
+def _closed_form_elbo(model_trace, guide_trace) -> Tensor | float | None:
+    r"""The ELBO of one guide site enumerated in parallel, in closed form (else ``None``).
+
+    ``None`` (Pyro's contraction is needed) unless the guide has exactly one sample site,
+    enumerated in parallel without ``num_samples``, with a score-function term, and the
+    model enumerates no site of its own. See :class:`FastTraceEnum_ELBO`.
+    """
+    enumerated = None
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample":
+            continue
+        if enumerated is not None:
+            return None
+        enumerated = site
+    if enumerated is None:
+        return None
+    infer = enumerated["infer"]
+    dim = infer.get("_enumerate_dim")
+    log_q = enumerated["score_parts"].score_function  # unscaled, unmasked, as Dice's
+    if (
+        dim is None
+        or infer.get("enumerate") != "parallel"
+        or infer.get("num_samples") is not None
+        or not isinstance(log_q, Tensor)
+    ):
+        return None
+    name = enumerated["name"]
+    sites = [s for s in model_trace.nodes.values() if s["type"] == "sample"]
+    if any(s["name"] != name and s["infer"].get("_enumerate_dim") is not None for s in sites):
+        return None  # enumerated in the model: its sum needs the contraction
+    plates = _plates(enumerated)
+
+    def weighted(cost) -> bool:
+        """Whether Dice weights ``cost`` by q: it varies with k (inside k's plates)."""
+        return cost.dim() >= -dim and cost.shape[dim] > 1
+
+    elbo: Tensor | float = 0.0
+    by_shape: dict[torch.Size, Tensor] = {}  # k-dependent costs, summed before weighting
+    costs = [(s["log_prob"], plates <= _plates(s)) for s in sites]
+    costs.append((-enumerated["log_prob"], True))
+    for cost, inside in costs:
+        if is_identically_zero(cost):
+            continue
+        if inside and isinstance(cost, Tensor) and weighted(cost):
+            total = by_shape.get(cost.shape)
+            by_shape[cost.shape] = cost if total is None else total + cost
+        else:
+            elbo = elbo + (cost.sum() if isinstance(cost, Tensor) else cost)
+    if by_shape:
+        q = log_q.exp()
+        positive = q > 0
+        for cost in by_shape.values():
+            elbo = elbo + (q * torch.where(positive, cost, 0.0)).sum()
+    return elbo
 
 
 _FAST = {Trace_ELBO: FastTrace_ELBO, TraceEnum_ELBO: FastTraceEnum_ELBO}

@@ -246,6 +246,32 @@ def _gradient_report(params: list[Tensor], names: dict) -> tuple[str | None, flo
     return name, norm, bad
 
 
+def _total_norm_of(params: Sequence[Tensor]) -> Callable[[list[Tensor]], Tensor]:
+    """``torch.nn.utils.get_total_norm`` (2-norm) for the gradients of ``params``.
+
+    When all parameters share one dtype and one CPU or CUDA device (where torch has
+    multi-tensor kernels), the returned function computes the same value as ``get_total_norm`` (one
+    ``torch._foreach_norm`` over the gradients, then the 2-norm of those norms) without
+    its per-call grouping by device and dtype and its per-tensor ``.to(device)``, which
+    cost more than the norms themselves for a model of small tensors; otherwise it is
+    ``get_total_norm``.
+
+    Example:
+        >>> params = [torch.ones(3, requires_grad=True), torch.ones(4, requires_grad=True)]
+        >>> grads = [torch.full((3,), 2.0), torch.full((4,), -1.0)]
+        >>> _total_norm_of(params)(grads)
+        tensor(4.)
+    """
+    kinds = {(p.device, p.dtype) for p in params}
+    if len(kinds) != 1 or next(iter(kinds))[0].type not in ("cpu", "cuda"):
+        return torch.nn.utils.get_total_norm
+
+    def total_norm(grads: list[Tensor]) -> Tensor:
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    return total_norm
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -521,6 +547,7 @@ def fit(
         raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
     names = _parameter_names(mods, param_names, store)
     opt = _make_optimizer(optimizer, params, lr, weight_decay, fused=deferred)
+    total_norm = _total_norm_of(params)
     scheduler = _make_scheduler(lr_schedule, opt, num_steps)
 
     history: dict[str, list[float]] = {
@@ -582,12 +609,25 @@ def fit(
     result = FitResult(history=history, skipped_steps=skipped)
     keep_buffers = on_nonfinite == "skip" or deferred
     buffers = [b for m in mods for b in m.buffers()] if keep_buffers else []
+    saved_buffers = [b.clone() for b in buffers]  # refilled at the start of every step
     consecutive = 0
     pending: list[tuple[int, Tensor, Tensor]] = []  # (step, flag, batch rows) not yet read
     for m in mods:
         m.train()
     window = torch.zeros((), device=device)
     window_count = torch.zeros((), device=device)
+    recent: list[tuple[Tensor, Tensor]] = []  # (loss, flag) of steps not yet in the window
+
+    def fold_window() -> None:
+        """Add the recent steps' losses (bad steps left out) to the window: a few kernels."""
+        nonlocal window, window_count
+        if not recent:
+            return
+        values = torch.stack([value for value, _ in recent])
+        flags = torch.stack([flag for _, flag in recent])
+        recent.clear()
+        window = window + torch.where(flags, 0.0, values).sum()
+        window_count = window_count + (~flags).sum()
 
     def raise_nonfinite(bad_step: int, bad_batch: tuple, loss_value: float, rerun: bool):
         if rerun:  # recompute that batch's gradients for the report
@@ -661,7 +701,14 @@ def fit(
                 if transform_batch is not None:
                     batch = tuple(transform_batch(*batch))
                 step += 1
-                saved_buffers = [b.clone() for b in buffers]
+                if buffers:  # one multi-tensor copy (a buffer whose .data was replaced: a clone)
+                    if any(
+                        s.shape != b.shape or s.dtype != b.dtype or s.device != b.device
+                        for s, b in zip(saved_buffers, buffers, strict=True)
+                    ):
+                        saved_buffers = [b.clone() for b in buffers]
+                    else:
+                        torch._foreach_copy_(saved_buffers, buffers)
                 edits.clear()
                 try:
                     with (
@@ -680,14 +727,18 @@ def fit(
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
                 else:
                     grads = [p.grad for p in params if p.grad is not None]
-                    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else mean_value * 0
+                    grad_norm = total_norm(grads) if grads else mean_value * 0
                 bad = ~torch.isfinite(mean_value + grad_norm)
                 if deferred:  # no read: the fused optimiser skips the update on the device
                     opt.found_inf = bad.to(torch.float32)
                     opt.step()
                     with torch.no_grad():
-                        for b, old in zip(buffers, saved_buffers, strict=True):
-                            b.copy_(torch.where(bad, old, b))
+                        if buffers:
+                            kept = [
+                                torch.where(bad, old, b)
+                                for b, old in zip(buffers, saved_buffers, strict=True)
+                            ]
+                            torch._foreach_copy_(buffers, kept)
                         for t, old in edits.values():
                             t.copy_(torch.where(bad, old, t))
                     pending.append((step, bad, idx))
@@ -706,8 +757,7 @@ def fit(
                 else:
                     consecutive = 0
                     opt.step()
-                window = window + torch.where(bad, 0.0, mean_value)
-                window_count = window_count + (~bad)
+                recent.append((mean_value, bad))
                 if scheduler is not None:
                     scheduler.step()
                 log_now = step % log_every == 0 or step == num_steps
@@ -717,6 +767,8 @@ def fit(
                 )
                 if deferred and (step % sync_every == 0 or log_now or val_now or save_now):
                     settle()
+                if log_now or len(recent) >= 64:  # bounded: 64 scalars at most
+                    fold_window()
                 if log_now and int(window_count):
                     mean = float(window) / int(window_count)
                     window.zero_()

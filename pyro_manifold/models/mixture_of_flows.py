@@ -467,13 +467,13 @@ class VariationalMixtureOfFlows(PyroModule):
         if x_l is not None:
             assert y_l is not None
             logits = self.encoder(x_l) / self.temperature
-            with pyro.plate("labelled", x_l.shape[0]):
+            with pyro.plate("labelled", x_l.shape[0], device=x.device):
                 pyro.sample("label", dist.Categorical(logits=log_pi), obs=y_l)
                 pyro.sample("x_labelled", mixture.component(y_l), obs=x_l)
                 with poutine.scale(scale=self.label_weight):
                     pyro.sample("classification", dist.Categorical(logits=logits), obs=y_l)
         if x_u.shape[0] > 0:
-            with pyro.plate("data", x_u.shape[0]):
+            with pyro.plate("data", x_u.shape[0], device=x.device):
                 k = pyro.sample("component", dist.Categorical(logits=log_pi))
                 pyro.sample("x", mixture.component(k), obs=x_u)
         return k
@@ -492,7 +492,7 @@ class VariationalMixtureOfFlows(PyroModule):
         k, logits = None, None
         if x_u.shape[0] > 0:
             logits = self.encoder(x_u) / self.temperature
-            with pyro.plate("data", x_u.shape[0]):
+            with pyro.plate("data", x_u.shape[0], device=x.device):
                 k = pyro.sample(
                     "component", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
                 )
