@@ -13,7 +13,8 @@ recorded with its error and the next one runs):
              width 1024, batch 128, lr 1e-4) for K in {1, 2, 5, 10, 20}, ours against the
              hand-written loop;
   vae_epoch  one whole epoch of 60,000 binarized MNIST images through ``fit`` at batch 1024,
-             Gaussian, IAF and PCP-Map encoders (after a short warm-up fit), with peak memory;
+             Gaussian, IAF and PCP-Map encoders (after a short warm-up fit), eagerly and
+             with ``cuda_graph=True`` on CUDA, with peak memory;
   anchors    the shared stock-Pyro anchor script, when ``--anchor-script`` names it.
 
 ``--budget`` (seconds) bounds the whole run: a section that would start after it is
@@ -45,7 +46,6 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark beside this file)
 
-from pyro_manifold.infer import fit  # noqa: E402
 from pyro_manifold.models import FlowVAE, VariationalMixtureOfFlows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,10 +75,10 @@ def run_tests(device: torch.device, smoke: bool) -> dict:
             "tail": out[-3000:]}  # fmt: skip
 
 
-def run_speed(device: torch.device, smoke: bool, out_dir: Path) -> dict:
+def run_speed(device: torch.device, smoke: bool, out_dir: Path, round_seconds: float) -> dict:
     """speed.py's whole table on ``device`` (its own JSON beside ours)."""
     argv = ["--device", str(device), "--out", str(out_dir / f"speed_{device.type}.json")]
-    argv += ["--smoke"] if smoke else ["--rounds", "5", "--round-seconds", "0.5"]
+    argv += ["--smoke"] if smoke else ["--rounds", "5", "--round-seconds", str(round_seconds)]
     return speed.main(argv)["rows"]
 
 
@@ -113,25 +113,28 @@ def run_vmonf_scaling(device: torch.device, smoke: bool) -> dict:
 
 
 def run_vae_epochs(device: torch.device, smoke: bool) -> dict:
-    """Seconds for one whole epoch of binarized MNIST through ``fit`` at batch 1024."""
+    """Seconds for one whole epoch of binarized MNIST through ``fit`` at batch 1024.
+
+    Each encoder is timed eagerly and, on CUDA, with ``cuda_graph=True`` (the capture
+    inside the epoch's time; ``graph_notes`` says why a step ran eagerly, if one did).
+    """
     n, side, z, hidden = (512, 7, 8, [16]) if smoke else (60_000, 28, 50, [400])
     data = speed.mnist_binary(n, side, device)
     batch = min(1024, n // 2)
     rows = {}
     for flow in (None, "iaf", "pcp"):
-        torch.manual_seed(0)
-        vae = FlowVAE(z, side * side, flow, hidden_dims=hidden).to(device)
-
-        def epoch(steps, vae=vae):
-            fit(vae.model, vae.guide, data, loss=Trace_ELBO(), num_steps=steps,
-                batch_size=batch, device=device, progress=False, log_every=steps,
-                sync_every=steps)  # fmt: skip
-
-        epoch(3)  # warm-up (kernels, allocator)
-        reset_peak(device)
-        seconds, _ = speed.timed(epoch, n // batch, device)
-        rows[flow or "gaussian"] = {"epoch_seconds": seconds, "steps": n // batch,
-                                    "peak_mib": peak_mib(device)}  # fmt: skip
+        row = rows[flow or "gaussian"] = {"steps": n // batch}
+        for graphed in (False, True) if device.type == "cuda" else (False,):
+            torch.manual_seed(0)
+            vae = FlowVAE(z, side * side, flow, hidden_dims=hidden).to(device)
+            run = speed.ours_runner(vae, data, batch, Trace_ELBO(), device, 1e-3, graphed)
+            run(4)  # warm-up (kernels, allocator)
+            reset_peak(device)
+            suffix = "_graph" if graphed else ""
+            row[f"epoch_seconds{suffix}"] = speed.timed(run, n // batch, device)[0]
+            row[f"peak_mib{suffix}"] = peak_mib(device)
+            if graphed:
+                row["graph_notes"] = sorted(run.notes)
     return rows
 
 
@@ -178,8 +181,12 @@ def print_table(result: dict) -> None:
                       f"peak {row['peak_mib']} MiB")  # fmt: skip
         elif name == "vae_epoch":
             for flow, row in body.items():
+                graphed = row.get("epoch_seconds_graph")
                 print(f"   {flow:<9} {row['epoch_seconds']:.3f} s/epoch ({row['steps']} steps)"
-                      f"  peak {row['peak_mib']} MiB")  # fmt: skip
+                      f"  peak {row['peak_mib']} MiB"
+                      + (f"; cuda_graph {graphed:.3f} s/epoch" if graphed else ""))  # fmt: skip
+                for note in row.get("graph_notes", ()):
+                    print(f"   {'':<9} graph: {note}")
         elif name == "anchors":
             for k, v in body["rows"].items():
                 print(f"   {k:<40} {v if isinstance(v, str) else f'{v:8.3f} s'}")
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="a subset of: tests speed vmonf_k vae_epoch anchors",
     )
+    p.add_argument("--round-seconds", type=float, default=0.5, help="speed.py's --round-seconds")
     p.add_argument("--anchor-script", default=None, help="shared/gpu/stock_pyro_baseline.py")
     p.add_argument("--out", default="benchmarks/results/device_check.json")
     args = p.parse_args(argv)
@@ -209,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     sections = {
         "tests": lambda: run_tests(device, args.smoke),
-        "speed": lambda: run_speed(device, args.smoke, out.parent),
+        "speed": lambda: run_speed(device, args.smoke, out.parent, args.round_seconds),
         "vmonf_k": lambda: run_vmonf_scaling(device, args.smoke),
         "vae_epoch": lambda: run_vae_epochs(device, args.smoke),
     }

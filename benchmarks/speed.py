@@ -13,6 +13,9 @@ size (drawn on the device from one seeded shuffle) are trained by each runner:
          first evaluation with Pyro's validation on) is inside the time, as a user sees it;
   pyro   stock pyro.infer.SVI with Trace_ELBO/TraceEnum_ELBO and Pyro's validation as
          shipped (on), a loop of svi.step;
+  graph  on CUDA only: ours with fit(cuda_graph=True), the step captured as a CUDA graph
+         after fit's eager warm-up steps and replayed (the capture is inside each round's
+         time); a job whose step cannot be captured runs eagerly and says why;
   zuko   MAF jobs only, where zuko is installed: zuko.flows.MAF of the same size
          (5 transforms, one hidden layer, the same parameter count) in the hand-written loop.
 
@@ -49,6 +52,7 @@ import os
 import statistics
 import subprocess
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +72,7 @@ from pyro_manifold.models import (
     VQFlow,
 )
 
-RUNNERS = ("torch", "ours", "pyro", "zuko")
+RUNNERS = ("torch", "ours", "graph", "pyro", "zuko")
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -242,15 +246,24 @@ def loop_runner(module, data, batch, loss_fn, device, lr):
     return run
 
 
-def ours_runner(module, data, batch, elbo, device, lr):
-    """One whole ``fit`` call per round (set-up included), continuing the same module."""
+def ours_runner(module, data, batch, elbo, device, lr, cuda_graph=False):
+    """One whole ``fit`` call per round (set-up included), continuing the same module.
+
+    With ``cuda_graph`` each call warms up, captures and replays (capture included in
+    the time); ``run.notes`` collects fit's reasons for running a step eagerly instead.
+    """
     calls = iter(range(1_000_000))
 
     def run(steps: int) -> None:
-        fit(module.model, module.guide, data, loss=elbo, num_steps=steps, batch_size=batch,
-            device=device, progress=False, log_every=steps, sync_every=max(steps, 2),
-            lr=lr, seed=next(calls))  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            fit(module.model, module.guide, data, loss=elbo, num_steps=steps,
+                batch_size=batch, device=device, progress=False, log_every=steps,
+                sync_every=max(steps, 2), lr=lr, seed=next(calls),
+                cuda_graph=cuda_graph)  # fmt: skip
+        run.notes.update(str(w.message) for w in caught if "cuda_graph" in str(w.message))
 
+    run.notes = set()
     return run
 
 
@@ -276,8 +289,10 @@ def prepare(runner: str, job: Job, device: torch.device):
     module = job.build().to(device)
     if runner == "torch":
         return loop_runner(module, job.data, job.batch, job.loss, device, job.lr)
-    make = ours_runner if runner == "ours" else pyro_runner
-    return make(module, job.data, job.batch, job.elbo, device, job.lr)
+    if runner == "pyro":
+        return pyro_runner(module, job.data, job.batch, job.elbo, device, job.lr)
+    graphed = runner == "graph"
+    return ours_runner(module, job.data, job.batch, job.elbo, device, job.lr, graphed)
 
 
 def timed(run: Callable[[int], None], steps: int, device: torch.device) -> tuple[float, float]:
@@ -311,7 +326,12 @@ def zuko_available() -> bool:
 def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
              round_seconds: float, epoch_size: int, runners=RUNNERS) -> dict:  # fmt: skip
     """Interleaved rounds of ``runners`` on one job; seconds per epoch and paired ratios."""
-    names = [r for r in runners if r != "zuko" or (job.zuko is not None and zuko_available())]
+    names = [
+        r
+        for r in runners
+        if (r != "zuko" or (job.zuko is not None and zuko_available()))
+        and (r != "graph" or device.type == "cuda")
+    ]
     runs = {r: prepare(r, job, device) for r in names}
     warm = {r: timed(runs[r], 2, device) for r in names}  # warm-up (not recorded)
     if steps is None:  # calibrate on the hand-written loop, warm
@@ -330,10 +350,14 @@ def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
         row[r] = spread(seconds[r]) | {"rounds": seconds[r]}
         if device.type == "cuda":
             row[r]["peak_extra_mib"] = max(peaks[r])
+    if "graph" in runs:  # why fit ran the step eagerly, if it did
+        row["graph_notes"] = sorted(runs["graph"].notes)
     pairs = {"ours_over_torch": ("ours", "torch"), "pyro_over_ours": ("pyro", "ours"),
-             "zuko_over_ours": ("zuko", "ours")}  # fmt: skip
+             "zuko_over_ours": ("zuko", "ours"), "graph_over_torch": ("graph", "torch"),
+             "pyro_over_graph": ("pyro", "graph"),
+             "zuko_over_graph": ("zuko", "graph")}  # fmt: skip
     for key, (a, b) in pairs.items():
-        if a in seconds:
+        if a in seconds and b in seconds:
             row[key] = spread([x / y for x, y in zip(seconds[a], seconds[b], strict=True)])
     return row
 
@@ -363,15 +387,21 @@ def fmt(s: dict) -> str:
     return f"{s['median']:.2f} [{s['min']:.2f}, {s['max']:.2f}]"
 
 
+RATIOS = ("ours_over_torch", "pyro_over_ours", "graph_over_torch", "pyro_over_graph")
+
+
 def print_row(job: str, row: dict) -> None:
-    cols = [f"{row[r]['median']:>9.3f}" if r in row else f"{'-':>9}" for r in RUNNERS]
-    ratios = [fmt(row[k]) if k in row else "-" for k in ("ours_over_torch", "pyro_over_ours")]
-    print(f"{job:<22}{''.join(cols)}  {ratios[0]:<20}{ratios[1]:<20}", flush=True)
+    cols = [f"{row[r]['median']:>8.3f}" if r in row else f"{'-':>8}" for r in RUNNERS]
+    ratios = [f"{fmt(row[k]) if k in row else '-':<22}" for k in RATIOS]
+    print(f"{job:<21}{''.join(cols)}  {''.join(ratios)}", flush=True)
+    for note in row.get("graph_notes", ()):
+        print(f"{'':<21}graph: {note}")
 
 
 def print_header() -> None:
-    print(f"{'job (s/epoch, median)':<22}{'torch':>9}{'ours':>9}{'pyro':>9}{'zuko':>9}  "
-          f"{'ours/torch [min,max]':<20}{'pyro/ours [min,max]':<20}")  # fmt: skip
+    names = "".join(f"{r:>8}" for r in RUNNERS)
+    ratios = "".join(f"{k.replace('_over_', '/') + ' [min, max]':<22}" for k in RATIOS)
+    print(f"{'job (s/epoch, median)':<21}{names}  {ratios}")
 
 
 def main(argv: list[str] | None = None) -> dict:

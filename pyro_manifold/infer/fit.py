@@ -32,11 +32,13 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 from pyro_manifold.infer.elbo import fast_elbo
+from pyro_manifold.infer.graphs import CapturedStep, capture_step, extra_states, same_state
 from pyro_manifold.models._registration import parameters_registered
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+GRAPH_WARMUP = 3  # eager steps before fit(cuda_graph=True) captures the step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -160,19 +162,38 @@ def _parameters(modules: Sequence[nn.Module], param_sites: list[Tensor]) -> list
 
 
 def _make_optimizer(
-    optimizer, params, lr: float, weight_decay: float, fused: bool = False
-) -> torch.optim.Optimizer:
+    optimizer, params, lr: float, weight_decay: float, fused: bool = False,
+    capturable: bool = False,
+) -> torch.optim.Optimizer:  # fmt: skip
     if callable(optimizer):
         return optimizer(params)
     name = check_choice("optimizer", optimizer, OPTIMIZERS)
     # one fused kernel for all tensors on CUDA (and wherever a step must be skippable on
-    # the device); torch's multi-tensor (foreach) path elsewhere
+    # the device); torch's multi-tensor (foreach) path elsewhere; capturable: its step
+    # count lives on the device, so that a CUDA graph can replay the update
     fused = {"fused": True} if fused or all(p.is_cuda for p in params) else {}
+    if capturable:
+        fused["capturable"] = True
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _check_graphable(device: torch.device, optimizer, lr_schedule, group) -> None:
+    """Refuse ``cuda_graph=True`` where a graph cannot replay the step (before any change)."""
+    problems = []
+    if device.type != "cuda":
+        problems.append(f"a CUDA device (got device {device})")
+    if callable(optimizer) or optimizer not in ("adam", "adamw"):
+        problems.append(f"optimizer 'adam' or 'adamw' (got {optimizer!r})")
+    if lr_schedule is not None:
+        problems.append(f"no lr_schedule (got {lr_schedule!r}; a replayed step keeps its lr)")
+    if group.distributed:
+        problems.append("no distributed training")
+    if problems:
+        raise ValueError("cuda_graph=True needs " + "; ".join(problems))
 
 
 def _make_scheduler(lr_schedule, opt: torch.optim.Optimizer, num_steps: int):
@@ -343,6 +364,7 @@ def fit(
     config: dict[str, Any] | None = None,
     distributed: bool | None = None,
     fast: bool = True,
+    cuda_graph: bool = False,
 ) -> FitResult:
     r"""Fit the parameters of ``model`` and ``guide`` by stochastic variational inference.
 
@@ -437,6 +459,18 @@ def fit(
         progress: show a tqdm bar; default only on a terminal.
         config: plain data describing the run, stored in checkpoints.
         fast: take the fast path described above.
+        cuda_graph: on a CUDA device, capture the step as a CUDA graph after
+            ``GRAPH_WARMUP`` eager steps and replay it for every later step (see
+            :mod:`pyro_manifold.infer.graphs`): one launch per step instead of one per
+            operation, with the same arithmetic. The step is always the device-side one of
+            ``sync_every > 1`` (a fused, capturable Adam/AdamW that skips a non-finite step
+            on the device; flags read every ``sync_every`` steps). Where the step cannot be
+            captured (Python state that changes every step, an in-place parameter edit
+            from Python, a host read inside the model), training goes on eagerly with a
+            ``RuntimeWarning`` that says why. Needs ``optimizer="adam"`` or ``"adamw"``,
+            no ``lr_schedule`` and no ``distributed``; a ``transform_batch`` runs outside
+            the graph. Not bit-identical to eager training (the random streams differ),
+            so ``resume`` is exact only without it.
         distributed: train data-parallel over the ranks of a ``torch.distributed``
             process group (see :mod:`pyro_manifold.infer.distributed`); ``None``: when a
             group is initialized or ``torchrun`` started several processes. Then
@@ -481,7 +515,9 @@ def fit(
     check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
     check_positive_int("max_consecutive_skips", max_consecutive_skips)
     check_positive_int("sync_every", sync_every)
-    deferred = sync_every > 1
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
+    deferred = sync_every > 1 or cuda_graph
     if deferred and (callable(optimizer) or optimizer not in ("adam", "adamw")):
         raise ValueError(
             f"sync_every: values above 1 need optimizer 'adam' or 'adamw' (fused, so that a "
@@ -496,6 +532,8 @@ def fit(
         check_choice("lr_schedule", lr_schedule, ("cosine",))
     group: DataParallelGroup = data_parallel_group(distributed, resolve_device(device))
     device = group.device
+    if cuda_graph:
+        _check_graphable(device, optimizer, lr_schedule, group)
     state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
     if not isinstance(elbo, ELBO):
@@ -546,7 +584,9 @@ def fit(
     if not params:
         raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
     names = _parameter_names(mods, param_names, store)
-    opt = _make_optimizer(optimizer, params, lr, weight_decay, fused=deferred)
+    opt = _make_optimizer(
+        optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph
+    )
     total_norm = _total_norm_of(params)
     scheduler = _make_scheduler(lr_schedule, opt, num_steps)
 
@@ -629,7 +669,93 @@ def fit(
         window = window + torch.where(flags, 0.0, values).sum()
         window_count = window_count + (~flags).sum()
 
+    def refresh_snapshot() -> None:
+        """Re-allocate the buffer snapshot when a buffer's shape, dtype or device changed."""
+        nonlocal saved_buffers
+        if any(
+            s.shape != b.shape or s.dtype != b.dtype or s.device != b.device
+            for s, b in zip(saved_buffers, buffers, strict=True)
+        ):
+            saved_buffers = [b.clone() for b in buffers]
+
+    def loss_and_flag(batch: tuple) -> tuple[Tensor, Tensor]:
+        """Loss per point, gradients, and the flag "loss or gradient not finite"."""
+        try:
+            with (
+                pyro.validation_enabled(not fast and is_validation_enabled()),
+                parameters_registered(not fast),
+            ):
+                value = elbo.differentiable_loss(model, guide, *batch) / batch_size
+        except Exception as e:
+            e.add_note(f"pyro_manifold.fit: raised at step {step}")
+            raise
+        mean_value = group.mean(value.detach())
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        group.synchronize_(params, mods)
+        if clip_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        else:
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = total_norm(grads) if grads else mean_value * 0
+        return mean_value, ~torch.isfinite(mean_value + grad_norm)
+
+    def device_step(*batch: Tensor) -> tuple[Tensor, Tensor]:
+        """One step that reads nothing back; a non-finite one is undone on the device."""
+        if buffers:
+            torch._foreach_copy_(saved_buffers, buffers)
+        mean_value, bad = loss_and_flag(batch)
+        opt.found_inf = bad.to(torch.float32)
+        opt.step()
+        with torch.no_grad():
+            if buffers:
+                kept = [
+                    torch.where(bad, old, b) for b, old in zip(buffers, saved_buffers, strict=True)
+                ]
+                torch._foreach_copy_(buffers, kept)
+            for t, old in edits.values():
+                t.copy_(torch.where(bad, old, t))
+        return mean_value, bad
+
+    # -- cuda_graph: eager warm-up steps, then one capture of device_step ---------------
+    graph: CapturedStep | None = None
+    graph_note: str | None = None if cuda_graph else "off"
+    extra0 = extra_states(mods) if cuda_graph else []
+    warm: list[bool] = []  # per eager device step: no Python-side state changed
+
+    def graph_ready() -> bool:
+        nonlocal graph_note
+        if graph_note is not None or len(warm) < GRAPH_WARMUP:
+            return False
+        if not all(warm):
+            give_up("a module's Python-side state (extra state) or a parameter edited in "
+                    "place from Python changed during a step")  # fmt: skip
+            return False
+        return True
+
+    def give_up(reason: str) -> None:
+        nonlocal graph_note
+        graph_note = reason
+        warnings.warn(f"fit: cuda_graph: {reason}; training goes on eagerly",
+                      RuntimeWarning, stacklevel=4)  # fmt: skip
+
+    def capture(batch: tuple) -> CapturedStep | None:
+        refresh_snapshot()
+        captured = capture_step(device_step, batch)
+        if isinstance(captured, str):
+            give_up(captured)
+            return None
+        return captured
+
+    def refresh_versions() -> None:
+        """Let eager code see the replayed updates (replays bump no version counters)."""
+        touched = [t for t in [*params, *buffers] if t.dtype != torch.bool]
+        if graph is not None and touched:
+            with torch.no_grad():
+                torch._foreach_add_(touched, 0)
+
     def raise_nonfinite(bad_step: int, bad_batch: tuple, loss_value: float, rerun: bool):
+        refresh_versions()
         if rerun:  # recompute that batch's gradients for the report
             opt.zero_grad(set_to_none=True)
             with pyro.validation_enabled(False), parameters_registered(False):
@@ -701,62 +827,38 @@ def fit(
                 if transform_batch is not None:
                     batch = tuple(transform_batch(*batch))
                 step += 1
-                if buffers:  # one multi-tensor copy (a buffer whose .data was replaced: a clone)
-                    if any(
-                        s.shape != b.shape or s.dtype != b.dtype or s.device != b.device
-                        for s, b in zip(saved_buffers, buffers, strict=True)
-                    ):
-                        saved_buffers = [b.clone() for b in buffers]
-                    else:
-                        torch._foreach_copy_(saved_buffers, buffers)
                 edits.clear()
-                try:
-                    with (
-                        pyro.validation_enabled(not fast and is_validation_enabled()),
-                        parameters_registered(not fast),
-                    ):
-                        value = elbo.differentiable_loss(model, guide, *batch) / batch_size
-                except Exception as e:
-                    e.add_note(f"pyro_manifold.fit: raised at step {step}")
-                    raise
-                mean_value = group.mean(value.detach())
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                group.synchronize_(params, mods)
-                if clip_norm is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                else:
-                    grads = [p.grad for p in params if p.grad is not None]
-                    grad_norm = total_norm(grads) if grads else mean_value * 0
-                bad = ~torch.isfinite(mean_value + grad_norm)
-                if deferred:  # no read: the fused optimiser skips the update on the device
-                    opt.found_inf = bad.to(torch.float32)
-                    opt.step()
-                    with torch.no_grad():
-                        if buffers:
-                            kept = [
-                                torch.where(bad, old, b)
-                                for b, old in zip(buffers, saved_buffers, strict=True)
-                            ]
-                            torch._foreach_copy_(buffers, kept)
-                        for t, old in edits.values():
-                            t.copy_(torch.where(bad, old, t))
+                if graph is None and graph_ready():
+                    graph = capture(batch)
+                if graph is not None:
+                    mean_value, bad = graph(*batch)
                     pending.append((step, bad, idx))
-                elif bool(bad):  # the one sync per step
-                    consecutive += 1
-                    if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
-                        raise_nonfinite(step, batch, float(mean_value), rerun=False)
-                    with torch.no_grad():
-                        for b, old in zip(buffers, saved_buffers, strict=True):
-                            b.copy_(old)
-                        for t, old in edits.values():
-                            t.copy_(old)
-                    opt.zero_grad(set_to_none=True)
-                    skipped.append(step)
-                    bar.set_postfix(skipped=len(skipped))
+                elif deferred:  # no read: the fused optimiser skips the update on the device
+                    refresh_snapshot()
+                    mean_value, bad = device_step(*batch)
+                    pending.append((step, bad, idx))
+                    if cuda_graph:
+                        warm.append(not edits and same_state(extra_states(mods), extra0))
                 else:
-                    consecutive = 0
-                    opt.step()
+                    refresh_snapshot()
+                    if buffers:
+                        torch._foreach_copy_(saved_buffers, buffers)
+                    mean_value, bad = loss_and_flag(batch)
+                    if bool(bad):  # the one sync per step
+                        consecutive += 1
+                        if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
+                            raise_nonfinite(step, batch, float(mean_value), rerun=False)
+                        with torch.no_grad():
+                            for b, old in zip(buffers, saved_buffers, strict=True):
+                                b.copy_(old)
+                            for t, old in edits.values():
+                                t.copy_(old)
+                        opt.zero_grad(set_to_none=True)
+                        skipped.append(step)
+                        bar.set_postfix(skipped=len(skipped))
+                    else:
+                        consecutive = 0
+                        opt.step()
                 recent.append((mean_value, bad))
                 if scheduler is not None:
                     scheduler.step()
@@ -780,6 +882,7 @@ def fit(
                     bar.set_postfix(loss=f"{mean:.4g}")
                 bar.update(1)
                 if val_now:
+                    refresh_versions()
                     v = _mean_loss(
                         elbo, model, guide, val, batch_size, transform_batch, mods, group
                     )
@@ -806,6 +909,7 @@ def fit(
                 if result.stopped_early:
                     break
         finally:
+            refresh_versions()
             bar.close()
     if val is not None and restore_best and best_states is not None:
         for m, sd in zip(mods, best_states, strict=True):

@@ -444,3 +444,23 @@ def test_deferred_checks_need_a_fused_adam():
     with pytest.raises(ValueError, match="sync_every: values above 1 need optimizer"):
         fit(flow.model, flow.guide, torch.zeros(4, 2), device="cpu", progress=False,
             optimizer="sgd", sync_every=4)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(device="cpu"), "cuda_graph=True needs a CUDA device"),
+        (dict(device="cpu", optimizer="sgd"), "optimizer 'adam' or 'adamw'"),
+        (dict(device="cpu", lr_schedule="cosine"), "no lr_schedule"),
+    ],
+)
+def test_cuda_graph_refuses_what_it_cannot_replay_before_any_change(tmp_path, options, match):
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=3, progress=False,
+            run_dir=tmp_path / "run", cuda_graph=True, **options)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(TypeError, match="cuda_graph: expected True or False"):
+        fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=3, cuda_graph="yes")
