@@ -30,6 +30,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_tensor,
 )
+from pyro_manifold.infer._buffers import BufferSnapshot
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 from pyro_manifold.infer.elbo import fast_elbo
 from pyro_manifold.infer.graphs import CapturedStep, capture_step, extra_states, same_state
@@ -470,7 +471,8 @@ def fit(
             ``RuntimeWarning`` that says why. Needs ``optimizer="adam"`` or ``"adamw"``,
             no ``lr_schedule`` and no ``distributed``; a ``transform_batch`` runs outside
             the graph. Not bit-identical to eager training (the random streams differ),
-            so ``resume`` is exact only without it.
+            so ``resume`` is exact only without it. Not yet run on a GPU: its tests in
+            ``tests/test_device.py`` wait for a session lent one.
         distributed: train data-parallel over the ranks of a ``torch.distributed``
             process group (see :mod:`pyro_manifold.infer.distributed`); ``None``: when a
             group is initialized or ``torchrun`` started several processes. Then
@@ -648,8 +650,8 @@ def fit(
     # -- train -------------------------------------------------------------------------
     result = FitResult(history=history, skipped_steps=skipped)
     keep_buffers = on_nonfinite == "skip" or deferred
-    buffers = [b for m in mods for b in m.buffers()] if keep_buffers else []
-    saved_buffers = [b.clone() for b in buffers]  # refilled at the start of every step
+    snapshot = BufferSnapshot(mods if keep_buffers else [])  # to undo a skipped step
+    buffers = snapshot.buffers
     consecutive = 0
     pending: list[tuple[int, Tensor, Tensor]] = []  # (step, flag, batch rows) not yet read
     for m in mods:
@@ -668,15 +670,6 @@ def fit(
         recent.clear()
         window = window + torch.where(flags, 0.0, values).sum()
         window_count = window_count + (~flags).sum()
-
-    def refresh_snapshot() -> None:
-        """Re-allocate the buffer snapshot when a buffer's shape, dtype or device changed."""
-        nonlocal saved_buffers
-        if any(
-            s.shape != b.shape or s.dtype != b.dtype or s.device != b.device
-            for s, b in zip(saved_buffers, buffers, strict=True)
-        ):
-            saved_buffers = [b.clone() for b in buffers]
 
     def loss_and_flag(batch: tuple) -> tuple[Tensor, Tensor]:
         """Loss per point, gradients, and the flag "loss or gradient not finite"."""
@@ -701,24 +694,24 @@ def fit(
         return mean_value, ~torch.isfinite(mean_value + grad_norm)
 
     def device_step(*batch: Tensor) -> tuple[Tensor, Tensor]:
-        """One step that reads nothing back; a non-finite one is undone on the device."""
-        if buffers:
-            torch._foreach_copy_(saved_buffers, buffers)
+        """One step that reads nothing back; a non-finite one is undone on the device.
+
+        Inside a graph capture every buffer is copied and restored (the replay runs no
+        Python to choose); eagerly only those that may have changed.
+        """
+        snapshot.take(everything=capturing)
         mean_value, bad = loss_and_flag(batch)
         opt.found_inf = bad.to(torch.float32)
         opt.step()
+        snapshot.restore_where(bad, everything=capturing)
         with torch.no_grad():
-            if buffers:
-                kept = [
-                    torch.where(bad, old, b) for b, old in zip(buffers, saved_buffers, strict=True)
-                ]
-                torch._foreach_copy_(buffers, kept)
             for t, old in edits.values():
                 t.copy_(torch.where(bad, old, t))
         return mean_value, bad
 
     # -- cuda_graph: eager warm-up steps, then one capture of device_step ---------------
     graph: CapturedStep | None = None
+    capturing = False  # inside capture_step: device_step copies every buffer
     graph_note: str | None = None if cuda_graph else "off"
     extra0 = extra_states(mods) if cuda_graph else []
     warm: list[bool] = []  # per eager device step: no Python-side state changed
@@ -740,8 +733,12 @@ def fit(
                       RuntimeWarning, stacklevel=4)  # fmt: skip
 
     def capture(batch: tuple) -> CapturedStep | None:
-        refresh_snapshot()
-        captured = capture_step(device_step, batch)
+        nonlocal capturing
+        capturing = True
+        try:
+            captured = capture_step(device_step, batch)
+        finally:
+            capturing = False
         if isinstance(captured, str):
             give_up(captured)
             return None
@@ -834,23 +831,19 @@ def fit(
                     mean_value, bad = graph(*batch)
                     pending.append((step, bad, idx))
                 elif deferred:  # no read: the fused optimiser skips the update on the device
-                    refresh_snapshot()
                     mean_value, bad = device_step(*batch)
                     pending.append((step, bad, idx))
                     if cuda_graph:
                         warm.append(not edits and same_state(extra_states(mods), extra0))
                 else:
-                    refresh_snapshot()
-                    if buffers:
-                        torch._foreach_copy_(saved_buffers, buffers)
+                    snapshot.take()
                     mean_value, bad = loss_and_flag(batch)
                     if bool(bad):  # the one sync per step
                         consecutive += 1
                         if on_nonfinite == "raise" or consecutive > max_consecutive_skips:
                             raise_nonfinite(step, batch, float(mean_value), rerun=False)
+                        snapshot.restore()
                         with torch.no_grad():
-                            for b, old in zip(buffers, saved_buffers, strict=True):
-                                b.copy_(old)
                             for t, old in edits.values():
                                 t.copy_(old)
                         opt.zero_grad(set_to_none=True)

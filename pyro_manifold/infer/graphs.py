@@ -13,6 +13,10 @@ from step to step. :func:`capture_step` therefore refuses (returns the reason, a
 kept as a Python int) changed during the eager warm-up steps, when a layer edited a
 parameter in place from Python, or when the capture itself fails (a host read such as
 ``.item()`` or ``bool(tensor)`` inside the step, an operation that cannot be captured).
+
+Status: written and checked on the CPU only (the refusals); no GPU has run it yet. The
+device tests ``tests/test_device.py -k cuda_graph`` compare replayed with eager training
+and run every model configuration, on the first session lent a GPU.
 """
 
 from __future__ import annotations

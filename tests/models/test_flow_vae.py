@@ -222,3 +222,17 @@ def test_bad_input_gives_clear_errors():
         vae.guide(None)
     with pytest.raises(TypeError, match="vae: expected an object with callable model"):
         iwae_log_likelihood(object(), grey)
+
+
+def test_x_mean_is_recorded_for_predictive_and_left_out_of_training_steps():
+    m = FlowVAE(2, 6, None, hidden_dims=[8])
+    x = (torch.rand(5, 6) < 0.5).float()
+    m.train()
+    assert "x_mean" not in pyro.poutine.trace(m.model).get_trace(x).nodes
+    with torch.no_grad():
+        assert "x_mean" in pyro.poutine.trace(m.model).get_trace(x).nodes
+    m.eval()
+    assert "x_mean" in pyro.poutine.trace(m.model).get_trace(x).nodes
+    m.train()
+    draws = pyro.infer.Predictive(m.model, guide=m.guide, num_samples=2)(x)
+    assert draws["x_mean"].shape == (2, 5, 6)
