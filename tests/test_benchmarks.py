@@ -64,3 +64,30 @@ def test_device_check_budget_skips_sections(tmp_path):
     assert proc.returncode == 0, proc.stderr
     sections = json.loads(out.read_text())["sections"]
     assert sections["vmonf_k"]["status"] == "skipped" and "budget" in sections["vmonf_k"]["error"]
+
+
+@pytest.mark.parametrize(
+    "job",
+    ["VAE gaussian b128", "VAE iaf b1024", "MAF(5) 784-d b256", "NIF 784->64 b256",
+     "VMoNF K=1 b128", "VMoNF K=10 b128", "VQ-Flow 784->64 b256"],
+)  # fmt: skip
+def test_hand_written_loss_is_the_pyro_programs_elbo(job, monkeypatch):
+    """speed.py compares like with like: its hand-written loss is fit's loss, per point."""
+    import pyro
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import speed
+
+    from pyro_manifold.infer.elbo import fast_elbo
+
+    torch.manual_seed(0)
+    spec = speed.jobs(torch.device("cpu"), smoke=True)[job]
+    module = spec.build().double()
+    x = spec.data[:16].double()
+    with pyro.validation_enabled(False):
+        torch.manual_seed(1)  # the same reparameterised draws in both
+        hand = spec.loss(module, x)
+        torch.manual_seed(1)
+        elbo = fast_elbo(spec.elbo).differentiable_loss(module.model, module.guide, x)
+    torch.testing.assert_close(hand, elbo / x.shape[0], rtol=1e-9, atol=1e-9)

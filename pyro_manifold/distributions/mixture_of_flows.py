@@ -276,10 +276,6 @@ class SelectedComponent(TorchDistribution):
                 f"{tuple(mixture.batch_shape)}, got {tuple(k.shape)}"
             ) from e
         self.mixture, self.k = mixture, k
-        # k as Pyro's parallel enumeration made it (a reshaped arange over the support),
-        # kept through expand() for the fast path of log_prob
-        marked = getattr(k, "_pyro_categorical_support", None) is not None
-        self._support = k if marked and k.dim() and k.numel() == k.shape[0] else None
         super().__init__(batch_shape, mixture.event_shape, validate_args)
 
     @property
@@ -295,28 +291,12 @@ class SelectedComponent(TorchDistribution):
     def expand(self, batch_shape, _instance=None) -> SelectedComponent:
         """Expand ``k`` to ``batch_shape``."""
         batch_shape = torch.Size(batch_shape)
-        new = type(self)(self.mixture, self.k.expand(batch_shape), validate_args=False)
-        new._support = self._support
-        return new
+        return type(self)(self.mixture, self.k.expand(batch_shape), validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        r""":math:`\log p_k(x)`, shape: ``value``'s batch dimensions broadcast with ``k``'s.
-
-        When ``k`` is the enumerated support of a ``Categorical`` over the :math:`K`
-        components (Pyro's parallel enumeration marks it: ``torch.arange(K)`` reshaped to
-        :math:`(K, 1, \dots, 1)`), the gather is the table's last dimension moved to the
-        front, taken as a view (as Pyro's own ``Categorical.log_prob`` does for its support).
-        """
+        r""":math:`\log p_k(x)`, shape: ``value``'s batch dimensions broadcast with ``k``'s."""
         table = self.mixture.component_log_prob(value)  # (*, K)
         shape = broadcast_shapes(self.k.shape, table.shape[:-1])
-        k = self._support
-        if k is not None and k.shape[0] == self.mixture.num_components:
-            moved = table
-            if moved.dim() <= k.dim():
-                moved = moved.reshape((1,) * (1 + k.dim() - moved.dim()) + moved.shape)
-            if moved.shape[-1 - k.dim()] == 1:
-                moved = moved.transpose(-1 - k.dim(), -1).squeeze(-1)
-                return moved if moved.shape == shape else moved.expand(shape)
         idx = self.k.expand(shape).unsqueeze(-1)
         return table.expand(shape + table.shape[-1:]).gather(-1, idx).squeeze(-1)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.trace_elbo import _compute_log_r
@@ -214,8 +215,10 @@ def _closed_form_elbo(model_trace, guide_trace) -> Tensor | float | None:
         if enumerated is not None:
             return None
         enumerated = site
-    if enumerated is None:
+    if enumerated is None or enumerated["mask"] is not None:
         return None
+    if isinstance(enumerated["fn"], MaskedDistribution):
+        return None  # a masked q need not sum to one over k: Pyro's contraction weighs it
     infer = enumerated["infer"]
     dim = infer.get("_enumerate_dim")
     log_q = enumerated["score_parts"].score_function  # unscaled, unmasked, as Dice's

@@ -21,6 +21,7 @@ import torch
 from pyro.distributions.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 from tqdm.auto import tqdm
 
 from pyro_manifold._parallel import data_parallel_training, step_edits
@@ -103,6 +104,8 @@ class FitResult:
         checkpoint: the last checkpoint written, or ``None``.
         skipped_steps: the steps skipped because their loss or gradient was not finite
             (with ``on_nonfinite="skip"``).
+        graphed_steps: the steps run by replaying a captured CUDA graph
+            (``cuda_graph=True``); 0 when every step ran eagerly.
 
     Example:
         >>> FitResult(step=3).step
@@ -115,6 +118,7 @@ class FitResult:
     stopped_early: bool = False
     checkpoint: Path | None = None
     skipped_steps: list[int] = field(default_factory=list)
+    graphed_steps: int = 0
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -182,19 +186,42 @@ def _make_optimizer(
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-def _check_graphable(device: torch.device, optimizer, lr_schedule, group) -> None:
+def _check_graphable(
+    optimizer, lr_schedule, device: torch.device | None = None, distributed: bool = False
+) -> None:
     """Refuse ``cuda_graph=True`` where a graph cannot replay the step (before any change)."""
     problems = []
-    if device.type != "cuda":
-        problems.append(f"a CUDA device (got device {device})")
     if callable(optimizer) or optimizer not in ("adam", "adamw"):
         problems.append(f"optimizer 'adam' or 'adamw' (got {optimizer!r})")
     if lr_schedule is not None:
         problems.append(f"no lr_schedule (got {lr_schedule!r}; a replayed step keeps its lr)")
-    if group.distributed:
+    if device is not None and device.type != "cuda":
+        problems.append(f"a CUDA device (got device {device})")
+    if distributed:
         problems.append("no distributed training")
     if problems:
         raise ValueError("cuda_graph=True needs " + "; ".join(problems))
+
+
+def _load_optimizer_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
+    """Load a checkpoint's optimiser state, keeping this run's implementation flags.
+
+    ``load_state_dict`` would bring back the saved run's ``fused``/``capturable``/
+    ``foreach`` choices with its hyperparameters; a run resumed with another
+    ``sync_every`` or ``cuda_graph`` keeps its own, and each step count is moved to
+    where that implementation keeps it (the device for fused or capturable, else the CPU).
+    """
+    keys = ("fused", "capturable", "foreach")
+    mine = [{k: g[k] for k in keys if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state_dict)
+    for group, flags in zip(opt.param_groups, mine, strict=True):
+        group.update(flags)
+        on_device = bool(flags.get("fused") or flags.get("capturable"))
+        for p in group["params"]:
+            step = opt.state.get(p, {}).get("step")
+            if isinstance(step, Tensor):
+                where = p.device if on_device else torch.device("cpu")
+                opt.state[p]["step"] = step.to(device=where, dtype=torch.float32)
 
 
 def _make_scheduler(lr_schedule, opt: torch.optim.Optimizer, num_steps: int):
@@ -520,6 +547,8 @@ def fit(
     if not isinstance(cuda_graph, bool):
         raise TypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
     deferred = sync_every > 1 or cuda_graph
+    if cuda_graph:
+        _check_graphable(optimizer, lr_schedule)
     if deferred and (callable(optimizer) or optimizer not in ("adam", "adamw")):
         raise ValueError(
             f"sync_every: values above 1 need optimizer 'adam' or 'adamw' (fused, so that a "
@@ -535,7 +564,7 @@ def fit(
     group: DataParallelGroup = data_parallel_group(distributed, resolve_device(device))
     device = group.device
     if cuda_graph:
-        _check_graphable(device, optimizer, lr_schedule, group)
+        _check_graphable(optimizer, lr_schedule, device, group.distributed)
     state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
     if not isinstance(elbo, ELBO):
@@ -606,7 +635,7 @@ def fit(
             for name, value in state["params"].items():
                 if name in store._params:
                     store._params[name].copy_(value)
-        opt.load_state_dict(state["optimizer"])
+        _load_optimizer_state(opt, state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         step, position = int(state["step"]), int(state["position"])
@@ -713,7 +742,7 @@ def fit(
     graph: CapturedStep | None = None
     capturing = False  # inside capture_step: device_step copies every buffer
     graph_note: str | None = None if cuda_graph else "off"
-    extra0 = extra_states(mods) if cuda_graph else []
+    extra0 = copy.deepcopy(extra_states(mods)) if cuda_graph else []
     warm: list[bool] = []  # per eager device step: no Python-side state changed
 
     def graph_ready() -> bool:
@@ -739,17 +768,24 @@ def fit(
             captured = capture_step(device_step, batch)
         finally:
             capturing = False
+            bump_versions()  # caches filled during the capture hold values never computed
+        if not isinstance(captured, str) and (edits or not same_state(extra_states(mods), extra0)):
+            captured = "the captured step changed Python-side state or edited a parameter"
         if isinstance(captured, str):
             give_up(captured)
             return None
         return captured
 
+    def bump_versions() -> None:
+        """Move every parameter's and buffer's version counter (a replay moves none).
+
+        So no cache keyed on versions serves a value from before the replayed updates.
+        """
+        increment_version([*params, *buffers])
+
     def refresh_versions() -> None:
-        """Let eager code see the replayed updates (replays bump no version counters)."""
-        touched = [t for t in [*params, *buffers] if t.dtype != torch.bool]
-        if graph is not None and touched:
-            with torch.no_grad():
-                torch._foreach_add_(touched, 0)
+        if graph is not None:
+            bump_versions()
 
     def raise_nonfinite(bad_step: int, bad_batch: tuple, loss_value: float, rerun: bool):
         refresh_versions()
@@ -827,9 +863,14 @@ def fit(
                 edits.clear()
                 if graph is None and graph_ready():
                     graph = capture(batch)
+                if graph is not None and not graph.accepts(batch):
+                    graph = None  # a batch unlike the captured one (transform_batch)
+                    give_up("a batch differs in shape, dtype or device from the captured one")
+                    bump_versions()
                 if graph is not None:
                     mean_value, bad = graph(*batch)
                     pending.append((step, bad, idx))
+                    result.graphed_steps += 1
                 elif deferred:  # no read: the fused optimiser skips the update on the device
                     mean_value, bad = device_step(*batch)
                     pending.append((step, bad, idx))
@@ -902,7 +943,9 @@ def fit(
                 if result.stopped_early:
                     break
         finally:
-            refresh_versions()
+            if graph is not None:
+                bump_versions()
+                opt.zero_grad(set_to_none=True)  # the gradients live in the graph's pool
             bar.close()
     if val is not None and restore_best and best_states is not None:
         for m, sd in zip(mods, best_states, strict=True):

@@ -14,9 +14,9 @@ kept as a Python int) changed during the eager warm-up steps, when a layer edite
 parameter in place from Python, or when the capture itself fails (a host read such as
 ``.item()`` or ``bool(tensor)`` inside the step, an operation that cannot be captured).
 
-Status: written and checked on the CPU only (the refusals); no GPU has run it yet. The
-device tests ``tests/test_device.py -k cuda_graph`` compare replayed with eager training
-and run every model configuration, on the first session lent a GPU.
+Status: ``fit``'s control flow around it (warm-up, capture, replay, fall-back) is tested
+on the CPU with a stand-in for the capture; the capture itself has not yet run on a GPU.
+The device tests ``tests/test_device.py -k cuda_graph`` wait for a session lent one.
 """
 
 from __future__ import annotations
@@ -54,14 +54,21 @@ class CapturedStep:
                  outputs: tuple[Tensor, ...]) -> None:  # fmt: skip
         self.graph, self.inputs, self.outputs = graph, inputs, outputs
 
+    def accepts(self, batch: Sequence[Tensor]) -> bool:
+        """Whether ``batch`` has the captured batch's shapes, dtypes and device."""
+        return len(batch) == len(self.inputs) and all(
+            b.shape == i.shape and b.dtype == i.dtype and b.device == i.device
+            for b, i in zip(batch, self.inputs, strict=False)
+        )
+
     def __call__(self, *batch: Tensor) -> tuple[Tensor, ...]:
         """Copy ``batch`` into the inputs, replay, and return copies of the outputs."""
-        if len(batch) != len(self.inputs) or any(
-            b.shape != i.shape for b, i in zip(batch, self.inputs, strict=False)
-        ):
+        if not self.accepts(batch):
             raise ValueError(
-                f"batch: expected tensors of shapes {[tuple(i.shape) for i in self.inputs]} "
-                f"(the captured batch), got {[tuple(b.shape) for b in batch]}"
+                f"batch: expected tensors like the captured batch (shapes "
+                f"{[tuple(i.shape) for i in self.inputs]}, dtypes "
+                f"{[i.dtype for i in self.inputs]}, on {self.inputs[0].device}), got shapes "
+                f"{[tuple(b.shape) for b in batch]}, dtypes {[b.dtype for b in batch]}"
             )
         for i, b in zip(self.inputs, batch, strict=True):
             i.copy_(b)
@@ -118,14 +125,22 @@ def capture_step(
         return "the batch is not on a CUDA device"
     inputs = tuple(t.clone() for t in batch)
     graph = torch.cuda.CUDAGraph()
+    # capture on a stream of our own, entered and left here: a failed capture cannot
+    # leave the caller on torch's capture stream
+    stream = torch.cuda.Stream(device=batch[0].device)
+    stream.wait_stream(torch.cuda.current_stream(batch[0].device))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on capture-time allocations
-            with torch.cuda.graph(graph):
+            with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
                 outputs = step_fn(*inputs)
     except Exception as e:  # noqa: BLE001 (any failure means: run eagerly)
+        first = e  # the error that broke the capture, not "a previous error" after it
+        while first.__context__ is not None:
+            first = first.__context__
         torch.cuda.synchronize()
-        return f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        return f"capture failed ({type(first).__name__}: {str(first).splitlines()[0][:200]})"
+    torch.cuda.current_stream(batch[0].device).wait_stream(stream)
     if not isinstance(outputs, tuple) or not all(isinstance(o, Tensor) for o in outputs):
         return f"the step returned {type(outputs).__name__}, not a tuple of tensors"
     return CapturedStep(graph, inputs, outputs)

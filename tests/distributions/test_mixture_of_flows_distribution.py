@@ -157,45 +157,6 @@ def test_selected_component_with_enumerated_indices():
     assert y.shape == (4, D) and y.requires_grad
 
 
-def test_selected_component_of_pyro_enumerated_support_equals_the_gather():
-    """k marked by Pyro's enumeration takes a view of the table: same values and gradients."""
-    torch.manual_seed(0)
-    components, _ = _matched_pair("realnvp")
-    p = MixtureOfFlows(torch.zeros(K, dtype=torch.float64), components)
-    x = torch.randn(9, D, dtype=torch.float64)
-    enumerated = dist.Categorical(logits=torch.zeros(K)).enumerate_support(expand=False)
-    assert enumerated._pyro_categorical_support is not None  # Pyro's mark, shape (K,)
-    cases = [
-        (enumerated, (K,), x[0]),  # one point
-        (enumerated.reshape(K, 1), (K, 9), x),  # as in a plate of 9 points
-        (enumerated.reshape(K, 1, 1), (K, 1, 9), x),  # one more plate, of size 1
-        (enumerated.reshape(K, 1), (K, 9), x[:1]),  # a value broadcast over the plate
-    ]
-    for k, batch, value in cases:
-        k._pyro_categorical_support = enumerated._pyro_categorical_support
-        plain = k.clone()  # the same indices, unmarked: the gather
-        for selected, reference in ((p.component(k), p.component(plain)),
-                                    (p.component(k).expand(batch),
-                                     p.component(plain).expand(batch))):  # fmt: skip
-            assert selected._support is not None and reference._support is None
-            value_ = value.clone().requires_grad_()
-            got = selected.log_prob(value_)
-            (grad,) = torch.autograd.grad(got.sum(), value_)
-            value_ = value.clone().requires_grad_()
-            want = reference.log_prob(value_)
-            (grad_want,) = torch.autograd.grad(want.sum(), value_)
-            assert got.shape == want.shape
-            assert torch.equal(got, want)
-            torch.testing.assert_close(grad, grad_want, rtol=1e-14, atol=1e-14)
-    # a support of another size (not this mixture's K) takes the gather
-    short = dist.Categorical(logits=torch.zeros(K - 1)).enumerate_support(expand=False)
-    k = short.reshape(K - 1, 1)
-    k._pyro_categorical_support = short._pyro_categorical_support
-    selected = p.component(k)
-    assert selected._support is not None
-    torch.testing.assert_close(selected.log_prob(x), p.component_log_prob(x).T[: K - 1])
-
-
 def test_samples_agree_with_log_prob_in_2d():
     """Histogram of samples against the mixture density integrated over the same cells."""
     torch.manual_seed(0)

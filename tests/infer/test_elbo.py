@@ -116,7 +116,8 @@ class EnumeratedMixture(nn.Module):
     ``"saturated"`` (guide probabilities that underflow to exactly 0); ``"impossible"``
     (also an observation of log-density -inf where q(k) = 0); fallbacks to Pyro's
     contraction: ``"sequential"``, ``"model-enumerated"`` (a second discrete latent
-    enumerated in the model) and ``"two-guide-sites"``.
+    enumerated in the model), ``"two-guide-sites"`` and ``"masked-guide"`` (a guide
+    distribution masked per point, whose q need not sum to one over k).
     """
 
     def __init__(self, variant, k=3):
@@ -171,13 +172,16 @@ class EnumeratedMixture(nn.Module):
             if v == "impossible":  # nor does the guide give it any probability
                 logits = logits - torch.tensor([0.0, 0.0, 1e4], dtype=logits.dtype)
             how = "sequential" if v == "sequential" else "parallel"
-            pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": how})
+            q = dist.Categorical(logits=logits)
+            if v == "masked-guide":
+                q = q.mask(x[idx][:, 1] > 0)
+            pyro.sample("z", q, infer={"enumerate": how})
             if v == "two-guide-sites":
                 pyro.sample("w", dist.Normal(self.noise, 1.0))
 
 
 CLOSED_FORM = ["plain", "masked", "subsampled", "nested", "saturated", "impossible"]
-CONTRACTED = ["sequential", "model-enumerated", "two-guide-sites"]
+CONTRACTED = ["sequential", "model-enumerated", "two-guide-sites", "masked-guide"]
 
 
 @pytest.mark.parametrize("variant", CLOSED_FORM + CONTRACTED + ["particles"])

@@ -1,3 +1,4 @@
+import importlib
 import json
 import math
 import pickle
@@ -464,3 +465,69 @@ def test_cuda_graph_refuses_what_it_cannot_replay_before_any_change(tmp_path, op
     assert not (tmp_path / "run").exists()
     with pytest.raises(TypeError, match="cuda_graph: expected True or False"):
         fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=3, cuda_graph="yes")
+
+
+@pytest.mark.parametrize("first, second", [(1, 3), (3, 1)])
+def test_resume_with_another_sync_every_keeps_this_runs_optimizer(tmp_path, first, second):
+    """The checkpoint's fused/foreach flags do not replace the resumed run's own."""
+    x = torch.randn(128, 2)
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    options = dict(batch_size=32, progress=False, device="cpu", checkpoint_every=4)
+    fit(flow.model, flow.guide, x, num_steps=4, run_dir=tmp_path, sync_every=first, **options)
+    again = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    result = fit(again.model, again.guide, x, num_steps=8, sync_every=second,
+                 resume=tmp_path / "checkpoint.pt", **options)  # fmt: skip
+    assert result.step == 8 and math.isfinite(result.history["loss"][-1])
+
+
+class _ReplayedEagerly:
+    """A stand-in for a captured CUDA graph on the CPU: each call runs the step itself."""
+
+    def __init__(self, step_fn, batch):
+        self.step_fn, self.shapes = step_fn, [b.shape for b in batch]
+
+    def accepts(self, batch):
+        return [b.shape for b in batch] == self.shapes
+
+    def __call__(self, *batch):
+        return tuple(t.clone() for t in self.step_fn(*batch))
+
+
+def _graph_on_cpu(monkeypatch, capture):
+    fit_module = importlib.import_module("pyro_manifold.infer.fit")  # not the function
+    monkeypatch.setattr(fit_module, "_check_graphable", lambda *a, **k: None)
+    monkeypatch.setattr(fit_module, "capture_step", capture)
+
+
+def test_cuda_graph_control_flow_warms_up_then_replays(monkeypatch):
+    x = torch.randn(128, 2)
+    options = dict(num_steps=10, batch_size=32, progress=False, device="cpu", sync_every=5)
+    torch.manual_seed(1)
+    eager = Flow(2, "maf", num_layers=2, hidden_dims=[8], batch_norm=True)
+    fit(eager.model, eager.guide, x, **options)
+    _graph_on_cpu(monkeypatch, _ReplayedEagerly)
+    torch.manual_seed(1)
+    graphed = Flow(2, "maf", num_layers=2, hidden_dims=[8], batch_norm=True)
+    pyro.clear_param_store()
+    result = fit(graphed.model, graphed.guide, x, cuda_graph=True, **options)
+    assert result.graphed_steps == 10 - 3  # GRAPH_WARMUP eager steps first
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)  # capturable Adam
+
+
+def test_cuda_graph_gives_up_with_the_reason(monkeypatch):
+    from pyro_manifold.models import VariationalMixtureOfFlows
+
+    x = torch.randn(128, 2)
+    options = dict(num_steps=6, batch_size=32, progress=False, device="cpu", sync_every=2)
+    _graph_on_cpu(monkeypatch, lambda step_fn, batch: "capture failed (RuntimeError: host read)")
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    with pytest.warns(RuntimeWarning, match=r"cuda_graph: capture failed \(RuntimeError: host"):
+        result = fit(flow.model, flow.guide, x, cuda_graph=True, **options)
+    assert result.graphed_steps == 0 and result.step == 6
+    _graph_on_cpu(monkeypatch, _ReplayedEagerly)
+    mix = VariationalMixtureOfFlows(2, 2, "realnvp", num_layers=1, hidden_dims=[8])
+    with pytest.warns(RuntimeWarning, match="extra state"):  # its temperature step count
+        result = fit(mix.model, mix.guide, x, loss=TraceEnum_ELBO(max_plate_nesting=1),
+                     cuda_graph=True, **options)  # fmt: skip
+    assert result.graphed_steps == 0 and mix.temperature_step == 6
