@@ -2,12 +2,13 @@
 on the device named by ``PYRO_MANIFOLD_TEST_DEVICE`` (default ``cpu``).
 
 Per configuration (one row of :func:`_cases`): build with a fixed seed, ``.to(DEVICE)``,
-a few :func:`~pyro_manifold.infer.fit` steps on the fast path with ``sync_every > 1``
-(fused Adam), then check that every parameter, buffer and output is on ``DEVICE`` in
-float32; the model's evaluation, ``sample`` and ``pyro.infer.Predictive``; the checkpoint
-loaded on the CPU into a fresh CPU model, compared with the device model, and moved back
-to the device; and ``resume=`` on the device (on the CPU also against an uninterrupted
-run, which ``fit`` promises to equal exactly there).
+a few :func:`~pyro_manifold.infer.fit` steps on the fast path with ``sync_every`` 1 and
+3 (the per-step read, and fused Adam skipping on the device), then check that every
+parameter, buffer and output is on ``DEVICE`` in float32; the model's evaluation,
+``sample`` and ``pyro.infer.Predictive``; the checkpoint loaded on the CPU into a fresh
+CPU model, compared with the device model, and moved back to the device; and
+``resume=`` on the device (on the CPU also against an uninterrupted run, which ``fit``
+promises to equal exactly there).
 
 Run on a GPU with ``PYRO_MANIFOLD_TEST_DEVICE=cuda pytest -m device``. The tiny models
 and data keep the whole file to seconds on one CPU thread, so it also runs in the
@@ -297,8 +298,10 @@ def _build(case: Case, data: tuple[Tensor, ...], seed: int) -> nn.Module:
 
 
 # -- the test ----------------------------------------------------------------------------
+@pytest.mark.parametrize("sync_every", [1, SYNC_EVERY], ids=["sync1", "sync3"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_model_end_to_end_on_device(name, tmp_path):
+def test_model_end_to_end_on_device(name, sync_every, tmp_path):
+    options = {**FIT_OPTIONS, "sync_every": sync_every}  # per-step read, or deferred
     case = CASES[name]
     data = case.data()
     data_dev = tuple(t.to(DEVICE) for t in data)
@@ -306,11 +309,11 @@ def test_model_end_to_end_on_device(name, tmp_path):
     evaluate = case.evaluate or case.score
     run = tmp_path / "run"
 
-    # build, move, train a few steps on the fast path with deferred finiteness checks
+    # build, move, train a few steps on the fast path, finiteness read per step or deferred
     m = _build(case, data, seed=0).to(DEVICE)
     _assert_module_on(m, DEVICE)
     result = fit(m.model, m.guide, data_dev, loss=case.loss(), num_steps=NUM_STEPS,
-                 run_dir=run, **FIT_OPTIONS)  # fmt: skip
+                 run_dir=run, **options)  # fmt: skip
     assert result.step == NUM_STEPS and not result.skipped_steps
     assert result.history["step"] == [3, 6]
     assert all(torch.isfinite(torch.tensor(result.history["loss"])))
@@ -355,7 +358,7 @@ def test_model_end_to_end_on_device(name, tmp_path):
     resumed = _build(case, data, seed=2).to(DEVICE)
     result = fit(resumed.model, resumed.guide, data_dev, loss=case.loss(),
                  num_steps=RESUMED_STEPS, resume=run / "checkpoint.pt",
-                 run_dir=tmp_path / "resumed", **FIT_OPTIONS)  # fmt: skip
+                 run_dir=tmp_path / "resumed", **options)  # fmt: skip
     assert result.step == RESUMED_STEPS
     assert result.history["step"] == [3, 6, 9]
     assert result.history["loss"][:2] == state["history"]["loss"]
@@ -368,7 +371,7 @@ def test_model_end_to_end_on_device(name, tmp_path):
         pyro.clear_param_store()
         straight = _build(case, data, seed=0).to(DEVICE)
         uninterrupted = fit(straight.model, straight.guide, data_dev, loss=case.loss(),
-                            num_steps=RESUMED_STEPS, **FIT_OPTIONS)  # fmt: skip
+                            num_steps=RESUMED_STEPS, **options)  # fmt: skip
         assert uninterrupted.history["loss"] == result.history["loss"]
         _assert_states_equal(_cpu_state(resumed), _cpu_state(straight))
 
