@@ -25,7 +25,7 @@ class BufferSnapshot:
     version counter moved, or it is a running statistic of a normalisation layer
     (``BatchNorm``/``InstanceNorm``, whose kernel updates it without moving the version).
     A flow's constant masks and permutations are therefore copied once, not every step
-    (for a 784-d MAF(5) they are 64 MB, which copying and restoring every step made a
+    (for a 784-d MAF(5) they are 46 MiB, which copying and restoring every step made a
     sixth of the step's time on a CPU).
 
     Example:
