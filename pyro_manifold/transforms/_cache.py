@@ -10,8 +10,10 @@ computed with the old parameters (a silently wrong log-density), and after
 
 :class:`FreshCache` keeps the cache and removes the trap. An entry records the version
 counters of the transform's parameters (bumped by every in-place update, such as an
-optimiser step) and of its own tensors (an input refilled in place) and is used only
-while they are unchanged; an entry looked up by data (a tensor that does not require
+optimiser step), of its own tensors (an input refilled in place) and the grad mode it
+was computed in, and is used only while they are unchanged (so a value computed under
+``torch.no_grad()``, as Pyro's ``SVI.evaluate_loss`` does, is never served to a training
+step); an entry looked up by data (a tensor that does not require
 grad, or a leaf that the user differentiates by) is also dropped as soon as a gradient
 flows back through it, since the graph it belongs to is then spent. Secondary
 caches (a log-determinant kept from the last call) use :meth:`FreshCache._fresh` and
@@ -25,6 +27,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 from torch.distributions import Transform
 
@@ -87,7 +90,10 @@ class FreshCache:
         # inference tensors (torch.inference_mode) keep no version counter
         if entry is None or any(t is None or t.is_inference() for t in tensors):
             return None
-        return (id(entry), self._versions(), tuple(t._version for t in tensors))
+        # the grad mode too: a value computed without a graph (evaluate_loss, no_grad)
+        # is never served to a step that differentiates through it
+        versions = tuple(t._version for t in tensors)
+        return (id(entry), torch.is_grad_enabled(), self._versions(), versions)
 
     def _remember_for(
         self, slot: str, entry: object, keys: tuple[Tensor, ...], outputs: tuple[Tensor, ...]

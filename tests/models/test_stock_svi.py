@@ -79,3 +79,22 @@ def test_nested_model_registers_each_parameter_once():
         assert all(name.startswith("VQFlow$$$") for name in store.keys())
         ours = {id(p) for p in vq.parameters() if p.requires_grad}
         assert {id(p) for p in stored} == ours
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_pyro_svi_trains_with_evaluations_without_gradients_in_between(name):
+    """evaluate_loss (under no_grad) between steps never freezes a model's training."""
+    build, x, elbo = _cases()[name]
+    torch.manual_seed(0)
+    m = build()
+    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    trainable = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+    svi.evaluate_loss(x)
+    for _ in range(3):
+        svi.step(x)
+        with torch.no_grad():
+            svi.evaluate_loss(x)
+    moved = [
+        n for n, p in m.named_parameters() if n in trainable and not torch.equal(p, trainable[n])
+    ]
+    assert moved, "no parameter changed: a cached no-grad value was served to the steps"

@@ -226,3 +226,28 @@ def test_transforms_conditioned_per_step_are_freed_with_their_graph(direction, b
         del t, y
     gc.collect()
     assert [ref() for ref in alive] == [None] * len(layers)
+
+
+@pytest.mark.parametrize("name", ["affine_coupling", "masked_autoregressive", "spline_coupling"])
+def test_stock_svi_trains_after_an_evaluation_without_gradients(name):
+    """Pyro's SVI.evaluate_loss runs under no_grad; the next steps must still train."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI
+
+    layer, module = _builders()[name]()
+    x = torch.randn(128, 3, dtype=F64) * 0.5 + 1.0
+
+    def model(x):
+        pyro.module("layer", module)
+        base = dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.TransformedDistribution(base, [layer]), obs=x)
+
+    svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.evaluate_loss(x)]
+    for _ in range(5):
+        losses.append(svi.step(x))
+        with torch.no_grad():
+            svi.evaluate_loss(x)  # interleaved evaluations do not freeze training
+    assert losses[-1] < losses[1] - 1.0, losses
