@@ -497,8 +497,9 @@ def fit(
             from Python, a host read inside the model), training goes on eagerly with a
             ``RuntimeWarning`` that says why. Needs ``optimizer="adam"`` or ``"adamw"``,
             no ``lr_schedule`` and no ``distributed``; a ``transform_batch`` runs outside
-            the graph. Not bit-identical to eager training (the random streams differ),
-            so ``resume`` is exact only without it. Not yet run on a GPU: its tests in
+            the graph. Not checked to be bit-identical to eager training (the capturable
+            Adam's arithmetic differs in the last bits), so ``resume`` is promised exact
+            only without it. Not yet run on a GPU: its tests in
             ``tests/test_device.py`` wait for a session lent one.
         distributed: train data-parallel over the ranks of a ``torch.distributed``
             process group (see :mod:`pyro_manifold.infer.distributed`); ``None``: when a
@@ -746,7 +747,6 @@ def fit(
     warm: list[bool] = []  # per eager device step: no Python-side state changed
 
     def graph_ready() -> bool:
-        nonlocal graph_note
         if graph_note is not None or len(warm) < GRAPH_WARMUP:
             return False
         if not all(warm):
