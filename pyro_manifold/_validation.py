@@ -2,8 +2,9 @@
 
 Every public entry point checks its inputs with these helpers before it changes any
 state, so that an error always names the argument, what was expected and what was
-given: ``ValueError`` for a wrong value, shape, dtype or device, ``TypeError`` for a
-wrong type (including an integer tensor where a floating one is needed).
+given: :class:`~pyro_manifold.errors.ArgumentError` (a ``ValueError``) for a wrong value,
+shape, dtype or device, :class:`~pyro_manifold.errors.ArgumentTypeError` (a ``TypeError``)
+for a wrong type (including an integer tensor where a floating one is needed).
 
 What is checked where (the cost stays off the hot paths):
 
@@ -31,6 +32,8 @@ from collections.abc import Sequence
 import torch
 from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
+
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "check_bounds",
@@ -90,25 +93,25 @@ def check_tensor(
         torch.Size([3, 2])
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(x)}")
+        raise ArgumentTypeError(f"{name}: expected a torch.Tensor, got {_describe(x)}")
     if floating and not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {_describe(x)}")
+        raise ArgumentTypeError(f"{name}: expected a floating-point tensor, got {_describe(x)}")
     if event_shape is not None:
         k = len(event_shape)
         need = k if min_dim is None else min_dim
         if x.dim() < need or tuple(x.shape[x.dim() - k :]) != tuple(event_shape):
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: expected shape (*, {', '.join(map(str, event_shape))})"
                 f" (at least {need} dims), got {_describe(x)}"
             )
     elif min_dim is not None and x.dim() < min_dim:
-        raise ValueError(f"{name}: expected at least {min_dim} dims, got {_describe(x)}")
+        raise ArgumentError(f"{name}: expected at least {min_dim} dims, got {_describe(x)}")
     if nonempty and x.numel() == 0:
-        raise ValueError(f"{name}: expected a non-empty tensor, got {_describe(x)}")
+        raise ArgumentError(f"{name}: expected a non-empty tensor, got {_describe(x)}")
     if device is not None:
         want = torch.device(device)
         if x.device.type != want.type or (want.index is not None and x.device.index != want.index):
-            raise ValueError(f"{name}: expected a tensor on device {want}, got {_describe(x)}")
+            raise ArgumentError(f"{name}: expected a tensor on device {want}, got {_describe(x)}")
     if finite and x.is_floating_point():
         check_finite(name, x)
     return x
@@ -132,7 +135,7 @@ def check_finite(name: str, x: Tensor) -> Tensor:
     if not ok:
         bad = ~torch.isfinite(x)
         idx = tuple(int(i) for i in bad.nonzero()[0])
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected finite values, got {int(bad.sum())} non-finite "
             f"entries (first at index {idx}: {x[idx].item()}) in a tensor of shape "
             f"{tuple(x.shape)}"
@@ -152,7 +155,7 @@ def check_per_point(name: str, out: object, inputs: Tensor) -> Tensor:
     """
     if not isinstance(out, Tensor) or out.shape != inputs.shape[:1]:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected an output of shape ({inputs.shape[0]},) for inputs of shape "
             f"{tuple(inputs.shape)}, got {got}"
         )
@@ -167,9 +170,9 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
         3
     """
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {_describe(value)}")
+        raise ArgumentTypeError(f"{name}: expected an int >= {minimum}, got {_describe(value)}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+        raise ArgumentError(f"{name}: expected an int >= {minimum}, got {value}")
     return value
 
 
@@ -181,11 +184,11 @@ def check_positive(name: str, value: object, allow_zero: bool = False) -> float:
         0.001
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name}: expected a real number, got {_describe(value)}")
+        raise ArgumentTypeError(f"{name}: expected a real number, got {_describe(value)}")
     ok = value >= 0 if allow_zero else value > 0
     if not ok or not math.isfinite(value):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+        raise ArgumentError(f"{name}: expected a finite number {bound}, got {value}")
     return float(value)
 
 
@@ -198,7 +201,7 @@ def check_probability(name: str, value: object) -> float:
     """
     value = check_positive(name, value, allow_zero=True)
     if value > 1:
-        raise ValueError(f"{name}: expected a number in [0, 1], got {value}")
+        raise ArgumentError(f"{name}: expected a number in [0, 1], got {value}")
     return value
 
 
@@ -210,7 +213,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
         'maf'
     """
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+        raise ArgumentError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -222,7 +225,7 @@ def check_matches(name: str, x: Tensor, reference: Tensor, owner: str = "the mod
         torch.Size([2])
     """
     if x.dtype != reference.dtype or x.device != reference.device:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected dtype {reference.dtype} on device {reference.device} ({owner}), "
             f"got dtype {x.dtype} on device {x.device}"
         )
@@ -283,7 +286,7 @@ def check_widths(name: str, dims: object, minimum: int = 1) -> list[int]:
         [8, 8]
     """
     if not isinstance(dims, list | tuple):
-        raise TypeError(f"{name}: expected a list of ints, got {dims!r}")
+        raise ArgumentTypeError(f"{name}: expected a list of ints, got {dims!r}")
     return [check_positive_int(name, d, minimum=minimum) for d in dims]
 
 
@@ -299,7 +302,7 @@ def check_broadcast(
     try:
         return torch.broadcast_shapes(tuple(shape), tuple(other))
     except RuntimeError:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected a batch shape that broadcasts with {other_name}'s "
             f"{tuple(other)}, got {tuple(shape)}"
         ) from None
@@ -325,14 +328,14 @@ def check_bounds(
     low, high = x.min().item(), x.max().item()
     if lower is not None and upper is not None:
         if low < lower or high > upper:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: expected {what} in [{lower:g}, {upper:g}], got values in "
                 f"[{low:g}, {high:g}]"
             )
     elif lower is not None and low < lower:
-        raise ValueError(f"{name}: expected {what} >= {lower:g}, got min {low:g}")
+        raise ArgumentError(f"{name}: expected {what} >= {lower:g}, got min {low:g}")
     elif upper is not None and high > upper:
-        raise ValueError(f"{name}: expected {what} <= {upper:g}, got max {high:g}")
+        raise ArgumentError(f"{name}: expected {what} <= {upper:g}, got max {high:g}")
     return x
 
 

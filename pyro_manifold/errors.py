@@ -1,0 +1,68 @@
+r"""The package's own exception types, so that a caller can tell our refusals from bugs.
+
+Every error the package raises on purpose derives from :class:`PyroManifoldError`, and
+also from the built-in type a Python user would expect (``ValueError`` for a wrong value,
+``TypeError`` for a wrong type, ``OSError`` for a run directory that cannot be used), so
+``except ValueError`` keeps working. The message names the argument or file, what was
+expected and what was given; the command line prints it on one line.
+
+Example:
+    >>> from pyro_manifold.models import Flow
+    >>> try:
+    ...     Flow(0)
+    ... except PyroManifoldError as e:
+    ...     print(type(e).__name__, isinstance(e, ValueError))
+    ArgumentError True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "PyroManifoldError",
+    "RunDirectoryError",
+    "RunLockedError",
+]
+
+
+class PyroManifoldError(Exception):
+    """Base of every error the package raises on purpose."""
+
+
+class ArgumentError(PyroManifoldError, ValueError):
+    """An argument has a wrong value, shape, dtype, device or range."""
+
+
+class ArgumentTypeError(PyroManifoldError, TypeError):
+    """An argument has a wrong type (an integer tensor where a floating one is needed, say)."""
+
+
+class CheckpointError(PyroManifoldError, ValueError):
+    """A checkpoint file is unreadable, corrupted, refused, or does not fit the run.
+
+    Raised before anything is written or any tensor changed: the model and the run
+    directory are left as they were.
+    """
+
+
+class RunDirectoryError(PyroManifoldError, OSError):
+    """A run directory cannot be used: not a directory, not writable, or held by another run."""
+
+
+class RunLockedError(RunDirectoryError):
+    """Another live process is writing to the run directory.
+
+    Attributes:
+        holder: what the lock file says of its owner (``pid``, ``host``, ``since``).
+    """
+
+    def __init__(self, message: str, holder: dict | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """There is no checkpoint file where one was asked for."""
