@@ -1,0 +1,171 @@
+r"""A run directory with one writer at a time, checked before anything is written to it.
+
+:func:`check_run_dir` says whether a path can be a run directory (a directory, or a path
+that can be created as one, and writable) without creating or changing anything, so a
+caller can refuse a bad ``run_dir`` before it trains. :class:`RunLock` then holds the
+directory for one writer: it takes an exclusive ``flock`` on the file ``.lock`` inside it
+and writes the owner's pid, host and start time there. The operating system releases the
+lock when its process ends, however it ends (a ``SIGKILL`` included), so a lock left by a
+dead process is taken over by the next writer with no clean-up and no race; a second
+live writer is refused with :class:`~pyro_manifold.errors.RunLockedError` naming the
+holder, and the refusal changes no file. Two writers in one process are refused too.
+
+The lock is advisory and needs a file system with working ``flock`` (local disks do; some
+network file systems do not).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from pyro_manifold.errors import RunDirectoryError, RunLockedError
+
+__all__ = ["LOCK_NAME", "RunLock", "check_run_dir"]
+
+LOCK_NAME = ".lock"
+
+
+def check_run_dir(run_dir: str | os.PathLike, name: str = "run_dir") -> Path:
+    """Check that ``run_dir`` can be a run directory, creating and changing nothing.
+
+    It must be a directory that this process can write to, or a path whose nearest
+    existing ancestor is such a directory (so that it can be created).
+
+    Args:
+        run_dir: the path given.
+        name: the argument's name, used in the message.
+
+    Returns:
+        ``run_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        RunDirectoryError: the path is a file, or the directory (or the ancestor it
+            would be created in) is not writable.
+
+    Example:
+        >>> import tempfile
+        >>> check_run_dir(tempfile.mkdtemp() + "/new/run").name
+        'run'
+    """
+    if not isinstance(run_dir, str | os.PathLike):
+        raise RunDirectoryError(f"{name}: expected a path, got {type(run_dir).__name__}")
+    path = Path(run_dir)
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    what = "the directory" if existing == path else f"its ancestor {str(existing)!r}"
+    if existing == path and not path.is_dir():
+        raise RunDirectoryError(f"{name}: expected a directory, got the file {str(path)!r}")
+    if not existing.is_dir():
+        raise RunDirectoryError(
+            f"{name}: expected a path that can be created as a directory, but "
+            f"{str(existing)!r} is a file"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirectoryError(
+            f"{name}: expected a writable directory for {str(path)!r}, but {what} is read-only"
+        )
+    return path
+
+
+class RunLock:
+    """Exclusive, crash-safe ownership of a run directory (``with RunLock(path): ...``).
+
+    Entering creates the directory if needed and locks ``path/.lock``; leaving (or the
+    process ending) releases it. The lock file stays behind with the last owner's
+    details; it is never deleted, so that two writers always lock the same file.
+
+    Args:
+        run_dir: the run directory.
+
+    Raises:
+        RunLockedError: another live process (or another ``RunLock`` of this process)
+            holds the directory; its ``holder`` attribute has the owner's pid, host and
+            start time. Nothing was written.
+        RunDirectoryError: ``run_dir`` cannot be a run directory (see :func:`check_run_dir`).
+
+    Example:
+        >>> import tempfile
+        >>> run = tempfile.mkdtemp()
+        >>> with RunLock(run):
+        ...     try:
+        ...         RunLock(run).acquire()
+        ...     except RunLockedError as e:
+        ...         print(e.holder["pid"] == os.getpid())
+        True
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = check_run_dir(run_dir)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or raise :class:`RunLockedError` naming its holder."""
+        if self._fd is not None:
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"run_dir {str(self.path)!r}: expected no other writer, but it is held by "
+                f"{_describe(holder)}; wait for that run to finish or choose another run_dir",
+                holder,
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (closing the file releases it); a no-op when not held."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace")
+        holder = json.loads(text)
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "a process that has not yet written its details"
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
+        f"since {holder.get('since', '?')}"
+    )
