@@ -348,7 +348,7 @@ class FlowVAE(PyroModule):
 
     @contextmanager
     def _latent_scale(self, kl_weight: float) -> Iterator[None]:
-        beta = check_positive("kl_weight", kl_weight, allow_zero=True)
+        beta = check_positive("kl_weight", kl_weight)  # poutine.scale refuses 0
         if beta == 1.0:
             yield
         else:
@@ -362,7 +362,7 @@ class FlowVAE(PyroModule):
         r"""Observe ``x`` :math:`(N, D)`, or generate ``num_samples`` new points.
 
         Sites: ``"z"`` (latent, :math:`(N, L)`, its log-density scaled by ``kl_weight``
-        :math:`\beta \ge 0`), ``"x_mean"`` (deterministic decoder mean; not in training
+        :math:`\beta > 0`), ``"x_mean"`` (deterministic decoder mean; not in training
         steps, see the class) and ``"x"`` (observed). Returns the value of ``"x"``.
         """
         register_parameters(self)

@@ -496,7 +496,9 @@ class _ReplayedEagerly:
 def _graph_on_cpu(monkeypatch, capture):
     fit_module = importlib.import_module("pyro_manifold.infer.fit")  # not the function
     monkeypatch.setattr(fit_module, "check_graphable", lambda *a, **k: None)
-    monkeypatch.setattr(importlib.import_module("pyro_manifold.infer._step"), "capture_step", capture)
+    monkeypatch.setattr(
+        importlib.import_module("pyro_manifold.infer._step"), "capture_step", capture
+    )
 
 
 def test_cuda_graph_control_flow_warms_up_then_replays(monkeypatch):
