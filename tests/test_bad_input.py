@@ -2054,7 +2054,7 @@ MODELS = [
         id="VariationalMixtureOfFlows-fit_encoder-steps-negative",
     ),
     P(
-        OnTarget(vmonf, lambda m: m.set_temperature_step(-1)),
+        OnTarget(vmonf, lambda m: m.step_kwargs(-1)),
         V,
         int_at_least("step", 0, -1),
         id="VariationalMixtureOfFlows-step-negative",

@@ -85,11 +85,17 @@ class FlowVAE(PyroModule):
     (train mode with gradients), where nothing reads it: at 784 pixels and batch 1024 the
     site's Delta log-density alone cost a tenth of a CPU training step.
 
-    **KL warm-up.** With ``kl_warmup_steps = W > 0`` the latent terms
-    :math:`\log p(z) - \log q(z|x)` are scaled by :math:`\beta = \min(1, t / W)` in
-    training mode, :math:`t` counting the guide calls made in training mode with
-    gradients on (one per step of :func:`~pyro_manifold.infer.fit` with the default
-    single-particle ELBO; stored in the state dict). In eval mode :math:`\beta = 1`.
+    **KL warm-up.** ``model`` and ``guide`` take ``kl_weight=β`` (default 1, the ELBO),
+    which scales the latent terms :math:`\log p(z) - \log q(z|x)`; the module keeps no
+    step counter. With ``kl_warmup_steps = W > 0`` the schedule :meth:`step_kwargs` gives
+    :math:`\beta_t = \min(1, (t + 1) / W)` to the step that follows :math:`t` steps, which
+    :func:`~pyro_manifold.infer.fit` passes in before each step (validation losses and
+    evaluation use the default :math:`\beta = 1`). With Pyro's own ``SVI``, pass it
+    yourself::
+
+        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        for t in range(num_steps):
+            svi.step(x, **vae.step_kwargs(t))
 
     Args:
         latent_dim: :math:`L \ge 1`.
@@ -107,7 +113,7 @@ class FlowVAE(PyroModule):
         activation: ``"tanh"``, ``"relu"``, ``"elu"`` or ``"softplus"`` for the MLPs.
         min_scale: floor added to the softplus scales of the encoder and decoder.
         decoder_scale: initial :math:`\sigma` of the Gaussian likelihood.
-        kl_warmup_steps: :math:`W`, 0 for no warm-up.
+        kl_warmup_steps: :math:`W`, 0 for no warm-up (the schedule of :meth:`step_kwargs`).
 
     Example:
         >>> vae = FlowVAE(4, data_dim=12, encoder_flow="iaf", num_flows=2, hidden_dims=[16])
@@ -216,7 +222,12 @@ class FlowVAE(PyroModule):
 
         self.register_buffer("prior_loc", torch.zeros(latent_dim))
         self.register_buffer("prior_scale", torch.ones(latent_dim))
-        self.register_buffer("training_steps", torch.zeros((), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # state dicts saved before the KL warm-up moved out of the module (issue 19) carry
+        # its step count as a buffer; the step now lives in fit's checkpoint
+        state_dict.pop(prefix + "training_steps", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- networks --------------------------------------------------------------------
     def _act(self, h: Tensor) -> Tensor:
@@ -307,15 +318,37 @@ class FlowVAE(PyroModule):
                 )
         return x
 
-    def kl_weight(self) -> float:
-        r"""The warm-up factor :math:`\beta` now (1 in eval mode or without warm-up)."""
-        if not self.training or self.kl_warmup_steps == 0:
+    def kl_weight_at(self, step: int) -> float:
+        r"""The warm-up factor :math:`\beta_t = \min(1, (t + 1) / W)` of the step after :math:`t`.
+
+        1 without warm-up (:math:`W = 0`).
+
+        Example:
+            >>> vae = FlowVAE(2, data_dim=3, hidden_dims=[4], kl_warmup_steps=4)
+            >>> [vae.kl_weight_at(t) for t in range(5)]
+            [0.25, 0.5, 0.75, 1.0, 1.0]
+        """
+        step = check_positive_int("step", step, minimum=0)
+        if self.kl_warmup_steps == 0:
             return 1.0
-        return min(1.0, float(self.training_steps) / self.kl_warmup_steps)
+        return min(1.0, (step + 1) / self.kl_warmup_steps)
+
+    def step_kwargs(self, step: int) -> dict[str, float]:
+        r"""The keyword arguments of training step :math:`t`: ``{"kl_weight": β_t}``.
+
+        :func:`~pyro_manifold.infer.fit` passes them to :meth:`model` and :meth:`guide`
+        before each step (:math:`t` steps taken before it); call it yourself with
+        Pyro's ``SVI`` (see the class).
+
+        Example:
+            >>> FlowVAE(2, data_dim=3, hidden_dims=[4], kl_warmup_steps=10).step_kwargs(4)
+            {'kl_weight': 0.5}
+        """
+        return {"kl_weight": self.kl_weight_at(step)}
 
     @contextmanager
-    def _latent_scale(self) -> Iterator[None]:
-        beta = self.kl_weight()
+    def _latent_scale(self, kl_weight: float) -> Iterator[None]:
+        beta = check_positive("kl_weight", kl_weight)  # poutine.scale refuses 0
         if beta == 1.0:
             yield
         else:
@@ -323,12 +356,14 @@ class FlowVAE(PyroModule):
                 yield
 
     # -- the Pyro programs -------------------------------------------------------------
-    def model(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
+    def model(
+        self, x: Tensor | None = None, num_samples: int | None = None, *, kl_weight: float = 1.0
+    ) -> Tensor:
         r"""Observe ``x`` :math:`(N, D)`, or generate ``num_samples`` new points.
 
-        Sites: ``"z"`` (latent, :math:`(N, L)`), ``"x_mean"`` (deterministic decoder
-        mean; not in training steps, see the class) and ``"x"`` (observed). Returns the
-        value of ``"x"``.
+        Sites: ``"z"`` (latent, :math:`(N, L)`, its log-density scaled by ``kl_weight``
+        :math:`\beta > 0`), ``"x_mean"`` (deterministic decoder mean; not in training
+        steps, see the class) and ``"x"`` (observed). Returns the value of ``"x"``.
         """
         register_parameters(self)
         if x is not None:
@@ -336,7 +371,7 @@ class FlowVAE(PyroModule):
         else:
             n = check_positive_int("num_samples", 1 if num_samples is None else num_samples)
         with pyro.plate("data", n, dim=-1):
-            with self._latent_scale():
+            with self._latent_scale(kl_weight):
                 z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             out = self.decode(z)
             bernoulli = self.likelihood == "bernoulli"
@@ -348,14 +383,17 @@ class FlowVAE(PyroModule):
                 likelihood = dist.Normal(out, self.decoder_scale()).to_event(1)
             return pyro.sample("x", likelihood, obs=x)
 
-    def guide(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-        r"""Sample ``"z"`` from :math:`q(z \mid x)` (reparameterised); ``x`` is required."""
+    def guide(
+        self, x: Tensor | None = None, num_samples: int | None = None, *, kl_weight: float = 1.0
+    ) -> Tensor:
+        r"""Sample ``"z"`` from :math:`q(z \mid x)` (reparameterised); ``x`` is required.
+
+        ``kl_weight`` :math:`\beta` scales :math:`\log q(z|x)` as in :meth:`model`.
+        """
         if x is None:
             raise ValueError("x: the guide needs data of shape (N, D), got None")
         posterior = self.posterior(x)
-        if self.training and torch.is_grad_enabled():
-            self.training_steps.add_(1)
-        with pyro.plate("data", x.shape[0], dim=-1), self._latent_scale():
+        with pyro.plate("data", x.shape[0], dim=-1), self._latent_scale(kl_weight):
             return pyro.sample("z", posterior)
 
     # -- posterior predictive ----------------------------------------------------------

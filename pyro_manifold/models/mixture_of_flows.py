@@ -196,10 +196,17 @@ class VariationalMixtureOfFlows(PyroModule):
     generation as for posterior assignments (``Predictive(model, guide=guide, ...)``
     returns ``"component"`` drawn from :math:`q(k|x)`).
 
-    Temperature. The step :math:`t` is saved with the state dict (extra state), so resumed
-    runs continue the schedule. With ``auto_anneal=True`` each guide call made in
-    training mode with gradients enabled (one per SVI step with one particle) advances
-    it by one; :meth:`set_temperature_step` sets it explicitly.
+    Temperature. ``model`` and ``guide`` take ``temperature=T`` (default
+    :math:`T_\infty`, ``final_temperature``, which is also the default of
+    :meth:`responsibilities`); the module keeps no step counter. The annealing schedule
+    :math:`T_t` is :meth:`step_kwargs`, which :func:`~pyro_manifold.infer.fit` evaluates
+    before each step (its step count is saved in checkpoints, so a resumed run continues
+    the schedule). With Pyro's own ``SVI``, pass it yourself::
+
+        svi = SVI(vmonf.model, vmonf.guide, pyro.optim.Adam({"lr": 1e-3}),
+                  TraceEnum_ELBO(max_plate_nesting=1))
+        for t in range(num_steps):
+            svi.step(x, **vmonf.step_kwargs(t))
 
     Mixture weights (``prior``): ``"uniform"`` keeps :math:`\pi_k = 1/K`; ``"learned"``
     trains :math:`\log\pi` by the ELBO gradient; ``"responsibilities"`` sets :math:`\pi`
@@ -228,7 +235,6 @@ class VariationalMixtureOfFlows(PyroModule):
         temperature_decay: :math:`\gamma \in (0, 1]` per step (1 keeps :math:`T_0`).
         label_weight: :math:`\alpha \ge 0`, weight of :math:`\log q(y|x)` per labelled point.
         prior_momentum: moving-average rate of ``prior="responsibilities"``, in (0, 1].
-        auto_anneal: advance the temperature step in training-mode guide calls.
         num_bins: spline bins (``flow="spline"``).
 
     Example:
@@ -266,7 +272,6 @@ class VariationalMixtureOfFlows(PyroModule):
         temperature_decay: float = 1.0,
         label_weight: float = 1.0,
         prior_momentum: float = 0.1,
-        auto_anneal: bool = True,
         num_bins: int = 8,
     ) -> None:
         super().__init__()
@@ -285,7 +290,6 @@ class VariationalMixtureOfFlows(PyroModule):
         if momentum == 0:
             raise ValueError("prior_momentum: expected a number in (0, 1], got 0.0")
         self.prior_momentum = momentum
-        self.auto_anneal = bool(auto_anneal)
         self.layers = batched_flow_layers(
             data_dim, num_components, flow, num_layers, hidden_dims, num_bins
         )
@@ -296,15 +300,12 @@ class VariationalMixtureOfFlows(PyroModule):
         self.weights = _MixtureWeights(num_components, learned=prior == "learned")
         self.register_buffer("base_loc", torch.zeros(num_components, data_dim))
         self.register_buffer("base_scale", torch.ones(num_components, data_dim))
-        self._temperature_step = 0  # saved in the state dict as extra state
 
-    def get_extra_state(self) -> dict[str, int]:
-        """The temperature step, saved in the state dict (no device synchronisation)."""
-        return {"temperature_step": self._temperature_step}
-
-    def set_extra_state(self, state: dict[str, int]) -> None:
-        """Restore the temperature step from a state dict."""
-        self._temperature_step = int(state["temperature_step"])
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # state dicts saved before the temperature moved out of the module (issue 19)
+        # carry its step count as extra state; the step now lives in fit's checkpoint
+        state_dict.pop(prefix + "_extra_state", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- temperature -------------------------------------------------------------------
     def temperature_at(self, step: int) -> float:
@@ -320,26 +321,25 @@ class VariationalMixtureOfFlows(PyroModule):
         t0, t_inf = self.initial_temperature, self.final_temperature
         return t_inf + (t0 - t_inf) * self.temperature_decay**step
 
-    @property
-    def temperature_step(self) -> int:
-        """The step :math:`t` of the temperature schedule."""
-        return self._temperature_step
+    def step_kwargs(self, step: int) -> dict[str, float]:
+        r"""The keyword arguments of training step :math:`t`: ``{"temperature": T_t}``.
 
-    def set_temperature_step(self, step: int) -> None:
-        """Set the schedule's step :math:`t` (e.g. from your own training loop).
+        :func:`~pyro_manifold.infer.fit` passes them to :meth:`model` and :meth:`guide`
+        before each step (:math:`t` steps taken before it); call it yourself with
+        Pyro's ``SVI`` (see the class).
 
         Example:
             >>> m = VariationalMixtureOfFlows(2, 2, num_layers=1, initial_temperature=3.0,
-            ...                               temperature_decay=0.1)
-            >>> m.set_temperature_step(1000); round(m.temperature, 6)
-            1.0
+            ...                               temperature_decay=0.5)
+            >>> m.step_kwargs(0), m.step_kwargs(1)
+            ({'temperature': 3.0}, {'temperature': 2.0})
         """
-        self._temperature_step = check_positive_int("step", step, minimum=0)
+        return {"temperature": self.temperature_at(step)}
 
-    @property
-    def temperature(self) -> float:
-        """The current temperature :math:`T_t`."""
-        return self.temperature_at(self.temperature_step)
+    def _temperature(self, temperature: float | None) -> float:
+        if temperature is None:
+            return self.final_temperature
+        return check_positive("temperature", temperature)
 
     # -- checks ------------------------------------------------------------------------
     def _check_x(self, x: object) -> Tensor:
@@ -401,10 +401,9 @@ class VariationalMixtureOfFlows(PyroModule):
 
         Args:
             x: :math:`(N, D)`.
-            temperature: :math:`T`; default the current :attr:`temperature`.
+            temperature: :math:`T`; default :math:`T_\infty` (``final_temperature``).
         """
-        t = self.temperature if temperature is None else check_positive("temperature", temperature)
-        return torch.softmax(self.encoder_logits(x) / t, dim=-1)
+        return torch.softmax(self.encoder_logits(x) / self._temperature(temperature), dim=-1)
 
     @torch.no_grad()
     def cluster(self, x: Tensor, exact: bool = False) -> Tensor:
@@ -444,11 +443,18 @@ class VariationalMixtureOfFlows(PyroModule):
         return x[~labelled], x[labelled], y[labelled]
 
     def model(
-        self, x: Tensor | None = None, y: Tensor | None = None, num_samples: int | None = None
+        self,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+        num_samples: int | None = None,
+        *,
+        temperature: float | None = None,
     ) -> Tensor:
         r"""Observe ``x`` :math:`(N, D)`, with optional labels ``y`` :math:`(N,)`, or draw points.
 
-        Returns the components of the unlabelled points (or of the new points).
+        ``temperature`` is :math:`T` of the classification term :math:`\log q(y|x)`
+        (default ``final_temperature``; :meth:`step_kwargs` gives the schedule). Returns
+        the components of the unlabelled points (or of the new points).
         """
         register_parameters(self)
         mixture = self.distribution()
@@ -466,7 +472,7 @@ class VariationalMixtureOfFlows(PyroModule):
         k = x_u.new_zeros((0,), dtype=torch.int64)
         if x_l is not None:
             assert y_l is not None
-            logits = self.encoder(x_l) / self.temperature
+            logits = self.encoder(x_l) / self._temperature(temperature)
             with pyro.plate("labelled", x_l.shape[0], device=x.device):
                 pyro.sample("label", dist.Categorical(logits=log_pi), obs=y_l)
                 pyro.sample("x_labelled", mixture.component(y_l), obs=x_l)
@@ -479,9 +485,18 @@ class VariationalMixtureOfFlows(PyroModule):
         return k
 
     def guide(
-        self, x: Tensor | None = None, y: Tensor | None = None, num_samples: int | None = None
+        self,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+        num_samples: int | None = None,
+        *,
+        temperature: float | None = None,
     ) -> Tensor | None:
-        r"""Draw :math:`k \sim q(k \mid x)` for the unlabelled points (enumerated by TraceEnum)."""
+        r"""Draw :math:`k \sim q(k \mid x)` for the unlabelled points (enumerated by TraceEnum).
+
+        ``temperature`` is :math:`T` of :math:`q(k|x) = \operatorname{softmax}(g(x)/T)`
+        (default ``final_temperature``; :meth:`step_kwargs` gives the schedule).
+        """
         if x is None:
             return None
         x = self._check_x(x)
@@ -491,7 +506,7 @@ class VariationalMixtureOfFlows(PyroModule):
         x_u, x_l, y_l = self._split(x, y)
         k, logits = None, None
         if x_u.shape[0] > 0:
-            logits = self.encoder(x_u) / self.temperature
+            logits = self.encoder(x_u) / self._temperature(temperature)
             with pyro.plate("data", x_u.shape[0], device=x.device):
                 k = pyro.sample(
                     "component", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
@@ -499,8 +514,6 @@ class VariationalMixtureOfFlows(PyroModule):
         if training and self.prior == "responsibilities":
             probs_u = None if logits is None else torch.softmax(logits.detach(), -1)
             self._update_prior(probs_u, y_l)
-        if training and self.auto_anneal:
-            self._temperature_step += 1
         return k
 
     @torch.no_grad()
@@ -585,10 +598,12 @@ class VariationalMixtureOfFlows(PyroModule):
         batch_size: int = 256,
         lr: float = 1e-3,
         seed: int = 0,
+        temperature: float | None = None,
     ) -> float:
         r"""Fit the encoder :math:`q_\phi(k \mid x)` to a given partition of ``x``.
 
-        Minimises the cross-entropy at the current temperature :math:`T`,
+        Minimises the cross-entropy at the temperature :math:`T` (by default
+        :math:`T_0`, that of the first training step),
 
         .. math::
 
@@ -609,6 +624,7 @@ class VariationalMixtureOfFlows(PyroModule):
             batch_size: points per step (capped at :math:`N`).
             lr: Adam learning rate, positive.
             seed: seed of the batch order.
+            temperature: :math:`T`; default ``initial_temperature``.
 
         Returns:
             The fraction of points whose :math:`\arg\max_k q(k \mid x)` equals their label.
@@ -631,6 +647,7 @@ class VariationalMixtureOfFlows(PyroModule):
         batch_size = min(check_positive_int("batch_size", batch_size), x.shape[0])
         lr = check_positive("lr", lr)
         check_positive_int("seed", seed, minimum=0)
+        t = self.initial_temperature if temperature is None else self._temperature(temperature)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         optimizer = torch.optim.Adam(self.encoder.parameters(), lr=lr)
         order, start = torch.randperm(x.shape[0], generator=generator), 0
@@ -640,7 +657,7 @@ class VariationalMixtureOfFlows(PyroModule):
                     order, start = torch.randperm(x.shape[0], generator=generator), 0
                 rows = order[start : start + batch_size].to(x.device)
                 start += batch_size
-                logits = self.encoder(x[rows]) / self.temperature
+                logits = self.encoder(x[rows]) / t
                 loss = F.cross_entropy(logits, labels[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -495,8 +495,10 @@ class _ReplayedEagerly:
 
 def _graph_on_cpu(monkeypatch, capture):
     fit_module = importlib.import_module("pyro_manifold.infer.fit")  # not the function
-    monkeypatch.setattr(fit_module, "_check_graphable", lambda *a, **k: None)
-    monkeypatch.setattr(fit_module, "capture_step", capture)
+    monkeypatch.setattr(fit_module, "check_graphable", lambda *a, **k: None)
+    monkeypatch.setattr(
+        importlib.import_module("pyro_manifold.infer._step"), "capture_step", capture
+    )
 
 
 def test_cuda_graph_control_flow_warms_up_then_replays(monkeypatch):
@@ -526,8 +528,40 @@ def test_cuda_graph_gives_up_with_the_reason(monkeypatch):
         result = fit(flow.model, flow.guide, x, cuda_graph=True, **options)
     assert result.graphed_steps == 0 and result.step == 6
     _graph_on_cpu(monkeypatch, _ReplayedEagerly)
-    mix = VariationalMixtureOfFlows(2, 2, "realnvp", num_layers=1, hidden_dims=[8])
-    with pytest.warns(RuntimeWarning, match="extra state"):  # its temperature step count
+    counted = Counting()
+    with pytest.warns(RuntimeWarning, match="extra state"):  # its Python step count
+        result = fit(counted.model, counted.guide, x[:, 0], cuda_graph=True, **options)
+    assert result.graphed_steps == 0 and counted.calls == 1 + 6  # discovery, then eagerly
+    mix = VariationalMixtureOfFlows(2, 2, "realnvp", num_layers=1, hidden_dims=[8],
+                                    initial_temperature=2.0, temperature_decay=0.9)  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=r"\(step_kwargs\) change from step to step"):
         result = fit(mix.model, mix.guide, x, loss=TraceEnum_ELBO(max_plate_nesting=1),
                      cuda_graph=True, **options)  # fmt: skip
-    assert result.graphed_steps == 0 and mix.temperature_step == 6
+    assert result.graphed_steps == 0 and result.step == 6
+    constant = VariationalMixtureOfFlows(2, 2, "realnvp", num_layers=1, hidden_dims=[8])
+    result = fit(constant.model, constant.guide, x, loss=TraceEnum_ELBO(max_plate_nesting=1),
+                 cuda_graph=True, **options)  # a constant temperature replays  # fmt: skip
+    assert result.graphed_steps == 6 - 3
+
+
+class Counting(nn.Module):
+    """Counts its model's calls in a Python int saved as extra state."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(()))
+        self.calls = 0
+
+    def get_extra_state(self):
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state):
+        self.calls = state["calls"]
+
+    def model(self, x):
+        self.calls += 1
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(self.loc, 1.0), obs=x)
+
+    def guide(self, x):
+        pass

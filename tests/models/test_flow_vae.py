@@ -161,21 +161,27 @@ def test_iwae_converges_to_the_exact_log_likelihood_from_below():
     assert abs(gaps[3]) < 0.02  # K = 1000: within Monte Carlo error of the exact value
 
 
-def test_kl_warmup_scales_the_latent_sites_in_training_only():
+def test_kl_warmup_scales_the_latent_sites_by_the_step_argument():
     vae = _vae(None, kl_warmup_steps=4)
     x = _binary()
     vae.train()
     scales = []
-    for _ in range(6):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    for t in range(6):
+        kwargs = vae.step_kwargs(t)
+        guide_trace = poutine.trace(vae.guide).get_trace(x, **kwargs)
+        replayed = poutine.replay(vae.model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(x, **kwargs)
         scales.append(guide_trace.nodes["z"]["scale"])
         assert model_trace.nodes["z"]["scale"] == guide_trace.nodes["z"]["scale"]
         assert model_trace.nodes["x"]["scale"] == 1.0
     assert scales == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert int(vae.state_dict()["training_steps"]) == 6
-    vae.eval()
-    assert vae.kl_weight() == 1.0
+    assert poutine.trace(vae.guide).get_trace(x).nodes["z"]["scale"] == 1.0  # the default
+    # no step count in the module; state dicts saved with the old one still load
+    assert "training_steps" not in vae.state_dict()
+    old = {**vae.state_dict(), "training_steps": torch.tensor(6)}
+    _vae(None, kl_warmup_steps=4).load_state_dict(old)
+    with pytest.raises(ValueError, match=r"kl_weight: expected a finite number > 0, got 0.0"):
+        vae.guide(x, kl_weight=0.0)
 
 
 def test_reconstructions_and_samples_through_predictive():

@@ -1,6 +1,7 @@
 import io
 
 import pyro
+import pyro.poutine as poutine
 import pytest
 import torch
 from pyro.infer import Predictive, Trace_ELBO, TraceEnum_ELBO
@@ -142,24 +143,28 @@ def test_sample_returns_points_and_their_components():
 def test_responsibilities_cluster_and_temperature_schedule():
     m = _random_mixture(initial_temperature=4.0, final_temperature=1.0, temperature_decay=0.5)
     x = torch.randn(6, D, dtype=torch.float64)
-    assert m.temperature == 4.0
-    q4 = m.responsibilities(x)
+    assert m.step_kwargs(0) == {"temperature": 4.0} and m.step_kwargs(1) == {"temperature": 2.5}
+    assert m.step_kwargs(3)["temperature"] == pytest.approx(1.375)
+    q4 = m.responsibilities(x, temperature=4.0)
     torch.testing.assert_close(q4, torch.softmax(m.encoder_logits(x) / 4.0, -1))
     assert torch.equal(m.cluster(x), q4.argmax(-1))
-    # eval-mode or no-grad guide calls leave the schedule alone
-    ELBO.loss(m.model, m.guide, x)
-    assert m.temperature_step == 0
+    # by default the final temperature, in the programs as in responsibilities
+    torch.testing.assert_close(m.responsibilities(x), torch.softmax(m.encoder_logits(x), -1))
     m.train()
-    ELBO.differentiable_loss(m.model, m.guide, x)
-    assert m.temperature_step == 1 and m.temperature == 2.5
-    m.set_temperature_step(3)
-    assert m.temperature == pytest.approx(1.375)
-    # the step is part of the state dict, so a resumed run continues the schedule
+    for kwargs, t in [({}, 1.0), ({"temperature": 2.5}, 2.5)]:
+        guide = poutine.trace(m.guide).get_trace(x, **kwargs)
+        logits = guide.nodes["component"]["fn"].logits
+        torch.testing.assert_close(logits, torch.log_softmax(m.encoder_logits(x) / t, -1))
+    # training calls keep no step count: the state dict holds tensors only
+    before = m.state_dict()
+    ELBO.differentiable_loss(m.model, m.guide, x, temperature=2.5)
+    assert "_extra_state" not in m.state_dict() and m.state_dict().keys() == before.keys()
+    # state dicts saved with the old step count still load (the step lives in fit now)
     buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)
+    torch.save({**m.state_dict(), "_extra_state": {"temperature_step": 3}}, buf)
     m2 = _random_mixture(initial_temperature=4.0, temperature_decay=0.5, seed=1)
     m2.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
-    assert m2.temperature_step == 3
+    torch.testing.assert_close(m2.encoder_logits(x), m.encoder_logits(x))
     # the exact posterior is also available for clustering
     exact = m.cluster(x, exact=True)
     assert torch.equal(exact, (m.component_log_prob(x) + m.mixture_log_weights()).argmax(-1))
@@ -176,7 +181,7 @@ def test_predictive_draws_posterior_components_and_new_data():
     assert vec["x"].shape == (3, 10, D)
 
 
-def test_fit_trains_with_enumeration_and_advances_the_temperature():
+def test_fit_trains_with_enumeration_and_anneals_the_temperature():
     torch.manual_seed(0)
     x = torch.cat([torch.randn(64, D) * 0.3 - 2, torch.randn(64, D) * 0.3 + 2])
     m = VariationalMixtureOfFlows(
@@ -189,9 +194,15 @@ def test_fit_trains_with_enumeration_and_advances_the_temperature():
         temperature_decay=0.9,
         prior="responsibilities",
     )
+    temperatures = []
+
+    def guide(*args, temperature):
+        temperatures.append(temperature)
+        return m.guide(*args, temperature=temperature)
+
     result = fit(
         m.model,
-        m.guide,
+        guide,  # the model's own schedule, from m.step_kwargs
         x,
         loss=TraceEnum_ELBO(max_plate_nesting=1),
         num_steps=20,
@@ -200,7 +211,8 @@ def test_fit_trains_with_enumeration_and_advances_the_temperature():
         device="cpu",
         progress=False,
     )
-    assert m.temperature_step == 20
+    # one evaluation discovers the parameters, then step t (from 0) runs at T_t
+    assert temperatures == [3.0] + [m.temperature_at(t) for t in range(20)]
     assert result.history["loss"][-1] < result.history["loss"][0]
     assert m.mixture_log_weights().exp().sum().item() == pytest.approx(1.0)
 

@@ -1,0 +1,151 @@
+r"""What a :func:`~pyro_manifold.infer.fit` checkpoint holds, in one format, and how it is restored.
+
+A checkpoint is one flat dictionary of tensors and plain data (see
+:mod:`pyro_manifold.infer.checkpoint`): ``modules`` (their state dicts), ``params``
+(the ``pyro.param`` sites that are not module parameters, unconstrained), ``optimizer``,
+``scheduler``, ``step``, ``rng``, ``config``, the data order (``position``, ``perm``,
+``order_generator``), the log (``history``, ``elapsed``), early stopping
+(``best_validation_loss``, ``bad_validations``), ``skipped_steps`` and, in a
+data-parallel run, ``world_size`` and ``rank_rng``. The step is the whole state of a
+``step_kwargs`` schedule, so a resumed run continues it exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyro
+import torch
+from torch import Tensor, nn
+
+from pyro_manifold.infer._optim import load_optimizer_state
+from pyro_manifold.infer.distributed import DataParallelGroup
+
+__all__ = ["RunState", "param_sites", "rng_state", "set_rng_state"]
+
+
+class _Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA) and Python's global generators.
+
+    Example:
+        >>> state = rng_state(); a = torch.rand(1); set_rng_state(state)
+        >>> torch.equal(a, torch.rand(1))
+        True
+    """
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators from :func:`rng_state` (also after a checkpoint round trip)."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_sites(names: Iterable[str], modules: Sequence[nn.Module]) -> dict[str, Tensor]:
+    """The ``pyro.param`` sites among ``names`` that are not parameters of ``modules``.
+
+    Values are the param store's unconstrained tensors (the ones an optimiser updates),
+    read through its public ``named_parameters``; sorted by name.
+
+    Example:
+        >>> pyro.clear_param_store()
+        >>> positive = pyro.distributions.constraints.positive
+        >>> _ = pyro.param("scale", torch.ones(2), constraint=positive)
+        >>> param_sites(["scale", "not_a_param"], [])["scale"]  # log(1) = 0
+        tensor([0., 0.], requires_grad=True)
+    """
+    store = dict(pyro.get_param_store().named_parameters())
+    owned = {id(p) for m in modules for p in m.parameters()}  # registered twice: saved once
+    return {
+        name: store[name]
+        for name in sorted(set(names))
+        if name in store and id(store[name]) not in owned
+    }
+
+
+class RunState:
+    r"""Writes and restores every piece of a run's state as one checkpoint dictionary.
+
+    Args:
+        modules: the trained modules (their state dicts, in order).
+        optimizer: the run's optimiser.
+        scheduler: its learning-rate scheduler, or ``None``.
+        parts: objects with ``state_dict()``/``load_state_dict()`` whose flat
+            dictionaries are merged into the checkpoint (the data order, the log,
+            early stopping, the non-finite guard).
+        group: the data-parallel group (its extra keys; rank RNG states).
+        config: plain data describing the run.
+
+    Example:
+        >>> lin = torch.nn.Linear(1, 1)
+        >>> opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+        >>> state = RunState([lin], opt, None, [], DataParallelGroup(torch.device("cpu")))
+        >>> sorted(state.state_dict(step=3))[:4]
+        ['config', 'modules', 'optimizer', 'params']
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        parts: Sequence[_Stateful],
+        group: DataParallelGroup,
+        config: dict[str, Any] | None = None,
+        params: dict[str, Tensor] | None = None,
+    ) -> None:
+        self.modules, self.optimizer, self.scheduler = list(modules), optimizer, scheduler
+        self.parts, self.group, self.config = list(parts), group, dict(config or {})
+        self.params = dict(params or {})
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """The checkpoint dictionary at ``step`` (a collective in a data-parallel run)."""
+        state: dict[str, Any] = {
+            "modules": [m.state_dict() for m in self.modules],
+            "params": {name: p.detach().clone() for name, p in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "step": step,
+            "rng": rng_state(),
+            "config": self.config,
+        }
+        for part in self.parts:
+            state.update(part.state_dict())
+        state.update(self.group.checkpoint_extras(rng_state()))
+        return state
+
+    def save(self, path: Path, step: int) -> Path:
+        """Write the checkpoint at ``step`` to ``path`` atomically (rank 0 writes)."""
+        return self.group.save_checkpoint(self.state_dict(step), path)
+
+    def load_state_dict(self, state: dict[str, Any], seed: int) -> int:
+        """Restore everything from a checkpoint; returns its step."""
+        for m, saved in zip(self.modules, state["modules"], strict=True):
+            m.load_state_dict(saved)
+        store = dict(pyro.get_param_store().named_parameters())
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                if name in store:
+                    store[name].copy_(value)
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for part in self.parts:
+            part.load_state_dict(state)
+        set_rng_state(self.group.rng_state(state, seed))
+        return int(state["step"])
