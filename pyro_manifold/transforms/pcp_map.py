@@ -278,25 +278,21 @@ class ConditionedPCPMap(FreshCache, Transform):
         grad), the context and the parameters; otherwise it carries no graph. The
         gradient is the map's value, not a training signal, so grad is enabled locally
         (under ``torch.no_grad()`` too). Autograd records nothing in
-        ``torch.inference_mode()`` and cannot save inference tensors, so there (or for
-        an inference-tensor input or context) it is taken outside inference mode on
-        ordinary copies, without a graph.
+        ``torch.inference_mode()`` and cannot use inference tensors, so there (or when
+        the input, the context or a parameter is an inference tensor) the gradient
+        comes from :meth:`ConditionalPCPMap.potential_derivatives`, carried forward in
+        closed form (the price of about :math:`D` backward passes, no graph).
         """
         shape = (*self._batch_shape(z.shape), z.shape[-1])
-        context = self.context
-        if torch.is_inference_mode_enabled() or z.is_inference() or context.is_inference():
-            with torch.inference_mode(False):
-                point = z.clone().expand(shape).clone().requires_grad_(True)
-                return self._potential_gradient(point, context.clone(), create_graph=False)
+        tensors = (z, self.context, *self.module.parameters())
+        if torch.is_inference_mode_enabled() or any(t.is_inference() for t in tensors):
+            return self.module.potential_derivatives(z.expand(shape), self.context)[1]
         if create_graph and z.requires_grad:
             point = z if z.shape == shape else z.expand(shape)
         else:
             point = z.detach().expand(shape).clone().requires_grad_(True)
-        return self._potential_gradient(point, context, create_graph)
-
-    def _potential_gradient(self, point: Tensor, context: Tensor, create_graph: bool) -> Tensor:
         with torch.enable_grad():
-            potential = self.module.potential(point, context)
+            potential = self.module.potential(point, self.context)
             (grad,) = torch.autograd.grad(potential.sum(), point, create_graph=create_graph)
         return grad
 
