@@ -32,6 +32,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor
 from torch.distributions import Transform, constraints
 
+from pyro_manifold._cache import FreshMemo
 from pyro_manifold._validation import (
     check_input,
     check_positive,
@@ -65,7 +66,7 @@ class Atlas(Protocol):
         ...
 
 
-class ChartMixture(TorchDistribution):
+class ChartMixture(FreshMemo, TorchDistribution):
     r"""VQ-Flows density on :math:`\mathbb R^D`: chart-conditioned flows mixed over an atlas.
 
     .. math::
@@ -81,9 +82,12 @@ class ChartMixture(TorchDistribution):
     overlap :math:`m`, not with :math:`K`. Scoring data uses the inverse direction of
     every layer and the left inverse :math:`c_k^\dagger` of the embedding (one pass per
     layer for couplings and MAF layers); sampling uses the forward direction. The last
-    pass is memoised for its input tensor: ``log_prob(x)``, ``reconstruct(x)``,
+    pass is kept for its input tensor: ``log_prob(x)``, ``reconstruct(x)``,
     ``encode(x)`` and ``chart_posterior(x)`` on the same ``x`` share one pass through the
-    chart maps, until a parameter, buffer, module mode or the grad mode changes.
+    chart maps, until ``x``, a parameter, buffer, module mode or the grad mode changes or
+    a gradient has flowed back through it (the package's one cache rule,
+    :class:`~pyro_manifold._cache.FreshMemo`; nothing is kept in
+    ``torch.inference_mode()``).
 
     **Normalisation.** Eq. (2) integrates to one over the manifold only when every chart
     map sends the support of :math:`q` onto its region (:math:`g_k(\mathbb R^d) = U_k`
@@ -138,6 +142,7 @@ class ChartMixture(TorchDistribution):
     arg_constraints: dict = {}
     support = constraints.real_vector
     has_rsample = False
+    _cache_slots = ("_memo",)
 
     def __init__(
         self,
@@ -192,7 +197,7 @@ class ChartMixture(TorchDistribution):
         self.data_dim, self.latent_dim, self.num_charts = data_dim, latent_dim, num_charts
         self.num_overlap, self.restrict = num_overlap, bool(restrict)
         self.sample_within_regions = bool(sample_within_regions)
-        self._memo: tuple[Tensor, tuple, tuple[Tensor, ...]] | None = None
+        self._memo: tuple[Tensor, tuple[Tensor, ...]] | None = None
         super().__init__(torch.Size(), torch.Size((data_dim,)), validate_args=validate_args)
 
     # ------------------------------------------------------------------ helpers
@@ -218,40 +223,26 @@ class ChartMixture(TorchDistribution):
     def _log_base(self, z: Tensor) -> Tensor:
         return -0.5 * z.pow(2).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
 
-    def _state_key(self, value: Tensor) -> tuple:
-        """What the chart terms of ``value`` depend on besides its identity.
-
-        The versions of ``value`` and of every parameter and buffer (an optimizer step or
-        an in-place edit bumps them), the modules' train/eval modes and the grad mode.
-        """
-        modules = [
-            m
-            for m in (self.atlas, *self.chart_flow, self.embedding)
-            if isinstance(m, torch.nn.Module)
-        ]
-        tensors = [self.chart_logits, *(t for m in modules for t in m.parameters())]
-        tensors += [b for m in modules for b in m.buffers()]
-        return (
-            value._version,
-            torch.is_grad_enabled(),
-            tuple(t._version for t in tensors),
-            tuple(sub.training for m in modules for sub in m.modules()),
-        )
+    def _cache_state(self) -> tuple[list[Tensor], list[torch.nn.Module]]:
+        """The chart logits and the modules (atlas, chart flow, embedding) the terms use."""
+        layers = (self.atlas, *self.chart_flow, self.embedding)
+        return [self.chart_logits], [m for m in layers if isinstance(m, torch.nn.Module)]
 
     def _terms_of(self, value: Tensor, flat: Tensor, project: bool = False) -> tuple[Tensor, ...]:
-        """:meth:`_chart_terms` of ``flat`` (``value`` reshaped), memoised for ``value``.
+        """:meth:`_chart_terms` of ``flat`` (``value`` reshaped), kept for ``value``.
 
         One model step scores the data (``log_prob``) and reconstructs it: the second call
-        reuses the first's pass through the chart maps. The memo is the last call's, keyed
-        by the identity of ``value`` and by :meth:`_state_key`, so a distribution held
-        across optimizer steps recomputes.
+        reuses the first's pass through the chart maps. The entry is the last call's,
+        looked up by the identity of ``value`` and valid while fresh (see the class), so
+        a distribution held across optimizer steps recomputes.
         """
         memo = self._memo
-        if memo is not None and memo[0] is value and (len(memo[2]) == 3 or not project):
-            if memo[1] == self._state_key(value):
-                return memo[2]
+        if memo is not None and memo[0] is value and (len(memo[1]) == 3 or not project):
+            if self._fresh("terms", memo):
+                return memo[1]
         out = self._chart_terms(flat, project=project)
-        self._memo = (value, self._state_key(value), out)
+        self._memo = (value, out)
+        self._remember_for("terms", self._memo, (value,), out)
         return out
 
     def _chart_terms(self, x: Tensor, project: bool = False) -> tuple[Tensor, ...]:

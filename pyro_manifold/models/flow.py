@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from pyro_manifold._validation import check_choice, check_input, check_positive_int, check_widths
 from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
-from pyro_manifold.transforms._cache import forget_cached
 from pyro_manifold.transforms._spline_coupling import fresh_spline_coupling
 
 __all__ = ["FLOWS", "Flow", "flow_layers"]
@@ -129,10 +128,10 @@ class Flow(PyroModule):
     def distribution(self) -> dist.TransformedDistribution:
         """Return :math:`p(x)` as a Pyro ``TransformedDistribution`` with event shape ``(D,)``.
 
-        Each call starts a new evaluation: the layers' one-entry caches are emptied, so
-        scoring the same data tensor again after a training step is never stale.
+        The layers' one-entry caches serve a result only while the parameters, the grad
+        mode and the input are unchanged, so scoring the same data tensor again after a
+        training step is never stale.
         """
-        forget_cached(self.layers)
         base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
         return dist.TransformedDistribution(base, list(self.layers))
 

@@ -47,7 +47,6 @@ from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
 from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
 from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
-from pyro_manifold.transforms._cache import forget_cached
 from pyro_manifold.transforms._spline_coupling import FreshSplineCoupling
 
 __all__ = [
@@ -376,11 +375,7 @@ class VariationalMixtureOfFlows(PyroModule):
 
     # -- distributions -----------------------------------------------------------------
     def components(self) -> dist.TransformedDistribution:
-        """Return the :math:`K` flows as one distribution, batch shape ``(K,)``, event ``(D,)``.
-
-        The layers' one-entry caches are emptied first (a new evaluation starts).
-        """
-        forget_cached(self.layers)
+        """Return the :math:`K` flows as one distribution, batch shape ``(K,)``, event ``(D,)``."""
         base = dist.Normal(self.base_loc, self.base_scale).to_event(1)
         return dist.TransformedDistribution(base, list(self.layers))
 

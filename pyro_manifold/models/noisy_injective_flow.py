@@ -22,7 +22,6 @@ from pyro_manifold.models._mixture_prior import GaussianMixturePrior
 from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.models.flow import FLOWS, flow_layers
 from pyro_manifold.transforms import GaussianNIF
-from pyro_manifold.transforms._cache import forget_cached
 
 if TYPE_CHECKING:
     from pyro_manifold.infer import FitResult
@@ -168,10 +167,9 @@ class NoisyInjectiveFlow(PyroModule):
     def top_inverse(self, x: Tensor) -> Tensor:
         r""":math:`y = f^{-1}(x)`, one pass per layer for MAF and couplings.
 
-        Starts a new evaluation: the top layers' caches are emptied first, then hold
-        :math:`(y, x)` so that the model's likelihood in the same ELBO reuses this pass.
+        The top layers' caches then hold :math:`(y, x)`, so that the model's likelihood
+        in the same ELBO reuses this pass.
         """
-        forget_cached(self.top_layers)
         y = x
         for t in reversed(self.top_layers):
             y = t.inv(y)
@@ -386,7 +384,6 @@ class NoisyInjectiveFlow(PyroModule):
                     else torch.cat([self.top_inverse(c) for c in data.split(chunk_size)])
                     for data in (x, validation_data)
                 )
-            forget_cached(self.top_layers)
             if self.prior_mixture is not None:
                 return self._fit_mixture_prior(
                     y, y_val, num_steps, chunk_size, fit_options.get("seed")

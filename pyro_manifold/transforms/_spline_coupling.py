@@ -2,17 +2,21 @@ r"""Pyro's rational-quadratic spline coupling (Durkan et al. 2019) with :class:`
 
 Pyro's :class:`~pyro.distributions.transforms.SplineCoupling` keys its one-entry cache
 on tensor identity alone, so a distribution built once and scored again on the same
-tensor (after an optimiser step, a refill in place, or a backward pass that freed the
-graph) would reuse the old result. :class:`FreshSplineCoupling` is the same layer, the
-same parameters and the same initialisation, with the package's cache.
+tensor (after an optimiser step, under another grad mode, after a refill in place, or
+after a backward pass that freed the graph) would reuse the old result.
+:class:`FreshSplineCoupling` is a subclass with the package's cache, built by its own
+constructor; :func:`fresh_spline_coupling` builds it with the architecture and the
+initialisation of Pyro's ``spline_coupling`` helper.
 """
 
 from __future__ import annotations
 
-from pyro.distributions.transforms import SplineCoupling, spline_coupling
+from pyro.distributions.transforms import SplineCoupling
+from pyro.nn import DenseNN
 from torch import Tensor
 
-from pyro_manifold.transforms._cache import FreshCache
+from pyro_manifold._cache import FreshCache
+from pyro_manifold._validation import check_positive_int, check_widths
 
 __all__ = ["FreshSplineCoupling", "fresh_spline_coupling"]
 
@@ -22,16 +26,25 @@ class FreshSplineCoupling(FreshCache, SplineCoupling):
 
     .. math::
 
-        x_{1:d} = u_{1:d}, \qquad x_{d+1:D} = g_{\theta(u_{1:d})}(u_{d+1:D}),
+        x_{1:d} = h(u_{1:d}), \qquad x_{d+1:D} = g_{\theta(u_{1:d})}(u_{d+1:D}),
 
     with :math:`g` an element-wise monotone rational-quadratic spline (identity outside
-    ``[-bound, bound]``); :math:`\log|\det J| = \sum_j \log g'_j`.
+    ``[-bound, bound]``) whose knots come from the hypernetwork, and :math:`h` a learned
+    element-wise spline (the identity with ``identity=True``);
+    :math:`\log|\det J| = \sum_j \log g'_j + \sum_i \log h'_i`. Both directions are one
+    network pass. The arguments are those of Pyro's ``SplineCoupling``:
+    ``(input_dim, split_dim, hypernet, count_bins=8, bound=3.0, order="linear",
+    identity=False)``.
 
     Example:
         >>> t = fresh_spline_coupling(2, [8])
         >>> u = torch.randn(4, 2)
         >>> torch.allclose(t.inv(t(u)), u, atol=1e-5)
         True
+
+    References:
+        Neural Spline Flows. Conor Durkan, Artur Bekasov, Iain Murray, George
+        Papamakarios, 2019. arXiv:1906.04032.
     """
 
     _cache_slots = ("_cached_x_y", "_cache_log_detJ")
@@ -64,15 +77,35 @@ class FreshSplineCoupling(FreshCache, SplineCoupling):
 def fresh_spline_coupling(
     input_dim: int, hidden_dims: list[int] | None = None, count_bins: int = 8
 ) -> FreshSplineCoupling:
-    """Pyro's ``spline_coupling(input_dim, hidden_dims=..., count_bins=...)`` with a fresh cache.
+    r"""A :class:`FreshSplineCoupling` on :math:`\mathbb R^D`, built as Pyro's ``spline_coupling``.
 
-    The layer is built by Pyro's helper (so its initialisation and parameters are Pyro's)
-    and then given :class:`FreshSplineCoupling`'s cache, which adds no state.
+    The first :math:`d = \lfloor D/2 \rfloor` coordinates are kept (through a learned
+    element-wise spline) and feed a :class:`~pyro.nn.DenseNN` of widths ``hidden_dims``
+    (default ``[10 D, 10 D]``) that outputs the widths, heights, derivatives and
+    slopes of the :math:`D - d` splines of the other coordinates, on
+    ``[-3, 3]``. For the same seed the parameters equal those of
+    ``pyro.distributions.transforms.spline_coupling(input_dim, hidden_dims=hidden_dims,
+    count_bins=count_bins)``.
+
+    Args:
+        input_dim: :math:`D \ge 2`.
+        hidden_dims: hidden widths of the hypernetwork.
+        count_bins: spline bins.
 
     Example:
         >>> fresh_spline_coupling(3, [8], count_bins=4)(torch.zeros(1, 3)).shape
         torch.Size([1, 3])
     """
-    layer = spline_coupling(input_dim, hidden_dims=hidden_dims, count_bins=count_bins)
-    layer.__class__ = FreshSplineCoupling
-    return layer
+    check_positive_int("input_dim", input_dim, minimum=2)
+    check_positive_int("count_bins", count_bins)
+    split = input_dim // 2
+    hidden = (
+        [10 * input_dim] * 2 if hidden_dims is None else check_widths("hidden_dims", hidden_dims)
+    )
+    m = input_dim - split
+    hypernet = DenseNN(
+        split,
+        hidden,
+        param_dims=[m * count_bins, m * count_bins, m * (count_bins - 1), m * count_bins],
+    )
+    return FreshSplineCoupling(input_dim, split, hypernet, count_bins=count_bins)

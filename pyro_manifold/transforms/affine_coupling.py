@@ -28,6 +28,7 @@ from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyro_manifold._cache import FreshCache
 from pyro_manifold._math import SOFTPLUS_ONE
 from pyro_manifold._validation import (
     check_input,
@@ -36,7 +37,6 @@ from pyro_manifold._validation import (
     check_widths,
     reference_tensor,
 )
-from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "AffineCoupling",

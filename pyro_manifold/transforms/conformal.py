@@ -34,6 +34,7 @@ from pyro.nn import DenseNN
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from pyro_manifold._cache import FreshCache
 from pyro_manifold._math import SOFTPLUS_ONE
 from pyro_manifold._validation import (
     check_input,
@@ -41,7 +42,6 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
-from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "ConditionalConformalEmbedding",
@@ -230,46 +230,71 @@ class ConformalEmbedding(_Conformal, FreshCache, TransformModule):
 
 
 class ConditionedConformalEmbedding(_Conformal, FreshCache, TransformModule):
-    r"""A :class:`ConformalEmbedding` whose :math:`\lambda, b, v_i` were computed from a context.
+    r"""A :class:`ConformalEmbedding` whose :math:`\lambda, b, v_i` are computed from a context.
 
-    Built by :meth:`ConditionalConformalEmbedding.condition`; ``params()`` returns
-    ``scale`` :math:`(*, 1)`, ``shift`` :math:`(*, D)`, ``reflections`` and ``index``:
-    either ``reflections`` :math:`(*, r, D)` and ``index=None``, or the reflections of
-    the :math:`G` distinct contexts :math:`(G, r, D)` and the index :math:`(*)` of each
-    point's context among them. All broadcast against the input's batch shape. Inputs
-    must have the dtype and device of ``reference`` (the parent module's base
-    reflections) when given.
+    .. math::
+
+        x = c(z; h) = \lambda(h)\, H_1(h)\cdots H_r(h)\begin{pmatrix} z\\0\end{pmatrix} + b(h),
+        \qquad \tfrac12\log\det J^\top J = d\log\lambda(h).
+
+    Built by :meth:`ConditionalConformalEmbedding.condition` from the parent ``module``
+    and a ``context`` :math:`(*, C)`; holds no parameters of its own, so gradients reach
+    the parent. Inputs :math:`(*, d)` or :math:`(*, D)` broadcast against the context's
+    batch shape, and so do :meth:`forward_shape` and :meth:`inverse_shape`. The
+    parent's network runs lazily, on the first use, and its outputs are reused while
+    the context, the parent's parameters and the grad mode are unchanged (the package's
+    one cache rule, :class:`~pyro_manifold._cache.FreshMemo`).
+
+    Example:
+        >>> c = conditional_conformal_embedding(2, 4, context_dim=3)
+        >>> t = c.condition(torch.randn(5, 3))
+        >>> t(torch.randn(2)).shape, t.forward_shape((2,))
+        (torch.Size([5, 4]), torch.Size([5, 4]))
     """
 
-    def __init__(
-        self,
-        latent_dim: int,
-        data_dim: int,
-        params: Callable[[], tuple[Tensor, Tensor, Tensor, Tensor | None]],
-        scale_min: float,
-        reference: Tensor | None = None,
-    ) -> None:
+    _cache_slots = ("_cached_x_y", "_params")
+
+    def __init__(self, module: ConditionalConformalEmbedding, context: Tensor) -> None:
+        if not isinstance(module, ConditionalConformalEmbedding):
+            raise TypeError(
+                f"module: expected a ConditionalConformalEmbedding, got {type(module).__name__}"
+            )
         super().__init__(cache_size=1)
-        self.latent_dim, self.data_dim, self.scale_min = latent_dim, data_dim, scale_min
-        self.bijective = latent_dim == data_dim
-        self._params_fn = params
+        self.latent_dim, self.data_dim = module.latent_dim, module.data_dim
+        self.scale_min, self.bijective = module.scale_min, module.bijective
+        # the parent, not a submodule: its parameters stay its own (as with a partial)
+        object.__setattr__(self, "module", module)
+        self.context = context
         self._params: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None
-        self._reference = reference
+
+    def _cache_state(self) -> tuple[list[Tensor], list[nn.Module]]:
+        return [self.context], [self.module]
 
     def _get(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        if self._params is None:
-            self._params = self._params_fn()
+        if self._params is None or not self._fresh("params", self._params):
+            self._params = self.module._params(self.context)
+            self._remember_for("params", self._params, (self.context,), self._params[:3])
         return self._params
 
     def _call(self, z: Tensor) -> Tensor:
-        return self._embed(self._check_z(z, self._reference), *self._get())
+        return self._embed(self._check_z(z, self.module.reflections), *self._get())
 
     def _inverse(self, x: Tensor) -> Tensor:
-        return self._project(self._check_x(x, self._reference), *self._get())
+        return self._project(self._check_x(x, self.module.reflections), *self._get())
 
     def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`d\log\lambda(h)` broadcast to the batch shape :math:`(*)`."""
         return self._ladj(z, self._get()[0])
+
+    def forward_shape(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
+        """The shape :math:`(*, D)` of the image of a :math:`(*, d)` tensor and the context."""
+        out = _Conformal.forward_shape(self, torch.Size(shape))
+        return torch.Size((*torch.broadcast_shapes(out[:-1], self.context.shape[:-1]), out[-1]))
+
+    def inverse_shape(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
+        """The shape :math:`(*, d)` of the left inverse of a :math:`(*, D)` tensor."""
+        out = _Conformal.inverse_shape(self, torch.Size(shape))
+        return torch.Size((*torch.broadcast_shapes(out[:-1], self.context.shape[:-1]), out[-1]))
 
 
 class ConditionalConformalEmbedding(ConditionalTransformModule):
@@ -360,7 +385,8 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
     def condition(self, context: Tensor) -> ConditionedConformalEmbedding:
         """Bind the context :math:`h` of shape :math:`(*, C)` and return the plain transform.
 
-        The network runs once, lazily, on the first use of the returned transform.
+        The network runs lazily, on the first use of the returned transform, and again
+        only when the parameters, the context or the grad mode have changed.
         """
         event = None if self.context_dim is None else (self.context_dim,)
         check_input(
@@ -371,13 +397,7 @@ class ConditionalConformalEmbedding(ConditionalTransformModule):
             nonempty=False,
             owner="the layer's",
         )
-        return ConditionedConformalEmbedding(
-            self.latent_dim,
-            self.data_dim,
-            lambda: self._params(context),
-            self.scale_min,
-            self.reflections,
-        )
+        return ConditionedConformalEmbedding(self, context)
 
 
 def conformal_embedding(

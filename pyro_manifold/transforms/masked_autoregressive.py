@@ -29,6 +29,7 @@ from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyro_manifold._cache import FreshCache
 from pyro_manifold._math import SOFTPLUS_ONE
 from pyro_manifold._validation import (
     check_input,
@@ -37,7 +38,6 @@ from pyro_manifold._validation import (
     check_widths,
     reference_tensor,
 )
-from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "ConditionalMaskedAutoregressive",

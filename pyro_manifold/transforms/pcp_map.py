@@ -46,6 +46,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 
+from pyro_manifold._cache import FreshCache
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import (
     check_broadcast,
@@ -54,7 +55,6 @@ from pyro_manifold._validation import (
     check_positive_int,
 )
 from pyro_manifold.nn.picnn import PICNN
-from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = [
     "ConditionalPCPMap",
@@ -222,8 +222,10 @@ class ConditionedPCPMap(FreshCache, Transform):
     starting point when the shapes match, else zero) that raises
     :class:`PCPMapInverseError` if it does not converge. Under autograd the inverse is
     differentiable in ``y``, the context and the parameters through one Newton step at
-    the solution (the implicit function theorem). Build a fresh one per use (e.g. per
-    guide call): Pyro's cache (``cache_size=1``) keys on tensor identity.
+    the solution (the implicit function theorem). Its one-entry cache serves a result
+    only for the same input while the context, the parent's parameters and buffers and
+    the grad mode are unchanged (nothing is cached in ``torch.inference_mode()``); the
+    forward map works under ``torch.no_grad()`` and ``torch.inference_mode()`` too.
 
     Example:
         >>> layer = conditional_pcp_map(2, 3, hidden_dims=[8]).double()
@@ -253,8 +255,8 @@ class ConditionedPCPMap(FreshCache, Transform):
         self.context = context
         self._warm_start: Tensor | None = None
 
-    def _cache_parameters(self):
-        return self.module.parameters()
+    def _cache_state(self) -> tuple[list[Tensor], list[nn.Module]]:
+        return [self.context], [self.module]
 
     # -- shapes ------------------------------------------------------------------------
     def _batch_shape(self, shape: torch.Size | tuple[int, ...]) -> torch.Size:
@@ -273,9 +275,18 @@ class ConditionedPCPMap(FreshCache, Transform):
         r""":math:`\nabla_z G(z, h)` by one backward pass, broadcast to the full batch shape.
 
         With ``create_graph`` the result is differentiable in ``z`` (when it requires
-        grad), the context and the parameters; otherwise it carries no graph.
+        grad), the context and the parameters; otherwise it carries no graph. The
+        gradient is the map's value, not a training signal, so grad is enabled locally
+        (under ``torch.no_grad()`` too). Autograd records nothing in
+        ``torch.inference_mode()`` and cannot use inference tensors, so there (or when
+        the input, the context or a parameter is an inference tensor) the gradient
+        comes from :meth:`ConditionalPCPMap.potential_derivatives`, carried forward in
+        closed form (the price of about :math:`D` backward passes, no graph).
         """
         shape = (*self._batch_shape(z.shape), z.shape[-1])
+        tensors = (z, self.context, *self.module.parameters())
+        if torch.is_inference_mode_enabled() or any(t.is_inference() for t in tensors):
+            return self.module.potential_derivatives(z.expand(shape), self.context)[1]
         if create_graph and z.requires_grad:
             point = z if z.shape == shape else z.expand(shape)
         else:

@@ -6,8 +6,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor
 from torch.distributions import constraints
 
+from pyro_manifold._cache import FreshCache
 from pyro_manifold._validation import check_input
-from pyro_manifold.transforms._cache import FreshCache
 
 __all__ = ["Reverse"]
 

@@ -5,9 +5,12 @@ import gc
 import io
 import weakref
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.distributions.transforms import BatchNorm, spline_coupling
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
 from pyro_manifold.models import (
     Flow,
@@ -17,6 +20,8 @@ from pyro_manifold.models import (
     VQFlow,
 )
 from pyro_manifold.transforms import (
+    AffineCoupling,
+    Reverse,
     affine_coupling,
     conditional_affine_coupling,
     conditional_conformal_embedding,
@@ -25,7 +30,7 @@ from pyro_manifold.transforms import (
     conformal_embedding,
     masked_autoregressive,
 )
-from pyro_manifold.transforms._spline_coupling import fresh_spline_coupling
+from pyro_manifold.transforms._spline_coupling import FreshSplineCoupling, fresh_spline_coupling
 
 F64 = torch.float64
 
@@ -228,26 +233,203 @@ def test_transforms_conditioned_per_step_are_freed_with_their_graph(direction, b
     assert [ref() for ref in alive] == [None] * len(layers)
 
 
-@pytest.mark.parametrize("name", ["affine_coupling", "masked_autoregressive", "spline_coupling"])
-def test_stock_svi_trains_after_an_evaluation_without_gradients(name):
-    """Pyro's SVI.evaluate_loss runs under no_grad; the next steps must still train."""
-    import pyro
-    import pyro.distributions as dist
-    from pyro.infer import SVI
+def _families():
+    """Every transform family as the README snippet uses it: (layers, module to register).
 
-    layer, module = _builders()[name]()
+    Conditioned layers are conditioned once, outside the model, and held across steps
+    (their networks' parameters live in the conditional parent).
+    """
+    h = torch.randn(2, dtype=F64)
+
+    def held(layer):
+        layer = layer.double()
+        return [layer.condition(h)], layer
+
+    def plain(*layers):
+        layers = torch.nn.ModuleList(layers).double()
+        return list(layers), layers
+
+    return {
+        "affine_coupling": lambda: plain(affine_coupling(3, [8])),
+        "masked_autoregressive": lambda: plain(masked_autoregressive(3, [8])),
+        "spline_coupling": lambda: plain(fresh_spline_coupling(3, [8])),
+        "conformal_embedding": lambda: plain(conformal_embedding(3, 3)),
+        "reverse": lambda: plain(Reverse(), affine_coupling(3, [8])),
+        "pyro_batch_norm": lambda: plain(affine_coupling(3, [8]), BatchNorm(3)),
+        "conditional_affine_coupling": lambda: held(conditional_affine_coupling(3, 2, [8])),
+        "conditional_masked_autoregressive": lambda: held(
+            conditional_masked_autoregressive(3, 2, [8])
+        ),
+        "conditional_conformal_embedding": lambda: held(
+            conditional_conformal_embedding(3, 3, context_dim=2, hidden_dims=[8])
+        ),
+        "conditional_pcp_map": lambda: held(conditional_pcp_map(3, 2, hidden_dims=[8])),
+    }
+
+
+@pytest.mark.parametrize("name", list(_families()))
+def test_the_readme_snippet_trains_with_stock_svi_and_evaluations_in_between(name):
+    """Pyro's SVI.evaluate_loss runs under no_grad; the steps after it must still train."""
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    layers, module = _families()[name]()
     x = torch.randn(128, 3, dtype=F64) * 0.5 + 1.0
 
     def model(x):
-        pyro.module("layer", module)
+        pyro.module("layers", module)
         base = dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1)
         with pyro.plate("data", len(x)):
-            pyro.sample("x", dist.TransformedDistribution(base, [layer]), obs=x)
+            pyro.sample("x", dist.TransformedDistribution(base, layers), obs=x)
 
     svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.evaluate_loss(x)]
-    for _ in range(5):
+    for _ in range(8):
         losses.append(svi.step(x))
         with torch.no_grad():
             svi.evaluate_loss(x)  # interleaved evaluations do not freeze training
-    assert losses[-1] < losses[1] - 1.0, losses
+    losses.append(svi.evaluate_loss(x))
+    assert losses[-1] < losses[0] - 1.0 and losses[-2] < losses[1], losses
+
+
+def test_pyro_batch_norm_keeps_no_cache():
+    # Pyro's BatchNorm (in Flow and NoisyInjectiveFlow with batch_norm=True) has no cache,
+    # so it cannot serve a stale result; if Pyro ever gives it one, it needs FreshCache
+    assert BatchNorm(2)._cache_size == 0
+
+
+def test_an_entry_follows_the_module_mode():
+    # dropout in the network: a value computed in training mode is not an eval-mode value
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Dropout(0.5))
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, kept):
+            mu, s = self.head(self.body(kept)).chunk(2, -1)
+            return mu, s
+
+    t = AffineCoupling(1, Net(), input_dim=2)
+    x = torch.randn(64, 2)
+    with torch.no_grad():
+        t.train()
+        t.inv(x)
+        t.eval()
+        torch.testing.assert_close(t.inv(x), t.inv(x.clone()))
+        torch.testing.assert_close(
+            t.log_abs_det_jacobian(t.inv(x), x), t.log_abs_det_jacobian(t.inv(x), x.clone())
+        )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: conditional_affine_coupling(3, 2, [8]),
+        lambda: conditional_masked_autoregressive(3, 2, [8]),
+        lambda: conditional_conformal_embedding(3, 3, context_dim=2, hidden_dims=[8]),
+        lambda: conditional_pcp_map(3, 2, hidden_dims=[8]),
+    ],
+    ids=["affine_coupling", "masked_autoregressive", "conformal_embedding", "pcp_map"],
+)
+def test_a_conditioned_layer_held_across_an_update_recomputes(build):
+    # the network's parameters belong to the conditional parent, not to the conditioned
+    # transform: its caches must follow them, and a context refilled in place, too
+    torch.manual_seed(0)
+    layer = build().double()
+    h = torch.randn(4, 2, dtype=F64)
+    t = layer.condition(h)
+    z = torch.randn(4, 3, dtype=F64)
+    with torch.no_grad():
+        before = t(z)
+        _perturb(layer)
+        torch.testing.assert_close(t(z), layer.condition(h.clone())(z.clone()))
+        assert not torch.allclose(t(z), before)
+        h.add_(1.0)
+        torch.testing.assert_close(t(z), layer.condition(h.clone())(z.clone()))
+
+
+def test_a_conditioned_embedding_trains_twice_on_the_same_tensors():
+    # its network's outputs were kept forever: the second backward met a freed graph
+    layer = conditional_conformal_embedding(2, 3, context_dim=2, hidden_dims=[8])
+    t, z = layer.condition(torch.randn(5, 2)), torch.randn(5, 2)
+    for _ in range(2):
+        (t(z.clone()).sum() + t.log_abs_det_jacobian(z, t(z)).sum()).backward()
+    assert all(p.grad is not None for p in layer.parameters())
+
+
+def test_a_conditioned_embedding_reports_the_context_batch_shape():
+    t = conditional_conformal_embedding(2, 4, context_dim=3).condition(torch.randn(5, 3))
+    assert t.forward_shape((2,)) == t(torch.randn(2)).shape == (5, 4)
+    assert t.inverse_shape((4,)) == t.inv(torch.randn(4)).shape == (5, 2)
+    assert t.forward_shape((7, 1, 2)) == (7, 5, 4)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_pcp_map_runs_without_gradients(mode):
+    torch.manual_seed(0)
+    layer = conditional_pcp_map(2, 3, hidden_dims=[8]).double()
+    h, z = torch.randn(4, 3, dtype=F64), torch.randn(4, 2, dtype=F64)
+    expected = layer.condition(h)(z).detach()
+    with getattr(torch, mode)():
+        t = layer.condition(h.clone())
+        y = t(z.clone())
+        torch.testing.assert_close(y, expected)
+        torch.testing.assert_close(t.inv(y.clone()), z)
+        assert t.log_abs_det_jacobian(z, y).shape == (4,)
+
+
+def test_state_built_in_inference_mode_is_never_cached_and_never_crashes():
+    with torch.inference_mode():
+        d = Flow(2, "spline", num_layers=2, hidden_dims=[8], batch_norm=True).eval()
+        x = torch.randn(5, 2)
+        first = d.log_prob(x)
+    with torch.no_grad():  # parameters that are inference tensors, used outside it
+        y = torch.randn(5, 2)
+        torch.testing.assert_close(d.log_prob(y), d.log_prob(y.clone()))
+        torch.testing.assert_close(d.log_prob(x.clone()), first)
+
+
+def test_fresh_spline_coupling_is_built_as_pyro_builds_it():
+    torch.manual_seed(3)
+    ours = fresh_spline_coupling(4, [8], count_bins=5)
+    torch.manual_seed(3)
+    pyros = spline_coupling(4, hidden_dims=[8], count_bins=5)
+    assert type(ours) is FreshSplineCoupling
+    theirs = pyros.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+    u = torch.randn(6, 4)
+    torch.testing.assert_close(ours(u), pyros(u))
+
+
+def _chart_mixture():
+    torch.manual_seed(0)
+    vq = VQFlow(3, num_charts=3, num_layers=1, hidden_dims=[8], autoencoder_hidden_dims=[8])
+    return vq, vq.distribution()
+
+
+def test_chart_mixture_scores_the_same_data_twice_with_backward_in_between():
+    # its memo kept the first pass's graph: the second backward met a freed graph
+    vq, d = _chart_mixture()
+    x = torch.randn(16, 3)
+    for _ in range(2):
+        d.log_prob(x).sum().backward()
+    with torch.no_grad():
+        before = d.log_prob(x)
+        _perturb(vq)
+        torch.testing.assert_close(d.log_prob(x), d.log_prob(x.clone()))
+        assert not torch.allclose(d.log_prob(x), before)
+    torch.testing.assert_close(d.reconstruct(x), d.reconstruct(x.clone()))
+
+
+def test_chart_mixture_under_inference_mode():
+    vq, d = _chart_mixture()
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        expected = d.log_prob(x.clone())
+    with torch.inference_mode():
+        torch.testing.assert_close(d.log_prob(x), expected)
+        torch.testing.assert_close(d.log_prob(x), expected)
+        built_inside = VQFlow(3, num_charts=3, num_layers=1, hidden_dims=[8]).eval()
+        assert built_inside.log_prob(x).shape == (16,)
