@@ -64,14 +64,21 @@ def mean_loss(
 class EarlyStopping:
     r"""Scores held-out data, keeps the best modules' states, and says when to stop.
 
+    Everything, the best states included, is part of :meth:`state_dict`, so a run
+    resumed from a checkpoint taken after its best validation ends as the uninterrupted
+    run does.
+
     Args:
         patience: stop after this many validations in a row without a new best
             (``None``: never).
+        params: the ``pyro.param`` sites trained beside the modules (name to the
+            unconstrained tensor), kept and restored with them.
 
     Attributes:
         best: the lowest validation loss so far (``inf`` before the first).
         bad_validations: validations since the last new best.
-        best_states: the modules' state dicts at the best validation (this run only).
+        best_states: the modules' state dicts at the best validation.
+        best_params: the ``pyro.param`` sites' (unconstrained) values there.
         stop: whether ``patience`` ran out.
 
     Example:
@@ -80,10 +87,14 @@ class EarlyStopping:
         ([True, True, False, False], True)
     """
 
-    def __init__(self, patience: int | None = None) -> None:
+    def __init__(
+        self, patience: int | None = None, params: dict[str, Tensor] | None = None
+    ) -> None:
         self.patience = patience
+        self.params = dict(params or {})
         self.best, self.bad_validations = math.inf, 0
         self.best_states: list[dict[str, Any]] | None = None
+        self.best_params: dict[str, Tensor] | None = None
         self.stop = False
 
     def update(self, loss: float, modules: Sequence[nn.Module]) -> bool:
@@ -92,6 +103,7 @@ class EarlyStopping:
         if improved:
             self.best, self.bad_validations = loss, 0
             self.best_states = [copy.deepcopy(m.state_dict()) for m in modules]
+            self.best_params = {k: p.detach().clone() for k, p in self.params.items()}
         else:
             self.bad_validations += 1
         if self.patience is not None and self.bad_validations >= self.patience:
@@ -103,12 +115,20 @@ class EarlyStopping:
         if self.best_states is not None:
             for m, state in zip(modules, self.best_states, strict=True):
                 m.load_state_dict(state)
+        with torch.no_grad():
+            for name, value in (self.best_params or {}).items():
+                self.params[name].copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
-        """The best loss and the count since it (for a checkpoint)."""
-        return {"best_validation_loss": self.best, "bad_validations": self.bad_validations}
+        """The best loss, the count since it and the best states (for a checkpoint)."""
+        return {"best_validation_loss": self.best, "bad_validations": self.bad_validations,
+                "best_states": self.best_states, "best_params": self.best_params,
+                "stopped": self.stop}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's counters."""
+        """Continue from a checkpoint's counters and best states."""
         self.best = float(state.get("best_validation_loss", math.inf))
         self.bad_validations = int(state.get("bad_validations", 0))
+        self.best_states = state.get("best_states")
+        self.best_params = state.get("best_params")
+        self.stop = bool(state.get("stopped", False))

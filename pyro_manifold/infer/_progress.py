@@ -55,13 +55,23 @@ class TrainingLog:
         self._skipped = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The history and the time trained so far (for a checkpoint)."""
-        return {"history": self.history, "elapsed": self.clock()}
+        """The history, the open logging window and the time trained so far (for a checkpoint).
+
+        The window (the losses summed since the last log) is saved so that a run resumed
+        between two logs logs the same mean as the uninterrupted run.
+        """
+        self._fold()
+        return {"history": self.history, "elapsed": self.clock(),
+                "loss_window": torch.stack([self._window, self._count]).detach().cpu()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the history and clock of a checkpoint."""
+        """Continue the history, logging window and clock of a checkpoint."""
         self.history = {k: list(v) for k, v in state["history"].items()}
         self.elapsed = float(state.get("elapsed", 0.0))
+        window = state.get("loss_window")
+        if window is not None:
+            window = window.to(self.device, self._window.dtype)
+            self._window, self._count = window[0].clone(), window[1].clone()
 
     def clock(self) -> float:
         """Seconds trained, resumed runs included."""

@@ -21,10 +21,11 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from pyro_manifold.errors import CheckpointError
 from pyro_manifold.infer._optim import load_optimizer_state
 from pyro_manifold.infer.distributed import DataParallelGroup
 
-__all__ = ["RunState", "param_sites", "rng_state", "set_rng_state"]
+__all__ = ["RunState", "check_resume", "param_sites", "rng_state", "set_rng_state"]
 
 
 class _Stateful(Protocol):
@@ -76,6 +77,99 @@ def param_sites(names: Iterable[str], modules: Sequence[nn.Module]) -> dict[str,
         for name in sorted(set(names))
         if name in store and id(store[name]) not in owned
     }
+
+
+def check_resume(
+    state: dict[str, Any],
+    source: object,
+    modules: Sequence[nn.Module],
+    num_rows: int,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Refuse a checkpoint that does not fit this run, before anything is changed.
+
+    Checked: the number of modules and, for each, the names, shapes and dtypes of its
+    state (as ``load_state_dict`` would need them), the number of data rows (the saved
+    data order indexes them), and the optimiser's kind (its hyper-parameter names, e.g.
+    Adam's ``betas`` against SGD's ``momentum``).
+
+    Args:
+        state: the loaded checkpoint.
+        source: its path, for the message.
+        modules: this run's modules.
+        num_rows: the rows of this run's training data.
+        optimizer: an optimiser of this run's kind (any parameters).
+
+    Raises:
+        CheckpointError: naming the checkpoint, the expected and the found.
+
+    Example:
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        >>> saved = {"modules": [torch.nn.Linear(3, 1).state_dict()], "perm": torch.arange(4),
+        ...          "optimizer": opt.state_dict()}
+        >>> check_resume(saved, "c.pt", [lin], 4, opt)
+        Traceback (most recent call last):
+        ...
+        pyro_manifold.errors.CheckpointError: resume: checkpoint c.pt does not fit module 0
+        (Linear): weight: expected shape (1, 2) float32, found (1, 3) float32
+    """
+    saved = state.get("modules")
+    if not isinstance(saved, list) or len(saved) != len(modules):
+        found = len(saved) if isinstance(saved, list) else type(saved).__name__
+        raise CheckpointError(
+            f"resume: checkpoint {source} holds {found} modules, expected {len(modules)} "
+            f"({[type(m).__name__ for m in modules]})"
+        )
+    for i, (m, saved_state) in enumerate(zip(modules, saved, strict=True)):
+        problem = _state_mismatch(m.state_dict(), saved_state)
+        if problem:
+            raise CheckpointError(
+                f"resume: checkpoint {source} does not fit module {i} ({type(m).__name__}): "
+                f"{problem}"
+            )
+    perm = state.get("perm")
+    if isinstance(perm, Tensor) and perm.shape[0] != num_rows:
+        raise CheckpointError(
+            f"resume: checkpoint {source} was trained on {perm.shape[0]} data rows, "
+            f"expected the same number, got {num_rows}"
+        )
+    groups = state.get("optimizer", {}).get("param_groups", [])
+    want = {k for k in optimizer.param_groups[0] if k != "params"}
+    for group in groups:
+        have = {k for k in group if k != "params"}
+        if have - want or want - have:
+            raise CheckpointError(
+                f"resume: checkpoint {source} holds the state of another optimizer "
+                f"(expected the settings {sorted(want)}, found {sorted(have)})"
+            )
+
+
+def _state_mismatch(mine: dict[str, Any], saved: object) -> str | None:
+    """What stops ``saved`` from loading into a module whose state is ``mine``, if anything."""
+    if not isinstance(saved, dict):
+        return f"expected a state dict, found {type(saved).__name__}"
+    missing = sorted(set(mine) - set(saved))
+    unexpected = sorted(set(saved) - set(mine))
+    if missing or unexpected:
+        return f"expected this model's keys; missing {missing[:5]}, unexpected {unexpected[:5]}"
+    for key, value in mine.items():
+        other = saved[key]
+        if isinstance(value, Tensor):
+            if (
+                not isinstance(other, Tensor)
+                or other.shape != value.shape
+                or (other.dtype != value.dtype)
+            ):
+                found = (
+                    f"{tuple(other.shape)} {str(other.dtype).removeprefix('torch.')}"
+                    if isinstance(other, Tensor) else type(other).__name__
+                )  # fmt: skip
+                return (
+                    f"{key}: expected shape {tuple(value.shape)} "
+                    f"{str(value.dtype).removeprefix('torch.')}, found {found}"
+                )
+    return None
 
 
 class RunState:
@@ -134,7 +228,24 @@ class RunState:
         return self.group.save_checkpoint(self.state_dict(step), path)
 
     def load_state_dict(self, state: dict[str, Any], seed: int) -> int:
-        """Restore everything from a checkpoint; returns its step."""
+        """Restore everything from a checkpoint; returns its step.
+
+        The ``pyro.param`` sites and the optimiser's parameter count are checked first
+        (:class:`~pyro_manifold.errors.CheckpointError`), before any tensor is loaded.
+        """
+        saved_params = sorted(state.get("params", {}))
+        if saved_params != sorted(self.params):
+            raise CheckpointError(
+                f"resume: expected the checkpoint's pyro.param sites {saved_params}, "
+                f"this run has {sorted(self.params)}"
+            )
+        saved_counts = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+        counts = [len(g["params"]) for g in self.optimizer.param_groups]
+        if saved_counts != counts:
+            raise CheckpointError(
+                f"resume: expected optimiser groups of {counts} tensors as in this run, "
+                f"the checkpoint has {saved_counts}"
+            )
         for m, saved in zip(self.modules, state["modules"], strict=True):
             m.load_state_dict(saved)
         store = dict(pyro.get_param_store().named_parameters())

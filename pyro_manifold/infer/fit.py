@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,17 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 
 from pyro_manifold._validation import check_choice, check_positive, check_positive_int
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.infer._batches import BatchTransform, MiniBatches, as_tensors
 from pyro_manifold.infer._early_stopping import EarlyStopping, mean_loss
 from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, parameter_names
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
 from pyro_manifold.infer._progress import TrainingLog
-from pyro_manifold.infer._state import RunState, param_sites, rng_state, set_rng_state
+from pyro_manifold.infer._state import RunState, check_resume, param_sites, rng_state, set_rng_state
 from pyro_manifold.infer._step import TrainingStep, check_graphable
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 from pyro_manifold.infer.elbo import fast_elbo
+from pyro_manifold.infer.rundir import RunLock, check_run_dir
 from pyro_manifold.infer.schedule import StepKwargs, evaluate_step_kwargs, resolve_step_kwargs
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
@@ -77,7 +80,61 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ArgumentError(
+            f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from e
+    if resolved.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ArgumentError(
+            f"device: expected a device that holds data ('cpu', 'cuda', ...), got {device!r}"
+        )
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"device: expected an available device, got {device!r} (no CUDA here)")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ArgumentError(
+            f"device: expected one of the {torch.cuda.device_count()} CUDA devices, got {device!r}"
+        )
+    return resolved
+
+
+class _SetUp:
+    """Whether the set-up has finished (see :func:`_unchanged_on_failure`)."""
+
+    finished = False
+
+    def done(self) -> None:
+        self.finished = True
+
+
+@contextmanager
+def _unchanged_on_failure(modules: Sequence[nn.Module]) -> Iterator[_SetUp]:
+    """Put every parameter and buffer of ``modules`` back if the block fails before ``done()``.
+
+    Values, devices and dtypes are restored in place (a parameter stays the same object,
+    so an optimiser or a param store that holds it is not cut off).
+    """
+    saved = [
+        (owner, kind, name, tensor.detach().clone())
+        for m in modules
+        for owner in m.modules()
+        for kind, table in (("param", owner._parameters), ("buffer", owner._buffers))
+        for name, tensor in table.items()
+        if tensor is not None
+    ]
+    progress = _SetUp()
+    try:
+        yield progress
+    except BaseException:
+        if not progress.finished:
+            with torch.no_grad():
+                for owner, kind, name, value in saved:
+                    if kind == "param":
+                        owner._parameters[name].data = value
+                    else:
+                        owner._buffers[name] = value
+        raise
 
 
 def _owner_modules(*fns: Callable, extra: Sequence[nn.Module] = ()) -> list[nn.Module]:
@@ -363,92 +420,101 @@ def fit(
     device = group.device
     if cuda_graph:
         check_graphable(optimizer, lr_schedule, device, group.distributed)
+    run_dir = check_run_dir(run_dir) if run_dir is not None else None
     state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
     if not isinstance(elbo, ELBO):
-        raise TypeError(f"loss: expected a pyro.infer.ELBO, got {type(elbo).__name__}")
+        raise ArgumentTypeError(f"loss: expected a pyro.infer.ELBO, got {type(elbo).__name__}")
     elbo = fast_elbo(elbo) if fast else elbo
     mods = _owner_modules(model, guide, extra=modules)
-    if state is not None and len(state["modules"]) != len(mods):
-        raise ValueError(
-            f"resume: checkpoint {resume} holds {len(state['modules'])} modules, "
-            f"expected {len(mods)} ({[type(m).__name__ for m in mods]})"
-        )
+    if state is not None:
+        kind = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr, weight_decay)
+        check_resume(state, resume, mods, data[0].shape[0], kind)
     schedule = resolve_step_kwargs(step_kwargs, model, guide)
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)
 
-    # -- set up ------------------------------------------------------------------------
-    run_dir = Path(run_dir) if run_dir is not None else None
-    pyro.set_rng_seed(seed + group.rank)
-    for m in mods:
-        m.to(device)
-    data = tuple(t.to(device) for t in data)
-    val = tuple(t.to(device) for t in val) if val is not None else None
-    batch_size = group.local_batch_size(batch_size, data[0].shape[0])  # per rank
-    batches = MiniBatches(data, batch_size, seed, transform_batch, group.rank, group.world_size)
-    sites = _discover_param_sites(elbo, model, guide, batches.first(), first_kwargs, mods)
-    params = _parameters(mods, sites)
-    if not params:
-        raise ValueError("model/guide: no parameters to fit (no modules and no pyro.param sites)")
-    opt = make_optimizer(optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph)
-    scheduler = make_scheduler(lr_schedule, opt, num_steps)
-    guard = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
-    log = TrainingLog(num_steps, device, progress, show=group.is_main)
-    stopping = EarlyStopping(patience)
-    run = RunState(mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites)
-    step = run.load_state_dict(state, seed) if state is not None else 0
-    group.broadcast_state_(mods, params)
-    trainer = TrainingStep(
-        model, guide, elbo, batch_size, opt, params, mods, group, guard,
-        parameter_names(mods, sites), clip_norm=clip_norm, fast=fast,
-        keep_buffers=on_nonfinite == "skip" or deferred, deferred=deferred, cuda_graph=cuda_graph,
-    )  # fmt: skip
-    history_dir = run_dir if group.is_main else None
-    checkpoint: Path | None = None
-
-    # -- train -------------------------------------------------------------------------
-    for m in mods:
-        m.train()
-    with trainer.running(), log.running(step):
-        while step < num_steps:
-            kwargs = evaluate_step_kwargs(schedule, step)  # before the step changes anything
-            rows, batch = batches.next()
-            step += 1
-            log.record(*trainer(step, rows, batch, kwargs))
-            if scheduler is not None:
-                scheduler.step()
-            log_now = step % log_every == 0 or step == num_steps
-            val_now = val is not None and (step % validate_every == 0 or step == num_steps)
-            save_now = run_dir is not None and (step % checkpoint_every == 0 or step == num_steps)
-            if deferred and (step % sync_every == 0 or log_now or val_now or save_now):
-                trainer.settle(batches)  # never a checkpoint after an unnoticed bad step
-            if log_now:
-                log.log(step, opt.param_groups[0]["lr"])
-            log.advance(len(guard.skipped))
-            if val_now:
-                trainer.refresh_versions()
-                v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
-                log.validation(step, v)
-                if stopping.update(v, mods) and run_dir is not None:
-                    run.save(run_dir / "best.pt", step)
-            if run_dir is not None and (save_now or stopping.stop):
-                checkpoint = run.save(run_dir / "checkpoint.pt", step)
-                log.write(history_dir)
-            if stopping.stop:
-                break
-    if restore_best:
-        stopping.restore_best(mods)
-    for m in mods:
-        m.eval()
-    log.write(history_dir)
-    skipped = guard.skipped
-    if skipped:
-        warnings.warn(
-            f"fit: skipped {len(skipped)} of {step} steps whose loss or gradient was not "
-            f"finite (steps {skipped[:10]}{' ...' if len(skipped) > 10 else ''})",
-            RuntimeWarning,
-            stacklevel=2,
+    # -- set up: a failure here leaves the modules as they were -------------------------
+    lock = RunLock(run_dir) if run_dir is not None and group.is_main else nullcontext()
+    with lock, _unchanged_on_failure(mods) as setting_up:
+        pyro.set_rng_seed(seed + group.rank)
+        for m in mods:
+            m.to(device)
+        data = tuple(t.to(device) for t in data)
+        val = tuple(t.to(device) for t in val) if val is not None else None
+        batch_size = group.local_batch_size(batch_size, data[0].shape[0])  # per rank
+        batches = MiniBatches(data, batch_size, seed, transform_batch, group.rank, group.world_size)
+        sites = _discover_param_sites(elbo, model, guide, batches.first(), first_kwargs, mods)
+        params = _parameters(mods, sites)
+        if not params:
+            raise ValueError(
+                "model/guide: no parameters to fit (no modules and no pyro.param sites)"
+            )
+        opt = make_optimizer(
+            optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph
         )
+        scheduler = make_scheduler(lr_schedule, opt, num_steps)
+        guard = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
+        log = TrainingLog(num_steps, device, progress, show=group.is_main)
+        stopping = EarlyStopping(patience, params=sites)
+        run = RunState(mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites)
+        step = run.load_state_dict(state, seed) if state is not None else 0
+        group.broadcast_state_(mods, params)
+        trainer = TrainingStep(
+            model, guide, elbo, batch_size, opt, params, mods, group, guard,
+            parameter_names(mods, sites), clip_norm=clip_norm, fast=fast,
+            keep_buffers=on_nonfinite == "skip" or deferred, deferred=deferred,
+            cuda_graph=cuda_graph,
+        )  # fmt: skip
+        history_dir = run_dir if group.is_main else None
+        checkpoint: Path | None = None
+
+        setting_up.done()  # from here a failure leaves the last good step's state
+
+        # -- train ---------------------------------------------------------------------
+        for m in mods:
+            m.train()
+        with trainer.running(), log.running(step):
+            while step < num_steps and not stopping.stop:
+                kwargs = evaluate_step_kwargs(schedule, step)  # before the step changes anything
+                rows, batch = batches.next()
+                step += 1
+                log.record(*trainer(step, rows, batch, kwargs))
+                if scheduler is not None:
+                    scheduler.step()
+                log_now = step % log_every == 0 or step == num_steps
+                val_now = val is not None and (step % validate_every == 0 or step == num_steps)
+                save_now = run_dir is not None and (
+                    step % checkpoint_every == 0 or step == num_steps
+                )
+                if deferred and (step % sync_every == 0 or log_now or val_now or save_now):
+                    trainer.settle(batches)  # never a checkpoint after an unnoticed bad step
+                if log_now:
+                    log.log(step, opt.param_groups[0]["lr"])
+                log.advance(len(guard.skipped))
+                if val_now:
+                    trainer.refresh_versions()
+                    v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
+                    log.validation(step, v)
+                    if stopping.update(v, mods) and run_dir is not None:
+                        run.save(run_dir / "best.pt", step)
+                if run_dir is not None and (save_now or stopping.stop):
+                    checkpoint = run.save(run_dir / "checkpoint.pt", step)
+                    log.write(history_dir)
+                if stopping.stop:
+                    break
+        if restore_best and val is not None:
+            stopping.restore_best(mods)
+        for m in mods:
+            m.eval()
+        log.write(history_dir)
+        skipped = guard.skipped
+        if skipped:
+            warnings.warn(
+                f"fit: skipped {len(skipped)} of {step} steps whose loss or gradient was not "
+                f"finite (steps {skipped[:10]}{' ...' if len(skipped) > 10 else ''})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return FitResult(
         history=log.history, step=step, stopped_early=stopping.stop, checkpoint=checkpoint,
         best_validation_loss=stopping.best if val is not None else None,

@@ -1,0 +1,176 @@
+"""Resume is exact with validation, and a refused resume or run directory changes nothing."""
+
+import pytest
+import torch
+
+from pyro_manifold.errors import CheckpointError, RunLockedError
+from pyro_manifold.infer import fit, load_checkpoint
+from pyro_manifold.infer.rundir import RunLock
+from pyro_manifold.models import Flow
+
+ARGS = dict(num_steps=20, batch_size=32, device="cpu", progress=False, seed=3, lr=5e-3,
+            validate_every=4, checkpoint_every=6, log_every=4)  # fmt: skip
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, generator=g) * torch.tensor([2.0, 0.5])
+    return x[:192], x[192:]
+
+
+def _flow():
+    torch.manual_seed(1)
+    return Flow(2, "realnvp", num_layers=2, hidden_dims=[8])
+
+
+def _state(flow):
+    return [t.detach().clone() for t in flow.state_dict().values()]
+
+
+class Killed(Exception):
+    pass
+
+
+def _killed_at(t_kill):
+    def hook(t):
+        if t == t_kill:
+            raise Killed
+        return {}
+
+    return hook
+
+
+@pytest.mark.parametrize("kill", [13, 9, 17])
+def test_resume_after_a_best_validation_ends_as_the_uninterrupted_run(tmp_path, kill):
+    x, val = _data()
+    flow = _flow()
+    straight = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "a",
+                   step_kwargs=lambda t: {}, **ARGS)  # fmt: skip
+    want = _state(flow)
+    flow = _flow()
+    with pytest.raises(Exception, match="step_kwargs"):  # killed before step kill + 1
+        fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "b",
+            step_kwargs=_killed_at(kill), **ARGS)  # fmt: skip
+    saved = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert saved["step"] == kill // 6 * 6 and saved["best_states"] is not None
+    flow = _flow()
+    resumed = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "b",
+                  resume=tmp_path / "b" / "checkpoint.pt", step_kwargs=lambda t: {},
+                  **ARGS)  # fmt: skip
+    for a, b in zip(_state(flow), want, strict=True):
+        assert torch.equal(a, b)
+    assert resumed.best_validation_loss == straight.best_validation_loss
+    for key in ("step", "loss", "val_step", "val_loss"):  # the logging window straddles 6, 12
+        assert resumed.history[key] == straight.history[key], key
+
+
+def test_an_early_stopped_run_resumed_stays_stopped(tmp_path):
+    x, val = _data()
+    flow = _flow()
+    args = {**ARGS, "num_steps": 200, "patience": 1, "validate_every": 2, "checkpoint_every": 2}
+    first = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path, **args)
+    assert first.stopped_early
+    again = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path,
+                resume=tmp_path / "checkpoint.pt", **args)  # fmt: skip
+    assert again.stopped_early and again.step == first.step
+
+
+def _files(run_dir):
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(flow=lambda: Flow(3, "realnvp", num_layers=2, hidden_dims=[8])), "shape"),
+        (dict(flow=lambda: Flow(2, "realnvp", num_layers=3, hidden_dims=[8])), "keys"),
+        (dict(optimizer="sgd"), "another optimizer"),
+        (dict(rows=100), "trained on 192 data rows"),
+    ],
+)
+def test_a_resume_that_does_not_fit_is_refused_before_anything_changes(tmp_path, change, match):
+    x, val = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    files = _files(tmp_path)
+    other = change.get("flow", _flow)()
+    before = _state(other)
+    data = torch.randn(change.get("rows", 192), other.data_dim)
+    args = {**ARGS, "optimizer": change.get("optimizer", "adam")}
+    with pytest.raises(CheckpointError, match=match):
+        fit(other.model, other.guide, data, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
+            **args)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(other), before, strict=True))
+    assert _files(tmp_path) == files
+
+
+def test_a_second_writer_is_refused_and_nothing_changes(tmp_path):
+    x, _ = _data()
+    flow = _flow()
+    before = _state(flow)
+    with RunLock(tmp_path):
+        files = _files(tmp_path)
+        with pytest.raises(RunLockedError, match="held by pid"):
+            fit(flow.model, flow.guide, x, run_dir=tmp_path, **ARGS)
+        assert _files(tmp_path) == files
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+
+
+def test_meta_and_missing_devices_are_refused_with_the_model_unchanged():
+    x, _ = _data()
+    flow = _flow()
+    before = _state(flow)
+    for device in ("meta", "cuda:7" if torch.cuda.is_available() else "cuda", "nonsense"):
+        with pytest.raises(ValueError, match="device: expected"):
+            fit(flow.model, flow.guide, x, **{**ARGS, "device": device})
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+
+
+class WithSite(torch.nn.Module):
+    def __init__(self, site):
+        super().__init__()
+        self.site = site
+        self.loc = torch.nn.Parameter(torch.zeros(2))
+
+    def model(self, x):
+        import pyro
+
+        pyro.module("with_site", self)
+        shift = pyro.param("shift", torch.zeros(2)) if self.site else 0.0
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", pyro.distributions.Normal(self.loc + shift, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_a_checkpoint_with_other_param_sites_is_refused_before_loading(tmp_path):
+    import pyro
+
+    x, _ = _data()
+    pyro.clear_param_store()
+    m = WithSite(site=True)
+    fit(m.model, m.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    pyro.clear_param_store()
+    other = WithSite(site=False)
+    with pytest.raises(CheckpointError, match=r"pyro.param sites \['shift'\], this run has \[\]"):
+        fit(other.model, other.guide, x, resume=tmp_path / "checkpoint.pt", **ARGS)
+    assert torch.equal(other.loc, torch.zeros(2))
+
+
+def test_a_failure_late_in_set_up_puts_the_loaded_state_back(tmp_path, monkeypatch):
+    from pyro_manifold.infer.distributed import DataParallelGroup
+
+    x, _ = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    fresh = _flow()
+    before = _state(fresh)
+
+    def broken(self, modules, params):
+        raise RuntimeError("broadcast failed")
+
+    monkeypatch.setattr(DataParallelGroup, "broadcast_state_", broken)
+    with pytest.raises(RuntimeError, match="broadcast failed"):  # after the checkpoint loaded
+        fit(fresh.model, fresh.guide, x, resume=tmp_path / "checkpoint.pt", **ARGS)
+    assert all(torch.equal(a, b) for a, b in zip(_state(fresh), before, strict=True))
