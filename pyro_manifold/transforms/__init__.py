@@ -16,6 +16,14 @@ from pyro_manifold.transforms.conformal import (
     conditional_conformal_embedding,
     conformal_embedding,
 )
+from pyro_manifold.transforms.flow_stack import (
+    DEFAULT_FLOW,
+    FLOWS,
+    FlowFactory,
+    StackedFlows,
+    check_flow,
+    flow_stack,
+)
 from pyro_manifold.transforms.gaussian_nif import GaussianNIF
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
@@ -30,8 +38,27 @@ from pyro_manifold.transforms.pcp_map import (
     conditional_pcp_map,
 )
 from pyro_manifold.transforms.permutation import Reverse
+from pyro_manifold.transforms.splines import (
+    ConditionalSplineCoupling,
+    FreshSplineAutoregressive,
+    conditional_spline_coupling,
+    spline_param_dims,
+)
+from pyro_manifold.transforms.zuko_adapter import ConditionalZukoTransform, ZukoTransform
 
 __all__ = [
+    "DEFAULT_FLOW",
+    "FLOWS",
+    "ConditionalSplineCoupling",
+    "ConditionalZukoTransform",
+    "FlowFactory",
+    "FreshSplineAutoregressive",
+    "StackedFlows",
+    "ZukoTransform",
+    "check_flow",
+    "conditional_spline_coupling",
+    "flow_stack",
+    "spline_param_dims",
     "AffineCoupling",
     "ConditionalAffineCoupling",
     "ConditionalConformalEmbedding",
