@@ -77,6 +77,7 @@ class Flow(PyroModule):
         batch_norm: bool = False,
         num_bins: int = 8,
     ) -> None:
+        check_positive_int("data_dim", data_dim, minimum=2 if isinstance(flow, str) else 1)
         super().__init__()
         self.data_dim = data_dim
         self.flow = flow

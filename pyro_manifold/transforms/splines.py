@@ -88,7 +88,7 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
         return self._pass(x, forward=False)
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
-        r"""Return :math:`\sum_j \log g_j'(u_{b,j})`, shape :math:`(*)`, shared with the last pass."""
+        r"""Return :math:`\sum_j \log g_j'(u_{b,j})`, shape :math:`(*)`, as last computed."""
         cache = self._ladj_cache
         if not (
             cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache)
