@@ -22,6 +22,7 @@ from pyro_manifold.transforms import (
     DEFAULT_FLOW,
     ConditionalConformalEmbedding,
     FlowFactory,
+    Reverse,
     check_flow,
     flow_stack,
 )
@@ -184,7 +185,8 @@ class VQFlow(PyroModule):
         )
         if isinstance(flow, str):  # chart maps start close to the identity
             for layer in self.chart_flow:
-                scale_output_layer(layer.nn)
+                if not isinstance(layer, Reverse):
+                    scale_output_layer(layer.nn)
         r = min(latent_dim, data_dim - 1, 64) if num_reflections is None else num_reflections
         check_positive_int("num_reflections", r)
         placement = _ChartPlacement(self, code_dim, data_dim, r, [max(4 * code_dim, 32)])

@@ -71,7 +71,7 @@ def test_model_trains_with_fit_and_svi_and_predicts(kind, name):
     assert all(torch.isfinite(torch.tensor(losses)))
     moved = [
         p
-        for p, q in zip(params, (p for p in model.parameters() if p.requires_grad))
+        for p, q in zip(params, (p for p in model.parameters() if p.requires_grad), strict=True)
         if not torch.equal(p, q)
     ]
     assert moved, "SVI moved no parameter"
