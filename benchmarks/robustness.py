@@ -65,7 +65,7 @@ def runs():
     return {
         "Flow realnvp": (flow("realnvp"), "pinwheel", Trace_ELBO()),
         "Flow maf": (flow("maf"), "checkerboard", Trace_ELBO()),
-        "Flow spline": (flow("spline"), "two_moons", Trace_ELBO()),
+        "Flow spline": (flow("spline_coupling"), "two_moons", Trace_ELBO()),
         "NoisyInjectiveFlow": (nif, "sphere", Trace_ELBO()),
         "VariationalMixtureOfFlows K=5": (vmonf, "pinwheel", enum),
         "FlowVAE gaussian": (vae(None), "two_moons", Trace_ELBO()),

@@ -3,7 +3,7 @@ r"""The command line: ``python -m pyro_manifold {fit,evaluate,sample,demo,train-
 Examples::
 
     python -m pyro_manifold demo
-    python -m pyro_manifold fit flow --dataset pinwheel --flow spline --steps 3000
+    python -m pyro_manifold fit flow --dataset pinwheel --flow spline_coupling --steps 3000
     python -m pyro_manifold fit nif --dataset sphere --latent-dim 2 --flow realnvp --noise 0.03
     torchrun --nproc-per-node 4 -m pyro_manifold fit flow --dataset pinwheel  # data-parallel
     python -m pyro_manifold evaluate runs/flow_pinwheel
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from pyro_manifold.datasets import DATASETS
 from pyro_manifold.experiment import DEFAULT_CONFIG, MODELS
-from pyro_manifold.models import FLOWS
+from pyro_manifold.transforms import FLOWS
 
 __all__ = ["main"]
 

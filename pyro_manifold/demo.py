@@ -25,12 +25,12 @@ __all__ = ["DEMO_RUNS", "run_demo"]
 DEMO_RUNS: tuple[tuple[str, dict[str, Any], str], ...] = (
     (
         "flow_two_moons",
-        {"dataset": "two_moons", "flow": "spline", "steps": 1500},
+        {"dataset": "two_moons", "flow": "spline_coupling", "steps": 1500},
         "Neural spline flow on two moons",
     ),
     (
         "flow_pinwheel",
-        {"dataset": "pinwheel", "flow": "spline", "steps": 1500},
+        {"dataset": "pinwheel", "flow": "spline_coupling", "steps": 1500},
         "Neural spline flow on the 5-wing pinwheel",
     ),
     (

@@ -39,13 +39,14 @@ from pyro_manifold.metrics import (
     mean_manifold_distance,
     sample_in_batches,
 )
-from pyro_manifold.models import FLOWS, Flow, NoisyInjectiveFlow
+from pyro_manifold.models import Flow, NoisyInjectiveFlow
 from pyro_manifold.plotting import (
     plot_density_2d,
     plot_image_grid,
     plot_samples_3d,
     plot_training_curve,
 )
+from pyro_manifold.transforms import FLOWS, check_flow
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -67,7 +68,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "model": "flow",
     "latent_dim": None,
     "dataset": "two_moons",
-    "flow": "spline",
+    "flow": "spline_coupling",
     "layers": 4,
     "hidden": 64,
     "batch_norm": False,
@@ -94,8 +95,24 @@ def _complete(config: dict[str, Any]) -> dict[str, Any]:
     full = {**DEFAULT_CONFIG, **config}
     check_choice("model", full["model"], MODELS)
     check_choice("dataset", full["dataset"], DATASETS)
-    check_choice("flow", full["flow"], FLOWS)
+    if isinstance(full["flow"], str):
+        check_flow("flow", full["flow"])  # names the successors of a renamed choice
+    else:
+        check_choice("flow", full["flow"], FLOWS)  # a config is plain data: names only
     return full
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.json``; runs saved before the flow names were split load too.
+
+    ``"spline"`` was the spline coupling for every model a run builds (a
+    :class:`~pyro_manifold.models.Flow` or a NIF's top flow), now ``"spline_coupling"``,
+    with the same layers and state-dict keys; new configs must use the new name.
+    """
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.get("flow") == "spline":
+        config["flow"] = "spline_coupling"
+    return _complete(config)
 
 
 def _is_mnist(config: dict[str, Any]) -> bool:
@@ -148,7 +165,8 @@ def build_model(config: dict[str, Any], data_dim: int) -> Flow | NoisyInjectiveF
     """
     config = _complete(config)
     hidden = config["hidden"]
-    hidden_dims = None if hidden is None else [hidden] * (1 if config["flow"] == "maf" else 2)
+    autoregressive = config["flow"] in ("maf", "spline_autoregressive")
+    hidden_dims = None if hidden is None else [hidden] * (1 if autoregressive else 2)
     if config["model"] == "flow":
         return Flow(
             data_dim,
@@ -241,7 +259,7 @@ def train_run(
 
 
 def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow | NoisyInjectiveFlow]:
-    config = _complete(json.loads((run_dir / "config.json").read_text()))
+    config = _saved_config(run_dir)
     state = load_checkpoint(run_dir / "checkpoint.pt")
     model = build_model(config, config["data_dim"])
     model.load_state_dict(state["modules"][0])

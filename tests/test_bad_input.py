@@ -1444,7 +1444,7 @@ MODELS = [
         id="Flow-num_layers-zero",
     ),
     P(
-        lambda: M.Flow(2, "spline", hidden_dims=[0]),
+        lambda: M.Flow(2, "spline_coupling", hidden_dims=[0]),
         V,
         int_at_least("hidden_dims", 1, 0),
         id="Flow-hidden_dims-zero",
@@ -1456,9 +1456,9 @@ MODELS = [
         id="Flow-hidden_dims-type",
     ),
     P(
-        lambda: M.Flow(2, "spline", num_bins=0),
+        lambda: M.Flow(2, "spline_coupling", num_bins=0),
         V,
-        int_at_least("num_bins", 1, 0),
+        int_at_least("num_bins", 2, 0),
         id="Flow-num_bins-zero",
     ),
     P(
@@ -2059,72 +2059,187 @@ MODELS = [
         int_at_least("step", 0, -1),
         id="VariationalMixtureOfFlows-step-negative",
     ),
-    # builders
+    # the flow-stack factory and the user's own flows
+    P(lambda: T.flow_stack(1), V, int_at_least("input_dim", 2, 1), id="flow_stack-input_dim-one"),
     P(
-        lambda: M.batched_flow_layers(1, 3),
-        V,
-        int_at_least("data_dim", 2, 1),
-        id="batched_flow_layers-data_dim-one",
-    ),
-    P(
-        lambda: M.batched_flow_layers(2, 0),
+        lambda: T.flow_stack(2, num_components=0),
         V,
         int_at_least("num_components", 1, 0),
-        id="batched_flow_layers-num_components-zero",
+        id="flow_stack-num_components-zero",
     ),
     P(
-        lambda: M.batched_flow_layers(2, 3, "maf", hidden_dims=[1]),
+        lambda: T.flow_stack(2, "maf", hidden_dims=[1], num_components=3),
         V,
         int_at_least("hidden_dims", 2, 1),
-        id="batched_flow_layers-hidden_dims-below-data_dim",
+        id="flow_stack-hidden_dims-below-input_dim",
     ),
     P(
-        lambda: M.batched_flow_layers(2, 3, "spline", bound=0.0),
+        lambda: T.flow_stack(2, "spline_coupling", bound=0.0, num_components=3),
         V,
         positive("bound", 0.0),
-        id="batched_flow_layers-bound-zero",
+        id="flow_stack-bound-zero",
     ),
     P(
-        lambda: M.batched_flow_layers(2, 3, "spline", num_bins=1),
+        lambda: T.flow_stack(2, "spline_coupling", num_bins=1),
         V,
         int_at_least("num_bins", 2, 1),
-        id="batched_flow_layers-num_bins-one",
+        id="flow_stack-num_bins-one",
     ),
     P(
-        lambda: M.conditional_flow_layers(1, 2, "realnvp", 2),
-        V,
-        int_at_least("input_dim", 2, 1),
-        id="conditional_flow_layers-input_dim-one",
-    ),
-    P(
-        lambda: M.conditional_flow_layers(2, 0, "realnvp", 2),
+        lambda: T.flow_stack(2, context_dim=0),
         V,
         int_at_least("context_dim", 1, 0),
-        id="conditional_flow_layers-context_dim-zero",
+        id="flow_stack-context_dim-zero",
     ),
+    P(lambda: T.flow_stack(2, "glow"), V, choice("flow", "glow"), id="flow_stack-flow-unknown"),
     P(
-        lambda: M.conditional_flow_layers(2, 2, "glow", 2),
+        lambda: T.flow_stack(2, "spline"),
         V,
-        choice("flow", "glow"),
-        id="conditional_flow_layers-flow-unknown",
+        r"flow: expected one of \[.*\] or a callable; the name \"spline\" .* split: use "
+        r"\"spline_coupling\" .* or \"spline_autoregressive\"",
+        id="flow_stack-flow-renamed",
     ),
     P(
-        lambda: M.conditional_flow_layers(2, 2, "spline", 2, [0]),
+        lambda: T.flow_stack(2, "spline_autoregressive", 2, [0], context_dim=2),
         V,
-        int_at_least("hidden_dims", 1, 0),
-        id="conditional_flow_layers-hidden_dims-zero",
+        int_at_least("hidden_dims", 2, 0),
+        id="flow_stack-hidden_dims-zero",
     ),
     P(
-        lambda: M.flow_layers(2, "maf", 0),
+        lambda: T.flow_stack(2, "maf", 0),
         V,
         int_at_least("num_layers", 1, 0),
-        id="flow_layers-num_layers-zero",
+        id="flow_stack-num_layers-zero",
     ),
     P(
-        lambda: M.flow_layers(2, "spline", 2, [-8]),
+        lambda: T.flow_stack(2, 3),
+        TE,
+        r"flow: expected one of \[.*\] or a callable returning Pyro TransformModules, got int",
+        id="flow_stack-flow-type",
+    ),
+    P(
+        lambda: T.flow_stack(2, T.affine_coupling(2)),
+        TE,
+        r"flow: .* got AffineCoupling; pass a function that builds it",
+        id="flow_stack-flow-instance",
+    ),
+    P(
+        lambda: T.flow_stack(2, lambda d: nn.Linear(d, d)),
+        TE,
+        r"flow: expected flow\(2\) to return Pyro TransformModules \(the model has no "
+        r"context\), got Linear at position 0",
+        id="flow_stack-flow-returns-module",
+    ),
+    P(
+        lambda: T.flow_stack(2, lambda d: []),
         V,
-        int_at_least("hidden_dims", 1, -8),
-        id="flow_layers-hidden_dims-negative",
+        r"flow: expected flow\(2\) to return at least one layer, got none",
+        id="flow_stack-flow-returns-nothing",
+    ),
+    P(
+        lambda: T.flow_stack(2, lambda d: [T.Reverse(), T.affine_coupling(3, [8])]),
+        V,
+        r"flow: expected the layers of flow\(2\) to act on tensors of shape \(\*, 2\), but "
+        r"layer 1 \(AffineCoupling\), inverted on zeros of shape \(2, 2\): ArgumentError: x: "
+        r"expected .*3",
+        id="flow_stack-flow-wrong-dim",
+    ),
+    P(
+        lambda: T.flow_stack(2, lambda d, c: T.affine_coupling(d, [8]), context_dim=3),
+        TE,
+        r"flow: expected flow\(2, 3\) to return Pyro ConditionalTransformModules \(the model "
+        r"conditions on a context\), got AffineCoupling",
+        id="flow_stack-flow-not-conditional",
+    ),
+    P(
+        lambda: T.flow_stack(2, num_components=2, context_dim=2),
+        V,
+        r"num_components: expected None with context_dim=2 \(a stack is conditional or "
+        r"batched, not both\), got 2",
+        id="flow_stack-num_components-with-context_dim",
+    ),
+    P(
+        lambda: T.flow_stack(2, num_components=2, batch_norm=True),
+        V,
+        r"batch_norm: only between the layers of a plain named stack",
+        id="flow_stack-batch_norm-batched",
+    ),
+    P(
+        lambda: T.check_flow("top_flow", None),
+        TE,
+        r"top_flow: expected one of",
+        id="check_flow-type",
+    ),
+    P(
+        lambda: T.StackedFlows([]),
+        V,
+        r"flows: expected at least one flow, got none",
+        id="StackedFlows-flows-empty",
+    ),
+    P(
+        OnTarget(
+            lambda: T.StackedFlows([[T.affine_coupling(2, [4])]] * 2),
+            lambda t: t(torch.zeros(4, 3, 2)),
+        ),
+        V,
+        r"u: expected shape \(\*, 2, D\) or \(\*, 1, D\), got \(4, 3, 2\)",
+        id="StackedFlows-u-components",
+    ),
+    P(
+        lambda: T.ZukoTransform(3),
+        TE,
+        r"flow: expected a zuko Flow or LazyTransform .*, got int",
+        id="ZukoTransform-flow-type",
+    ),
+    P(
+        lambda: T.ConditionalZukoTransform(nn.Linear),
+        TE,
+        r"flow: expected a zuko Flow or LazyTransform .*, got type",
+        id="ConditionalZukoTransform-flow-type",
+    ),
+    P(
+        lambda: T.ConditionalSplineCoupling(2, 2, ConditionalDenseNN(2, 1, [4], [8])),
+        V,
+        r"split_dim: expected an int in \[1, 1\], got 2",
+        id="ConditionalSplineCoupling-split_dim-too-large",
+    ),
+    P(
+        lambda: T.conditional_spline_coupling(1, 2),
+        V,
+        int_at_least("input_dim", 2, 1),
+        id="conditional_spline_coupling-input_dim-one",
+    ),
+    P(
+        lambda: T.spline_param_dims(1),
+        V,
+        int_at_least("count_bins", 2, 1),
+        id="spline_param_dims-count_bins-one",
+    ),
+    P(lambda: M.Flow(2, "spline"), V, r"flow: .*\"spline_coupling\"", id="Flow-flow-renamed"),
+    P(
+        lambda: M.NoisyInjectiveFlow(3, 1, top_flow=lambda d: T.affine_coupling(2, [4])),
+        V,
+        r"top_flow: expected the layers of top_flow\(3\) to act on tensors of shape \(\*, 3\)",
+        id="NoisyInjectiveFlow-top_flow-wrong-dim",
+    ),
+    P(
+        lambda: M.VariationalMixtureOfFlows(2, 2, flow=lambda d: nn.Linear(d, d)),
+        TE,
+        r"flow: expected flow\(2\) to return Pyro TransformModules",
+        id="VariationalMixtureOfFlows-flow-returns-module",
+    ),
+    P(
+        lambda: M.VQFlow(3, 2, flow=lambda d, c: T.affine_coupling(d, [4])),
+        TE,
+        r"flow: expected flow\(3, 3\) to return Pyro ConditionalTransformModules",
+        id="VQFlow-flow-not-conditional",
+    ),
+    P(
+        lambda: M.FlowVAE(2, 4, encoder_flow=3),
+        TE,
+        r"encoder_flow: expected None, one of \['iaf', 'pcp'\] or a callable returning Pyro "
+        r"ConditionalTransformModules, got int",
+        id="FlowVAE-encoder_flow-type",
     ),
 ]
 
@@ -2507,8 +2622,10 @@ TABLE = TRANSFORMS + DISTRIBUTIONS + MODELS + NETWORKS
 NOT_APPLICABLE = {
     "PCPMapInverseError": "an exception type",
     "Atlas": "a typing.Protocol",
-    "CHART_FLOWS": "a constant",
+    "DEFAULT_FLOW": "a constant",
     "FLOWS": "a constant",
+    "FlowFactory": "a type alias",
+    "FreshSplineAutoregressive": "Pyro's SplineAutoregressive (its constructor) with our cache",
 }
 
 

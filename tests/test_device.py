@@ -191,7 +191,8 @@ def _cases() -> dict[str, Case]:
         "flow-maf": Case(lambda d: Flow(2, "maf", batch_norm=True, **flow), _moons,
                          generate=(None, 5)),
         "flow-realnvp": Case(lambda d: Flow(2, "realnvp", **flow), _moons, generate=(None, 5)),
-        "flow-spline": Case(lambda d: Flow(2, "spline", **flow), _moons, generate=(None, 5)),
+        "flow-spline": Case(lambda d: Flow(2, "spline_coupling", **flow), _moons,
+                            generate=(None, 5)),
         "nif-maf": Case(lambda d: NoisyInjectiveFlow(3, 2, top_flow="maf", **nif), _sphere,
                         generate=(None, 5)),
         "nif-realnvp-prior-flow": Case(
@@ -200,7 +201,8 @@ def _cases() -> dict[str, Case]:
             _sphere, score=_nif_prior_of_code, evaluate=_nif_importance, generate=(None, 5),
         ),
         "nif-spline-mixture-prior": Case(
-            lambda d: NoisyInjectiveFlow(3, 2, top_flow="spline", prior_components=2, **nif),
+            lambda d: NoisyInjectiveFlow(3, 2, top_flow="spline_coupling", prior_components=2,
+                                         **nif),
             _sphere, generate=(None, 5),
         ),
         "vmonf-unsupervised": Case(

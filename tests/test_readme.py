@@ -3,18 +3,32 @@
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_example_runs():
-    text = README.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1
-    assert len(blocks[0].strip().splitlines()) <= 30
+def _blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _run(block):
+    assert len(block.strip().splitlines()) <= 30
     namespace: dict = {}
-    exec(compile(blocks[0], str(README), "exec"), namespace)
+    exec(compile(block, str(README), "exec"), namespace)
     history = namespace["result"].history["loss"]
     assert history[-1] < history[0]
+
+
+def test_readme_example_runs():
+    blocks = _blocks()
+    assert len(blocks) == 2
+    _run(blocks[0])
+
+
+def test_readme_bring_your_own_flow_runs():
+    pytest.importorskip("zuko")
+    _run(_blocks()[1])
 
 
 def test_readme_has_exactly_the_two_setup_commands():

@@ -54,12 +54,12 @@ results = {}
 for data_name, make in datasets.items():
     train = make(n, seed=0).data
     test = make(max(n // 5, 100), seed=1).data
-    for kind in ("maf", "realnvp", "spline"):
+    for kind in ("maf", "realnvp", "spline_coupling"):
         torch.manual_seed(0)
         flow = Flow(
             2,
             kind,
-            num_layers=5 if kind != "spline" else 3,
+            num_layers=5 if kind != "spline_coupling" else 3,
             hidden_dims=[64, 64] if kind != "maf" else [64],
         )
         history = fit(

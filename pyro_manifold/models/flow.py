@@ -5,55 +5,14 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.distributions.transforms import BatchNorm
 from pyro.nn import PyroModule
-from torch import Tensor, nn
+from torch import Tensor
 
-from pyro_manifold._validation import check_choice, check_input, check_positive_int, check_widths
+from pyro_manifold._validation import check_input, check_positive_int
 from pyro_manifold.models._registration import register_parameters
-from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
-from pyro_manifold.transforms._spline_coupling import fresh_spline_coupling
+from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, flow_stack
 
-__all__ = ["FLOWS", "Flow", "flow_layers"]
-
-FLOWS = ("maf", "realnvp", "spline")
-
-
-def flow_layers(
-    data_dim: int,
-    flow: str,
-    num_layers: int,
-    hidden_dims: list[int] | None = None,
-    batch_norm: bool = False,
-    num_bins: int = 8,
-) -> list[nn.Module]:
-    r"""The layers of a flow on :math:`\mathbb R^D`, ordered base to data (see :class:`Flow`).
-
-    Example:
-        >>> [type(t).__name__ for t in flow_layers(3, "realnvp", 2, batch_norm=True)]
-        ['AffineCoupling', 'BatchNorm', 'AffineCoupling']
-    """
-    check_positive_int("data_dim", data_dim, minimum=2)
-    check_choice("flow", flow, FLOWS)
-    check_positive_int("num_layers", num_layers)
-    check_positive_int("num_bins", num_bins)
-    if hidden_dims is not None:
-        hidden_dims = check_widths("hidden_dims", hidden_dims)
-    reverse = torch.arange(data_dim - 1, -1, -1)
-    layers: list[nn.Module] = []
-    for i in range(num_layers):
-        if i > 0 and batch_norm:
-            layers.append(BatchNorm(data_dim))
-        if flow == "maf":
-            order = reverse if i % 2 else torch.arange(data_dim)
-            layers.append(masked_autoregressive(data_dim, hidden_dims, permutation=order))
-        elif flow == "realnvp":
-            layers.append(affine_coupling(data_dim, hidden_dims, reverse=bool(i % 2)))
-        else:
-            if i > 0:
-                layers.append(Reverse())
-            layers.append(fresh_spline_coupling(data_dim, hidden_dims, count_bins=num_bins))
-    return layers
+__all__ = ["Flow"]
 
 
 class Flow(PyroModule):
@@ -68,15 +27,12 @@ class Flow(PyroModule):
     ``guide(x)`` is empty (there are no latent sites), so any Pyro ELBO equals
     :math:`-\sum_n \log p(x_n)` and training maximises the likelihood.
 
-    Layers (``flow``):
-
-    * ``"maf"``: :class:`~pyro_manifold.transforms.MaskedAutoregressive` in the MAF
-      direction, so scoring data is one pass per layer and sampling is sequential; the
-      autoregressive order is reversed between layers.
-    * ``"realnvp"``: :class:`~pyro_manifold.transforms.AffineCoupling`, alternating
-      the kept half; both directions are one pass.
-    * ``"spline"``: Pyro's rational-quadratic spline couplings (Durkan et al. 2019)
-      with the coordinates reversed between layers.
+    Layers (``flow``): built by :func:`~pyro_manifold.transforms.flow_stack`, one of
+    ``"realnvp"`` (the default; both directions one pass), ``"maf"`` (scoring one pass,
+    sampling sequential), ``"spline_coupling"`` (both one pass) or
+    ``"spline_autoregressive"`` (sampling one pass, scoring sequential); or your own
+    flow, a callable ``flow(D)`` returning Pyro ``TransformModule`` s (e.g. a zuko flow in
+    :class:`~pyro_manifold.transforms.ZukoTransform`), base to data.
 
     ``batch_norm=True`` puts Pyro's :class:`~pyro.distributions.transforms.BatchNorm`
     between layers (as in the MAF paper); it uses batch statistics in training mode, so
@@ -84,11 +40,11 @@ class Flow(PyroModule):
 
     Args:
         data_dim: :math:`D`, at least 2.
-        flow: one of ``"maf"``, ``"realnvp"``, ``"spline"``.
-        num_layers: number of flow layers :math:`L`.
+        flow: a name of :data:`~pyro_manifold.transforms.FLOWS` or a callable (see above).
+        num_layers: number of flow layers :math:`L` (named flows).
         hidden_dims: hidden widths of each layer's network (default depends on ``D``).
-        batch_norm: insert batch normalisation between layers.
-        num_bins: spline bins (``flow="spline"`` only).
+        batch_norm: insert batch normalisation between layers (named flows).
+        num_bins: spline bins (spline flows only).
 
     Example:
         >>> flow = Flow(2, "realnvp", num_layers=2)
@@ -97,6 +53,10 @@ class Flow(PyroModule):
         torch.Size([10])
         >>> flow.sample(3).shape
         torch.Size([3, 2])
+        >>> from pyro_manifold.transforms import affine_coupling
+        >>> own = Flow(2, lambda d: [affine_coupling(d, [8]), affine_coupling(d, [8], True)])
+        >>> own.log_prob(x).shape
+        torch.Size([10])
 
     References:
         Masked Autoregressive Flow for Density Estimation. George Papamakarios, Theo
@@ -110,17 +70,18 @@ class Flow(PyroModule):
     def __init__(
         self,
         data_dim: int,
-        flow: str = "maf",
+        flow: str | FlowFactory = DEFAULT_FLOW,
         num_layers: int = 5,
         hidden_dims: list[int] | None = None,
         batch_norm: bool = False,
         num_bins: int = 8,
     ) -> None:
+        check_positive_int("data_dim", data_dim, minimum=2 if isinstance(flow, str) else 1)
         super().__init__()
         self.data_dim = data_dim
         self.flow = flow
-        self.layers = nn.ModuleList(
-            flow_layers(data_dim, flow, num_layers, hidden_dims, batch_norm, num_bins)
+        self.layers = flow_stack(
+            data_dim, flow, num_layers, hidden_dims, batch_norm=batch_norm, num_bins=num_bins
         )
         self.register_buffer("base_loc", torch.zeros(data_dim))
         self.register_buffer("base_scale", torch.ones(data_dim))

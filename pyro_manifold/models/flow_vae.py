@@ -26,6 +26,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.models._registration import register_parameters
+from pyro_manifold.transforms import FlowFactory, flow_stack
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
 __all__ = ["ENCODER_FLOWS", "LIKELIHOODS", "FlowVAE"]
@@ -66,7 +67,12 @@ class FlowVAE(PyroModule):
       (one network pass per layer; the autoregressive order alternates between layers);
     * ``"pcp"``: :class:`~pyro_manifold.transforms.ConditionalPCPMap` layers,
       :math:`z_k = \nabla_z G_k(z_{k-1}, h)` with :math:`G_k` convex in :math:`z`
-      (one pass per layer plus an exact :math:`O(L^3)` Hessian log-determinant).
+      (one pass per layer plus an exact :math:`O(L^3)` Hessian log-determinant);
+    * your own flow: a callable ``encoder_flow(L, C)`` returning Pyro
+      ``ConditionalTransformModule`` s on :math:`(*, L)` conditioned on :math:`h` of
+      size :math:`C` (e.g. a conditional zuko flow in
+      :class:`~pyro_manifold.transforms.ConditionalZukoTransform`), base to latent; see
+      :func:`~pyro_manifold.transforms.flow_stack`.
 
     Sampling in the guide uses ``rsample`` (reparameterised), and every guide call
     builds fresh conditioned transforms, so nothing is replayed from a previous step's
@@ -100,8 +106,8 @@ class FlowVAE(PyroModule):
     Args:
         latent_dim: :math:`L \ge 1`.
         data_dim: :math:`D` (784 for MNIST).
-        encoder_flow: ``None``, ``"iaf"`` or ``"pcp"``.
-        num_flows: the number of flow layers :math:`K` (ignored for ``None``).
+        encoder_flow: ``None``, ``"iaf"``, ``"pcp"`` or a callable (see above).
+        num_flows: the number of flow layers :math:`K` (``"iaf"`` and ``"pcp"``).
         hidden_dims: hidden widths of both MLPs (encoder and decoder mirrored).
         encoder_hidden_dims: encoder widths, overriding ``hidden_dims``.
         decoder_hidden_dims: decoder widths, overriding ``hidden_dims``; ``[]`` makes
@@ -138,7 +144,7 @@ class FlowVAE(PyroModule):
         self,
         latent_dim: int,
         data_dim: int = 784,
-        encoder_flow: str | None = None,
+        encoder_flow: str | FlowFactory | None = None,
         num_flows: int = 2,
         hidden_dims: list[int] | tuple[int, ...] = (300, 300),
         *,
@@ -154,8 +160,15 @@ class FlowVAE(PyroModule):
         super().__init__()
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.data_dim = check_positive_int("data_dim", data_dim)
-        if encoder_flow is not None:
+        if isinstance(encoder_flow, str):
             check_choice("encoder_flow", encoder_flow, ENCODER_FLOWS)
+        elif encoder_flow is not None and (
+            isinstance(encoder_flow, nn.Module) or not callable(encoder_flow)
+        ):
+            raise TypeError(
+                f"encoder_flow: expected None, one of {sorted(ENCODER_FLOWS)} or a callable "
+                f"returning Pyro ConditionalTransformModules, got {type(encoder_flow).__name__}"
+            )
         self.encoder_flow = encoder_flow
         self.num_flows = check_positive_int("num_flows", num_flows)
         hidden = check_widths("hidden_dims", hidden_dims)
@@ -191,7 +204,11 @@ class FlowVAE(PyroModule):
             self.decoder_scale_raw = nn.Parameter(torch.full((data_dim,), raw))
 
         self.flows = nn.ModuleList()
-        if encoder_flow is not None:
+        if callable(encoder_flow):
+            self.flows = flow_stack(
+                latent_dim, encoder_flow, context_dim=self.context_dim, name="encoder_flow"
+            )
+        elif encoder_flow is not None:
             default = [max(4 * latent_dim, 32)] * 2
             flow_hidden = (
                 default

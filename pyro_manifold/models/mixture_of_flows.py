@@ -18,7 +18,8 @@ enumerating the guide's :math:`k` in parallel:
         \bigl[\log p_k(x) + \log \pi_k - \log q_\phi(k \mid x)\bigr] \le \log p(x).
 
 The :math:`K` flows are one batched computation (the networks of
-:mod:`pyro_manifold.nn.batched` inside the ordinary transforms), held as a
+:mod:`pyro_manifold.nn.batched` inside the ordinary transforms, built by
+:func:`~pyro_manifold.transforms.flow_stack`), held as a
 :class:`~pyro_manifold.distributions.MixtureOfFlows`.
 """
 
@@ -45,111 +46,11 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
 from pyro_manifold.models._registration import register_parameters
-from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
-from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
-from pyro_manifold.transforms._spline_coupling import FreshSplineCoupling
+from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
 
-__all__ = [
-    "MIXTURE_FLOWS",
-    "MIXTURE_PRIORS",
-    "VariationalMixtureOfFlows",
-    "batched_flow_layers",
-]
+__all__ = ["MIXTURE_PRIORS", "VariationalMixtureOfFlows"]
 
-MIXTURE_FLOWS = ("maf", "realnvp", "spline")
 MIXTURE_PRIORS = ("learned", "responsibilities", "uniform")
-
-
-def _default_hidden(data_dim: int, flow: str) -> list[int]:
-    if flow == "maf":
-        return [max(10 * data_dim, 32)] if data_dim < 100 else [1024]
-    return [max(10 * data_dim, 64)] * 2 if data_dim < 100 else [1024, 1024]
-
-
-def batched_flow_layers(
-    data_dim: int,
-    num_components: int,
-    flow: str = "realnvp",
-    num_layers: int = 4,
-    hidden_dims: Sequence[int] | None = None,
-    num_bins: int = 8,
-    bound: float = 3.0,
-) -> nn.ModuleList:
-    r"""Build the layers of :math:`K` flows that act on :math:`(*, K, D)` tensors in one pass.
-
-    Layer :math:`l` of component :math:`k` is the layer a single flow of the same kind
-    would have, with its own weights (stacked on the leading dimension of each batched
-    network):
-
-    * ``"realnvp"``: :class:`~pyro_manifold.transforms.AffineCoupling` keeping half the
-      coordinates, alternating halves; both directions are one pass.
-    * ``"maf"``: :class:`~pyro_manifold.transforms.MaskedAutoregressive`, order reversed
-      between layers; scoring is one pass, sampling is sequential (:math:`D` passes).
-    * ``"spline"``: Pyro's :class:`~pyro.distributions.transforms.SplineCoupling` with a
-      batched hypernetwork and an identity kept half (Pyro's unconditional spline on the
-      kept half would be shared by the :math:`K` components), with
-      :class:`~pyro_manifold.transforms.Reverse` between layers; both directions are one
-      pass; identity outside :math:`[-\text{bound}, \text{bound}]`.
-
-    Args:
-        data_dim: :math:`D`, at least 2.
-        num_components: :math:`K`.
-        flow: ``"realnvp"``, ``"maf"`` or ``"spline"``.
-        num_layers: layers per component.
-        hidden_dims: hidden widths of each layer's network; by default those of the
-            single-flow helpers (:func:`~pyro_manifold.transforms.affine_coupling`,
-            :func:`~pyro_manifold.transforms.masked_autoregressive`).
-        num_bins: spline bins (``"spline"`` only).
-        bound: spline interval half-width (``"spline"`` only).
-
-    Returns:
-        An :class:`~torch.nn.ModuleList` of ``TransformModule`` s, base to data.
-
-    Example:
-        >>> layers = batched_flow_layers(2, num_components=3, flow="realnvp", num_layers=2)
-        >>> u = torch.randn(5, 3, 2)
-        >>> x = layers[1](layers[0](u))
-        >>> torch.allclose(layers[0].inv(layers[1].inv(x.clone())), u, atol=1e-5)
-        True
-    """
-    data_dim = check_positive_int("data_dim", data_dim, minimum=2)
-    check_positive_int("num_components", num_components)
-    check_choice("flow", flow, MIXTURE_FLOWS)
-    check_positive_int("num_layers", num_layers)
-    check_positive_int("num_bins", num_bins, minimum=2)
-    bound = check_positive("bound", bound)
-    hidden = _default_hidden(data_dim, flow) if hidden_dims is None else hidden_dims
-    hidden = check_widths("hidden_dims", hidden, minimum=data_dim if flow == "maf" else 1)
-    k_, d = num_components, data_dim
-    layers: list[nn.Module] = []
-    for i in range(num_layers):
-        if flow == "realnvp":
-            reverse = bool(i % 2)
-            kept = d // 2 if not reverse else d - d // 2
-            net = BatchedDenseNN(k_, kept, hidden, param_dims=[d - kept, d - kept])
-            layers.append(AffineCoupling(kept, net, reverse=reverse))
-        elif flow == "maf":
-            order = torch.arange(d - 1, -1, -1) if i % 2 else torch.arange(d)
-            layers.append(
-                MaskedAutoregressive(BatchedAutoRegressiveNN(k_, d, hidden, permutation=order))
-            )
-        else:
-            if i > 0:
-                layers.append(Reverse())
-            split = d // 2
-            m = d - split
-            net = BatchedDenseNN(
-                k_,
-                split,
-                hidden,
-                param_dims=[m * num_bins, m * num_bins, m * (num_bins - 1), m * num_bins],
-            )
-            layer = FreshSplineCoupling(
-                d, split, net, count_bins=num_bins, bound=bound, identity=True
-            )
-            layer.lower_spline = None  # never used with identity=True; not shared by the K flows
-            layers.append(layer)
-    return nn.ModuleList(layers)
 
 
 class _MixtureWeights(nn.Module):
@@ -217,15 +118,21 @@ class VariationalMixtureOfFlows(PyroModule):
     by the labels when there are some), and :meth:`fit_encoder` then fits :math:`q(k|x)` to
     that partition.
 
-    Cost. The :math:`K` components run as one batched flow: scoring :math:`N` points
-    costs one pass of :math:`K`-stacked networks over :math:`(N, K, D)` tensors.
+    Cost. The :math:`K` components of a named flow run as one batched flow: scoring
+    :math:`N` points costs one pass of :math:`K`-stacked networks over :math:`(N, K, D)`
+    tensors, about one wide flow's time. Your own flow (a callable) is built :math:`K`
+    times and the :math:`K` flows run one after another
+    (:class:`~pyro_manifold.transforms.StackedFlows`): :math:`K` times one flow's time.
 
     Args:
         data_dim: :math:`D`, at least 2.
         num_components: :math:`K \ge 1`.
-        flow: ``"realnvp"``, ``"maf"`` or ``"spline"`` (see :func:`batched_flow_layers`).
-        num_layers: layers per component flow.
-        hidden_dims: hidden widths of each flow layer's network.
+        flow: a name of :data:`~pyro_manifold.transforms.FLOWS` (see
+            :func:`~pyro_manifold.transforms.flow_stack`; ``"spline_coupling"`` keeps the
+            kept half fixed), or your own flow: a callable ``flow(D)`` returning Pyro
+            ``TransformModule`` s on :math:`(*, D)`, called :math:`K` times (see Cost).
+        num_layers: layers per component flow (named flows).
+        hidden_dims: hidden widths of each flow layer's network (named flows).
         encoder_hidden_dims: hidden widths of the encoder :math:`g` (default
             ``[max(10 D, 64)] * 2``, ``[512, 512]`` for :math:`D \ge 100`).
         prior: ``"uniform"``, ``"learned"`` or ``"responsibilities"``.
@@ -234,7 +141,7 @@ class VariationalMixtureOfFlows(PyroModule):
         temperature_decay: :math:`\gamma \in (0, 1]` per step (1 keeps :math:`T_0`).
         label_weight: :math:`\alpha \ge 0`, weight of :math:`\log q(y|x)` per labelled point.
         prior_momentum: moving-average rate of ``prior="responsibilities"``, in (0, 1].
-        num_bins: spline bins (``flow="spline"``).
+        num_bins: spline bins (spline flows).
 
     Example:
         >>> from pyro.infer import TraceEnum_ELBO
@@ -261,7 +168,7 @@ class VariationalMixtureOfFlows(PyroModule):
         self,
         data_dim: int,
         num_components: int,
-        flow: str = "realnvp",
+        flow: str | FlowFactory = DEFAULT_FLOW,
         num_layers: int = 4,
         hidden_dims: Sequence[int] | None = None,
         encoder_hidden_dims: Sequence[int] | None = None,
@@ -276,7 +183,7 @@ class VariationalMixtureOfFlows(PyroModule):
         super().__init__()
         self.data_dim = check_positive_int("data_dim", data_dim, minimum=2)
         self.num_components = check_positive_int("num_components", num_components)
-        self.flow = check_choice("flow", flow, MIXTURE_FLOWS)
+        self.flow = check_flow("flow", flow)
         self.prior = check_choice("prior", prior, MIXTURE_PRIORS)
         self.initial_temperature = check_positive("initial_temperature", initial_temperature)
         self.final_temperature = check_positive("final_temperature", final_temperature)
@@ -289,8 +196,13 @@ class VariationalMixtureOfFlows(PyroModule):
         if momentum == 0:
             raise ValueError("prior_momentum: expected a number in (0, 1], got 0.0")
         self.prior_momentum = momentum
-        self.layers = batched_flow_layers(
-            data_dim, num_components, flow, num_layers, hidden_dims, num_bins
+        self.layers = flow_stack(
+            data_dim,
+            flow,
+            num_layers,
+            hidden_dims,
+            num_components=num_components,
+            num_bins=num_bins,
         )
         if encoder_hidden_dims is None:
             encoder_hidden_dims = [max(10 * data_dim, 64)] * 2 if data_dim < 100 else [512, 512]

@@ -12,7 +12,6 @@ from pyro.nn import PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._validation import (
-    check_choice,
     check_finite,
     check_input,
     check_positive,
@@ -20,8 +19,7 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.models._mixture_prior import GaussianMixturePrior
 from pyro_manifold.models._registration import register_parameters
-from pyro_manifold.models.flow import FLOWS, flow_layers
-from pyro_manifold.transforms import GaussianNIF
+from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, GaussianNIF, check_flow, flow_stack
 
 if TYPE_CHECKING:
     from pyro_manifold.infer import FitResult
@@ -62,11 +60,14 @@ class NoisyInjectiveFlow(PyroModule):
     Args:
         data_dim: :math:`D`.
         latent_dim: :math:`d < D`.
-        top_flow: ``"maf"``, ``"realnvp"``, ``"spline"`` or ``None`` (no top flow).
+        top_flow: a name of :data:`~pyro_manifold.transforms.FLOWS`, your own flow (a
+            callable ``top_flow(D)`` returning Pyro ``TransformModule`` s, see
+            :func:`~pyro_manifold.transforms.flow_stack`) or ``None`` (no top flow).
         top_layers: layers of the top flow.
         top_hidden_dims: hidden widths of the top flow's networks.
-        prior_flow: ``None`` (unit-normal prior) or a flow kind for :math:`g`
-            (needs :math:`d \geq 2`).
+        prior_flow: ``None`` (unit-normal prior), a name of
+            :data:`~pyro_manifold.transforms.FLOWS` or a callable ``prior_flow(d)``, for
+            :math:`g` (a named family needs :math:`d \geq 2`).
         prior_layers: layers of the prior flow.
         prior_hidden_dims: hidden widths of the prior flow's networks.
         prior_components: ``None``, or the number :math:`K` of components of a
@@ -93,10 +94,10 @@ class NoisyInjectiveFlow(PyroModule):
         data_dim: int,
         latent_dim: int,
         *,
-        top_flow: str | None = "maf",
+        top_flow: str | FlowFactory | None = DEFAULT_FLOW,
         top_layers: int = 5,
         top_hidden_dims: list[int] | None = None,
-        prior_flow: str | None = None,
+        prior_flow: str | FlowFactory | None = None,
         prior_layers: int = 3,
         prior_hidden_dims: list[int] | None = None,
         prior_components: int | None = None,
@@ -106,10 +107,10 @@ class NoisyInjectiveFlow(PyroModule):
         init_noise_scale: float = 0.1,
     ) -> None:
         if top_flow is not None:
-            check_choice("top_flow", top_flow, FLOWS)
+            check_flow("top_flow", top_flow)
         check_positive_int("top_layers", top_layers)
         if prior_flow is not None:
-            check_choice("prior_flow", prior_flow, FLOWS)
+            check_flow("prior_flow", prior_flow)
         check_positive_int("prior_layers", prior_layers)
         if prior_components is not None:
             check_positive_int("prior_components", prior_components)
@@ -127,17 +128,24 @@ class NoisyInjectiveFlow(PyroModule):
             init_noise_scale=init_noise_scale,
         )
         self.data_dim, self.latent_dim = data_dim, latent_dim
-        self.top_layers = nn.ModuleList(
-            flow_layers(data_dim, top_flow, top_layers, top_hidden_dims, batch_norm)
+        self.top_layers = (
+            flow_stack(
+                data_dim,
+                top_flow,
+                top_layers,
+                top_hidden_dims,
+                batch_norm=batch_norm,
+                name="top_flow",
+            )
             if top_flow is not None
-            else []
+            else nn.ModuleList()
         )
-        if prior_flow is not None and latent_dim < 2:
+        if isinstance(prior_flow, str) and latent_dim < 2:
             raise ValueError(f"prior_flow: needs latent_dim >= 2, got latent_dim={latent_dim}")
-        self.prior_layers = nn.ModuleList(
-            flow_layers(latent_dim, prior_flow, prior_layers, prior_hidden_dims, False)
+        self.prior_layers = (
+            flow_stack(latent_dim, prior_flow, prior_layers, prior_hidden_dims, name="prior_flow")
             if prior_flow is not None
-            else []
+            else nn.ModuleList()
         )
         self.prior_mixture = (
             None if prior_components is None else GaussianMixturePrior(latent_dim, prior_components)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyro
 import torch
-from pyro.distributions.transforms import conditional_spline_autoregressive
 from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
@@ -20,64 +19,17 @@ from pyro_manifold.models._registration import parameters_registered, register_p
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
 from pyro_manifold.nn import scale_output_layer
 from pyro_manifold.transforms import (
+    DEFAULT_FLOW,
     ConditionalConformalEmbedding,
-    conditional_affine_coupling,
-    conditional_masked_autoregressive,
+    FlowFactory,
+    Reverse,
+    check_flow,
+    flow_stack,
 )
 
-__all__ = ["CHART_FLOWS", "VQFlow", "conditional_flow_layers"]
+__all__ = ["VQFlow"]
 
-CHART_FLOWS = ("maf", "realnvp", "spline")
 STAGES = ("atlas", "flows")
-
-
-def conditional_flow_layers(
-    input_dim: int,
-    context_dim: int,
-    flow: str,
-    num_layers: int,
-    hidden_dims: list[int] | None = None,
-) -> list[nn.Module]:
-    r"""Conditional flow layers on :math:`\mathbb R^d`, ordered base to data.
-
-    ``"realnvp"``: :class:`~pyro_manifold.transforms.ConditionalAffineCoupling` with the
-    kept half alternating (both directions one pass); ``"maf"``:
-    :class:`~pyro_manifold.transforms.ConditionalMaskedAutoregressive` with the order
-    reversed between layers (scoring one pass, sampling sequential); ``"spline"``: Pyro's
-    conditional autoregressive rational-quadratic splines (sampling one pass, scoring
-    sequential).
-
-    Example:
-        >>> layers = conditional_flow_layers(3, 2, "realnvp", 2, [8])
-        >>> [type(t).__name__ for t in layers]
-        ['ConditionalAffineCoupling', 'ConditionalAffineCoupling']
-    """
-    check_positive_int("input_dim", input_dim, minimum=2)
-    check_positive_int("context_dim", context_dim)
-    check_choice("flow", flow, CHART_FLOWS)
-    check_positive_int("num_layers", num_layers)
-    if hidden_dims is not None:
-        hidden_dims = check_widths("hidden_dims", hidden_dims)
-    layers: list[nn.Module] = []
-    for i in range(num_layers):
-        if flow == "realnvp":
-            layers.append(
-                conditional_affine_coupling(
-                    input_dim, context_dim, hidden_dims, reverse=bool(i % 2)
-                )
-            )
-        elif flow == "maf":
-            order = torch.arange(input_dim)
-            order = order.flip(0) if i % 2 else order
-            layers.append(
-                conditional_masked_autoregressive(
-                    input_dim, context_dim, hidden_dims, permutation=order
-                )
-            )
-        else:
-            hidden = hidden_dims or [max(10 * input_dim, 32)]
-            layers.append(conditional_spline_autoregressive(input_dim, context_dim, hidden))
-    return layers
 
 
 class _ChartPlacement(nn.Module):
@@ -127,8 +79,8 @@ class VQFlow(PyroModule):
        :math:`w\,\lVert x - \sum_k p(k\mid x)\, g_k(f_k(x))\rVert^2` for data only near
        the manifold (``reconstruction_weight`` :math:`w`).
 
-    The last layer of every chart-flow network (and of the placement network) starts at
-    a hundredth of its default initialisation, so each chart map starts close to
+    The last layer of every chart-flow network of a named flow (and of the placement
+    network) starts at a hundredth of its default initialisation, so each chart map starts close to
     :math:`c_k` at the autoencoder's decoded centre: with data of large range (logit-space
     MNIST) a random start otherwise gives log-densities of order :math:`-10^{25}`.
 
@@ -137,10 +89,13 @@ class VQFlow(PyroModule):
         num_charts: :math:`K`.
         latent_dim: :math:`d \le D`, the chart dimension (default :math:`D`; at least 2).
         code_dim: dimension :math:`C` of the codes (default :math:`\min(D, 16)`).
-        flow: chart flow family, ``"realnvp"`` (VQ-RealNVP), ``"maf"`` (VQ-MAF) or
-            ``"spline"``.
-        num_layers: chart flow layers :math:`L`.
-        hidden_dims: hidden widths of each chart flow layer.
+        flow: chart flow family, a name of :data:`~pyro_manifold.transforms.FLOWS`
+            (``"realnvp"`` is VQ-RealNVP, ``"maf"`` VQ-MAF), or your own flow: a callable
+            ``flow(d, C)`` returning Pyro ``ConditionalTransformModule`` s on
+            :math:`(*, d)` conditioned on the code :math:`v_k` (used as built, without the
+            small start), see :func:`~pyro_manifold.transforms.flow_stack`.
+        num_layers: chart flow layers :math:`L` (named flows).
+        hidden_dims: hidden widths of each chart flow layer (named flows).
         autoencoder_hidden_dims: hidden widths of the encoder and decoder.
         num_overlap: :math:`m`.
         epsilon: :math:`\varepsilon`.
@@ -178,7 +133,7 @@ class VQFlow(PyroModule):
         num_charts: int = 8,
         latent_dim: int | None = None,
         code_dim: int | None = None,
-        flow: str = "realnvp",
+        flow: str | FlowFactory = DEFAULT_FLOW,
         num_layers: int = 4,
         hidden_dims: list[int] | None = None,
         autoencoder_hidden_dims: list[int] | None = None,
@@ -199,7 +154,7 @@ class VQFlow(PyroModule):
             )
         code_dim = min(data_dim, 16) if code_dim is None else code_dim
         check_positive_int("code_dim", code_dim)
-        check_choice("flow", flow, CHART_FLOWS)
+        check_flow("flow", flow)
         check_positive_int("num_layers", num_layers)
         if hidden_dims is not None:
             hidden_dims = check_widths("hidden_dims", hidden_dims)
@@ -225,11 +180,13 @@ class VQFlow(PyroModule):
         self.autoencoder = VQAutoencoder(
             data_dim, code_dim, num_charts, autoencoder_hidden_dims, commitment
         )
-        self.chart_flow = nn.ModuleList(
-            conditional_flow_layers(latent_dim, code_dim, flow, num_layers, hidden_dims)
+        self.chart_flow = flow_stack(
+            latent_dim, flow, num_layers, hidden_dims, context_dim=code_dim
         )
-        for layer in self.chart_flow:  # chart maps start close to the identity
-            scale_output_layer(layer.nn)
+        if isinstance(flow, str):  # chart maps start close to the identity
+            for layer in self.chart_flow:
+                if not isinstance(layer, Reverse):
+                    scale_output_layer(layer.nn)
         r = min(latent_dim, data_dim - 1, 64) if num_reflections is None else num_reflections
         check_positive_int("num_reflections", r)
         placement = _ChartPlacement(self, code_dim, data_dim, r, [max(4 * code_dim, 32)])

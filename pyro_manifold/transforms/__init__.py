@@ -16,6 +16,14 @@ from pyro_manifold.transforms.conformal import (
     conditional_conformal_embedding,
     conformal_embedding,
 )
+from pyro_manifold.transforms.flow_stack import (
+    DEFAULT_FLOW,
+    FLOWS,
+    FlowFactory,
+    StackedFlows,
+    check_flow,
+    flow_stack,
+)
 from pyro_manifold.transforms.gaussian_nif import GaussianNIF
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
@@ -30,6 +38,13 @@ from pyro_manifold.transforms.pcp_map import (
     conditional_pcp_map,
 )
 from pyro_manifold.transforms.permutation import Reverse
+from pyro_manifold.transforms.splines import (
+    ConditionalSplineCoupling,
+    FreshSplineAutoregressive,
+    conditional_spline_coupling,
+    spline_param_dims,
+)
+from pyro_manifold.transforms.zuko_adapter import ConditionalZukoTransform, ZukoTransform
 
 __all__ = [
     "AffineCoupling",
@@ -37,17 +52,29 @@ __all__ = [
     "ConditionalConformalEmbedding",
     "ConditionalMaskedAutoregressive",
     "ConditionalPCPMap",
+    "ConditionalSplineCoupling",
+    "ConditionalZukoTransform",
     "ConditionedPCPMap",
     "ConformalEmbedding",
+    "DEFAULT_FLOW",
+    "FLOWS",
+    "FlowFactory",
+    "FreshSplineAutoregressive",
     "GaussianNIF",
     "MaskedAutoregressive",
     "PCPMapInverseError",
     "Reverse",
+    "StackedFlows",
+    "ZukoTransform",
     "affine_coupling",
+    "check_flow",
     "conditional_affine_coupling",
     "conditional_conformal_embedding",
     "conditional_masked_autoregressive",
     "conditional_pcp_map",
+    "conditional_spline_coupling",
     "conformal_embedding",
+    "flow_stack",
     "masked_autoregressive",
+    "spline_param_dims",
 ]

@@ -34,14 +34,15 @@ from pyro_manifold.distributions import (
     StochasticInverse,
     log_manifold_term,
 )
-from pyro_manifold.models import batched_flow_layers
 from pyro_manifold.nn import chart_membership
 from pyro_manifold.transforms import (
+    FLOWS,
     ConformalEmbedding,
     Reverse,
     conditional_affine_coupling,
     conditional_conformal_embedding,
     conditional_masked_autoregressive,
+    flow_stack,
 )
 
 F64 = torch.float64
@@ -239,10 +240,10 @@ def test_stochastic_inverse(data):
 # ------------------------------------------------------------------- mixtures of flows
 def _components(data, batch: tuple[int, ...], k: int, d: int) -> Distribution:
     """K batched flows on R^d with batch shape ``batch + (K,)``."""
-    flow = data.draw(st.sampled_from(["realnvp", "maf", "spline"]), label="flow")
+    flow = data.draw(st.sampled_from(list(FLOWS)), label="flow")
     num_layers = data.draw(st.integers(1, 2), label="num_layers")
     hidden = [data.draw(st.integers(d, 8), label="hidden_dim")]
-    layers = batched_flow_layers(d, k, flow, num_layers, hidden, num_bins=4).double()
+    layers = flow_stack(d, flow, num_layers, hidden, num_components=k, num_bins=4).double()
     with torch.no_grad():
         for param in layers.parameters():
             param.add_(0.3 * torch.randn_like(param))

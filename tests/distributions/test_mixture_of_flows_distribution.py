@@ -8,9 +8,9 @@ from pyro.nn import DenseNN
 from torch import nn
 
 from pyro_manifold.distributions import MixtureOfFlows, SelectedComponent
-from pyro_manifold.models import Flow, batched_flow_layers
+from pyro_manifold.models import Flow
 from pyro_manifold.nn import BatchedAutoRegressiveNN, BatchedDenseNN, BatchedLinear
-from pyro_manifold.transforms import Reverse
+from pyro_manifold.transforms import Reverse, flow_stack
 
 K, D = 3, 2
 TEST_FAILURE_RATE = 1e-3
@@ -47,7 +47,7 @@ def _identity_spline_flow(seed):
 
 
 def _separate_flows(kind):
-    if kind == "spline":
+    if kind == "spline_coupling":
         return [_identity_spline_flow(10 + k).double() for k in range(K)]
     flows = []
     for k in range(K):
@@ -67,9 +67,8 @@ def _layers_of(single):
 def _matched_pair(kind):
     singles = _separate_flows(kind)
     hidden = [8, 8] if kind == "realnvp" else [8]
-    batched = batched_flow_layers(
-        D, K, kind, num_layers=3 if kind != "spline" else 2, hidden_dims=hidden
-    ).double()
+    num_layers = 3 if kind != "spline_coupling" else 2
+    batched = flow_stack(D, kind, num_layers, hidden, num_components=K).double()
     _copy_into_batched(batched, [_layers_of(s) for s in singles])
     base = dist.Normal(torch.zeros(K, D, dtype=torch.float64), 1.0).to_event(1)
     components = dist.TransformedDistribution(base, list(batched))
@@ -82,7 +81,7 @@ def _matched_pair(kind):
     return components, separate
 
 
-@pytest.mark.parametrize("kind", ["realnvp", "maf", "spline"])
+@pytest.mark.parametrize("kind", ["realnvp", "maf", "spline_coupling"])
 def test_batched_components_match_separately_built_flows(kind):
     torch.manual_seed(0)
     components, separate = _matched_pair(kind)

@@ -258,7 +258,10 @@ def test_rank_zero_writes_a_checkpoint_that_resumes_in_one_process(ranks):
     run_dir = out_dir / "run"
     assert {str(run_dir / "checkpoint.pt")} == {r["run"][2] for r in results}
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        ".lock", "best.pt", "checkpoint.pt", "history.json"
+        ".lock",
+        "best.pt",
+        "checkpoint.pt",
+        "history.json",
     ]
     state = load_checkpoint(run_dir / "checkpoint.pt")
     assert state["step"] == 6 and state["world_size"] == 2 and len(state["rank_rng"]) == 2

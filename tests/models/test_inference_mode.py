@@ -16,13 +16,13 @@ BUILDERS = {
     "Flow_maf": lambda: Flow(3, "maf", num_layers=2, hidden_dims=[8]),
     "Flow_realnvp": lambda: Flow(3, "realnvp", num_layers=2, hidden_dims=[8]),
     "Flow_spline_batch_norm": lambda: Flow(
-        3, "spline", num_layers=2, hidden_dims=[8], batch_norm=True
+        3, "spline_coupling", num_layers=2, hidden_dims=[8], batch_norm=True
     ),
     "NoisyInjectiveFlow": lambda: NoisyInjectiveFlow(
-        3, 2, top_flow="spline", top_layers=1, top_hidden_dims=[8], batch_norm=True
+        3, 2, top_flow="spline_coupling", top_layers=1, top_hidden_dims=[8], batch_norm=True
     ),
     "VariationalMixtureOfFlows": lambda: VariationalMixtureOfFlows(
-        3, 2, "spline", num_layers=1, hidden_dims=[8], encoder_hidden_dims=[8]
+        3, 2, "spline_coupling", num_layers=1, hidden_dims=[8], encoder_hidden_dims=[8]
     ),
     "VQFlow": lambda: VQFlow(
         3, num_charts=3, num_layers=1, hidden_dims=[8], autoencoder_hidden_dims=[8]

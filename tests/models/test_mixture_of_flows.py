@@ -256,7 +256,7 @@ def test_semi_supervised_with_few_labels_and_trace_elbo():
     assert trace.nodes["classification"]["scale"] == m.label_weight
 
 
-@pytest.mark.parametrize("flow", ["spline", "maf"])
+@pytest.mark.parametrize("flow", ["spline_coupling", "maf", "spline_autoregressive"])
 def test_other_component_families_train(flow):
     m = _random_mixture(flow)
     m.train()

@@ -26,7 +26,7 @@ def _cases():
     return {
         "Flow": (lambda: Flow(2, "maf", num_layers=2, hidden_dims=[8]), x2, Trace_ELBO()),
         "Flow_spline_batch_norm": (
-            lambda: Flow(2, "spline", num_layers=2, hidden_dims=[8], batch_norm=True),
+            lambda: Flow(2, "spline_coupling", num_layers=2, hidden_dims=[8], batch_norm=True),
             x2,
             Trace_ELBO(),
         ),
@@ -37,7 +37,9 @@ def _cases():
             enum,
         ),
         "VariationalMixtureOfFlows_spline": (
-            lambda: VariationalMixtureOfFlows(2, 2, "spline", num_layers=1, hidden_dims=[8]),
+            lambda: VariationalMixtureOfFlows(
+                2, 2, "spline_coupling", num_layers=1, hidden_dims=[8]
+            ),
             x2,
             enum,
         ),

@@ -101,7 +101,7 @@ def test_one_pass_through_the_charts_per_step(monkeypatch):
     torch.testing.assert_close(second, vq.distribution().log_prob(x).sum())  # fresh instance
 
 
-@pytest.mark.parametrize("flow", ["maf", "spline"])
+@pytest.mark.parametrize("flow", ["maf", "spline_autoregressive", "spline_coupling"])
 def test_other_chart_flow_families(flow):
     torch.manual_seed(2)
     vq = _small(flow=flow, num_overlap=2)

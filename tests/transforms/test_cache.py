@@ -111,7 +111,7 @@ def test_an_input_refilled_in_place_is_recomputed(name):
         assert not torch.allclose(t.inv(y), z_back)
 
 
-@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
+@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline_coupling"])
 def test_input_gradients_of_the_same_leaf_twice(flow):
     # the score d log p / dx of one batch, asked for twice of a distribution built once:
     # the second pass must not reuse the first pass's freed graph (before: "Trying to
@@ -127,7 +127,7 @@ def test_input_gradients_of_the_same_leaf_twice(flow):
     assert not x._backward_hooks  # no hook is left on the user's tensor
 
 
-@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
+@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline_coupling"])
 def test_refilled_buffer_gives_the_new_log_density(flow):
     d = Flow(2, flow, num_layers=2, hidden_dims=[8]).distribution()  # built once, reused
     buf = torch.randn(5, 2)
@@ -140,10 +140,12 @@ def test_refilled_buffer_gives_the_new_log_density(flow):
 
 def _trained_one_step():
     x = torch.randn(8, 2)
-    models = {f: Flow(2, f, num_layers=2, hidden_dims=[8]) for f in ("realnvp", "maf", "spline")}
+    models = {
+        f: Flow(2, f, num_layers=2, hidden_dims=[8]) for f in ("realnvp", "maf", "spline_coupling")
+    }
     models["nif"] = NoisyInjectiveFlow(2, 1, top_flow="realnvp", top_layers=1, top_hidden_dims=[8])
     models["vmonf_spline"] = VariationalMixtureOfFlows(
-        2, 2, flow="spline", num_layers=1, hidden_dims=[8], encoder_hidden_dims=[8]
+        2, 2, flow="spline_coupling", num_layers=1, hidden_dims=[8], encoder_hidden_dims=[8]
     )
     models["vae_pcp"] = FlowVAE(1, 2, "pcp", num_flows=1, hidden_dims=[8], likelihood="gaussian")
     models["vq_flow"] = VQFlow(
@@ -184,7 +186,7 @@ def test_cache_under_inference_mode():
         torch.testing.assert_close(d.log_prob(draw), d.log_prob(draw.clone()))
 
 
-@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline"])
+@pytest.mark.parametrize("flow", ["realnvp", "maf", "spline_coupling"])
 def test_flow_log_prob_of_the_same_tensor_follows_the_parameters(flow):
     f = Flow(2, flow, num_layers=2, hidden_dims=[8])
     x = torch.randn(6, 2)
@@ -380,7 +382,7 @@ def test_pcp_map_runs_without_gradients(mode):
 
 def test_state_built_in_inference_mode_is_never_cached_and_never_crashes():
     with torch.inference_mode():
-        d = Flow(2, "spline", num_layers=2, hidden_dims=[8], batch_norm=True).eval()
+        d = Flow(2, "spline_coupling", num_layers=2, hidden_dims=[8], batch_norm=True).eval()
         x = torch.randn(5, 2)
         first = d.log_prob(x)
     with torch.no_grad():  # parameters that are inference tensors, used outside it

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from pyro.distributions.conditional import ConditionalTransformModule
-from pyro.distributions.torch_transform import TransformModule
+from pyro.distributions.conditional import (
+    ConditionalComposeTransformModule,
+    ConditionalTransformModule,
+)
+from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
+from pyro.nn import AutoRegressiveNN
 
 import pyro_manifold.transforms as T
 
@@ -40,7 +44,46 @@ CASES = {
     "ConditionalConformalEmbedding": Case(
         lambda: T.conditional_conformal_embedding(2, 4, 3, [8]), 2, 4, 3
     ),
+    "ConditionalSplineCoupling": Case(lambda: T.conditional_spline_coupling(4, 2, [16]), 4, 4, 2),
+    "FreshSplineAutoregressive": Case(
+        lambda: T.FreshSplineAutoregressive(
+            3, AutoRegressiveNN(3, [16], param_dims=T.spline_param_dims(8))
+        ),
+        3,
+        3,
+    ),
 }
+# every family of the flow-stack factory, plain and conditional, as one composed transform
+for _flow in T.FLOWS:
+    CASES[f"flow_stack({_flow})"] = Case(
+        lambda f=_flow: ComposeTransformModule(list(T.flow_stack(4, f, 2, [16]))), 4, 4
+    )
+    CASES[f"flow_stack({_flow}, context)"] = Case(
+        lambda f=_flow: ConditionalComposeTransformModule(
+            list(T.flow_stack(4, f, 2, [16], context_dim=3))
+        ),
+        4,
+        4,
+        3,
+    )
+try:
+    import zuko
+except ImportError:  # an optional extra: pip install -e .[zuko]
+    zuko = None
+else:
+    CASES["ZukoTransform"] = Case(
+        lambda: T.ZukoTransform(zuko.flows.NSF(3, transforms=2, hidden_features=[16])), 3, 3
+    )
+    CASES["ConditionalZukoTransform"] = Case(
+        lambda: T.ConditionalZukoTransform(
+            zuko.flows.MAF(3, context=2, transforms=2, hidden_features=[16])
+        ),
+        3,
+        3,
+        2,
+    )
+#: public transforms tested elsewhere, and where
+ELSEWHERE = {"StackedFlows": "tests/transforms/test_flow_stack.py (events (K, D))"}
 BATCH_SHAPES = [(), (3,), (2, 3)]
 
 
@@ -71,7 +114,9 @@ def test_registry_covers_every_public_transform():
         if inspect.isclass(getattr(T, name))
         and issubclass(getattr(T, name), TransformModule | ConditionalTransformModule)
     }
-    covered = {type(case.build()).__name__ for case in CASES.values()}
+    covered = {type(case.build()).__name__ for case in CASES.values()} | set(ELSEWHERE)
+    if zuko is None:
+        covered |= {"ZukoTransform", "ConditionalZukoTransform"}
     assert public <= covered, f"add to CASES: {sorted(public - covered)}"
 
 
