@@ -166,8 +166,8 @@ def conformal() -> T.ConformalEmbedding:  # d = 2, D = 3
     return T.ConformalEmbedding(2, 3).double()
 
 
-def nif() -> T.GaussianNIF:  # d = 2, D = 5
-    return T.GaussianNIF(2, 5).double()
+def nif() -> D.GaussianNIF:  # d = 2, D = 5
+    return D.GaussianNIF(2, 5).double()
 
 
 def maf() -> T.MaskedAutoregressive:  # D = 3
@@ -727,127 +727,6 @@ TRANSFORMS = [
         nonfinite("z"),
         id="ConformalEmbedding-nonfinite",
     ),
-    # GaussianNIF: d = 2, D = 5
-    P(
-        lambda: T.GaussianNIF(5, 5),
-        V,
-        r"latent_dim: expected less than data_dim=5 .*got 5",
-        id="GaussianNIF-latent_dim-not-below-data_dim",
-    ),
-    P(
-        lambda: T.GaussianNIF(0, 5),
-        V,
-        int_at_least("latent_dim", 1, 0),
-        id="GaussianNIF-latent_dim-zero",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, init_noise_scale=-0.1),
-        V,
-        positive("init_noise_scale", -0.1),
-        id="GaussianNIF-init_noise_scale-negative",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, min_noise_scale=0.0),
-        V,
-        positive("min_noise_scale", 0.0),
-        id="GaussianNIF-min_noise_scale-zero",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, init_noise_scale=1e-3, min_noise_scale=1e-2),
-        V,
-        r"init_noise_scale: expected more than min_noise_scale=0\.01, got 0\.001",
-        id="GaussianNIF-init_noise_scale-below-floor",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 12, image_shape=(3, 2, 2), factor=0),
-        V,
-        int_at_least("factor", 1, 0),
-        id="GaussianNIF-factor-zero",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, weight=f64(5, 3)),
-        V,
-        shape("weight", "5, 2", (5, 3)),
-        id="GaussianNIF-weight-shape",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, weight=ints(5, 2)),
-        TE,
-        integer("weight"),
-        id="GaussianNIF-weight-integer",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(f64(4, 4))),
-        V,
-        shape("x", "5", (4, 4)),
-        id="GaussianNIF-event-dim",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(f32(4, 5))),
-        V,
-        dtype("x"),
-        id="GaussianNIF-float32",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.log_manifold_term(ints(4, 5))),
-        TE,
-        integer("x"),
-        id="GaussianNIF-integer",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(meta(4, 5))),
-        V,
-        device("x"),
-        id="GaussianNIF-device",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.log_manifold_term(nan(4, 5))),
-        V,
-        nonfinite("x"),
-        id="GaussianNIF-nonfinite",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(f64(0, 5))),
-        V,
-        empty("x", (0, 5)),
-        id="GaussianNIF-empty",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.likelihood(f64(4, 3))),
-        V,
-        shape("z", "2", (4, 3)),
-        id="GaussianNIF-likelihood-event-dim",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.likelihood(f32(4, 2))),
-        V,
-        dtype("z"),
-        id="GaussianNIF-likelihood-float32",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.likelihood(f64(4, 2), s=-1.0)),
-        V,
-        nonnegative("s", -1.0),
-        id="GaussianNIF-likelihood-s-negative",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.marginal(f64(3))),
-        V,
-        shape("loc", "2", (3,)),
-        id="GaussianNIF-marginal-loc-event-dim",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.marginal(f64(2), f64(2, 3))),
-        V,
-        r"scale_tril: expected shape \(\*, 2, 2\)",
-        id="GaussianNIF-marginal-scale_tril-shape",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.marginal(f32(2))),
-        V,
-        dtype("loc"),
-        id="GaussianNIF-marginal-float32",
-    ),
     # MaskedAutoregressive: D = 3
     P(
         lambda: T.MaskedAutoregressive(AutoRegressiveNN(3, [8]), sigma_min=0.0),
@@ -1163,6 +1042,127 @@ DISTRIBUTIONS = [
         V,
         int_at_least("max_draws", 1, 0),
         id="ChartMixture-max_draws-zero",
+    ),
+    # GaussianNIF: d = 2, D = 5
+    P(
+        lambda: D.GaussianNIF(5, 5),
+        V,
+        r"latent_dim: expected less than data_dim=5 .*got 5",
+        id="GaussianNIF-latent_dim-not-below-data_dim",
+    ),
+    P(
+        lambda: D.GaussianNIF(0, 5),
+        V,
+        int_at_least("latent_dim", 1, 0),
+        id="GaussianNIF-latent_dim-zero",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, init_noise_scale=-0.1),
+        V,
+        positive("init_noise_scale", -0.1),
+        id="GaussianNIF-init_noise_scale-negative",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, min_noise_scale=0.0),
+        V,
+        positive("min_noise_scale", 0.0),
+        id="GaussianNIF-min_noise_scale-zero",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, init_noise_scale=1e-3, min_noise_scale=1e-2),
+        V,
+        r"init_noise_scale: expected more than min_noise_scale=0\.01, got 0\.001",
+        id="GaussianNIF-init_noise_scale-below-floor",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 12, image_shape=(3, 2, 2), factor=0),
+        V,
+        int_at_least("factor", 1, 0),
+        id="GaussianNIF-factor-zero",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, weight=f64(5, 3)),
+        V,
+        shape("weight", "5, 2", (5, 3)),
+        id="GaussianNIF-weight-shape",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, weight=ints(5, 2)),
+        TE,
+        integer("weight"),
+        id="GaussianNIF-weight-integer",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(f64(4, 4))),
+        V,
+        shape("x", "5", (4, 4)),
+        id="GaussianNIF-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(f32(4, 5))),
+        V,
+        dtype("x"),
+        id="GaussianNIF-float32",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.log_manifold_term(ints(4, 5))),
+        TE,
+        integer("x"),
+        id="GaussianNIF-integer",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(meta(4, 5))),
+        V,
+        device("x"),
+        id="GaussianNIF-device",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.log_manifold_term(nan(4, 5))),
+        V,
+        nonfinite("x"),
+        id="GaussianNIF-nonfinite",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(f64(0, 5))),
+        V,
+        empty("x", (0, 5)),
+        id="GaussianNIF-empty",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.likelihood(f64(4, 3))),
+        V,
+        shape("z", "2", (4, 3)),
+        id="GaussianNIF-likelihood-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.likelihood(f32(4, 2))),
+        V,
+        dtype("z"),
+        id="GaussianNIF-likelihood-float32",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.likelihood(f64(4, 2), s=-1.0)),
+        V,
+        nonnegative("s", -1.0),
+        id="GaussianNIF-likelihood-s-negative",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f64(3))),
+        V,
+        shape("loc", "2", (3,)),
+        id="GaussianNIF-marginal-loc-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f64(2), f64(2, 3))),
+        V,
+        r"scale_tril: expected shape \(\*, 2, 2\)",
+        id="GaussianNIF-marginal-scale_tril-shape",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f32(2))),
+        V,
+        dtype("loc"),
+        id="GaussianNIF-marginal-float32",
     ),
     # MixtureOfFlows: K = 3, D = 2
     P(

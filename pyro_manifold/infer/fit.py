@@ -25,6 +25,7 @@ from torch.autograd.graph import increment_version
 from tqdm.auto import tqdm
 
 from pyro_manifold._parallel import data_parallel_training, step_edits
+from pyro_manifold._registration import parameters_registered
 from pyro_manifold._validation import (
     check_choice,
     check_positive,
@@ -35,7 +36,6 @@ from pyro_manifold.infer._buffers import BufferSnapshot
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 from pyro_manifold.infer.elbo import fast_elbo
 from pyro_manifold.infer.graphs import CapturedStep, capture_step, extra_states, same_state
-from pyro_manifold.models._registration import parameters_registered
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
 

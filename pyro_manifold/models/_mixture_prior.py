@@ -5,7 +5,7 @@ r"""A Gaussian-mixture prior on the NIF's latent space, and its EM fit.
 The weights are :math:`\pi = \operatorname{softmax}(\text{logits})`, and :math:`L_k` is
 lower-triangular with a positive diagonal (:math:`\operatorname{softplus}` of the raw
 diagonal plus :data:`SCALE_FLOOR`). Under a Gaussian NIF layer the marginal of each
-component is Gaussian again (see :meth:`pyro_manifold.transforms.GaussianNIF.marginal`),
+component is Gaussian again (see :meth:`pyro_manifold.distributions.GaussianNIF.marginal`),
 so a NIF with this prior keeps an exact :math:`\log p(x)`.
 """
 

@@ -9,8 +9,8 @@ from pyro.distributions.transforms import BatchNorm
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import check_choice, check_input, check_positive_int, check_widths
-from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms import Reverse, affine_coupling, masked_autoregressive
 from pyro_manifold.transforms._cache import forget_cached
 from pyro_manifold.transforms._spline_coupling import fresh_spline_coupling

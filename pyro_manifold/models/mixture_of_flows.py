@@ -35,6 +35,7 @@ from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._parallel import sum_over_ranks_
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_choice,
     check_input,
@@ -44,7 +45,6 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
-from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
 from pyro_manifold.transforms import AffineCoupling, MaskedAutoregressive, Reverse
 from pyro_manifold.transforms._cache import forget_cached

@@ -3,7 +3,7 @@ r"""The deep noisy injective flow (Cunningham et al. 2020, appendix B.5) as a Py
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -11,6 +11,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_choice,
     check_finite,
@@ -18,14 +19,11 @@ from pyro_manifold._validation import (
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.distributions import GaussianNIF
+from pyro_manifold.infer import FitResult, fit
 from pyro_manifold.models._mixture_prior import GaussianMixturePrior
-from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.models.flow import FLOWS, flow_layers
-from pyro_manifold.transforms import GaussianNIF
 from pyro_manifold.transforms._cache import forget_cached
-
-if TYPE_CHECKING:
-    from pyro_manifold.infer import FitResult
 
 __all__ = ["NoisyInjectiveFlow"]
 
@@ -363,7 +361,6 @@ class NoisyInjectiveFlow(PyroModule):
                 f"x: expected at least prior_components={k} points to start the mixture's "
                 f"means at, got {x.shape[0]}"
             )
-        from pyro_manifold.infer import fit  # the training loop imports the models package
 
         def model(z: Tensor) -> None:
             with pyro.plate("data", z.shape[0]):
@@ -410,8 +407,6 @@ class NoisyInjectiveFlow(PyroModule):
     def _fit_mixture_prior(
         self, y: Tensor, y_val: Tensor | None, num_steps: int, chunk_size: int, seed: int | None
     ) -> FitResult:
-        from pyro_manifold.infer import FitResult
-
         if seed is not None:
             pyro.set_rng_seed(seed)
 

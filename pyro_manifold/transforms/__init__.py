@@ -16,7 +16,6 @@ from pyro_manifold.transforms.conformal import (
     conditional_conformal_embedding,
     conformal_embedding,
 )
-from pyro_manifold.transforms.gaussian_nif import GaussianNIF
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
     MaskedAutoregressive,
@@ -39,7 +38,6 @@ __all__ = [
     "ConditionalPCPMap",
     "ConditionedPCPMap",
     "ConformalEmbedding",
-    "GaussianNIF",
     "MaskedAutoregressive",
     "PCPMapInverseError",
     "Reverse",
