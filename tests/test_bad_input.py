@@ -211,6 +211,13 @@ def noisy(**kwargs: object) -> D.NoisyInjective:  # batch (4,), d = 2, D = 3
     return D.NoisyInjective(latent, block(), bias, scale, **args)
 
 
+def gaussian_mixture(**kwargs: object) -> D.GaussianMixture:  # batch (4,), K = 3, d = 2
+    args = {"logits": f64(4, 3), "loc": f64(4, 3, 2), "scale_tril": torch.eye(2, dtype=F64)}
+    args["scale_tril"] = args["scale_tril"].expand(3, 2, 2)
+    args.update(kwargs)
+    return D.GaussianMixture(args["logits"], args["loc"], args["scale_tril"])
+
+
 def inverse(**kwargs: object) -> D.StochasticInverse:  # batch (4,), d = 2, D = 3
     args: dict = {"validate_args": True, **kwargs}
     x = args.pop("x", f64(4, 3))
@@ -1042,6 +1049,79 @@ DISTRIBUTIONS = [
         V,
         int_at_least("max_draws", 1, 0),
         id="ChartMixture-max_draws-zero",
+    ),
+    # GaussianMixture: batch (4,), K = 3, d = 2
+    P(
+        lambda: gaussian_mixture(logits=f64(4, 5)),
+        V,
+        shape("logits", "3", (4, 5)),
+        id="GaussianMixture-logits-shape",
+    ),
+    P(
+        lambda: gaussian_mixture(scale_tril=f64(3, 2, 3)),
+        V,
+        shape("scale_tril", "3, 2, 2", (3, 2, 3)),
+        id="GaussianMixture-scale_tril-shape",
+    ),
+    P(
+        lambda: gaussian_mixture(loc=f64(2)),
+        V,
+        r"loc: expected at least 2 dims",
+        id="GaussianMixture-loc-dims",
+    ),
+    P(
+        lambda: gaussian_mixture(logits=f32(4, 3)),
+        V,
+        dtype("logits"),
+        id="GaussianMixture-logits-float32",
+    ),
+    P(
+        lambda: gaussian_mixture(loc=ints(4, 3, 2)),
+        TE,
+        integer("loc"),
+        id="GaussianMixture-loc-integer",
+    ),
+    P(
+        lambda: gaussian_mixture(scale_tril=meta(3, 2, 2)),
+        V,
+        r"scale_tril: expected dtype torch\.float64 on device cpu.*got .* on device meta",
+        id="GaussianMixture-scale_tril-device",
+    ),
+    P(
+        lambda: gaussian_mixture(logits=f64(5, 3)),
+        V,
+        r"loc: expected a batch shape that broadcasts with logits's \(5,\), got \(4,\)",
+        id="GaussianMixture-batch-shapes",
+    ),
+    P(
+        lambda: gaussian_mixture(scale_tril=-torch.eye(2, dtype=F64).expand(3, 2, 2)),
+        V,
+        r"Expected parameter scale_tril .* to satisfy the constraint .* but found invalid values",
+        id="GaussianMixture-scale_tril-support",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(f64(5, 3)),
+        V,
+        shape("value", "2", (5, 3)),
+        id="GaussianMixture-log_prob-event-dim",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(f32(5, 2)),
+        V,
+        dtype("value"),
+        id="GaussianMixture-log_prob-float32",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(meta(5, 2)),
+        V,
+        device("value"),
+        id="GaussianMixture-log_prob-device",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(nan(5, 2)),
+        V,
+        nonfinite("value"),
+        id="GaussianMixture-log_prob-nonfinite",
     ),
     # GaussianNIF: d = 2, D = 5
     P(
