@@ -2579,6 +2579,41 @@ NETWORKS = [
         r"distances: expected values >= 0, got min -1",
         id="chart_membership-support",
     ),
+    # kmeans: N = 5, D = 2, K = 3
+    P(
+        lambda: N.kmeans(f64(2, 2), 3),
+        V,
+        r"x: expected shape \(N, D\) with N >= num_clusters = 3, got shape \(2, 2\)",
+        id="kmeans-too-few-rows",
+    ),
+    P(lambda: N.kmeans(f64(5), 3), V, r"x: expected at least 2 dims", id="kmeans-event-dim"),
+    P(lambda: N.kmeans(ints(5, 2), 3), TE, integer("x"), id="kmeans-integer"),
+    P(lambda: N.kmeans(nan(5, 2), 3), V, nonfinite("x"), id="kmeans-nonfinite"),
+    P(lambda: N.kmeans(f64(5, 2), 0), V, int_at_least("num_clusters", 1, 0), id="kmeans-zero"),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, -1),
+        V,
+        int_at_least("num_iterations", 0, -1),
+        id="kmeans-num_iterations-negative",
+    ),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, labels=torch.tensor([0, 1, 2, 3, -1])),
+        V,
+        r"labels: expected labels in \[-1, 2\], got values in \[-1, 3\]",
+        id="kmeans-labels-range",
+    ),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, labels=f64(5)),
+        TE,
+        r"labels: expected an \(N,\) integer tensor, got dtype torch.float64",
+        id="kmeans-labels-float",
+    ),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, labels=torch.zeros(4, dtype=torch.int64)),
+        V,
+        r"labels: expected shape \(\*, 5\)",
+        id="kmeans-labels-shape",
+    ),
 ]
 
 TABLE = TRANSFORMS + DISTRIBUTIONS + MODELS + NETWORKS
