@@ -18,7 +18,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
+from pyro_manifold.datasets import dequantize_logit, load_mnist, logit_transform
 from pyro_manifold.infer import fit
 from pyro_manifold.models import VQAutoencoder
 from pyro_manifold.models.mixture_of_flows import _kmeans
@@ -48,8 +48,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     train_set, test_set = load_mnist(split="train"), load_mnist(split="test")
-    pixels = dequantize(train_set.data, torch.Generator().manual_seed(0))
-    train = logit_transform(pixels, alpha=LAMBDA)[0]
+    train = dequantize_logit(train_set.data, 0, alpha=LAMBDA)[0]
     test_pixels = test_set.data.float().div(255).clamp(1 / 512, 1 - 1 / 512)
     test = logit_transform(test_pixels, alpha=LAMBDA)[0]
     rows = []
