@@ -39,13 +39,11 @@ def test_a_seeded_generator_repeats_and_draws_on_its_own_device():
 def test_labels_seed_the_clusters_and_keep_their_rows():
     x, which = _blobs()
     labels = torch.full_like(which, -1)
-    labels[:2] = torch.tensor([1, 1])
-    labels[which == which[5]] = 2  # one whole cluster labelled 2
-    labels[:2] = -1
-    labels[0] = 0
+    cluster = which == which[5]
+    labels[cluster] = 2  # one whole generating cluster, labelled 2
     centroids, assignment = kmeans(x, 3, 20, labels=labels.int())
     assert torch.equal(assignment[labels >= 0], labels[labels >= 0].long())
-    torch.testing.assert_close(centroids[2], x[which == which[5]].mean(0))
+    torch.testing.assert_close(centroids[2], x[cluster].mean(0))
     assert assignment.dtype == torch.int64
 
 
