@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
+from pyro_manifold.datasets import dequantize_logit, load_mnist
 from pyro_manifold.infer import fit, resolve_device
 from pyro_manifold.metrics import bits_per_dim, importance_log_likelihood
 from pyro_manifold.models import Flow, NoisyInjectiveFlow
@@ -46,23 +46,17 @@ def nif_map_kwargs(nif_map: str) -> dict:
     return {"image_shape": (1, 28, 28), "factor": 7} if nif_map == "image" else {}
 
 
-def to_logit(x_uint8, generator=None):
-    y, logdet = logit_transform(dequantize(x_uint8, generator=generator), alpha=LAMBDA)
-    return y, logdet
-
-
 def per_image(flow, x_uint8, batch_size=1000, seed=1, log_prob=None):
     """log p(y) (logit space) and bits/dim (pixel space) of each image, dequantized with ``seed``.
 
     ``log_prob`` replaces ``flow.log_prob`` (e.g. an IWAE bound where there is no closed form).
     """
     log_prob = flow.log_prob if log_prob is None else log_prob
-    g = torch.Generator(device=x_uint8.device).manual_seed(seed)
+    y_all, logdet_all = dequantize_logit(x_uint8, seed, alpha=LAMBDA)
     logit_lp, bpd = [], []
     flow.eval()
     with torch.no_grad():
-        for start in range(0, x_uint8.shape[0], batch_size):
-            y, logdet = to_logit(x_uint8[start : start + batch_size], generator=g)
+        for y, logdet in zip(y_all.split(batch_size), logdet_all.split(batch_size), strict=True):
             lp = log_prob(y)
             logit_lp.append(lp)
             bpd.append(bits_per_dim(lp + logdet, 784))
@@ -126,11 +120,10 @@ def main():
         args.epochs, args.hidden, args.layers = 1, 800, 2
     steps_per_epoch = train.shape[0] // args.batch_size
     num_steps = args.epochs * steps_per_epoch
-    g = torch.Generator().manual_seed(12345)
-    val_y = to_logit(val, generator=g)[0]
+    val_y = dequantize_logit(val, 12345, alpha=LAMBDA)[0]
 
     def transform_batch(x):
-        return (to_logit(x)[0],) if x.dtype == torch.uint8 else (x,)
+        return (dequantize_logit(x, alpha=LAMBDA)[0],) if x.dtype == torch.uint8 else (x,)
 
     if args.model == "maf":
         flow = Flow(784, "maf", num_layers=args.layers, hidden_dims=[args.hidden], batch_norm=True)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from mnist_flows import evaluate, nif_map_kwargs  # benchmarks/ is the script's directory
 
-from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
+from pyro_manifold.datasets import dequantize_logit, load_mnist
 from pyro_manifold.infer import load_checkpoint
 from pyro_manifold.metrics import (
     importance_log_likelihood,
@@ -124,8 +124,7 @@ def to_pixels(y):
 
 
 def to_logit(x_uint8, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    return logit_transform(dequantize(x_uint8, generator=g), alpha=ALPHA)[0]
+    return dequantize_logit(x_uint8, seed, alpha=ALPHA)[0]
 
 
 NONFINITE = {}  # name -> fraction of samples dropped because sequential sampling overflowed

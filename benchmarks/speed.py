@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
-from pyro_manifold.datasets import dequantize, load_dataset, load_mnist, logit_transform
+from pyro_manifold.datasets import dequantize, dequantize_logit, load_dataset, load_mnist
 from pyro_manifold.infer import fit
 from pyro_manifold.models import (
     Flow,
@@ -105,8 +105,7 @@ def mnist_unit(n: int, side: int, device: torch.device) -> torch.Tensor:
 
 def mnist_logit(n: int, side: int, device: torch.device) -> torch.Tensor:
     """Dequantized logit-space MNIST (the flows' protocol) on the device."""
-    x = dequantize(mnist_pixels(n, side), torch.Generator().manual_seed(0))
-    return logit_transform(x)[0].to(device)
+    return dequantize_logit(mnist_pixels(n, side), 0)[0].to(device)
 
 
 # -- the hand-written losses (the same math as the Pyro programs) -------------------------

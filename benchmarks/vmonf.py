@@ -312,10 +312,9 @@ def run_timing(args, device):
 # -- MNIST ------------------------------------------------------------------------------
 def run_mnist(args, device):
     from pyro_manifold.datasets import (
-        dequantize,
+        dequantize_logit,
         inverse_logit_transform,
         load_mnist,
-        logit_transform,
     )
     from pyro_manifold.metrics import normalized_mutual_information
 
@@ -325,8 +324,7 @@ def run_mnist(args, device):
     n_train = 2000 if args.smoke else train.data.shape[0]
 
     def prep(pixels, seed):
-        g = torch.Generator().manual_seed(seed)
-        return logit_transform(dequantize(pixels, generator=g), alpha=1e-6)[0]
+        return dequantize_logit(pixels, seed)[0]
 
     x_train, x_test = prep(train.data[:n_train], 0), prep(test.data, 1)
     y_train = train.labels[:n_train]

@@ -18,10 +18,10 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
+from pyro_manifold.datasets import dequantize_logit, load_mnist, logit_transform
 from pyro_manifold.infer import fit
 from pyro_manifold.models import VQAutoencoder
-from pyro_manifold.models.mixture_of_flows import _kmeans
+from pyro_manifold.nn import kmeans
 
 LAMBDA = 1e-6
 
@@ -48,8 +48,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     train_set, test_set = load_mnist(split="train"), load_mnist(split="test")
-    pixels = dequantize(train_set.data, torch.Generator().manual_seed(0))
-    train = logit_transform(pixels, alpha=LAMBDA)[0]
+    train = dequantize_logit(train_set.data, 0, alpha=LAMBDA)[0]
     test_pixels = test_set.data.float().div(255).clamp(1 / 512, 1 - 1 / 512)
     test = logit_transform(test_pixels, alpha=LAMBDA)[0]
     rows = []
@@ -67,7 +66,8 @@ def main():
                    purity=purity(assign, test_set.labels, args.charts), mse=mse)  # fmt: skip
         rows.append(row)
         print(row, flush=True)
-    centres = _kmeans(train[:20000], args.charts, seed=0, num_iterations=30)[0]
+    seeding = torch.Generator().manual_seed(0)
+    centres = kmeans(train[:20000].double(), args.charts, 30, generator=seeding)[0].float()
     reference = purity(torch.cdist(test, centres).argmin(-1), test_set.labels, args.charts)
     print("\n| commitment | code dim | steps | seed | purity | MSE (logit) |")
     print("|---|---|---|---|---|---|")

@@ -41,7 +41,7 @@ import pyro
 import torch
 
 from pyro_manifold.datasets import (
-    dequantize,
+    dequantize_logit,
     inverse_logit_transform,
     load_mnist,
     logit_transform,
@@ -216,7 +216,7 @@ def mnist_data(args, device):
         pixels = torch.randint(0, 256, (512, 784), generator=g, dtype=torch.uint8)
         test = torch.rand(256, 784, generator=g)
         classifier = MNISTClassifier().to(device)
-    train = logit_transform(dequantize(pixels, torch.Generator().manual_seed(0)), alpha=LAMBDA)[0]
+    train = dequantize_logit(pixels, 0, alpha=LAMBDA)[0]
     return train, test, classifier
 
 

@@ -19,7 +19,10 @@ import sys
 from collections.abc import Sequence
 
 from pyro_manifold.datasets import DATASETS
-from pyro_manifold.experiment import DEFAULT_CONFIG, MODELS
+from pyro_manifold.demo import run_demo
+from pyro_manifold.experiment import DEFAULT_CONFIG, MODELS, evaluate_run, sample_run, train_run
+from pyro_manifold.infer.distributed import is_main_process, torchrun_process_group
+from pyro_manifold.metrics import load_mnist_classifier
 from pyro_manifold.transforms import FLOWS
 
 __all__ = ["main"]
@@ -110,9 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     if args.command == "fit":
-        from pyro_manifold.experiment import train_run
-        from pyro_manifold.infer.distributed import is_main_process, torchrun_process_group
-
         config = {
             k: v for k, v in vars(args).items() if k in DEFAULT_CONFIG and k not in ("data_dim",)
         }
@@ -124,20 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(metrics, indent=1))
             print(f"run written to {run_dir}")
     elif args.command == "evaluate":
-        from pyro_manifold.experiment import evaluate_run
-
         print(json.dumps(evaluate_run(args.run_dir), indent=1))
     elif args.command == "sample":
-        from pyro_manifold.experiment import sample_run
-
         print(f"samples written to {sample_run(args.run_dir, args.num_samples)}")
     elif args.command == "demo":
-        from pyro_manifold.demo import run_demo
-
         print(f"report written to {run_demo(args.out, smoke=args.smoke)}")
     else:
-        from pyro_manifold.metrics import load_mnist_classifier
-
         clf = load_mnist_classifier(args.data, train_if_missing=True)
         print(f"MNIST classifier ready (test accuracy {clf.test_accuracy:.4f})")
     return 0

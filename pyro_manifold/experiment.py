@@ -26,9 +26,8 @@ from torch import Tensor
 from pyro_manifold._validation import check_choice
 from pyro_manifold.datasets import (
     DATASETS,
-    dequantize,
+    dequantize_logit,
     load_dataset,
-    logit_transform,
     make_manifold,
 )
 from pyro_manifold.infer import fit, load_checkpoint, resolve_device
@@ -55,7 +54,6 @@ __all__ = [
     "evaluate_run",
     "load_splits",
     "sample_run",
-    "to_logit_space",
     "train_run",
 ]
 
@@ -119,19 +117,6 @@ def _is_mnist(config: dict[str, Any]) -> bool:
     return config["dataset"] == "mnist"
 
 
-def to_logit_space(
-    x_uint8: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """Dequantize MNIST pixels and map them to logit space; returns ``(y, log|dy/du|)``.
-
-    Example:
-        >>> y, logdet = to_logit_space(torch.zeros(2, 784, dtype=torch.uint8))
-        >>> y.shape, logdet.shape
-        (torch.Size([2, 784]), torch.Size([2]))
-    """
-    return logit_transform(dequantize(x_uint8, generator=generator), alpha=LOGIT_ALPHA)
-
-
 def load_splits(config: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
     """Train, validation and test data for a config (MNIST stays uint8).
 
@@ -193,9 +178,7 @@ def build_model(config: dict[str, Any], data_dim: int) -> Flow | NoisyInjectiveF
 def _model_data(config, x: Tensor) -> Tensor:
     """What the model sees: logit space for MNIST, the data itself otherwise."""
     if _is_mnist(config) and x.dtype == torch.uint8:
-        return to_logit_space(x, torch.Generator(device=x.device).manual_seed(config["seed"] + 7))[
-            0
-        ]
+        return dequantize_logit(x, config["seed"] + 7, alpha=LOGIT_ALPHA)[0]
     return x
 
 
@@ -231,7 +214,7 @@ def train_run(
     model = build_model(config, train.shape[-1])
 
     def transform_batch(x):
-        return (to_logit_space(x)[0],) if x.dtype == torch.uint8 else (x,)
+        return (dequantize_logit(x, alpha=LOGIT_ALPHA)[0],) if x.dtype == torch.uint8 else (x,)
 
     result = fit(
         model.model,
@@ -298,10 +281,9 @@ def evaluate_run(
     test = test.to(device)
     metrics: dict[str, Any] = {"dataset": config["dataset"], "model": config["model"]}
     if _is_mnist(config):
-        g = torch.Generator(device=device).manual_seed(1)
+        y_test, logdet_test = dequantize_logit(test, 1, alpha=LOGIT_ALPHA)
         lps, bpds = [], []
-        for chunk in test.split(1000):
-            y, logdet = to_logit_space(chunk, g)
+        for y, logdet in zip(y_test.split(1000), logdet_test.split(1000), strict=True):
             lp = model.log_prob(y)
             lps.append(lp)
             bpds.append(bits_per_dim(lp + logdet, y.shape[-1]))

@@ -166,8 +166,8 @@ def conformal() -> T.ConformalEmbedding:  # d = 2, D = 3
     return T.ConformalEmbedding(2, 3).double()
 
 
-def nif() -> T.GaussianNIF:  # d = 2, D = 5
-    return T.GaussianNIF(2, 5).double()
+def nif() -> D.GaussianNIF:  # d = 2, D = 5
+    return D.GaussianNIF(2, 5).double()
 
 
 def maf() -> T.MaskedAutoregressive:  # D = 3
@@ -209,6 +209,13 @@ def noisy(**kwargs: object) -> D.NoisyInjective:  # batch (4,), d = 2, D = 3
     bias = args.pop("bias", torch.zeros(3, dtype=F64))
     scale = args.pop("noise_scale", torch.ones(3, dtype=F64))
     return D.NoisyInjective(latent, block(), bias, scale, **args)
+
+
+def gaussian_mixture(**kwargs: object) -> D.GaussianMixture:  # batch (4,), K = 3, d = 2
+    args = {"logits": f64(4, 3), "loc": f64(4, 3, 2), "scale_tril": torch.eye(2, dtype=F64)}
+    args["scale_tril"] = args["scale_tril"].expand(3, 2, 2)
+    args.update(kwargs)
+    return D.GaussianMixture(args["logits"], args["loc"], args["scale_tril"])
 
 
 def inverse(**kwargs: object) -> D.StochasticInverse:  # batch (4,), d = 2, D = 3
@@ -727,127 +734,6 @@ TRANSFORMS = [
         nonfinite("z"),
         id="ConformalEmbedding-nonfinite",
     ),
-    # GaussianNIF: d = 2, D = 5
-    P(
-        lambda: T.GaussianNIF(5, 5),
-        V,
-        r"latent_dim: expected less than data_dim=5 .*got 5",
-        id="GaussianNIF-latent_dim-not-below-data_dim",
-    ),
-    P(
-        lambda: T.GaussianNIF(0, 5),
-        V,
-        int_at_least("latent_dim", 1, 0),
-        id="GaussianNIF-latent_dim-zero",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, init_noise_scale=-0.1),
-        V,
-        positive("init_noise_scale", -0.1),
-        id="GaussianNIF-init_noise_scale-negative",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, min_noise_scale=0.0),
-        V,
-        positive("min_noise_scale", 0.0),
-        id="GaussianNIF-min_noise_scale-zero",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, init_noise_scale=1e-3, min_noise_scale=1e-2),
-        V,
-        r"init_noise_scale: expected more than min_noise_scale=0\.01, got 0\.001",
-        id="GaussianNIF-init_noise_scale-below-floor",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 12, image_shape=(3, 2, 2), factor=0),
-        V,
-        int_at_least("factor", 1, 0),
-        id="GaussianNIF-factor-zero",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, weight=f64(5, 3)),
-        V,
-        shape("weight", "5, 2", (5, 3)),
-        id="GaussianNIF-weight-shape",
-    ),
-    P(
-        lambda: T.GaussianNIF(2, 5, weight=ints(5, 2)),
-        TE,
-        integer("weight"),
-        id="GaussianNIF-weight-integer",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(f64(4, 4))),
-        V,
-        shape("x", "5", (4, 4)),
-        id="GaussianNIF-event-dim",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(f32(4, 5))),
-        V,
-        dtype("x"),
-        id="GaussianNIF-float32",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.log_manifold_term(ints(4, 5))),
-        TE,
-        integer("x"),
-        id="GaussianNIF-integer",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(meta(4, 5))),
-        V,
-        device("x"),
-        id="GaussianNIF-device",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.log_manifold_term(nan(4, 5))),
-        V,
-        nonfinite("x"),
-        id="GaussianNIF-nonfinite",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.stochastic_inverse(f64(0, 5))),
-        V,
-        empty("x", (0, 5)),
-        id="GaussianNIF-empty",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.likelihood(f64(4, 3))),
-        V,
-        shape("z", "2", (4, 3)),
-        id="GaussianNIF-likelihood-event-dim",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.likelihood(f32(4, 2))),
-        V,
-        dtype("z"),
-        id="GaussianNIF-likelihood-float32",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.likelihood(f64(4, 2), s=-1.0)),
-        V,
-        nonnegative("s", -1.0),
-        id="GaussianNIF-likelihood-s-negative",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.marginal(f64(3))),
-        V,
-        shape("loc", "2", (3,)),
-        id="GaussianNIF-marginal-loc-event-dim",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.marginal(f64(2), f64(2, 3))),
-        V,
-        r"scale_tril: expected shape \(\*, 2, 2\)",
-        id="GaussianNIF-marginal-scale_tril-shape",
-    ),
-    P(
-        OnTarget(nif, lambda t: t.marginal(f32(2))),
-        V,
-        dtype("loc"),
-        id="GaussianNIF-marginal-float32",
-    ),
     # MaskedAutoregressive: D = 3
     P(
         lambda: T.MaskedAutoregressive(AutoRegressiveNN(3, [8]), sigma_min=0.0),
@@ -1163,6 +1049,200 @@ DISTRIBUTIONS = [
         V,
         int_at_least("max_draws", 1, 0),
         id="ChartMixture-max_draws-zero",
+    ),
+    # GaussianMixture: batch (4,), K = 3, d = 2
+    P(
+        lambda: gaussian_mixture(logits=f64(4, 5)),
+        V,
+        shape("logits", "3", (4, 5)),
+        id="GaussianMixture-logits-shape",
+    ),
+    P(
+        lambda: gaussian_mixture(scale_tril=f64(3, 2, 3)),
+        V,
+        shape("scale_tril", "3, 2, 2", (3, 2, 3)),
+        id="GaussianMixture-scale_tril-shape",
+    ),
+    P(
+        lambda: gaussian_mixture(loc=f64(2)),
+        V,
+        r"loc: expected at least 2 dims",
+        id="GaussianMixture-loc-dims",
+    ),
+    P(
+        lambda: gaussian_mixture(logits=f32(4, 3)),
+        V,
+        dtype("logits"),
+        id="GaussianMixture-logits-float32",
+    ),
+    P(
+        lambda: gaussian_mixture(loc=ints(4, 3, 2)),
+        TE,
+        integer("loc"),
+        id="GaussianMixture-loc-integer",
+    ),
+    P(
+        lambda: gaussian_mixture(scale_tril=meta(3, 2, 2)),
+        V,
+        r"scale_tril: expected dtype torch\.float64 on device cpu.*got .* on device meta",
+        id="GaussianMixture-scale_tril-device",
+    ),
+    P(
+        lambda: gaussian_mixture(logits=f64(5, 3)),
+        V,
+        r"loc: expected a batch shape that broadcasts with logits's \(5,\), got \(4,\)",
+        id="GaussianMixture-batch-shapes",
+    ),
+    P(
+        lambda: gaussian_mixture(scale_tril=-torch.eye(2, dtype=F64).expand(3, 2, 2)),
+        V,
+        r"Expected parameter scale_tril .* to satisfy the constraint .* but found invalid values",
+        id="GaussianMixture-scale_tril-support",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(f64(5, 3)),
+        V,
+        shape("value", "2", (5, 3)),
+        id="GaussianMixture-log_prob-event-dim",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(f32(5, 2)),
+        V,
+        dtype("value"),
+        id="GaussianMixture-log_prob-float32",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(meta(5, 2)),
+        V,
+        device("value"),
+        id="GaussianMixture-log_prob-device",
+    ),
+    P(
+        lambda: gaussian_mixture().log_prob(nan(5, 2)),
+        V,
+        nonfinite("value"),
+        id="GaussianMixture-log_prob-nonfinite",
+    ),
+    # GaussianNIF: d = 2, D = 5
+    P(
+        lambda: D.GaussianNIF(5, 5),
+        V,
+        r"latent_dim: expected less than data_dim=5 .*got 5",
+        id="GaussianNIF-latent_dim-not-below-data_dim",
+    ),
+    P(
+        lambda: D.GaussianNIF(0, 5),
+        V,
+        int_at_least("latent_dim", 1, 0),
+        id="GaussianNIF-latent_dim-zero",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, init_noise_scale=-0.1),
+        V,
+        positive("init_noise_scale", -0.1),
+        id="GaussianNIF-init_noise_scale-negative",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, min_noise_scale=0.0),
+        V,
+        positive("min_noise_scale", 0.0),
+        id="GaussianNIF-min_noise_scale-zero",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, init_noise_scale=1e-3, min_noise_scale=1e-2),
+        V,
+        r"init_noise_scale: expected more than min_noise_scale=0\.01, got 0\.001",
+        id="GaussianNIF-init_noise_scale-below-floor",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 12, image_shape=(3, 2, 2), factor=0),
+        V,
+        int_at_least("factor", 1, 0),
+        id="GaussianNIF-factor-zero",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, weight=f64(5, 3)),
+        V,
+        shape("weight", "5, 2", (5, 3)),
+        id="GaussianNIF-weight-shape",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 5, weight=ints(5, 2)),
+        TE,
+        integer("weight"),
+        id="GaussianNIF-weight-integer",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(f64(4, 4))),
+        V,
+        shape("x", "5", (4, 4)),
+        id="GaussianNIF-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(f32(4, 5))),
+        V,
+        dtype("x"),
+        id="GaussianNIF-float32",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.log_manifold_term(ints(4, 5))),
+        TE,
+        integer("x"),
+        id="GaussianNIF-integer",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(meta(4, 5))),
+        V,
+        device("x"),
+        id="GaussianNIF-device",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.log_manifold_term(nan(4, 5))),
+        V,
+        nonfinite("x"),
+        id="GaussianNIF-nonfinite",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.stochastic_inverse(f64(0, 5))),
+        V,
+        empty("x", (0, 5)),
+        id="GaussianNIF-empty",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.likelihood(f64(4, 3))),
+        V,
+        shape("z", "2", (4, 3)),
+        id="GaussianNIF-likelihood-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.likelihood(f32(4, 2))),
+        V,
+        dtype("z"),
+        id="GaussianNIF-likelihood-float32",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.likelihood(f64(4, 2), s=-1.0)),
+        V,
+        nonnegative("s", -1.0),
+        id="GaussianNIF-likelihood-s-negative",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f64(3))),
+        V,
+        shape("loc", "2", (3,)),
+        id="GaussianNIF-marginal-loc-event-dim",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f64(2), f64(2, 3))),
+        V,
+        r"scale_tril: expected shape \(\*, 2, 2\)",
+        id="GaussianNIF-marginal-scale_tril-shape",
+    ),
+    P(
+        OnTarget(nif, lambda t: t.marginal(f32(2))),
+        V,
+        dtype("loc"),
+        id="GaussianNIF-marginal-float32",
     ),
     # MixtureOfFlows: K = 3, D = 2
     P(
@@ -2613,6 +2693,41 @@ NETWORKS = [
         V,
         r"distances: expected values >= 0, got min -1",
         id="chart_membership-support",
+    ),
+    # kmeans: N = 5, D = 2, K = 3
+    P(
+        lambda: N.kmeans(f64(2, 2), 3),
+        V,
+        r"x: expected shape \(N, D\) with N >= num_clusters = 3, got shape \(2, 2\)",
+        id="kmeans-too-few-rows",
+    ),
+    P(lambda: N.kmeans(f64(5), 3), V, r"x: expected at least 2 dims", id="kmeans-event-dim"),
+    P(lambda: N.kmeans(ints(5, 2), 3), TE, integer("x"), id="kmeans-integer"),
+    P(lambda: N.kmeans(nan(5, 2), 3), V, nonfinite("x"), id="kmeans-nonfinite"),
+    P(lambda: N.kmeans(f64(5, 2), 0), V, int_at_least("num_clusters", 1, 0), id="kmeans-zero"),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, -1),
+        V,
+        int_at_least("num_iterations", 0, -1),
+        id="kmeans-num_iterations-negative",
+    ),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, labels=torch.tensor([0, 1, 2, 3, -1])),
+        V,
+        r"labels: expected labels in \[-1, 2\], got values in \[-1, 3\]",
+        id="kmeans-labels-range",
+    ),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, labels=f64(5)),
+        TE,
+        r"labels: expected an \(N,\) integer tensor, got dtype torch.float64",
+        id="kmeans-labels-float",
+    ),
+    P(
+        lambda: N.kmeans(f64(5, 2), 3, labels=torch.zeros(4, dtype=torch.int64)),
+        V,
+        r"labels: expected shape \(\*, 5\)",
+        id="kmeans-labels-shape",
     ),
 ]
 

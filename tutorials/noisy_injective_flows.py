@@ -128,13 +128,13 @@ with torch.no_grad():
 
 # %%
 if args.mnist and os.environ.get("PYRO_MANIFOLD_DATA"):
-    from pyro_manifold.datasets import dequantize, load_mnist, logit_transform
+    from pyro_manifold.datasets import dequantize_logit, load_mnist
     from pyro_manifold.plotting import plot_image_grid
 
     x = load_mnist(None, "train").data[: 2000 if args.smoke else 20000]
 
     def to_logit(batch):
-        return (logit_transform(dequantize(batch), alpha=1e-6)[0],)
+        return (dequantize_logit(batch)[0],)
 
     mnist_nif = NoisyInjectiveFlow(
         784,

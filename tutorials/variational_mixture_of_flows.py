@@ -192,10 +192,9 @@ for name, data in (("unsupervised", circles.data), ("semi_supervised", (circles.
 # %%
 if os.environ.get("PYRO_MANIFOLD_DATA") and not args.smoke:
     from pyro_manifold.datasets import (
-        dequantize,
+        dequantize_logit,
         inverse_logit_transform,
         load_mnist,
-        logit_transform,
     )
     from pyro_manifold.nn import scale_output_layer
     from pyro_manifold.plotting import plot_image_grid
@@ -203,11 +202,7 @@ if os.environ.get("PYRO_MANIFOLD_DATA") and not args.smoke:
     digits = [0, 1, 2, 3, 4]
     mnist, mnist_test = (load_mnist(split=s, digits=digits) for s in ("train", "test"))
 
-    def to_logit(pixels, seed):
-        g = torch.Generator().manual_seed(seed)
-        return logit_transform(dequantize(pixels, generator=g), alpha=1e-6)[0]
-
-    xm, xm_test = to_logit(mnist.data, 0), to_logit(mnist_test.data, 1)
+    xm, xm_test = dequantize_logit(mnist.data, 0)[0], dequantize_logit(mnist_test.data, 1)[0]
     semi = torch.full_like(mnist.labels, -1)
     for d in digits:
         semi[(mnist.labels == d).nonzero()[:20, 0]] = d

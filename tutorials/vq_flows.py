@@ -189,16 +189,15 @@ print(f"draws of VQ-RealNVP inside their chart's region: {kept:.1%}")
 # %%
 if not args.smoke and os.environ.get("PYRO_MANIFOLD_DATA"):
     from pyro_manifold.datasets import (
-        dequantize,
+        dequantize_logit,
         inverse_logit_transform,
         load_mnist,
-        logit_transform,
     )
     from pyro_manifold.plotting import plot_image_grid
 
     device = resolve_device()
     pixels = load_mnist(split="train").data[:20000]
-    images = logit_transform(dequantize(pixels, torch.Generator().manual_seed(0)))[0].to(device)
+    images = dequantize_logit(pixels, 0)[0].to(device)
     mnist_vq = VQFlow(
         784, num_charts=10, latent_dim=64, code_dim=16, flow="realnvp", num_layers=4,
         hidden_dims=[256, 256], autoencoder_hidden_dims=[512], reconstruction_weight=1.0,

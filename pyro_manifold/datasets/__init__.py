@@ -24,6 +24,7 @@ from pyro_manifold.datasets.manifolds import (
 from pyro_manifold.datasets.mnist import (
     data_root,
     dequantize,
+    dequantize_logit,
     dynamic_binarize,
     inverse_logit_transform,
     load_mnist,
@@ -49,6 +50,7 @@ __all__ = [
     "checkerboard",
     "data_root",
     "dequantize",
+    "dequantize_logit",
     "dynamic_binarize",
     "eight_gaussians",
     "inverse_logit_transform",

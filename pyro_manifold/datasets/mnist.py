@@ -9,8 +9,8 @@ caller chooses the preprocessing:
 
 - binary models: :func:`dynamic_binarize` (a fresh Bernoulli draw every epoch) or
   :func:`static_binarize` (one fixed draw);
-- continuous flows: :func:`dequantize` then :func:`logit_transform`, whose log-determinant
-  converts densities back to the unit cube.
+- continuous flows: :func:`dequantize_logit` (:func:`dequantize` then
+  :func:`logit_transform`, whose log-determinant converts densities back to the unit cube).
 
 Example:
     >>> pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
@@ -43,6 +43,7 @@ __all__ = [
     "MNIST_SPLITS",
     "data_root",
     "dequantize",
+    "dequantize_logit",
     "dynamic_binarize",
     "inverse_logit_transform",
     "load_mnist",
@@ -367,6 +368,49 @@ def logit_transform(x: Tensor, alpha: float = 1e-6) -> tuple[Tensor, Tensor]:
     y = log_s - log_one_minus_s
     logdet = (math.log1p(-2 * alpha) - log_s - log_one_minus_s).sum(-1)
     return y, logdet
+
+
+def dequantize_logit(
+    x: Tensor,
+    seed: int | None = None,
+    *,
+    alpha: float = 1e-6,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    r"""Dequantise 8-bit pixels and map them to logit space, with the log-determinant.
+
+    :func:`dequantize` then :func:`logit_transform`, the MNIST preprocessing of the MAF
+    paper with :math:`\alpha = 10^{-6}`:
+
+    .. math::
+
+        u = \frac{x + v}{256},\quad v \sim \mathcal U[0, 1),\qquad
+        y = \log\frac{s}{1 - s},\quad s = \alpha + (1 - 2\alpha)u .
+
+    The seeding rule, the one used wherever pixels are dequantised: with ``seed`` the
+    uniforms :math:`v` come from a CPU generator seeded with it, drawn in row-major order
+    and moved to ``x``'s device, so the result depends only on ``x`` and ``seed`` (the
+    same on every device); with ``None`` they come from the global random state of
+    ``x``'s device (fresh noise on every call, as a training batch wants).
+
+    Args:
+        x: integer pixels in 0..255, shape :math:`(*, D)`.
+        seed: seed of the dequantisation noise, an int ``>= 0``, or ``None``.
+        alpha: :math:`\alpha \in [0, 0.5)`.
+        dtype: floating-point dtype of the result.
+
+    Returns:
+        ``(y, logdet)``: :math:`y` of ``x``'s shape and
+        :math:`\log|\det \partial y / \partial u|`, shape :math:`(*)`.
+
+    Example:
+        >>> pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+        >>> y, logdet = dequantize_logit(pixels, seed=0)
+        >>> torch.equal(y, dequantize_logit(pixels, seed=0)[0]), y.shape, logdet.shape
+        (True, torch.Size([1, 3]), torch.Size([1]))
+    """
+    generator = None if seed is None else make_generator(check_seed(seed))
+    return logit_transform(dequantize(x, generator, dtype=dtype), alpha=alpha)
 
 
 def inverse_logit_transform(y: Tensor, alpha: float = 1e-6) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 
 from pyro_manifold._parallel import data_parallel_training, step_edits
+from pyro_manifold._registration import parameters_registered
 from pyro_manifold.infer._batches import MiniBatches
 from pyro_manifold.infer._buffers import BufferSnapshot
 from pyro_manifold.infer._guard import (
@@ -40,7 +41,6 @@ from pyro_manifold.infer._guard import (
 )
 from pyro_manifold.infer.distributed import DataParallelGroup
 from pyro_manifold.infer.graphs import CapturedStep, capture_step, extra_states, same_state
-from pyro_manifold.models._registration import parameters_registered
 
 __all__ = ["GRAPH_WARMUP", "TrainingStep", "check_graphable"]
 

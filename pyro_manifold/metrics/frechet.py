@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
+from pyro_manifold.datasets import ToyData, load_mnist
 from pyro_manifold.datasets.mnist import DATA_ENV_VAR, data_root
 from pyro_manifold.nn.mnist_classifier import MNISTClassifier
 
@@ -219,19 +220,9 @@ def _cache_paths(
     return paths
 
 
-def _load_mnist_split(root: Path, train: bool) -> tuple[Tensor, Tensor]:
-    """Images as float32 ``(N, 784)`` in [0, 1] and labels ``(N,)`` from torchvision files."""
-    from torchvision.datasets import MNIST
-
-    try:
-        data = MNIST(str(root), train=train, download=False)
-    except RuntimeError as err:
-        raise FileNotFoundError(
-            f"root: expected the MNIST files under {root / 'MNIST' / 'raw'} (torchvision's "
-            f"layout), but they were not found; nothing is downloaded: {err}"
-        ) from err
-    images = data.data.reshape(-1, 784).to(torch.float32) / 255.0
-    return images, data.targets.to(torch.int64)
+def _unit_images(data: ToyData) -> tuple[Tensor, Tensor]:
+    """Images as float32 ``(N, 784)`` in [0, 1] and their labels ``(N,)``."""
+    return data.data.to(torch.float32) / 255.0, data.labels
 
 
 def _shift(images: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -271,8 +262,8 @@ def train_mnist_classifier(
     ``batch_size``, for ``epochs`` passes; ``augment`` shifts each training image by up
     to two pixels. The accuracy on the 10,000 test images is measured at the end and
     stored in ``classifier.test_accuracy`` (the defaults reach about 99%). Nothing is
-    downloaded: the files are read with ``torchvision.datasets.MNIST(root,
-    download=False)``. The global random state is left untouched.
+    downloaded: the files are read by :func:`~pyro_manifold.datasets.load_mnist`
+    (``"train+validation"`` and ``"test"``). The global random state is left untouched.
 
     Args:
         root: the data root holding ``MNIST/raw``; ``None`` reads ``$PYRO_MANIFOLD_DATA``.
@@ -304,8 +295,9 @@ def train_mnist_classifier(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    train_x, train_y = _load_mnist_split(folder, train=True)
-    test_x, test_y = _load_mnist_split(folder, train=False)
+    (train_x, train_y), (test_x, test_y) = (
+        _unit_images(load_mnist(folder, split)) for split in ("train+validation", "test")
+    )
 
     generator = torch.Generator().manual_seed(seed)
     fork_devices = [device.index or 0] if device.type == "cuda" else []

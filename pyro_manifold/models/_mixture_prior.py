@@ -5,7 +5,7 @@ r"""A Gaussian-mixture prior on the NIF's latent space, and its EM fit.
 The weights are :math:`\pi = \operatorname{softmax}(\text{logits})`, and :math:`L_k` is
 lower-triangular with a positive diagonal (:math:`\operatorname{softplus}` of the raw
 diagonal plus :data:`SCALE_FLOOR`). Under a Gaussian NIF layer the marginal of each
-component is Gaussian again (see :meth:`pyro_manifold.transforms.GaussianNIF.marginal`),
+component is Gaussian again (see :meth:`pyro_manifold.distributions.GaussianNIF.marginal`),
 so a NIF with this prior keeps an exact :math:`\log p(x)`.
 """
 
@@ -20,49 +20,12 @@ from torch import Tensor, nn
 
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import check_finite, check_input
+from pyro_manifold.distributions.gaussian_mixture import GaussianMixture
 
 #: Added to every component covariance in the M-step, so that no component collapses.
 COVARIANCE_FLOOR = 1e-3
 #: The least diagonal entry of every Cholesky factor :math:`L_k`.
 SCALE_FLOOR = 1e-4
-
-
-class GaussianMixture(dist.MixtureSameFamily):
-    r"""A mixture of :math:`K` full-covariance Gaussians that samples in bounded memory.
-
-    The same distribution as Pyro's ``MixtureSameFamily`` of a ``MultivariateNormal``
-    (whose ``log_prob`` it keeps). Its sampler draws every component for every point and
-    multiplies through a Cholesky factor broadcast to each of them, :math:`O(nKd^2)`
-    memory for :math:`n` draws (24 GiB is not enough for 1000 draws of 10 components
-    in 784 dimensions). Here each point draws its component :math:`k`, then
-    :math:`z = \mu_k + L_k\epsilon` is formed one component at a time:
-    :math:`O(n(K + d) + Kd^2)`. Batch shapes from ``expand`` (a ``pyro.plate``) are
-    kept; components whose factors differ along a batch dimension fall back to the
-    parent's sampler.
-
-    Example:
-        >>> comps = dist.MultivariateNormal(torch.zeros(3, 2), torch.eye(2).expand(3, 2, 2))
-        >>> mix = GaussianMixture(dist.Categorical(logits=torch.zeros(3)), comps)
-        >>> mix.expand((4,)).sample((5,)).shape
-        torch.Size([5, 4, 2])
-    """
-
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> Tensor:
-        components = self.component_distribution
-        tril = components._unbroadcasted_scale_tril
-        if tril.dim() != 3:  # factors batched beyond the K components
-            return super().sample(sample_shape)
-        with torch.no_grad():
-            shape = torch.Size(sample_shape) + self.batch_shape
-            k = self.mixture_distribution.sample(sample_shape)  # shape + batch
-            loc = components.loc.expand(shape + components.loc.shape[-2:])
-            index = k[..., None, None].expand(*shape, 1, loc.shape[-1])
-            z = loc.gather(-2, index).squeeze(-2).clone()
-            eps = torch.randn_like(z)
-            for j in range(tril.shape[0]):
-                chosen = k == j
-                z[chosen] += eps[chosen] @ tril[j].T
-            return z
 
 
 class GaussianMixturePrior(nn.Module):
@@ -91,14 +54,13 @@ class GaussianMixturePrior(nn.Module):
 
     def distribution(self, t: float = 1.0) -> GaussianMixture:
         """The mixture, each component's covariance scaled by the temperature ``t``."""
-        components = dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril() * math.sqrt(t))
-        return GaussianMixture(dist.Categorical(logits=self.logits), components)
+        return GaussianMixture(self.logits, self.loc, self.scale_tril() * math.sqrt(t))
 
     def component_log_prob(self, z: Tensor) -> Tensor:
         r"""Each component's :math:`\log \mathcal N(z_n; \mu_k, L_kL_k^\top)`, shape :math:`(N, K)`.
 
         One component at a time, so memory stays :math:`O(N(K + d) + Kd^2)` where
-        ``distribution().component_distribution.log_prob`` takes :math:`O(NKd)`.
+        ``distribution().component_log_prob`` takes :math:`O(NKd)`.
         """
         pairs = zip(self.loc, self.scale_tril(), strict=True)
         return torch.stack(

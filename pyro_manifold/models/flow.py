@@ -8,8 +8,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor
 
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import check_input, check_positive_int
-from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, flow_stack
 
 __all__ = ["Flow"]

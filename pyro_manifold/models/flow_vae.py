@@ -17,6 +17,7 @@ from pyro.nn import ConditionalAutoRegressiveNN, PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._math import softplus_inverse
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_choice,
     check_input,
@@ -25,7 +26,6 @@ from pyro_manifold._validation import (
     check_tensor,
     check_widths,
 )
-from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.transforms import FlowFactory, flow_stack
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 

@@ -36,6 +36,7 @@ from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
 from pyro_manifold._parallel import sum_over_ranks_
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_choice,
     check_input,
@@ -45,7 +46,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
-from pyro_manifold.models._registration import register_parameters
+from pyro_manifold.nn.kmeans import kmeans
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
 
 __all__ = ["MIXTURE_PRIORS", "VariationalMixtureOfFlows"]
@@ -446,8 +447,9 @@ class VariationalMixtureOfFlows(PyroModule):
     ) -> Tensor:
         r"""Centre each component's base distribution on a k-means cluster of ``x``.
 
-        Runs k-means (k-means++ seeding, then ``num_iterations`` Lloyd steps, from a
-        local generator seeded with ``seed``) and sets component :math:`k`'s base
+        Runs :func:`~pyro_manifold.nn.kmeans` (k-means++ seeding, then up to
+        ``num_iterations`` Lloyd steps, in float64 on the CPU with a local generator seeded
+        with ``seed``) and sets component :math:`k`'s base
         distribution to :math:`\mathcal N(c_k, \operatorname{diag}(s_k^2))`, the centroid and
         per-coordinate spread of cluster :math:`k`. The flows then start near their own
         part of the data instead of all at the origin, which breaks the symmetry between
@@ -488,7 +490,14 @@ class VariationalMixtureOfFlows(PyroModule):
         k = self.num_components
         if x.shape[0] < k:
             raise ValueError(f"x: expected at least num_components = {k} rows, got {x.shape[0]}")
-        centroids, labels = _kmeans(x, k, seed, num_iterations, y)
+        centroids, labels = kmeans(
+            x.detach().double().cpu(),
+            k,
+            num_iterations,
+            labels=None if y is None else y.cpu(),
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+        )
+        centroids, labels = centroids.to(x), labels.to(x.device)
         spread = x.std(0).clamp_min(1e-3)
         scales = torch.stack(
             [x[labels == j].std(0) if int((labels == j).sum()) > 1 else spread for j in range(k)]
@@ -588,48 +597,3 @@ class VariationalMixtureOfFlows(PyroModule):
             81
         """
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-
-def _kmeans(
-    x: Tensor, k: int, seed: int, num_iterations: int, labels: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Lloyd iterations from k-means++ seeding, or from class means when ``labels`` are given.
-
-    With ``labels`` (``-1`` = unlabelled), the centroids start at the means of the labelled
-    points of each class (k-means++ fills classes without labels) and labelled points keep
-    their class (seeded, constrained k-means). An empty cluster keeps its centroid.
-    """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    data = x.detach().double().cpu()
-    known = None if labels is None else labels.detach().cpu()
-    centroids: list[Tensor | None] = [None] * k
-    if known is not None:
-        for j in range(k):
-            if bool((known == j).any()):
-                centroids[j] = data[known == j].mean(0)
-    for j in range(k):
-        if centroids[j] is not None:
-            continue
-        chosen = [c for c in centroids if c is not None]
-        if not chosen:
-            centroids[j] = data[int(torch.randint(data.shape[0], (1,), generator=generator))]
-            continue
-        d2 = torch.cdist(data, torch.stack(chosen)).pow(2).min(1).values
-        weights = d2 if float(d2.sum()) > 0 else torch.ones_like(d2)
-        centroids[j] = data[int(torch.multinomial(weights, 1, generator=generator))]
-    c = torch.stack(centroids)  # type: ignore[arg-type]
-
-    def assign(c: Tensor) -> Tensor:
-        nearest = torch.cdist(data, c).argmin(1)
-        return nearest if known is None else torch.where(known >= 0, known, nearest)
-
-    assignment = assign(c)
-    for _ in range(num_iterations):
-        counts = torch.bincount(assignment, minlength=k)
-        sums = torch.zeros_like(c).index_add_(0, assignment, data)
-        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        new = assign(c)
-        if torch.equal(new, assignment):
-            break
-        assignment = new
-    return c.to(x), assignment.to(x.device)

@@ -3,7 +3,7 @@ r"""The deep noisy injective flow (Cunningham et al. 2020, appendix B.5) as a Py
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -11,18 +11,17 @@ import torch
 from pyro.nn import PyroModule
 from torch import Tensor, nn
 
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_finite,
     check_input,
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.distributions import GaussianNIF
+from pyro_manifold.infer import FitResult, fit
 from pyro_manifold.models._mixture_prior import GaussianMixturePrior
-from pyro_manifold.models._registration import register_parameters
-from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, GaussianNIF, check_flow, flow_stack
-
-if TYPE_CHECKING:
-    from pyro_manifold.infer import FitResult
+from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
 
 __all__ = ["NoisyInjectiveFlow"]
 
@@ -369,7 +368,6 @@ class NoisyInjectiveFlow(PyroModule):
                 f"x: expected at least prior_components={k} points to start the mixture's "
                 f"means at, got {x.shape[0]}"
             )
-        from pyro_manifold.infer import fit  # the training loop imports the models package
 
         def model(z: Tensor) -> None:
             with pyro.plate("data", z.shape[0]):
@@ -415,8 +413,6 @@ class NoisyInjectiveFlow(PyroModule):
     def _fit_mixture_prior(
         self, y: Tensor, y_val: Tensor | None, num_steps: int, chunk_size: int, seed: int | None
     ) -> FitResult:
-        from pyro_manifold.infer import FitResult
-
         if seed is not None:
             pyro.set_rng_seed(seed)
 

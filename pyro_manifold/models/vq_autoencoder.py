@@ -7,13 +7,13 @@ import torch
 from pyro.nn import DenseNN, PyroModule
 from torch import Tensor
 
+from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_input,
     check_positive,
     check_positive_int,
     check_widths,
 )
-from pyro_manifold.models._registration import register_parameters
 from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
 
 __all__ = ["VQAutoencoder"]

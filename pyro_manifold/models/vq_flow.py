@@ -7,6 +7,7 @@ import torch
 from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
+from pyro_manifold._registration import parameters_registered, register_parameters
 from pyro_manifold._validation import (
     check_choice,
     check_input,
@@ -15,7 +16,6 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.chart_mixture import ChartMixture
-from pyro_manifold.models._registration import parameters_registered, register_parameters
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
 from pyro_manifold.nn import scale_output_layer
 from pyro_manifold.transforms import (

@@ -1,7 +1,8 @@
-"""Networks that are not transforms: the MNIST classifier, PICNN, batched MLPs, init."""
+"""Networks that are not transforms: the MNIST classifier, PICNN, batched MLPs, init, k-means."""
 
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN, BatchedLinear
 from pyro_manifold.nn.init import scale_output_layer
+from pyro_manifold.nn.kmeans import kmeans
 from pyro_manifold.nn.mnist_classifier import MNISTClassifier
 from pyro_manifold.nn.picnn import PICNN
 from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
@@ -14,5 +15,6 @@ __all__ = [
     "PICNN",
     "VectorQuantizer",
     "chart_membership",
+    "kmeans",
     "scale_output_layer",
 ]

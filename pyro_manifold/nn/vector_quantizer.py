@@ -29,6 +29,7 @@ from pyro_manifold._validation import (
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.nn.kmeans import kmeans
 
 __all__ = ["VectorQuantizer", "chart_membership"]
 
@@ -173,9 +174,8 @@ class VectorQuantizer(nn.Module):
     def initialize(self, e: Tensor, num_iterations: int = 20) -> None:
         r"""Place the codebook by k-means on encodings ``e`` :math:`(N, C)`, :math:`N \ge K`.
 
-        k-means++ seeding (each new centre drawn with probability proportional to the
-        squared distance to the chosen ones), then ``num_iterations`` Lloyd steps; empty
-        clusters keep their centre.
+        :func:`~pyro_manifold.nn.kmeans` (k-means++ seeding from the global random state,
+        then up to ``num_iterations`` Lloyd steps; empty clusters keep their centre).
         """
         self._check(e)
         check_positive_int("num_iterations", num_iterations, minimum=0)
@@ -184,16 +184,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(
                 f"e: expected at least num_codes = {self.num_codes} encodings, got {len(flat)}"
             )
-        centres = flat[torch.randint(len(flat), (1,), device=flat.device)]
-        for _ in range(1, self.num_codes):
-            d2 = torch.cdist(flat, centres).min(-1).values.pow(2)
-            weights = d2 if float(d2.sum()) > 0 else torch.ones_like(d2)
-            centres = torch.cat([centres, flat[torch.multinomial(weights, 1)]])
-        for _ in range(num_iterations):
-            assign = torch.cdist(flat, centres).argmin(-1)
-            sums = torch.zeros_like(centres).index_add_(0, assign, flat)
-            counts = torch.bincount(assign, minlength=self.num_codes).unsqueeze(-1)
-            centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+        centres, _ = kmeans(flat, self.num_codes, num_iterations)
         with editing_in_place(self.codebook):
             self.codebook.copy_(centres)
         self.usage.zero_()

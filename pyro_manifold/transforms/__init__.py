@@ -24,7 +24,6 @@ from pyro_manifold.transforms.flow_stack import (
     check_flow,
     flow_stack,
 )
-from pyro_manifold.transforms.gaussian_nif import GaussianNIF
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
     MaskedAutoregressive,
@@ -60,7 +59,6 @@ __all__ = [
     "FLOWS",
     "FlowFactory",
     "FreshSplineAutoregressive",
-    "GaussianNIF",
     "MaskedAutoregressive",
     "PCPMapInverseError",
     "Reverse",

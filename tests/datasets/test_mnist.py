@@ -7,6 +7,7 @@ import torch
 from pyro_manifold.datasets import (
     data_root,
     dequantize,
+    dequantize_logit,
     dynamic_binarize,
     inverse_logit_transform,
     load_dataset,
@@ -211,6 +212,29 @@ def test_dequantize():
         dequantize(torch.tensor([0, 256]))
     with pytest.raises(TypeError, match="^dtype"):
         dequantize(x, dtype=torch.int32)
+
+
+def test_dequantize_logit_seeding_rule():
+    x = torch.randint(0, 256, (30, 5), dtype=torch.uint8)
+    y, logdet = dequantize_logit(x, 3, alpha=1e-3, dtype=F64)
+    # dequantize with a CPU generator seeded with seed, then the logit transform
+    want = logit_transform(dequantize(x, torch.Generator().manual_seed(3), dtype=F64), 1e-3)
+    torch.testing.assert_close((y, logdet), want, atol=0, rtol=0)
+    assert y.dtype == F64 and logdet.shape == (30,)
+    # one call on the whole set draws as the same generator chained over its batches
+    g = torch.Generator().manual_seed(3)
+    chained = [logit_transform(dequantize(c, g, dtype=F64), 1e-3)[0] for c in x.split(7)]
+    assert torch.equal(y, torch.cat(chained))
+    # None: the global random state
+    torch.manual_seed(1)
+    fresh = dequantize_logit(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(fresh, dequantize_logit(x)[0])
+    assert not torch.equal(fresh, dequantize_logit(x)[0])
+    with pytest.raises(ValueError, match="seed: expected an int >= 0"):
+        dequantize_logit(x, -1)
+    with pytest.raises(ValueError, match="alpha"):
+        dequantize_logit(x, 0, alpha=0.5)
 
 
 def test_logit_transform_logdet_against_autograd():

@@ -9,7 +9,9 @@ density), and one closed form per distribution against a brute-force computation
 Not distributions, so checked differently: :class:`~pyro_manifold.distributions.BlockLinear`
 is the injective linear map of a noisy injective layer (its products are checked against the
 dense matrix of its documented layout) and :class:`~pyro_manifold.distributions.Atlas` is a
-``Protocol`` (a stub atlas is used to build :class:`ChartMixture`).
+``Protocol`` (a stub atlas is used to build :class:`ChartMixture`);
+:class:`~pyro_manifold.distributions.GaussianNIF` is a module holding a noisy injective
+layer's parameters (tests/distributions/test_gaussian_nif.py).
 
 Runs are deterministic: ``derandomize=True`` and no example database.
 """
@@ -28,6 +30,7 @@ import pyro_manifold.distributions as D
 from pyro_manifold.distributions import (
     BlockLinear,
     ChartMixture,
+    GaussianMixture,
     MixtureOfFlows,
     NoisyInjective,
     SelectedComponent,
@@ -51,7 +54,7 @@ TOL = {"atol": 1e-8, "rtol": 1e-8}
 
 def test_every_public_distribution_is_covered():
     covered = {"NoisyInjective", "StochasticInverse", "MixtureOfFlows", "SelectedComponent"}
-    covered |= {"ChartMixture"}
+    covered |= {"ChartMixture", "GaussianMixture"}
     public = {
         name
         for name in D.__all__
@@ -429,4 +432,26 @@ def test_chart_mixture(data):
     assert torch.isfinite(off_lp).all()
     torch.testing.assert_close(off_lp, _brute_force_log_prob(p, off), **TOL)
     assert p.expand(()) is p
+    _check_expand(data, p, sample_shape)
+
+
+# --------------------------------------------------------------------- GaussianMixture
+@given(data=st.data())
+def test_gaussian_mixture(data):
+    _seed(data)
+    k = data.draw(st.integers(1, 3), label="components")
+    d = data.draw(st.integers(1, 3), label="dim")
+    batch = _shape(data, "batch_shape")
+    logits = torch.randn(*_broadcastable_to(data, batch, "logits"), k, dtype=F64)
+    loc = torch.randn(*batch, k, d, dtype=F64)
+    raw = torch.randn(*_broadcastable_to(data, batch, "scale_tril"), k, d, d, dtype=F64)
+    tril = raw.tril(-1) + torch.diag_embed(0.3 + raw.diagonal(dim1=-2, dim2=-1).abs())
+    p = GaussianMixture(logits, loc, tril, validate_args=True)
+    assert p.batch_shape == batch and p.event_shape == (d,)
+    sample_shape = _shape(data, "sample_shape", max_dims=1)
+    x, lp = _check_samples(p, sample_shape)
+    # brute force: log of the weighted sum of the K normal densities
+    normals = dist.MultivariateNormal(loc, scale_tril=tril)
+    density = (torch.softmax(logits, -1) * normals.log_prob(x.unsqueeze(-2)).exp()).sum(-1)
+    torch.testing.assert_close(lp, density.log(), **TOL)
     _check_expand(data, p, sample_shape)

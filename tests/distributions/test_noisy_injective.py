@@ -6,8 +6,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_manifold.distributions import BlockLinear, NoisyInjective, StochasticInverse
-from pyro_manifold.transforms import GaussianNIF
+from pyro_manifold.distributions import BlockLinear, GaussianNIF, NoisyInjective, StochasticInverse
 
 
 @pytest.fixture(autouse=True)

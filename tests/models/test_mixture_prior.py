@@ -111,7 +111,7 @@ def test_the_low_memory_sampler_draws_the_mixture_under_a_plate_too():
             w = torch.softmax(prior.logits, -1)
             mean = w @ prior.loc
             centred = prior.loc - mean
-            within = torch.einsum("k,kij->ij", w, mixture.component_distribution.covariance_matrix)
+            within = torch.einsum("k,kij->ij", w, mixture.scale_tril @ mixture.scale_tril.mT)
             cov = within + centred.T @ (w[:, None] * centred)
             for draws in (
                 mixture.sample((200_000,)),

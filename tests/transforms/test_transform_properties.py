@@ -11,9 +11,6 @@ parameters, then checks
   ``torch.autograd.functional.jacobian``: ``log|det J|``, or :math:`\tfrac12\log\det J^\top J`
   for a dimension-raising map; and that the points of a batch do not interact (the
   Jacobian of the batched map is block diagonal);
-* :class:`~pyro_manifold.transforms.GaussianNIF`, a layer whose two directions are
-  distributions: the pseudo-inverse is a left inverse of :math:`z \mapsto Az + b` (and a
-  weighted least-squares projection), and the manifold term equals its dense closed form;
 * PCP-Map with pre-activations past ``F.softplus``'s threshold: the analytic derivatives
   of the potential (log-determinant, Newton inverse) match autograd through the forward map.
 
@@ -191,7 +188,6 @@ def _example(data, family: str) -> Example:
 def test_families_cover_every_public_transform():
     covered = set(FAMILIES) | {
         "ConditionedPCPMap",  # what ConditionalPCPMap.condition returns
-        "GaussianNIF",  # test_gaussian_nif_* below
         # Pyro's spline arithmetic round-trips to about 1e-7, not this file's 1e-8:
         # test_transform_battery.py checks it at its tolerances
         "ConditionalSplineCoupling",
@@ -269,77 +265,6 @@ def test_log_abs_det_jacobian_against_autograd(family, data):
     torch.testing.assert_close(uncached, expected, **TOL)
     x2 = x.clone()
     torch.testing.assert_close(t.log_abs_det_jacobian(t.inv(x2), x2), expected, **TOL)
-
-
-# ------------------------------------------------------------------------ GaussianNIF
-def _gaussian_nif(data) -> T.GaussianNIF:
-    draw = data.draw
-    torch.manual_seed(draw(st.integers(0, 2**31 - 1), label="seed"))
-    if draw(st.booleans(), label="image"):
-        c = _dim(draw, 1, 2, "channels")
-        f = _dim(draw, 1, 2, "factor")
-        if c * f * f < 2:  # a patch of one value cannot lower the dimension
-            c = 2
-        rows = _dim(draw, 1, 2, "latent_rows")
-        cols = _dim(draw, 1, 2, "latent_cols")
-        k = _dim(draw, 1, c * f * f - 1, "latent_channels")
-        nif = T.GaussianNIF(
-            k * rows * cols, c * f * f * rows * cols, image_shape=(c, f * rows, f * cols), factor=f
-        )
-    else:
-        big_d = _dim(draw, 2, 6, "data_dim")
-        d = _dim(draw, 1, big_d - 1, "latent_dim")
-        noise = draw(st.sampled_from([0.01, 0.1, 1.0]), label="init_noise_scale")
-        nif = T.GaussianNIF(d, big_d, init_noise_scale=noise)
-    nif = nif.double()
-    with torch.no_grad():
-        nif.weight.add_(0.3 * torch.randn_like(nif.weight))
-        nif.bias.normal_()
-        nif.noise_raw.add_(0.5 * torch.randn_like(nif.noise_raw))
-    return nif
-
-
-@given(data=st.data())
-def test_gaussian_nif_pseudo_inverse_is_a_left_inverse(data):
-    nif = _gaussian_nif(data)
-    batch = _batch(data)
-    z = torch.randn(*batch, nif.latent_dim, dtype=F64)
-    on_manifold = nif.linear.matvec(z) + nif.bias
-    assert on_manifold.shape == (*batch, nif.data_dim)
-    torch.testing.assert_close(nif.pseudo_inverse(on_manifold), z, **TOL)
-    # noise multiplier 0 samples exactly on the manifold
-    torch.testing.assert_close(nif.likelihood(z, s=0.0).sample(), on_manifold, atol=0, rtol=0)
-    # off the manifold: Az+ + b is the Sigma^-1-weighted least-squares fit (normal equations)
-    with torch.no_grad():
-        x = on_manifold + torch.randn_like(on_manifold)
-        z_plus = nif.pseudo_inverse(x)
-        residual = (x - nif.linear.matvec(z_plus) - nif.bias) * nif.noise_scale.pow(-2)
-        dense = nif.linear.dense()
-        normal = residual @ dense
-        bound = 1e-9 * (1 + residual.abs().amax() * dense.abs().amax())
-        assert normal.abs().max() <= bound * nif.data_dim
-
-
-@given(data=st.data())
-def test_gaussian_nif_manifold_term_matches_dense_closed_form(data):
-    nif = _gaussian_nif(data)
-    batch = _batch(data)
-    with torch.no_grad():
-        x = 2 * torch.randn(*batch, nif.data_dim, dtype=F64)
-        got = nif.log_manifold_term(x)
-        a, b, sigma = nif.linear.dense(), nif.bias, nif.noise_scale
-        precision = a.T @ torch.diag(sigma.pow(-2)) @ a
-        rhs = ((x - b) * sigma.pow(-2)) @ a
-        z_star = torch.linalg.solve(precision, rhs.unsqueeze(-1)).squeeze(-1)
-        peak = torch.distributions.Normal(z_star @ a.T + b, sigma).log_prob(x).sum(-1)
-        # int N(x; Az + b, Sigma) dz: a Gaussian integral in z around its peak z*
-        expected = (
-            peak
-            + 0.5 * nif.latent_dim * math.log(2 * math.pi)
-            - 0.5 * torch.linalg.slogdet(precision).logabsdet
-        )
-    assert got.shape == batch
-    torch.testing.assert_close(got, expected, **TOL)
 
 
 # ------------------------------------------------------- PCP-Map beyond softplus's threshold

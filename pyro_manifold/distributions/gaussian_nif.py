@@ -25,12 +25,13 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_tensor,
 )
-from pyro_manifold.distributions import (
-    BlockLinear,
+from pyro_manifold.distributions.block_linear import BlockLinear
+from pyro_manifold.distributions.noisy_injective import (
     NoisyInjective,
     StochasticInverse,
+    _log_manifold_term,
+    _precision_cholesky,
 )
-from pyro_manifold.distributions.noisy_injective import _log_manifold_term, _precision_cholesky
 
 __all__ = ["GaussianNIF"]
 
