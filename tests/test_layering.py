@@ -33,6 +33,8 @@ LAYERS = {
     "_math": 0,
     "_parallel": 0,
     "_registration": 0,
+    "_cache": 0,
+    "errors": 0,
 }
 
 
