@@ -245,6 +245,22 @@ class FreshCache(FreshMemo):
         self._cached_x_y = (x, y)
         self._remember_for("x_y", self._cached_x_y, (key,), (x, y))
 
+    def _keep_log_det(self, u: Tensor, x: Tensor, ladj: Tensor) -> None:
+        """Keep ``ladj``, the log-determinant of the pass ``u -> x``, for that pair of tensors.
+
+        A transform that computes its value and log-determinant together (one pass)
+        keeps the latter here and lists ``"_ladj_cache"`` in ``_cache_slots``.
+        """
+        self._ladj_cache = (u, x, ladj)
+        self._remember_for("ladj", self._ladj_cache, (u, x), (ladj,))
+
+    def _kept_log_det(self, u: Tensor, x: Tensor) -> Tensor | None:
+        """The log-determinant kept for exactly ``(u, x)`` while it is fresh, else ``None``."""
+        cache = getattr(self, "_ladj_cache", None)
+        if cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache):
+            return cache[2]
+        return None
+
 
 def _forget(owner: weakref.ref, slot: str, key: tuple, grad: Tensor) -> None:
     """Gradient hook: the entry remembered in ``slot`` under ``key`` is spent."""

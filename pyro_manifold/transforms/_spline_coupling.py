@@ -21,7 +21,25 @@ from pyro_manifold._validation import check_positive_int, check_widths
 __all__ = ["FreshSplineCoupling", "fresh_spline_coupling"]
 
 
-class FreshSplineCoupling(FreshCache, SplineCoupling):
+class FreshPyroSpline(FreshCache):
+    """:class:`FreshCache` for Pyro's spline layers, which keep their last log-determinant.
+
+    Pyro's ``SplineCoupling`` and ``SplineAutoregressive`` leave the element-wise
+    log-derivatives of their last pass in ``_cache_log_detJ``; it is reused only while
+    that pass's entry is fresh. Put it first among the bases.
+    """
+
+    _cache_slots = ("_cached_x_y", "_cache_log_detJ")
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log |det dy/dx|`` of shape :math:`(*)`, from the last pass when it is fresh."""
+        x_old, y_old = self._cached_x_y
+        if not (x is x_old and y is y_old and self._fresh("x_y", self._cached_x_y)):
+            self._store(x, self._call(x), key=x)  # type: ignore[attr-defined]
+        return self._cache_log_detJ.sum(-1)  # type: ignore[attr-defined]
+
+
+class FreshSplineCoupling(FreshPyroSpline, SplineCoupling):
     r"""Pyro's ``SplineCoupling``, whose cache follows the parameters and the inputs.
 
     .. math::
@@ -47,8 +65,6 @@ class FreshSplineCoupling(FreshCache, SplineCoupling):
         Papamakarios, 2019. arXiv:1906.04032.
     """
 
-    _cache_slots = ("_cached_x_y", "_cache_log_detJ")
-
     def _call(self, x: Tensor) -> Tensor:
         y = super()._call(x)
         self._forget_lower_spline()
@@ -65,13 +81,6 @@ class FreshSplineCoupling(FreshCache, SplineCoupling):
         if self.lower_spline is not None:
             self.lower_spline._cached_x_y = (None, None)
             self.lower_spline._cache_log_detJ = None
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        """``log |det dy/dx|`` of shape :math:`(*)`, from the last pass when it is fresh."""
-        x_old, y_old = self._cached_x_y
-        if not (x is x_old and y is y_old and self._fresh("x_y", self._cached_x_y)):
-            self._store(x, self._call(x), key=x)
-        return self._cache_log_detJ.sum(-1)
 
 
 def fresh_spline_coupling(

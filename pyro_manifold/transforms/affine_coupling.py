@@ -132,24 +132,20 @@ class AffineCoupling(FreshCache, TransformModule):
         kept, moved = self._split(self._check("u", u))
         mu, log_sigma = self._loc_and_log_scale(kept)
         x = self._join(kept, mu + torch.exp(log_sigma) * moved)
-        self._ladj_cache = (u, x, log_sigma.sum(-1))
-        self._remember_for("ladj", self._ladj_cache, (u, x), self._ladj_cache[2:])
+        self._keep_log_det(u, x, log_sigma.sum(-1))
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:
         kept, moved = self._split(self._check("x", x))
         mu, log_sigma = self._loc_and_log_scale(kept)
         u = self._join(kept, (moved - mu) * torch.exp(-log_sigma))
-        self._ladj_cache = (u, x, log_sigma.sum(-1))
-        self._remember_for("ladj", self._ladj_cache, (u, x), self._ladj_cache[2:])
+        self._keep_log_det(u, x, log_sigma.sum(-1))
         return u
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`\sum_j \log\sigma_j(u_a)`, shared with the last call."""
-        cache = self._ladj_cache
-        if cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache):
-            return cache[2]
-        return self._loc_and_log_scale(self._split(u)[0])[1].sum(-1)
+        ladj = self._kept_log_det(u, x)
+        return ladj if ladj is not None else self._loc_and_log_scale(self._split(u)[0])[1].sum(-1)
 
 
 class ConditionalAffineCoupling(ConditionalTransformModule):

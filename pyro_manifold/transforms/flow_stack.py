@@ -442,8 +442,7 @@ class StackedFlows(FreshCache, TransformModule):
             ladjs.append(ladj.expand(h.shape[:-1]))
         result, ladj = torch.stack(outputs, -2), torch.stack(ladjs, -1)
         u, x = (z, result) if forward else (result, z)
-        self._ladj_cache = (u, x, ladj)
-        self._remember_for("ladj", self._ladj_cache, (u, x), (ladj,))
+        self._keep_log_det(u, x, ladj)
         return result
 
     def _call(self, u: Tensor) -> Tensor:
@@ -454,10 +453,8 @@ class StackedFlows(FreshCache, TransformModule):
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         """Per-flow log-determinants, shape :math:`(*, K)`, shared with the last pass."""
-        cache = self._ladj_cache
-        if not (
-            cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache)
-        ):
+        ladj = self._kept_log_det(u, x)
+        if ladj is None:
             self._pass(u, forward=True)
-            cache = self._ladj_cache
-        return cache[2]
+            ladj = self._ladj_cache[2]
+        return ladj

@@ -25,6 +25,7 @@ from torch.distributions import Transform, constraints
 
 from pyro_manifold._cache import FreshCache
 from pyro_manifold._validation import check_input, check_positive, check_positive_int
+from pyro_manifold.transforms._spline_coupling import FreshPyroSpline
 
 __all__ = [
     "ConditionalSplineCoupling",
@@ -77,8 +78,7 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
         ladj = spline.log_abs_det_jacobian(inp, res).sum(-1)
         joined = torch.cat([kept, out], dim=-1)
         u, x = (z, joined) if forward else (joined, z)
-        self._ladj_cache = (u, x, ladj)
-        self._remember_for("ladj", self._ladj_cache, (u, x), (ladj,))
+        self._keep_log_det(u, x, ladj)
         return joined
 
     def _call(self, u: Tensor) -> Tensor:
@@ -89,13 +89,11 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`\sum_j \log g_j'(u_{b,j})`, shape :math:`(*)`, as last computed."""
-        cache = self._ladj_cache
-        if not (
-            cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache)
-        ):
+        ladj = self._kept_log_det(u, x)
+        if ladj is None:
             self._pass(u, forward=True)
-            cache = self._ladj_cache
-        return cache[2]
+            ladj = self._ladj_cache[2]
+        return ladj
 
 
 class ConditionalSplineCoupling(ConditionalTransformModule):
@@ -186,7 +184,7 @@ def conditional_spline_coupling(
     return ConditionalSplineCoupling(input_dim, split, net, count_bins, bound)
 
 
-class FreshSplineAutoregressive(FreshCache, SplineAutoregressive):
+class FreshSplineAutoregressive(FreshPyroSpline, SplineAutoregressive):
     r"""Pyro's ``SplineAutoregressive``, whose cache follows the parameters and the inputs.
 
     .. math::
@@ -212,12 +210,3 @@ class FreshSplineAutoregressive(FreshCache, SplineAutoregressive):
         Neural Spline Flows. Conor Durkan, Artur Bekasov, Iain Murray, George
         Papamakarios, 2019. arXiv:1906.04032.
     """
-
-    _cache_slots = ("_cached_x_y", "_cache_log_detJ")
-
-    def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
-        """``log |det dx/du|`` of shape :math:`(*)`, from the last pass when it is fresh."""
-        u_old, x_old = self._cached_x_y
-        if not (u is u_old and x is x_old and self._fresh("x_y", self._cached_x_y)):
-            self._store(u, self._call(u), key=u)
-        return self._cache_log_detJ.sum(-1)

@@ -80,28 +80,22 @@ class ZukoTransform(FreshCache, TransformModule):
         self.context = context
         self._ladj_cache: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def _remember(self, u: Tensor, x: Tensor, ladj: Tensor) -> None:
-        self._ladj_cache = (u, x, ladj)
-        self._remember_for("ladj", self._ladj_cache, (u, x), (ladj,))
-
     def _call(self, u: Tensor) -> Tensor:
         check_input("u", u, min_dim=1, nonempty=False)
         x, ladj = self.flow(self.context).inv.call_and_ladj(u)
-        self._remember(u, x, ladj)
+        self._keep_log_det(u, x, ladj)
         return x
 
     def _inverse(self, x: Tensor) -> Tensor:
         check_input("x", x, min_dim=1, nonempty=False)
         u, ladj = self.flow(self.context).call_and_ladj(x)
-        self._remember(u, x, -ladj)
+        self._keep_log_det(u, x, -ladj)
         return u
 
     def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
         r"""Return :math:`\log|\det \partial x/\partial u|`, shape :math:`(*)`, as last computed."""
-        cache = self._ladj_cache
-        if cache is not None and cache[0] is u and cache[1] is x and self._fresh("ladj", cache):
-            return cache[2]
-        return -self.flow(self.context).call_and_ladj(x)[1]
+        ladj = self._kept_log_det(u, x)
+        return ladj if ladj is not None else -self.flow(self.context).call_and_ladj(x)[1]
 
 
 class ConditionalZukoTransform(ConditionalTransformModule):
