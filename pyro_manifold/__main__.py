@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from pyro_manifold.datasets import DATASETS
 from pyro_manifold.demo import run_demo
+from pyro_manifold.errors import PyroManifoldError
 from pyro_manifold.experiment import DEFAULT_CONFIG, MODELS, evaluate_run, sample_run, train_run
 from pyro_manifold.infer.distributed import is_main_process, torchrun_process_group
 from pyro_manifold.metrics import load_mnist_classifier
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pyro_manifold",
         description="Train, evaluate and sample pyro_manifold models.",
+    )
+    p.add_argument(
+        "--debug", action="store_true", help="show an error's traceback (default: one line)"
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -105,13 +109,33 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m pyro_manifold``; returns the exit status.
 
+    An error of the package (:class:`~pyro_manifold.errors.PyroManifoldError`: a refused
+    argument, checkpoint or run directory) is printed as one line, ``error: ...``, on
+    stderr with exit status 2; ``--debug`` (before the command) shows the traceback.
+
     Example:
         >>> main(["evaluate", "--help"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         SystemExit: 0
+        >>> import contextlib, io, tempfile
+        >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+        ...     status = main(["evaluate", tempfile.mkdtemp()])
+        >>> status, err.getvalue().startswith("error: ")
+        (2, True)
     """
     args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except PyroManifoldError as e:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "fit":
         config = {
             k: v for k, v in vars(args).items() if k in DEFAULT_CONFIG and k not in ("data_dim",)
@@ -132,7 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         clf = load_mnist_classifier(args.data, train_if_missing=True)
         print(f"MNIST classifier ready (test accuracy {clf.test_accuracy:.4f})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 r"""The package's own exception types, so that a caller can tell our refusals from bugs.
 
-Every error the package raises on purpose derives from :class:`PyroManifoldError`, and
-also from the built-in type a Python user would expect (``ValueError`` for a wrong value,
-``TypeError`` for a wrong type, ``OSError`` for a run directory that cannot be used), so
-``except ValueError`` keeps working. The message names the argument or file, what was
-expected and what was given; the command line prints it on one line.
+The argument checks shared by the package (:mod:`pyro_manifold._validation`), checkpoints,
+run directories and resumes raise these types; each derives from
+:class:`PyroManifoldError` and also from the built-in type a Python user would expect
+(``ValueError`` for a wrong value, ``TypeError`` for a wrong type, ``OSError`` for a run
+directory that cannot be used), so ``except ValueError`` keeps working. Checks written
+inline in some modules still raise the plain built-in types. The message names the
+argument or file, what was expected and what was given; the command line prints these
+errors on one line.
 
 Example:
     >>> from pyro_manifold.models import Flow

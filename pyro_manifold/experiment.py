@@ -30,8 +30,10 @@ from pyro_manifold.datasets import (
     load_dataset,
     make_manifold,
 )
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.infer import fit, load_checkpoint, resolve_device
 from pyro_manifold.infer.distributed import is_main_process
+from pyro_manifold.infer.rundir import check_run_dir
 from pyro_manifold.metrics import (
     bits_per_dim,
     maximum_mean_discrepancy,
@@ -107,6 +109,11 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
     :class:`~pyro_manifold.models.Flow` or a NIF's top flow), now ``"spline_coupling"``,
     with the same layers and state-dict keys; new configs must use the new name.
     """
+    if not (run_dir / "config.json").is_file():
+        raise ArgumentError(
+            f"run_dir: expected a run directory written by fit (with config.json), got "
+            f"{str(run_dir)!r}"
+        )
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("flow") == "spline":
         config["flow"] = "spline_coupling"
@@ -204,14 +211,12 @@ def train_run(
         ['test_log_likelihood', 'test_log_likelihood_stderr']
     """
     config = _complete(config)
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     train, val, _ = load_splits(config)
     config["data_dim"] = train.shape[-1]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+    _check_run_for(config, run_dir, resume)
     torch.manual_seed(config["seed"])
-    model = build_model(config, train.shape[-1])
+    model = build_model(config, train.shape[-1])  # checks the model's options
 
     def transform_batch(x):
         return (dequantize_logit(x, alpha=LOGIT_ALPHA)[0],) if x.dtype == torch.uint8 else (x,)
@@ -239,6 +244,42 @@ def train_run(
         return {}
     plot_training_curve(result.history, run_dir / "training_curve.png")
     return evaluate_run(run_dir, model=model)
+
+
+RESUMABLE_CHANGES = ("steps", "device")
+"""Options a ``--resume`` may change (train longer, or on another device)."""
+
+
+def _check_run_for(config: dict[str, Any], run_dir: Path, resume: bool) -> None:
+    """Refuse, before anything is written, a fit that would damage the run in ``run_dir``.
+
+    A new run may not overwrite a trained one; a resumed run must exist and keep its
+    saved options, but for :data:`RESUMABLE_CHANGES`.
+    """
+    trained = (run_dir / "checkpoint.pt").exists()
+    if not resume:
+        if trained:
+            raise ArgumentError(
+                f"run_dir: expected a new or empty run directory, but {str(run_dir)!r} holds "
+                "a trained run; resume it (--resume) or choose another --run-dir"
+            )
+        return
+    if not trained or not (run_dir / "config.json").is_file():
+        raise ArgumentError(
+            f"resume: expected a run directory with checkpoint.pt and config.json, got "
+            f"{str(run_dir)!r}"
+        )
+    saved = _saved_config(run_dir)
+    changed = sorted(
+        k for k in set(saved) | set(config)
+        if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k)
+    )  # fmt: skip
+    if changed:
+        diff = ", ".join(f"{k}: saved {saved.get(k)!r}, given {config.get(k)!r}" for k in changed)
+        raise ArgumentError(
+            f"resume: expected the options of the saved run (only {list(RESUMABLE_CHANGES)} "
+            f"may change), got {diff}"
+        )
 
 
 def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow | NoisyInjectiveFlow]:

@@ -10,6 +10,7 @@ stopping (``_early_stopping``) and the history and progress bar (``_progress``).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -110,7 +111,7 @@ class _SetUp:
 
 @contextmanager
 def _unchanged_on_failure(modules: Sequence[nn.Module]) -> Iterator[_SetUp]:
-    """Put every parameter and buffer of ``modules`` back if the block fails before ``done()``.
+    """Put every parameter, buffer and train/eval mode back if the block fails before ``done()``.
 
     Values, devices and dtypes are restored in place (a parameter stays the same object,
     so an optimiser or a param store that holds it is not cut off).
@@ -123,11 +124,14 @@ def _unchanged_on_failure(modules: Sequence[nn.Module]) -> Iterator[_SetUp]:
         for name, tensor in table.items()
         if tensor is not None
     ]
+    modes = [(owner, owner.training) for m in modules for owner in m.modules()]
     progress = _SetUp()
     try:
         yield progress
     except BaseException:
         if not progress.finished:
+            for owner, training in modes:
+                owner.training = training
             with torch.no_grad():
                 for owner, kind, name, value in saved:
                     if kind == "param":
@@ -135,6 +139,13 @@ def _unchanged_on_failure(modules: Sequence[nn.Module]) -> Iterator[_SetUp]:
                     else:
                         owner._buffers[name] = value
         raise
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
 
 
 def _owner_modules(*fns: Callable, extra: Sequence[nn.Module] = ()) -> list[nn.Module]:
@@ -366,7 +377,9 @@ def fit(
         resume: a checkpoint to continue from.
         log_every: steps between loss read-backs (history and progress bar).
         progress: show a tqdm bar; default only on a terminal.
-        config: plain data describing the run, stored in checkpoints.
+        config: plain data describing the run, stored in checkpoints and, with a
+            ``run_dir``, written to ``run_dir/config.json`` once every check has passed
+            and the run directory is held (never by a refused call).
         fast: take the fast path described above.
         cuda_graph: on a CUDA device, capture the step as a CUDA graph after
             ``GRAPH_WARMUP`` eager steps and replay it for every later step (see
@@ -469,6 +482,8 @@ def fit(
         checkpoint: Path | None = None
 
         setting_up.done()  # from here a failure leaves the last good step's state
+        if config is not None and history_dir is not None:
+            _write_json(history_dir / "config.json", run.config)
 
         # -- train ---------------------------------------------------------------------
         for m in mods:

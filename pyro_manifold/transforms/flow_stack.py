@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
-from pyro.distributions.transforms import BatchNorm, ConditionalSplineAutoregressive
+from pyro.distributions.transforms import BatchNorm
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN, ConditionalDenseNN, DenseNN
 from torch import Tensor, nn
 from torch.distributions import Transform, constraints
@@ -41,6 +41,7 @@ from pyro_manifold.transforms.masked_autoregressive import (
 from pyro_manifold.transforms.permutation import Reverse
 from pyro_manifold.transforms.splines import (
     ConditionalSplineCoupling,
+    FreshConditionalSplineAutoregressive,
     FreshSplineAutoregressive,
     spline_param_dims,
 )
@@ -152,10 +153,9 @@ def _layer(
         )
     if flow == "spline_autoregressive":
         net = _autoregressive(dim, hidden, spline_param_dims(num_bins), order, context_dim, k)
-        spline = (
-            FreshSplineAutoregressive if context_dim is None else ConditionalSplineAutoregressive
-        )
-        return spline(dim, net, count_bins=num_bins, bound=bound)
+        if context_dim is None:
+            return FreshSplineAutoregressive(dim, net, count_bins=num_bins, bound=bound)
+        return FreshConditionalSplineAutoregressive(dim, net, count_bins=num_bins, bound=bound)
     split = dim // 2
     net = _dense(split, hidden, spline_param_dims(num_bins, dim - split), context_dim, k)
     if context_dim is not None:
@@ -339,6 +339,9 @@ def _own_layers(
                 f"{type(layer).__name__} at position {i}{hint}"
             )
     _check_acts_on(layers, input_dim, context_dim, name, call)
+    for layer in layers:  # Pyro's own layers key their cache on tensor identity alone:
+        if isinstance(layer, Transform) and not isinstance(layer, FreshCache):
+            layer._cache_size = 0  # never serve a result from before an optimiser step
     return layers
 
 

@@ -18,7 +18,11 @@ from functools import partial
 
 import torch
 from pyro.distributions.conditional import ConditionalTransformModule
-from pyro.distributions.transforms import ConditionalSpline, SplineAutoregressive
+from pyro.distributions.transforms import (
+    ConditionalSpline,
+    ConditionalSplineAutoregressive,
+    SplineAutoregressive,
+)
 from pyro.nn import ConditionalDenseNN
 from torch import Tensor
 from torch.distributions import Transform, constraints
@@ -28,6 +32,7 @@ from pyro_manifold._validation import check_input, check_positive, check_positiv
 from pyro_manifold.transforms._spline_coupling import FreshPyroSpline
 
 __all__ = [
+    "FreshConditionalSplineAutoregressive",
     "ConditionalSplineCoupling",
     "FreshSplineAutoregressive",
     "conditional_spline_coupling",
@@ -60,6 +65,7 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
 
     def __init__(self, owner: ConditionalSplineCoupling, context: Tensor) -> None:
         super().__init__(cache_size=1)
+        self._hypernet, self._context = owner.nn, context
         self.split_dim, self.input_dim = owner.split_dim, owner.input_dim
         self.spline = ConditionalSpline(
             partial(owner.nn, context=context),
@@ -68,6 +74,10 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
             owner.bound,
         )
         self._ladj_cache: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _cache_state(self) -> tuple[list[Tensor], list[torch.nn.Module]]:
+        # the hypernetwork and the context sit inside the element-wise spline's partial
+        return [self._context], [self._hypernet]
 
     def _pass(self, z: Tensor, forward: bool) -> Tensor:
         check_input("x" if not forward else "u", z, event_shape=(self.input_dim,), nonempty=False)
@@ -210,3 +220,28 @@ class FreshSplineAutoregressive(FreshPyroSpline, SplineAutoregressive):
         Neural Spline Flows. Conor Durkan, Artur Bekasov, Iain Murray, George
         Papamakarios, 2019. arXiv:1906.04032.
     """
+
+
+class FreshConditionalSplineAutoregressive(ConditionalSplineAutoregressive):
+    r"""Pyro's ``ConditionalSplineAutoregressive`` whose conditioned layers keep a fresh cache.
+
+    ``condition(h)`` returns a :class:`FreshSplineAutoregressive` on the network with the
+    context bound, so a conditioned layer held across optimiser steps (or a context
+    refilled in place) recomputes, as every other cached transform of the package does.
+    The map is Pyro's: :math:`x_i = g_{\theta_i(u_{<i}, h)}(u_i)`.
+
+    Example:
+        >>> from pyro.nn import ConditionalAutoRegressiveNN
+        >>> net = ConditionalAutoRegressiveNN(2, 3, [8], param_dims=spline_param_dims(8))
+        >>> t = FreshConditionalSplineAutoregressive(2, net).condition(torch.randn(3))
+        >>> u = torch.randn(4, 2)
+        >>> torch.allclose(t.inv(t(u)), u, atol=1e-5)
+        True
+    """
+
+    def condition(self, context: Tensor) -> FreshSplineAutoregressive:
+        """The layer at ``context`` (network shared, weights not copied)."""
+        bound = partial(self.nn, context=context)
+        bound.permutation = bound.func.permutation
+        bound.get_permutation = bound.func.get_permutation
+        return FreshSplineAutoregressive(self.input_dim, bound, **self.kwargs)

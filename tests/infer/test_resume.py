@@ -174,3 +174,18 @@ def test_a_failure_late_in_set_up_puts_the_loaded_state_back(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="broadcast failed"):  # after the checkpoint loaded
         fit(fresh.model, fresh.guide, x, resume=tmp_path / "checkpoint.pt", **ARGS)
     assert all(torch.equal(a, b) for a, b in zip(_state(fresh), before, strict=True))
+
+
+def test_a_failed_set_up_keeps_the_train_mode(monkeypatch):
+    from pyro_manifold.infer.distributed import DataParallelGroup
+
+    x, _ = _data()
+    flow = _flow().train()
+
+    def broken(self, modules, params):
+        raise RuntimeError("broadcast failed")
+
+    monkeypatch.setattr(DataParallelGroup, "broadcast_state_", broken)
+    with pytest.raises(RuntimeError, match="broadcast failed"):
+        fit(flow.model, flow.guide, x, **ARGS)
+    assert all(m.training for m in flow.modules())

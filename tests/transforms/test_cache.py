@@ -435,3 +435,48 @@ def test_chart_mixture_under_inference_mode():
         torch.testing.assert_close(d.log_prob(x), expected)
         built_inside = VQFlow(3, num_charts=3, num_layers=1, hidden_dims=[8]).eval()
         assert built_inside.log_prob(x).shape == (16,)
+
+
+@pytest.mark.parametrize("family", ["realnvp", "maf", "spline_coupling", "spline_autoregressive"])
+def test_every_conditional_family_recomputes_after_an_update(family):
+    from pyro_manifold.transforms import flow_stack
+
+    torch.manual_seed(0)
+    layer = flow_stack(2, family, 1, [8], context_dim=3)[0]
+    t = layer.condition(torch.randn(3))
+    u = torch.randn(5, 2)
+    first = t(u)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.5)
+    again = t(u)
+    assert again is not first
+    torch.testing.assert_close(again, layer.condition(t_context(t))(u))
+
+
+def t_context(t):
+    """The context a conditioned layer was built with (for a fresh comparison)."""
+    for value in vars(t).values():
+        if isinstance(value, torch.Tensor) and value.shape == (3,):
+            return value
+        keywords = getattr(value, "keywords", None)
+        if keywords and "context" in keywords:
+            return keywords["context"]
+    raise AssertionError("no context found")
+
+
+def test_a_users_pyro_layers_train_under_stock_svi_after_an_evaluation():
+    import pyro
+    from pyro.distributions.transforms import affine_coupling as pyro_affine_coupling
+    from pyro.infer import SVI, Trace_ELBO
+
+    from pyro_manifold.models import Flow
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    flow = Flow(2, lambda d: [pyro_affine_coupling(d, hidden_dims=[8])])
+    x = torch.randn(200, 2) * 2.0 + 1.0
+    svi = SVI(flow.model, flow.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi.evaluate_loss(x)
+    losses = [svi.step(x) for _ in range(5)]
+    assert len(set(losses)) == 5 and losses[-1] < losses[0]

@@ -1,0 +1,68 @@
+"""The command line refuses bad commands on one line, before it touches a run directory."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pyro_manifold.__main__ import main
+
+FIT = ["fit", "flow", "--dataset", "two_moons", "--steps", "4", "--num-samples", "200",
+       "--layers", "1", "--hidden", "8", "--device", "cpu"]  # fmt: skip
+
+
+def _files(run_dir):
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main([*FIT, "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pyro_manifold", "evaluate", str(tmp_path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: run_dir: expected a run directory written by fit (with config.json), got "
+        f"'{tmp_path}'"
+    ]
+    debug = subprocess.run(
+        [sys.executable, "-m", "pyro_manifold", "--debug", "evaluate", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--resume", "--hidden", "0"], "hidden: saved 8, given 0"),  # a changed option
+        ([], "holds a trained run"),  # a new run over a trained one
+        (["--resume", "--lr", "0.5"], "lr: saved 0.001, given 0.5"),  # a changed option
+    ],
+)
+def test_a_refused_fit_leaves_the_run_directory_as_it_was(trained, capsys, argv, match):
+    before = _files(trained)
+    assert main([*FIT, "--run-dir", str(trained), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+    assert _files(trained) == before
+
+
+def test_resume_may_train_longer_and_records_the_new_config(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main([*FIT, "--run-dir", str(run), "--resume", "--steps", "8"]) == 0
+    assert '"steps": 8' in (run / "config.json").read_text()
+
+
+def test_a_bad_option_creates_no_run_directory(tmp_path, capsys):
+    run = tmp_path / "new"
+    assert main([*FIT, "--run-dir", str(run), "--hidden", "0"]) == 2
+    assert "hidden" in capsys.readouterr().err and not run.exists()
