@@ -79,7 +79,7 @@ def test_one_default_and_honest_names():
         f: {type(t).__name__ for t in T.flow_stack(3, f, 2, [8], context_dim=2)} for f in T.FLOWS
     }
     assert kinds["spline_coupling"] == {"ConditionalSplineCoupling", "Reverse"}
-    assert kinds["spline_autoregressive"] == {"ConditionalSplineAutoregressive"}
+    assert kinds["spline_autoregressive"] == {"FreshConditionalSplineAutoregressive"}
     plain = {f: {type(t).__name__ for t in T.flow_stack(3, f, 2, [8])} for f in T.FLOWS}
     assert plain["spline_coupling"] == {"FreshSplineCoupling", "Reverse"}
     assert plain["spline_autoregressive"] == {"FreshSplineAutoregressive"}
