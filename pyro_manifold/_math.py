@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyro_manifold.errors import ComputationError
+
 __all__ = ["SOFTPLUS_ONE", "broadcast_shapes", "softplus_inverse"]
 
 
@@ -54,7 +56,7 @@ def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
             if size != have and size != 1:
                 if have != 1:
                     shown = ", ".join(str(tuple(s)) for s in shapes)
-                    raise RuntimeError(
+                    raise ComputationError(
                         f"shape mismatch: shapes {shown} cannot be broadcast to a single shape"
                     )
                 out[offset + i] = size

@@ -27,6 +27,8 @@ import pyro
 from pyro.params import param_with_module_name
 from torch import nn
 
+from pyro_manifold.errors import ArgumentError
+
 __all__ = ["parameters_registered", "register_parameters"]
 
 _REGISTER = contextvars.ContextVar("pyro_manifold_register_parameters", default=True)
@@ -54,7 +56,7 @@ def register_parameters(module: nn.Module) -> None:
         if not parameter.requires_grad:  # frozen (e.g. VQFlow's atlas in stage 2)
             continue
         if not parameter.is_contiguous():
-            raise ValueError(  # the param store would hold a contiguous copy, not it
+            raise ArgumentError(  # the param store would hold a contiguous copy, not it
                 f"{type(module).__name__}.{path}: expected a contiguous parameter to register "
                 f"with Pyro's param store, got strides {parameter.stride()}"
             )

@@ -1,13 +1,12 @@
 r"""The package's own exception types, so that a caller can tell our refusals from bugs.
 
-The argument checks shared by the package (:mod:`pyro_manifold._validation`), checkpoints,
-run directories and resumes raise these types; each derives from
-:class:`PyroManifoldError` and also from the built-in type a Python user would expect
-(``ValueError`` for a wrong value, ``TypeError`` for a wrong type, ``OSError`` for a run
-directory that cannot be used), so ``except ValueError`` keeps working. Checks written
-inline in some modules still raise the plain built-in types. The message names the
-argument or file, what was expected and what was given; the command line prints these
-errors on one line.
+Every error the package raises on purpose is one of these types (a test reads every
+module's ``raise`` statements to keep it so). Each derives from :class:`PyroManifoldError`
+and also from the built-in type a Python user would expect (``ValueError`` for a wrong
+value, ``TypeError`` for a wrong type, ``FileNotFoundError`` for missing data, ``OSError``
+for a directory that cannot be written, ``RuntimeError`` for a computation that could not
+finish), so ``except ValueError`` keeps working. The message names the argument or file,
+what was expected and what was given; the command line prints it on one line.
 
 Example:
     >>> from pyro_manifold.models import Flow
@@ -25,6 +24,8 @@ __all__ = [
     "ArgumentTypeError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "ComputationError",
+    "DataNotFoundError",
     "PyroManifoldError",
     "RunDirectoryError",
     "RunLockedError",
@@ -52,7 +53,7 @@ class CheckpointError(PyroManifoldError, ValueError):
 
 
 class RunDirectoryError(PyroManifoldError, OSError):
-    """A run directory cannot be used: not a directory, not writable, or held by another run."""
+    """A directory to write to cannot be used: a file, not writable, or held by another run."""
 
 
 class RunLockedError(RunDirectoryError):
@@ -69,3 +70,11 @@ class RunLockedError(RunDirectoryError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """There is no checkpoint file where one was asked for."""
+
+
+class DataNotFoundError(PyroManifoldError, FileNotFoundError):
+    """A data set (MNIST, a classifier's weights) is not where it was looked for."""
+
+
+class ComputationError(PyroManifoldError, RuntimeError):
+    """A computation could not finish: a non-finite loss, an inverse that did not converge."""

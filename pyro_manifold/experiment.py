@@ -89,7 +89,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def _complete(config: dict[str, Any]) -> dict[str, Any]:
     unknown = set(config) - set(DEFAULT_CONFIG)
     if unknown:
-        raise ValueError(
+        raise ArgumentError(
             f"config: unknown keys {sorted(unknown)}; expected {sorted(DEFAULT_CONFIG)}"
         )
     full = {**DEFAULT_CONFIG, **config}
@@ -168,7 +168,7 @@ def build_model(config: dict[str, Any], data_dim: int) -> Flow | NoisyInjectiveF
             batch_norm=config["batch_norm"],
         )
     if config["latent_dim"] is None:
-        raise ValueError("latent_dim: the nif model needs a latent dimension, got None")
+        raise ArgumentError("latent_dim: the nif model needs a latent dimension, got None")
     image = {"image_shape": (1, 28, 28), "factor": 7} if _is_mnist(config) else {}
     return NoisyInjectiveFlow(
         data_dim,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_per_point, check_positive_int, check_tensor
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["plot_density_2d", "plot_image_grid", "plot_samples_3d", "plot_training_curve"]
 
@@ -76,7 +77,7 @@ def plot_density_2d(
         True
     """
     if not callable(log_prob):
-        raise TypeError(f"log_prob: expected a callable, got {type(log_prob).__name__}")
+        raise ArgumentTypeError(f"log_prob: expected a callable, got {type(log_prob).__name__}")
     check_tensor("data", data, event_shape=(2,), min_dim=2)
     if samples is not None:
         check_tensor("samples", samples, event_shape=(2,), min_dim=2)
@@ -107,7 +108,7 @@ def plot_density_2d(
 def _grid_log_prob(log_prob: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:
     lp = check_per_point("log_prob", log_prob(points), points).detach().cpu().float()
     if torch.isnan(lp).any() or (lp == math.inf).any():
-        raise ValueError(
+        raise ArgumentError(
             f"log_prob: expected values in [-inf, inf), got {int(torch.isnan(lp).sum())} NaN "
             f"and {int((lp == math.inf).sum())} +inf on the plotting grid"
         )
@@ -156,7 +157,7 @@ def plot_image_grid(
     check_positive_int("ncols", ncols)
     check_tensor("images", images, min_dim=2)
     if tuple(images.shape[1:]) not in ((side * side,), (side, side)):
-        raise ValueError(
+        raise ArgumentError(
             f"images: expected shape (N, {side * side}) or (N, {side}, {side}), "
             f"got {tuple(images.shape)}"
         )
@@ -202,13 +203,15 @@ def plot_training_curve(history: dict[str, list[float]], path: str | os.PathLike
 
 def _check_history(history: object) -> None:
     if not isinstance(history, dict):
-        raise TypeError(f"history: expected a dict of lists, got {type(history).__name__}")
+        raise ArgumentTypeError(f"history: expected a dict of lists, got {type(history).__name__}")
     pairs = [("step", "loss")] + ([("val_step", "val_loss")] if history.get("val_step") else [])
     for x, y in pairs:
         if x not in history or y not in history:
-            raise ValueError(f"history: expected keys {x!r} and {y!r}, got keys {sorted(history)}")
+            raise ArgumentError(
+                f"history: expected keys {x!r} and {y!r}, got keys {sorted(history)}"
+            )
         if len(history[x]) != len(history[y]):
-            raise ValueError(
+            raise ArgumentError(
                 f"history: expected {x!r} and {y!r} of the same length, "
                 f"got {len(history[x])} and {len(history[y])}"
             )

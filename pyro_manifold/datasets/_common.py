@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_positive_int
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["ToyData"]
 
@@ -55,7 +56,7 @@ def check_dtype(dtype: object) -> torch.dtype:
         torch.float64
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
+        raise ArgumentTypeError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     return dtype
 
 
@@ -67,9 +68,11 @@ def check_real(name: str, value: object) -> float:
         -0.5
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+        raise ArgumentTypeError(
+            f"{name}: expected a real number, got {type(value).__name__} {value!r}"
+        )
     if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite real number, got {value}")
+        raise ArgumentError(f"{name}: expected a finite real number, got {value}")
     return float(value)
 
 

@@ -11,6 +11,7 @@ from pyro_manifold.datasets import toy2d
 from pyro_manifold.datasets._common import ToyData, check_seed, make_generator, randn
 from pyro_manifold.datasets.manifolds import make_manifold
 from pyro_manifold.datasets.mnist import MNIST_SPLITS, load_mnist
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["DATASETS", "load_dataset"]
 
@@ -94,12 +95,14 @@ def load_dataset(
     if name == "mnist":
         check_choice("split", split, MNIST_SPLITS)
         if noise != 0:
-            raise ValueError(f"noise: expected 0 for 'mnist' (preprocess the pixels), got {noise}")
+            raise ArgumentError(
+                f"noise: expected 0 for 'mnist' (preprocess the pixels), got {noise}"
+            )
         data = load_mnist(root, split, seed=seed)
         if num_samples is None:
             return data
         if num_samples > data.data.shape[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"num_samples: expected at most {data.data.shape[0]} for the mnist split "
                 f"{split!r}, got {num_samples}"
             )

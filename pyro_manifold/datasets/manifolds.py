@@ -44,6 +44,7 @@ from pyro_manifold.datasets._common import (
     randint,
     randn,
 )
+from pyro_manifold.errors import ArgumentError
 
 __all__ = [
     "LinkedRings",
@@ -297,7 +298,7 @@ class Torus(ToyManifold):
         self.major_radius = check_positive("major_radius", major_radius)
         self.minor_radius = check_positive("minor_radius", minor_radius)
         if self.minor_radius >= self.major_radius:
-            raise ValueError(
+            raise ArgumentError(
                 f"minor_radius: expected a number below major_radius={self.major_radius} "
                 f"(a ring torus), got {self.minor_radius}"
             )
@@ -385,7 +386,7 @@ class SwissRoll(ToyManifold):
         self.t_min = check_positive("t_min", t_min, allow_zero=True)
         self.t_max = check_positive("t_max", t_max)
         if self.t_max <= self.t_min:
-            raise ValueError(f"t_max: expected a number above t_min={self.t_min}, got {t_max}")
+            raise ArgumentError(f"t_max: expected a number above t_min={self.t_min}, got {t_max}")
         self.num_grid = check_positive_int("num_grid", num_grid, minimum=3)
 
     @property

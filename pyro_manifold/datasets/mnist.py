@@ -37,6 +37,7 @@ from pyro_manifold._validation import (
     check_tensor,
 )
 from pyro_manifold.datasets._common import ToyData, check_dtype, check_seed, make_generator
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError, DataNotFoundError
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -83,30 +84,32 @@ def data_root(root: str | os.PathLike | None = None, *, must_exist: bool = True)
     """
     if root is not None:
         if not isinstance(root, str | os.PathLike):
-            raise TypeError(f"root: expected a str, os.PathLike or None, got {root!r}")
+            raise ArgumentTypeError(f"root: expected a str, os.PathLike or None, got {root!r}")
         path, source = pathlib.Path(root).expanduser(), "the argument root"
     else:
         env = os.environ.get(DATA_ENV_VAR, "")
         if not env:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"no data folder given: tried the argument root=None and the environment "
                 f"variable {DATA_ENV_VAR} (unset). {_HOW}"
             )
         path, source = pathlib.Path(env).expanduser(), f"the environment variable {DATA_ENV_VAR}"
     if must_exist and not path.is_dir():
-        raise FileNotFoundError(f"data folder {str(path)!r} (from {source}) does not exist. {_HOW}")
+        raise DataNotFoundError(f"data folder {str(path)!r} (from {source}) does not exist. {_HOW}")
     return path
 
 
 def _check_digits(digits: object) -> list[int]:
     if isinstance(digits, str | bytes) or not isinstance(digits, Sequence | Tensor):
-        raise TypeError(f"digits: expected a sequence of ints in 0..9 or None, got {digits!r}")
+        raise ArgumentTypeError(
+            f"digits: expected a sequence of ints in 0..9 or None, got {digits!r}"
+        )
     values = digits.tolist() if isinstance(digits, Tensor) else list(digits)
     if not values:
-        raise ValueError("digits: expected a non-empty sequence of ints in 0..9, got []")
+        raise ArgumentError("digits: expected a non-empty sequence of ints in 0..9, got []")
     for d in values:
         if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 9:
-            raise ValueError(f"digits: expected ints in 0..9, got {values!r} (bad entry {d!r})")
+            raise ArgumentError(f"digits: expected ints in 0..9, got {values!r} (bad entry {d!r})")
     return sorted(set(values))
 
 
@@ -118,7 +121,7 @@ def _read_mnist(path: pathlib.Path, train: bool, download: bool) -> tuple[Tensor
     except RuntimeError as err:
         raw = path / "MNIST" / "raw"
         prefix = "train" if train else "t10k"
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"MNIST not found under {str(path)!r}: expected {str(raw / prefix)}-images-idx3-ubyte "
             f"and {prefix}-labels-idx1-ubyte (torchvision said: {err}). {_HOW}"
         ) from err
@@ -174,14 +177,16 @@ def load_mnist(
     wanted = None if digits is None else _check_digits(digits)
     check_positive_int("validation_size", validation_size, minimum=0)
     if validation_size >= _NUM_TRAIN:
-        raise ValueError(
+        raise ArgumentError(
             f"validation_size: expected an int in [0, {_NUM_TRAIN}), got {validation_size}"
         )
     if split == "validation" and validation_size == 0:
-        raise ValueError("validation_size: the 'validation' split needs validation_size > 0, got 0")
+        raise ArgumentError(
+            "validation_size: the 'validation' split needs validation_size > 0, got 0"
+        )
     check_seed(seed)
     if not isinstance(download, bool):
-        raise TypeError(f"download: expected a bool, got {download!r}")
+        raise ArgumentTypeError(f"download: expected a bool, got {download!r}")
     path = data_root(root, must_exist=not download)
 
     data, labels = _read_mnist(path, train=split != "test", download=download)
@@ -198,7 +203,7 @@ def load_mnist(
 
 def _check_unit_range(name: str, x: Tensor) -> Tensor:
     if bool(((x < 0) | (x > 1)).any()):
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected values in [0, 1], got values in [{x.min().item()}, {x.max().item()}]"
         )
     return x
@@ -245,7 +250,7 @@ def dynamic_binarize(x: Tensor, generator: torch.Generator | None = None) -> Ten
     """
     p = _unit_interval("x", x)
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {generator!r}")
+        raise ArgumentTypeError(f"generator: expected a torch.Generator or None, got {generator!r}")
     return (_uniform_like(p, generator, p.dtype) < p).to(p.dtype)
 
 
@@ -306,14 +311,16 @@ def dequantize(
     """
     check_tensor("x", x, floating=False)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"x: expected an integer tensor of pixels 0..255, got dtype {x.dtype}")
+        raise ArgumentTypeError(
+            f"x: expected an integer tensor of pixels 0..255, got dtype {x.dtype}"
+        )
     if bool(((x < 0) | (x > 255)).any()):
-        raise ValueError(
+        raise ArgumentError(
             f"x: expected pixel values in 0..255, got values in "
             f"[{x.min().item()}, {x.max().item()}]"
         )
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {generator!r}")
+        raise ArgumentTypeError(f"generator: expected a torch.Generator or None, got {generator!r}")
     check_dtype(dtype)
     finfo = torch.finfo(dtype)
     y = (x.to(dtype) + _uniform_like(x, generator, dtype)) / 256
@@ -323,7 +330,7 @@ def dequantize(
 def _check_alpha(alpha: object) -> float:
     alpha = check_positive("alpha", alpha, allow_zero=True)
     if alpha >= 0.5:
-        raise ValueError(f"alpha: expected a number in [0, 0.5), got {alpha}")
+        raise ArgumentError(f"alpha: expected a number in [0, 0.5), got {alpha}")
     return alpha
 
 

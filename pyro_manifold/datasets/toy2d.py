@@ -31,6 +31,7 @@ from pyro_manifold.datasets._common import (
     randint,
     randn,
 )
+from pyro_manifold.errors import ArgumentError
 
 __all__ = [
     "checkerboard",
@@ -176,7 +177,7 @@ def two_circles(
     noise = check_positive("noise", noise, allow_zero=True)
     factor = check_positive("factor", factor)
     if factor >= 1:
-        raise ValueError(f"factor: expected a number in (0, 1), got {factor}")
+        raise ArgumentError(f"factor: expected a number in (0, 1), got {factor}")
     check_seed(seed)
     check_dtype(dtype)
     data, labels = _two_circles(num_samples, noise, factor, make_generator(seed))

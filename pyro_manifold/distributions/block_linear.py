@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_input, check_positive_int, check_tensor
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["BlockLinear"]
 
@@ -52,22 +53,22 @@ class BlockLinear:
     ) -> None:
         check_tensor("weight", weight, min_dim=3, finite=False)
         if weight.dim() != 3:
-            raise ValueError(f"weight: expected shape (P, m, k), got {tuple(weight.shape)}")
+            raise ArgumentError(f"weight: expected shape (P, m, k), got {tuple(weight.shape)}")
         num_blocks, m, k = weight.shape
         if m < k:
-            raise ValueError(
+            raise ArgumentError(
                 f"weight: an injective map needs m >= k in each (m, k) block, got {(m, k)}"
             )
         if image_shape is None:
             if num_blocks != 1:
-                raise ValueError(f"weight: a dense map has one block, got {num_blocks}")
+                raise ArgumentError(f"weight: a dense map has one block, got {num_blocks}")
         else:
             c, h, w = image_shape
             f = check_positive_int("factor", factor)
             if h % f or w % f:
-                raise ValueError(f"factor: expected a divisor of H={h} and W={w}, got {f}")
+                raise ArgumentError(f"factor: expected a divisor of H={h} and W={w}, got {f}")
             if num_blocks != (h // f) * (w // f) or m != c * f * f:
-                raise ValueError(
+                raise ArgumentError(
                     f"weight: expected shape ({(h // f) * (w // f)}, {c * f * f}, k) for "
                     f"image_shape {tuple(image_shape)} and factor {f}, got {tuple(weight.shape)}"
                 )

@@ -39,6 +39,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_tensor,
 )
+from pyro_manifold.errors import ArgumentError, ComputationError
 from pyro_manifold.nn.vector_quantizer import chart_membership
 
 __all__ = ["Atlas", "ChartMixture"]
@@ -162,17 +163,17 @@ class ChartMixture(FreshMemo, TorchDistribution):
         latent_dim = data_dim if latent_dim is None else latent_dim
         check_positive_int("latent_dim", latent_dim)
         if latent_dim > data_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"latent_dim: expected an int <= data_dim = {data_dim}, got {latent_dim}"
             )
         if embedding is None and latent_dim != data_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"embedding: expected a dimension-raising transform from R^{latent_dim} to "
                 f"R^{data_dim}, got None"
             )
         centres = check_tensor("atlas.centres", atlas.centres, min_dim=2)
         if centres.dim() != 2:
-            raise ValueError(f"atlas.centres: expected shape (K, C), got {tuple(centres.shape)}")
+            raise ArgumentError(f"atlas.centres: expected shape (K, C), got {tuple(centres.shape)}")
         num_charts = centres.shape[0]
         check_input(
             "chart_logits",
@@ -182,12 +183,12 @@ class ChartMixture(FreshMemo, TorchDistribution):
             owner="the atlas centres'",
         )
         if chart_logits.dim() != 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"chart_logits: expected shape ({num_charts},), got {tuple(chart_logits.shape)}"
             )
         check_positive_int("num_overlap", num_overlap)
         if num_overlap > num_charts:
-            raise ValueError(
+            raise ArgumentError(
                 f"num_overlap: expected an int <= the number of charts K = {num_charts}, "
                 f"got {num_overlap}"
             )
@@ -369,7 +370,7 @@ class ChartMixture(FreshMemo, TorchDistribution):
                 xs, ks, kept, drawn = [], [], 0, 0
                 while kept < n:
                     if drawn >= max_draws * n:
-                        raise RuntimeError(
+                        raise ComputationError(
                             f"sample_with_charts: kept {kept} of {drawn} draws inside their "
                             f"charts' regions, fewer than the {n} requested within "
                             f"max_draws = {max_draws} times as many draws; the chart maps "

@@ -32,6 +32,7 @@ from pyro_manifold.distributions.noisy_injective import (
     _log_manifold_term,
     _precision_cholesky,
 )
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["GaussianNIF"]
 
@@ -93,14 +94,14 @@ class GaussianNIF(nn.Module):
         check_positive_int("latent_dim", latent_dim)
         check_positive_int("data_dim", data_dim)
         if latent_dim >= data_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"latent_dim: expected less than data_dim={data_dim} (a NIF lowers the "
                 f"dimension), got {latent_dim}"
             )
         check_positive("init_noise_scale", init_noise_scale)
         self.min_noise_scale = check_positive("min_noise_scale", min_noise_scale)
         if init_noise_scale <= min_noise_scale:
-            raise ValueError(
+            raise ArgumentError(
                 f"init_noise_scale: expected more than min_noise_scale={min_noise_scale}, "
                 f"got {init_noise_scale}"
             )
@@ -111,14 +112,14 @@ class GaussianNIF(nn.Module):
             c, h, w = image_shape
             f = check_positive_int("factor", factor)
             if c * h * w != data_dim:
-                raise ValueError(
+                raise ArgumentError(
                     f"image_shape: expected C*H*W = data_dim = {data_dim}, got {tuple(image_shape)}"
                 )
             if h % f or w % f:
-                raise ValueError(f"factor: expected a divisor of H={h} and W={w}, got {f}")
+                raise ArgumentError(f"factor: expected a divisor of H={h} and W={w}, got {f}")
             positions = (h // f) * (w // f)
             if latent_dim % positions:
-                raise ValueError(
+                raise ArgumentError(
                     f"latent_dim: expected a multiple of the {positions} latent positions "
                     f"of image_shape {tuple(image_shape)} with factor {f}, got {latent_dim}"
                 )
@@ -127,7 +128,7 @@ class GaussianNIF(nn.Module):
         elif weight is not None:
             check_tensor("weight", weight, event_shape=(data_dim, latent_dim))
             if weight.dim() != 2:
-                raise ValueError(
+                raise ArgumentError(
                     f"weight: expected shape ({data_dim}, {latent_dim}), got {tuple(weight.shape)}"
                 )
             init = weight.detach().clone().unsqueeze(0)

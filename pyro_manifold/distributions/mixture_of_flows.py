@@ -26,6 +26,7 @@ from torch.distributions import Distribution, constraints
 
 from pyro_manifold._math import broadcast_shapes
 from pyro_manifold._validation import check_input, check_tensor
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["MixtureOfFlows", "SelectedComponent"]
 
@@ -38,14 +39,16 @@ def _check_indices(name: str, k: object, num_components: int, device: torch.devi
         or k.dtype == torch.bool
     ):
         got = f"tensor of dtype {k.dtype}" if isinstance(k, Tensor) else type(k).__name__
-        raise TypeError(f"{name}: expected an integer tensor of component indices, got {got}")
+        raise ArgumentTypeError(
+            f"{name}: expected an integer tensor of component indices, got {got}"
+        )
     check_tensor(name, k, floating=False, finite=False, nonempty=False, device=device)
     if (
         is_validation_enabled()
         and k.numel()
         and (bool((k < 0).any()) or bool((k >= num_components).any()))
     ):
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected component indices in [0, {num_components - 1}], got values in "
             f"[{int(k.min())}, {int(k.max())}]"
         )
@@ -106,14 +109,14 @@ class MixtureOfFlows(TorchDistribution):
     ) -> None:
         check_input("mixture_logits", mixture_logits, min_dim=1)
         if not isinstance(component_distribution, Distribution):
-            raise TypeError(
+            raise ArgumentTypeError(
                 "component_distribution: expected a torch Distribution with batch shape "
                 f"(*, K), got {type(component_distribution).__name__}"
             )
         comp_batch = component_distribution.batch_shape
         num_components = mixture_logits.shape[-1]
         if len(comp_batch) == 0 or comp_batch[-1] != num_components:
-            raise ValueError(
+            raise ArgumentError(
                 f"component_distribution: expected batch shape (*, {num_components}) to match "
                 f"mixture_logits of shape {tuple(mixture_logits.shape)}, got batch shape "
                 f"{tuple(comp_batch)}"
@@ -121,7 +124,7 @@ class MixtureOfFlows(TorchDistribution):
         try:
             batch_shape = broadcast_shapes(mixture_logits.shape[:-1], comp_batch[:-1])
         except RuntimeError as e:
-            raise ValueError(
+            raise ArgumentError(
                 f"mixture_logits: batch shape {tuple(mixture_logits.shape[:-1])} does not "
                 f"broadcast with the components' {tuple(comp_batch[:-1])}"
             ) from e
@@ -266,12 +269,14 @@ class SelectedComponent(TorchDistribution):
 
     def __init__(self, mixture: MixtureOfFlows, k: Tensor, validate_args: bool | None = None):
         if not isinstance(mixture, MixtureOfFlows):
-            raise TypeError(f"mixture: expected a MixtureOfFlows, got {type(mixture).__name__}")
+            raise ArgumentTypeError(
+                f"mixture: expected a MixtureOfFlows, got {type(mixture).__name__}"
+            )
         k = _check_indices("k", k, mixture.num_components, mixture.mixture_logits.device)
         try:
             batch_shape = broadcast_shapes(k.shape, mixture.batch_shape)
         except RuntimeError as e:
-            raise ValueError(
+            raise ArgumentError(
                 f"k: expected a shape that broadcasts with the mixture's batch shape "
                 f"{tuple(mixture.batch_shape)}, got {tuple(k.shape)}"
             ) from e

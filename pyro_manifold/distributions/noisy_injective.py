@@ -46,6 +46,7 @@ from torch.distributions.utils import _standard_normal
 
 from pyro_manifold._validation import check_input, check_positive
 from pyro_manifold.distributions.block_linear import BlockLinear
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["NoisyInjective", "StochasticInverse", "log_manifold_term"]
 
@@ -55,13 +56,13 @@ _OWNER = "the linear map's"
 
 def _check_common(linear: BlockLinear, bias: Tensor, noise_scale: Tensor) -> None:
     if not isinstance(linear, BlockLinear):
-        raise TypeError(f"linear: expected a BlockLinear, got {type(linear).__name__}")
+        raise ArgumentTypeError(f"linear: expected a BlockLinear, got {type(linear).__name__}")
     check_input("bias", bias, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER)
     check_input(
         "noise_scale", noise_scale, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER
     )
     if is_validation_enabled() and not noise_scale.is_meta and not bool((noise_scale > 0).all()):
-        raise ValueError(
+        raise ArgumentError(
             f"noise_scale: expected positive values, got min {noise_scale.min().item():g}"
         )
 
@@ -86,7 +87,7 @@ def _precision_cholesky(linear: BlockLinear, noise_scale: Tensor) -> Tensor:
     # checked under validation (a host read); without it a singular block gives NaN,
     # which fit reports as a non-finite loss
     if is_validation_enabled() and bool((info > 0).any()):
-        raise ValueError(
+        raise ArgumentError(
             "weight: A^T Sigma^-1 A is not positive definite, i.e. A is (numerically) rank "
             f"deficient; expected full column rank {linear.latent_dim}, got a singular block "
             f"(block {int((info > 0).nonzero()[0])})"
@@ -242,7 +243,7 @@ class NoisyInjective(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         if self.noise_multiplier == 0:
-            raise ValueError("noise_multiplier: s = 0 puts all mass on the manifold; no density")
+            raise ArgumentError("noise_multiplier: s = 0 puts all mass on the manifold; no density")
         scale = math.sqrt(self.noise_multiplier) * self.noise_scale
         z = (value - self.loc) / scale
         return -0.5 * z.pow(2).sum(-1) - scale.log().sum() - 0.5 * self.linear.data_dim * _LOG_2PI

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_tensor
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["MiniBatches", "as_tensors", "evaluation_batches"]
 
@@ -24,12 +25,14 @@ def as_tensors(name: str, data: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]
     """
     tensors = (data,) if isinstance(data, Tensor) else tuple(data)
     if not tensors:
-        raise ValueError(f"{name}: expected a tensor or a non-empty tuple of tensors, got {data!r}")
+        raise ArgumentError(
+            f"{name}: expected a tensor or a non-empty tuple of tensors, got {data!r}"
+        )
     for i, t in enumerate(tensors):
         label = name if len(tensors) == 1 else f"{name}[{i}]"
         check_tensor(label, t, min_dim=1, floating=False)
         if t.shape[0] != tensors[0].shape[0]:
-            raise ValueError(
+            raise ArgumentError(
                 f"{label}: expected {tensors[0].shape[0]} rows like {name}[0], got shape "
                 f"{tuple(t.shape)}"
             )

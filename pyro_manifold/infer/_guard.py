@@ -18,10 +18,12 @@ import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
 
+from pyro_manifold.errors import ComputationError
+
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "nonfinite_sites", "total_norm_of"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ComputationError):
     """Training produced a non-finite loss or gradient; names the step, sites and parameter.
 
     Attributes:

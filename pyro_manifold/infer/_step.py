@@ -30,6 +30,7 @@ from torch.autograd.graph import increment_version
 
 from pyro_manifold._parallel import data_parallel_training, step_edits
 from pyro_manifold._registration import parameters_registered
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.infer._batches import MiniBatches
 from pyro_manifold.infer._buffers import BufferSnapshot
 from pyro_manifold.infer._guard import (
@@ -74,7 +75,7 @@ def check_graphable(
     if distributed:
         problems.append("no distributed training")
     if problems:
-        raise ValueError("cuda_graph=True needs " + "; ".join(problems))
+        raise ArgumentError("cuda_graph=True needs " + "; ".join(problems))
 
 
 class TrainingStep:

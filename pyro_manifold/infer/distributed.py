@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from pyro_manifold.errors import ArgumentError, ComputationError
 from pyro_manifold.infer.checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -196,7 +197,7 @@ class DataParallelGroup:
             if device.type == "cuda" and "nccl" in backend:
                 self._comm = device
             elif "gloo" not in backend and "mpi" not in backend:
-                raise ValueError(
+                raise ArgumentError(
                     f"distributed: the {backend} backend needs CUDA tensors but the device is "
                     f"{device}; train on cuda or initialize the group with gloo for the CPU"
                 )
@@ -223,7 +224,7 @@ class DataParallelGroup:
             100
         """
         if num_rows < self.world_size:
-            raise ValueError(
+            raise ArgumentError(
                 f"data: {num_rows} rows cannot be shared by {self.world_size} processes"
             )
         return min(batch_size, num_rows // self.world_size)
@@ -389,7 +390,7 @@ class DataParallelGroup:
         if error is not None:
             raise error
         if failed:
-            raise RuntimeError(f"checkpoint: rank 0 failed to write {path}")
+            raise ComputationError(f"checkpoint: rank 0 failed to write {path}")
         return Path(path)
 
     def checkpoint_extras(self, rng_state: dict[str, Any]) -> dict[str, Any]:
@@ -448,10 +449,10 @@ def data_parallel_group(
     if not distributed:
         return DataParallelGroup(device)
     if not dist.is_available():
-        raise RuntimeError("distributed: this build of torch has no torch.distributed")
+        raise ComputationError("distributed: this build of torch has no torch.distributed")
     if not dist.is_initialized():
         if not launched_by_torchrun():
-            raise ValueError(
+            raise ArgumentError(
                 "distributed: no process group is initialized and the environment names "
                 f"none (expected {', '.join(_TORCHRUN_VARIABLES)}); launch with torchrun or "
                 "call torch.distributed.init_process_group first"

@@ -26,6 +26,8 @@ from pyro.infer.util import is_identically_zero, is_validation_enabled
 from pyro.util import check_traceenum_requirements
 from torch import Tensor
 
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["FastTraceEnum_ELBO", "FastTrace_ELBO", "fast_elbo"]
 
 
@@ -96,7 +98,7 @@ class FastTrace_ELBO(Trace_ELBO):
             loss = loss + loss_particle / self.num_particles
             surrogate = surrogate + surrogate_particle / self.num_particles
         if not isinstance(surrogate, Tensor):
-            raise ValueError(
+            raise ArgumentError(
                 f"model/guide: the ELBO has no sample sites to differentiate, got {surrogate!r}"
             )
         return loss + (surrogate - surrogate.detach())
@@ -162,7 +164,7 @@ class FastTraceEnum_ELBO(TraceEnum_ELBO):
             self._leave_unpacked = False
         elbo = elbo / self.num_particles
         if not isinstance(elbo, Tensor) or not elbo.requires_grad:
-            raise ValueError(f"model/guide: the ELBO cannot be differentiated, got {elbo!r}")
+            raise ArgumentError(f"model/guide: the ELBO cannot be differentiated, got {elbo!r}")
         return -elbo
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -277,7 +279,7 @@ def fast_elbo(loss: ELBO) -> ELBO:
         4
     """
     if not isinstance(loss, ELBO):
-        raise TypeError(f"loss: expected a pyro.infer.ELBO, got {type(loss).__name__}")
+        raise ArgumentTypeError(f"loss: expected a pyro.infer.ELBO, got {type(loss).__name__}")
     twin = _FAST.get(type(loss))
     if twin is None:
         return loss

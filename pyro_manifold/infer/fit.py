@@ -189,7 +189,7 @@ def _check_data(
     val = as_tensors("validation_data", validation_data)
     for i, (a, b) in enumerate(zip(data, val, strict=False)):
         if a.shape[1:] != b.shape[1:] or len(data) != len(val):
-            raise ValueError(
+            raise ArgumentError(
                 f"validation_data[{i}]: expected the structure of data (shape (*, "
                 f"{tuple(a.shape[1:])})), got shape {tuple(b.shape)}"
             )
@@ -214,13 +214,13 @@ def _check_options(
         check_positive("clip_norm", clip_norm)
     check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
     if not isinstance(cuda_graph, bool):
-        raise TypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
+        raise ArgumentTypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
     if cuda_graph:
         check_graphable(optimizer, lr_schedule)
     if (sync_every > 1 or cuda_graph) and (
         callable(optimizer) or optimizer not in ("adam", "adamw")
     ):
-        raise ValueError(
+        raise ArgumentError(
             f"sync_every: values above 1 need optimizer 'adam' or 'adamw' (fused, so that a "
             f"bad step is skipped on the device), got sync_every={sync_every} with "
             f"optimizer={optimizer!r}"
@@ -459,7 +459,7 @@ def fit(
         sites = _discover_param_sites(elbo, model, guide, batches.first(), first_kwargs, mods)
         params = _parameters(mods, sites)
         if not params:
-            raise ValueError(
+            raise ArgumentError(
                 "model/guide: no parameters to fit (no modules and no pyro.param sites)"
             )
         opt = make_optimizer(

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from pyro_manifold.errors import ArgumentError
+
 __all__ = ["CapturedStep", "capture_step", "extra_states", "same_state"]
 
 
@@ -64,7 +66,7 @@ class CapturedStep:
     def __call__(self, *batch: Tensor) -> tuple[Tensor, ...]:
         """Copy ``batch`` into the inputs, replay, and return copies of the outputs."""
         if not self.accepts(batch):
-            raise ValueError(
+            raise ArgumentError(
                 f"batch: expected tensors like the captured batch (shapes "
                 f"{[tuple(i.shape) for i in self.inputs]}, dtypes "
                 f"{[i.dtype for i in self.inputs]}, on {self.inputs[0].device}), got shapes "

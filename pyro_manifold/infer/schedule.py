@@ -26,6 +26,8 @@ from typing import Any
 
 from torch import nn
 
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["StepKwargs", "default_step_kwargs", "evaluate_step_kwargs", "resolve_step_kwargs"]
 
 StepKwargs = Callable[[int], Mapping[str, Any]]
@@ -53,7 +55,7 @@ def default_step_kwargs(*programs: Callable) -> StepKwargs | None:
             owners.append(owner)
     if len(owners) > 1:
         names = ", ".join(type(o).__name__ for o in owners)
-        raise ValueError(
+        raise ArgumentError(
             f"step_kwargs: model and guide belong to different modules that each define a "
             f"schedule ({names}); pass step_kwargs= to say which to use"
         )
@@ -72,7 +74,7 @@ def resolve_step_kwargs(
     if step_kwargs is None:
         return default_step_kwargs(model, guide) or _no_kwargs
     if not callable(step_kwargs):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"step_kwargs: expected a callable step -> dict of keyword arguments, or None, "
             f"got {type(step_kwargs).__name__} {step_kwargs!r}"
         )
@@ -100,19 +102,19 @@ def evaluate_step_kwargs(step_kwargs: StepKwargs, step: int) -> dict[str, Any]:
         e.add_note(f"pyro_manifold.fit: raised by step_kwargs({step})")
         raise
     if not isinstance(value, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"step_kwargs: expected a dict of keyword arguments (name -> value) at step "
             f"{step}, got {type(value).__name__} {value!r}"
         )
     for key, item in value.items():
         if not isinstance(key, str) or not key.isidentifier():
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"step_kwargs: expected keyword names (identifiers) as keys at step {step}, "
                 f"got {key!r}"
             )
         number = isinstance(item, Real) and not isinstance(item, bool)
         if number and not math.isfinite(item):
-            raise ValueError(
+            raise ArgumentError(
                 f"step_kwargs: expected finite numbers, got {key}={item} at step {step}"
             )
     return dict(value)

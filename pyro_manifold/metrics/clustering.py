@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from pyro_manifold._validation import check_positive_int
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "adjusted_rand_index",
@@ -20,21 +21,19 @@ __all__ = [
 
 def _as_labels(name: str, x: object) -> Tensor:
     """Return ``x`` as a 1-D integer tensor of codes ``0..K-1`` (sorted label order)."""
-    if isinstance(x, Tensor):
-        t = x
-    else:
-        try:
-            if isinstance(x, str | bytes):
-                raise TypeError
-            t = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(
-                f"{name}: expected a 1-D tensor, array or sequence of ints, got {type(x).__name__}"
-            ) from None
+    wrong = ArgumentTypeError(
+        f"{name}: expected a 1-D tensor, array or sequence of ints, got {type(x).__name__}"
+    )
+    if isinstance(x, str | bytes):
+        raise wrong
+    try:
+        t = x if isinstance(x, Tensor) else torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise wrong from None
     if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"{name}: expected integer labels, got a tensor of dtype {t.dtype}")
+        raise ArgumentTypeError(f"{name}: expected integer labels, got a tensor of dtype {t.dtype}")
     if t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D tensor, got shape {tuple(t.shape)}")
+        raise ArgumentError(f"{name}: expected a non-empty 1-D tensor, got shape {tuple(t.shape)}")
     return torch.unique(t.cpu(), return_inverse=True)[1]
 
 
@@ -47,14 +46,16 @@ def _counts(pred: object, labels: object, num_clusters: int | None = None) -> Te
     p = _as_labels("pred", pred)
     c = _as_labels("labels", labels)
     if p.shape != c.shape:
-        raise ValueError(f"labels: expected the same length as pred ({p.numel()}), got {c.numel()}")
+        raise ArgumentError(
+            f"labels: expected the same length as pred ({p.numel()}), got {c.numel()}"
+        )
     if num_clusters is None:
         num_clusters = int(p.max()) + 1
     else:
         num_clusters = check_positive_int("num_clusters", num_clusters)
         raw = torch.as_tensor(pred).cpu()
         if bool((raw < 0).any()) or bool((raw >= num_clusters).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"pred: expected cluster indices in [0, {num_clusters - 1}] (num_clusters = "
                 f"{num_clusters}), got values in [{int(raw.min())}, {int(raw.max())}]"
             )
@@ -103,7 +104,7 @@ def contingency_table(
                 [0.0000, 0.6667]], dtype=torch.float64)
     """
     if normalize not in (True, False, "all", "class"):
-        raise ValueError(f"normalize: expected True, False, 'all' or 'class', got {normalize!r}")
+        raise ArgumentError(f"normalize: expected True, False, 'all' or 'class', got {normalize!r}")
     counts = _counts(pred, labels, num_clusters)
     if normalize == "class":
         return counts / counts.sum(0, keepdim=True)

@@ -33,6 +33,12 @@ from tqdm.auto import tqdm
 from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
 from pyro_manifold.datasets import ToyData, load_mnist
 from pyro_manifold.datasets.mnist import DATA_ENV_VAR, data_root
+from pyro_manifold.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DataNotFoundError,
+    RunDirectoryError,
+)
 from pyro_manifold.nn.mnist_classifier import MNISTClassifier
 
 __all__ = [
@@ -79,13 +85,13 @@ def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
     check_tensor("mu1", mu1, min_dim=1)
     dim = mu1.shape[-1]
     if mu1.dim() != 1:
-        raise ValueError(f"mu1: expected shape (D,), got {tuple(mu1.shape)}")
+        raise ArgumentError(f"mu1: expected shape (D,), got {tuple(mu1.shape)}")
     check_tensor("cov1", cov1, event_shape=(dim, dim))
     check_tensor("mu2", mu2, event_shape=(dim,))
     check_tensor("cov2", cov2, event_shape=(dim, dim))
     for name, t in (("cov1", cov1), ("mu2", mu2), ("cov2", cov2)):
         if t.dim() != mu1.dim() + (name != "mu2"):
-            raise ValueError(f"{name}: expected no batch dimensions, got {tuple(t.shape)}")
+            raise ArgumentError(f"{name}: expected no batch dimensions, got {tuple(t.shape)}")
     mu1 = mu1.to(torch.float64)
     mu2, cov1, cov2 = (t.to(device=mu1.device, dtype=torch.float64) for t in (mu2, cov1, cov2))
     cov1 = 0.5 * (cov1 + cov1.T)
@@ -120,7 +126,7 @@ def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
     """
     check_tensor("features", features, min_dim=2)
     if features.dim() != 2 or features.shape[0] < 2:
-        raise ValueError(
+        raise ArgumentError(
             f"features: expected shape (N, F) with N >= 2, got {tuple(features.shape)}"
         )
     h = features.detach().to(torch.float64)
@@ -173,7 +179,9 @@ def mnist_frechet_distance(
     check_tensor("samples", samples, event_shape=(784,))
     check_tensor("reference", reference, event_shape=(784,))
     if not isinstance(classifier, MNISTClassifier):
-        raise TypeError(f"classifier: expected an MNISTClassifier, got {type(classifier).__name__}")
+        raise ArgumentTypeError(
+            f"classifier: expected an MNISTClassifier, got {type(classifier).__name__}"
+        )
     check_positive_int("batch_size", batch_size)
     was_training = classifier.training
     classifier.eval()
@@ -366,7 +374,9 @@ def save_mnist_classifier(
         'mnist_classifier.pt'
     """
     if not isinstance(classifier, MNISTClassifier):
-        raise TypeError(f"classifier: expected an MNISTClassifier, got {type(classifier).__name__}")
+        raise ArgumentTypeError(
+            f"classifier: expected an MNISTClassifier, got {type(classifier).__name__}"
+        )
     payload = {
         "format_version": _FORMAT_VERSION,
         "num_features": classifier.num_features,
@@ -389,7 +399,10 @@ def save_mnist_classifier(
             errors.append(f"{path}: {err}")
             if tmp_name is not None and os.path.exists(tmp_name):
                 os.unlink(tmp_name)
-    raise OSError("could not save the MNIST classifier to any of: " + "; ".join(errors))
+    raise RunDirectoryError(
+        "classifier cache: expected a writable place, could not save the MNIST classifier to "
+        "any of: " + "; ".join(errors)
+    )
 
 
 def load_mnist_classifier(
@@ -432,7 +445,7 @@ def load_mnist_classifier(
         if path.is_file():
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(payload, dict) or payload.get("format_version") != _FORMAT_VERSION:
-                raise ValueError(
+                raise ArgumentError(
                     f"{path}: expected an MNIST classifier file of format version "
                     f"{_FORMAT_VERSION}; delete it and run `{TRAIN_COMMAND}`"
                 )
@@ -442,7 +455,7 @@ def load_mnist_classifier(
             return classifier.to(device).eval()
     if not train_if_missing:
         searched = ", ".join(str(p) for p in candidates)
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"No trained MNIST classifier found (looked for {searched}). Train and cache "
             f"it once with `{TRAIN_COMMAND}` (set PYRO_MANIFOLD_DATA to the folder holding "
             "MNIST/raw), or call load_mnist_classifier(..., train_if_missing=True)."

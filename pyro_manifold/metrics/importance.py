@@ -14,6 +14,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_manifold._validation import check_positive_int
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["importance_log_likelihood"]
 
@@ -102,14 +103,14 @@ def importance_log_likelihood(
         Salakhutdinov, 2016. arXiv:1509.00519.
     """
     if not callable(model):
-        raise TypeError(f"model: expected a callable, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model: expected a callable, got {type(model).__name__}")
     if not callable(guide):
-        raise TypeError(f"guide: expected a callable, got {type(guide).__name__}")
+        raise ArgumentTypeError(f"guide: expected a callable, got {type(guide).__name__}")
     check_positive_int("num_samples", num_samples)
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("max_plate_nesting", max_plate_nesting, minimum=0)
     if not isinstance(data_plate, str):
-        raise TypeError(f"data_plate: expected a str, got {type(data_plate).__name__}")
+        raise ArgumentTypeError(f"data_plate: expected a str, got {type(data_plate).__name__}")
 
     total = None
     with torch.no_grad():
@@ -157,13 +158,13 @@ def _log_weights(
 
     def site_term(name: str, site: dict[str, Any], program: str) -> Tensor:
         if site["infer"].get("enumerate"):
-            raise ValueError(
+            raise ArgumentError(
                 f"{program} site {name!r}: enumerated sites are not supported, got "
                 f"infer={site['infer']!r}"
             )
         lp = site["log_prob"]
         if lp.dim() > batch_rank:
-            raise ValueError(
+            raise ArgumentError(
                 f"{program} site {name!r}: log_prob has batch shape {tuple(lp.shape)}, more "
                 f"than max_plate_nesting + 1 = {batch_rank} dims; increase max_plate_nesting"
             )
@@ -174,7 +175,7 @@ def _log_weights(
             lp = lp.sum(summed, keepdim=True)
         lp = lp.reshape(lp.shape[0], lp.shape[batch_rank + data_dim])
         if lp.shape[1] not in (1, num_data) or lp.shape[0] not in (1, num_particles):
-            raise ValueError(
+            raise ArgumentError(
                 f"{program} site {name!r}: expected a log_prob broadcastable to "
                 f"({num_particles}, {num_data}) over (particles, {data_plate!r}), got "
                 f"{tuple(lp.shape)}"
@@ -194,10 +195,10 @@ def _log_weights(
             term = site_term(name, site, "guide")
             log_w = -term if log_w is None else log_w - term
     if log_w is None:
-        raise ValueError("model: expected at least one sample site, found none")
+        raise ArgumentError("model: expected at least one sample site, found none")
     log_w = log_w.expand(num_particles, num_data)
     if not bool(torch.isfinite(log_w).all()):
-        raise ValueError(
+        raise ArgumentError(
             f"importance_log_likelihood: got {int((~torch.isfinite(log_w)).sum())} "
             "non-finite log weights; check that the guide's support lies inside the model's"
         )
@@ -214,14 +215,14 @@ def _find_data_plate(model_trace: Trace, guide_trace: Trace, data_plate: str) ->
                 if frame.name != data_plate:
                     continue
                 if frame.dim is None:
-                    raise ValueError(
+                    raise ArgumentError(
                         f"data_plate: plate {data_plate!r} must be vectorised (a pyro.plate "
                         "used as a context manager), got a sequential plate"
                     )
                 if frame.full_size is not None and frame.full_size != frame.size:
-                    raise ValueError(
+                    raise ArgumentError(
                         f"data_plate: plate {data_plate!r} subsamples {frame.size} of "
                         f"{frame.full_size} points; evaluate without subsampling"
                     )
                 return frame.dim, frame.size
-    raise ValueError(f"data_plate: expected a pyro.plate named {data_plate!r}, found none")
+    raise ArgumentError(f"data_plate: expected a pyro.plate named {data_plate!r}, found none")

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_per_point, check_positive_int, check_tensor
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["bits_per_dim", "mean_log_likelihood", "pixel_log_likelihood"]
 
@@ -97,7 +98,7 @@ def pixel_log_likelihood(log_prob_logit: Tensor, logit_logdet: Tensor) -> Tensor
     try:
         torch.broadcast_shapes(log_prob_logit.shape, logit_logdet.shape)
     except RuntimeError as err:
-        raise ValueError(
+        raise ArgumentError(
             f"logit_logdet: expected a shape broadcastable with log_prob_logit's "
             f"{tuple(log_prob_logit.shape)}, got {tuple(logit_logdet.shape)}"
         ) from err
@@ -147,7 +148,9 @@ def mean_log_likelihood(
         (-1.8379, 0.0)
     """
     if not callable(log_prob_fn):
-        raise TypeError(f"log_prob_fn: expected a callable, got {type(log_prob_fn).__name__}")
+        raise ArgumentTypeError(
+            f"log_prob_fn: expected a callable, got {type(log_prob_fn).__name__}"
+        )
     check_tensor("data", data, min_dim=1, floating=False, finite=False)
     check_positive_int("batch_size", batch_size)
     count, mean, m2 = 0, 0.0, 0.0  # running count, mean and sum of squared deviations

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["maximum_mean_discrepancy", "mean_manifold_distance", "sample_in_batches"]
 
@@ -48,7 +49,7 @@ def sample_in_batches(
         torch.Size([5, 2])
     """
     if not callable(sample_fn):
-        raise TypeError(f"sample_fn: expected a callable, got {type(sample_fn).__name__}")
+        raise ArgumentTypeError(f"sample_fn: expected a callable, got {type(sample_fn).__name__}")
     check_positive_int("num_samples", num_samples)
     check_positive_int("batch_size", batch_size)
     out: Tensor | None = None
@@ -63,7 +64,7 @@ def sample_in_batches(
                 where = draw.device if device is None else torch.device(device)
                 out = torch.empty((num_samples, *draw.shape[1:]), dtype=draw.dtype, device=where)
             if draw.shape != (count, *out.shape[1:]):
-                raise ValueError(
+                raise ArgumentError(
                     f"sample_fn: expected draws of shape {(count, *out.shape[1:])} for "
                     f"b={count}, got shape {tuple(draw.shape)}"
                 )
@@ -103,12 +104,14 @@ def mean_manifold_distance(samples: Tensor, distance_fn: Callable[[Tensor], Tens
     """
     check_tensor("samples", samples, min_dim=2)
     if not callable(distance_fn):
-        raise TypeError(f"distance_fn: expected a callable, got {type(distance_fn).__name__}")
+        raise ArgumentTypeError(
+            f"distance_fn: expected a callable, got {type(distance_fn).__name__}"
+        )
     with torch.no_grad():
         distances = distance_fn(samples)
     if not isinstance(distances, Tensor) or distances.shape != samples.shape[:1]:
         got = tuple(distances.shape) if isinstance(distances, Tensor) else type(distances)
-        raise ValueError(
+        raise ArgumentError(
             f"distance_fn: expected an output of shape ({samples.shape[0]},), got {got}"
         )
     check_tensor("distance_fn(samples)", distances)
@@ -156,10 +159,10 @@ def maximum_mean_discrepancy(
     check_tensor("x", x, min_dim=2)
     check_tensor("y", y, event_shape=tuple(x.shape[1:]), min_dim=2)
     if x.dim() != 2:
-        raise ValueError(f"x: expected shape (n, D), got {tuple(x.shape)}")
+        raise ArgumentError(f"x: expected shape (n, D), got {tuple(x.shape)}")
     for name, t in (("x", x), ("y", y)):
         if t.shape[0] < 2:
-            raise ValueError(f"{name}: expected at least 2 points, got shape {tuple(t.shape)}")
+            raise ArgumentError(f"{name}: expected at least 2 points, got shape {tuple(t.shape)}")
     n, m = x.shape[0], y.shape[0]
     z = torch.cat([x, y.to(x.dtype)])
     sq_dist = torch.cdist(z, z).square()
@@ -170,7 +173,7 @@ def maximum_mean_discrepancy(
         bandwidths = [median * f for f in (0.5, 1.0, 2.0)]
     else:
         if isinstance(bandwidths, str) or not isinstance(bandwidths, Sequence) or not bandwidths:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"bandwidths: expected a non-empty sequence of positive floats, got {bandwidths!r}"
             )
         for h in bandwidths:

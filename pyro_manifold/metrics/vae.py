@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold.errors import ArgumentTypeError
 from pyro_manifold.metrics.importance import importance_log_likelihood
 
 __all__ = ["iwae_log_likelihood"]
@@ -63,7 +64,7 @@ def iwae_log_likelihood(
     """
     for name in ("model", "guide"):
         if not callable(getattr(vae, name, None)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"vae: expected an object with callable model and guide methods, got "
                 f"{type(vae).__name__} without a callable {name!r}"
             )

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._validation import check_finite, check_input
 from pyro_manifold.distributions.gaussian_mixture import GaussianMixture
+from pyro_manifold.errors import ArgumentError
 
 #: Added to every component covariance in the M-step, so that no component collapses.
 COVARIANCE_FLOOR = 1e-3
@@ -160,7 +161,7 @@ class GaussianMixturePrior(nn.Module):
                 check_input(name, points, self.loc, event_shape=(d,), min_dim=2, finite=False)
                 check_finite(name, points)
         if z.shape[0] < k:
-            raise ValueError(
+            raise ArgumentError(
                 f"z: expected at least {k} points to start the mixture's means at, got {z.shape[0]}"
             )
         seed = int(torch.randint(2**62, ())) if seed is None else seed

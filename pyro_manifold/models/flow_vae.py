@@ -26,6 +26,7 @@ from pyro_manifold._validation import (
     check_tensor,
     check_widths,
 )
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.transforms import FlowFactory, flow_stack
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
@@ -165,7 +166,7 @@ class FlowVAE(PyroModule):
         elif encoder_flow is not None and (
             isinstance(encoder_flow, nn.Module) or not callable(encoder_flow)
         ):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"encoder_flow: expected None, one of {sorted(ENCODER_FLOWS)} or a callable "
                 f"returning Pyro ConditionalTransformModules, got {type(encoder_flow).__name__}"
             )
@@ -219,7 +220,7 @@ class FlowVAE(PyroModule):
                 if encoder_flow == "iaf":
                     for h in flow_hidden:
                         if h < latent_dim:
-                            raise ValueError(
+                            raise ArgumentError(
                                 f"flow_hidden_dims: expected widths >= latent_dim = {latent_dim} "
                                 f"for the IAF's MADE networks, got {flow_hidden}"
                             )
@@ -303,7 +304,7 @@ class FlowVAE(PyroModule):
     def decoder_scale(self) -> Tensor:
         r"""The Gaussian likelihood's :math:`\sigma`, shape :math:`(D,)`."""
         if self.likelihood != "gaussian":
-            raise ValueError(
+            raise ArgumentError(
                 f"decoder_scale: only the gaussian likelihood has one, got {self.likelihood!r}"
             )
         return F.softplus(self.decoder_scale_raw) + self.min_scale
@@ -324,11 +325,13 @@ class FlowVAE(PyroModule):
     def _check_x(self, x: Tensor) -> Tensor:
         check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
         if x.dim() != 2:
-            raise ValueError(f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}")
+            raise ArgumentError(
+                f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}"
+            )
         if self.likelihood == "bernoulli" and is_validation_enabled():
             bad = (x != 0) & (x != 1)
             if bool(bad.any()):
-                raise ValueError(
+                raise ArgumentError(
                     f"x: the Bernoulli likelihood expects binary data (0.0 or 1.0), got "
                     f"{int(bad.sum())} other values (e.g. {x[bad][0].item():g}); binarise the "
                     "data (pyro_manifold.datasets.dynamic_binarize) or use likelihood='gaussian'"
@@ -408,7 +411,7 @@ class FlowVAE(PyroModule):
         ``kl_weight`` :math:`\beta` scales :math:`\log q(z|x)` as in :meth:`model`.
         """
         if x is None:
-            raise ValueError("x: the guide needs data of shape (N, D), got None")
+            raise ArgumentError("x: the guide needs data of shape (N, D), got None")
         posterior = self.posterior(x)
         with pyro.plate("data", x.shape[0], dim=-1), self._latent_scale(kl_weight):
             return pyro.sample("z", posterior)

@@ -46,6 +46,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.nn.kmeans import kmeans
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
 
@@ -190,12 +191,12 @@ class VariationalMixtureOfFlows(PyroModule):
         self.final_temperature = check_positive("final_temperature", final_temperature)
         gamma = check_probability("temperature_decay", temperature_decay)
         if gamma == 0:
-            raise ValueError("temperature_decay: expected a number in (0, 1], got 0.0")
+            raise ArgumentError("temperature_decay: expected a number in (0, 1], got 0.0")
         self.temperature_decay = gamma
         self.label_weight = check_positive("label_weight", label_weight, allow_zero=True)
         momentum = check_probability("prior_momentum", prior_momentum)
         if momentum == 0:
-            raise ValueError("prior_momentum: expected a number in (0, 1], got 0.0")
+            raise ArgumentError("prior_momentum: expected a number in (0, 1], got 0.0")
         self.prior_momentum = momentum
         self.layers = flow_stack(
             data_dim,
@@ -257,7 +258,9 @@ class VariationalMixtureOfFlows(PyroModule):
     def _check_x(self, x: object) -> Tensor:
         x = check_input("x", x, self.base_loc, event_shape=(self.data_dim,), min_dim=2)
         if x.dim() != 2:
-            raise ValueError(f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}")
+            raise ArgumentError(
+                f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}"
+            )
         return x
 
     def _check_labels(self, y: object, n: int, name: str = "y") -> Tensor:
@@ -268,19 +271,21 @@ class VariationalMixtureOfFlows(PyroModule):
             or (y.dtype == torch.bool)
         ):
             got = f"tensor of dtype {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{name}: expected an integer tensor of labels (-1 = unlabelled), got {got}"
             )
         if tuple(y.shape) != (n,):
-            raise ValueError(f"{name}: expected shape ({n},) like x's rows, got {tuple(y.shape)}")
+            raise ArgumentError(
+                f"{name}: expected shape ({n},) like x's rows, got {tuple(y.shape)}"
+            )
         model_device = self.base_loc.device
         if y.device != model_device and y.device.type != "cpu":
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: expected a tensor on device {model_device} (the model's) or on cpu, got "
                 f"tensor of shape {tuple(y.shape)}, dtype {y.dtype}, device {y.device}"
             )
         if bool((y < -1).any()) or bool((y >= self.num_components).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: expected labels in [0, {self.num_components - 1}] or -1 (unlabelled), "
                 f"got values in [{int(y.min())}, {int(y.max())}]"
             )
@@ -489,7 +494,7 @@ class VariationalMixtureOfFlows(PyroModule):
         check_positive_int("num_iterations", num_iterations, minimum=0)
         k = self.num_components
         if x.shape[0] < k:
-            raise ValueError(f"x: expected at least num_components = {k} rows, got {x.shape[0]}")
+            raise ArgumentError(f"x: expected at least num_components = {k} rows, got {x.shape[0]}")
         centroids, labels = kmeans(
             x.detach().double().cpu(),
             k,
@@ -555,7 +560,7 @@ class VariationalMixtureOfFlows(PyroModule):
         x = self._check_x(x)
         labels = self._check_labels(labels, x.shape[0], "labels")
         if bool((labels < 0).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"labels: expected components in [0, {self.num_components - 1}] for every "
                 "point, got -1 (unlabelled)"
             )

@@ -19,6 +19,7 @@ from pyro_manifold._validation import (
     check_positive_int,
 )
 from pyro_manifold.distributions import GaussianNIF
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.infer import FitResult, fit
 from pyro_manifold.models._mixture_prior import GaussianMixturePrior
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
@@ -114,7 +115,7 @@ class NoisyInjectiveFlow(PyroModule):
         if prior_components is not None:
             check_positive_int("prior_components", prior_components)
             if prior_flow is not None:
-                raise ValueError(
+                raise ArgumentError(
                     f"prior_components: expected None with prior_flow={prior_flow!r} (one "
                     f"prior: a flow or a mixture), got {prior_components}"
                 )
@@ -140,7 +141,7 @@ class NoisyInjectiveFlow(PyroModule):
             else nn.ModuleList()
         )
         if isinstance(prior_flow, str) and latent_dim < 2:
-            raise ValueError(f"prior_flow: needs latent_dim >= 2, got latent_dim={latent_dim}")
+            raise ArgumentError(f"prior_flow: needs latent_dim >= 2, got latent_dim={latent_dim}")
         self.prior_layers = (
             flow_stack(latent_dim, prior_flow, prior_layers, prior_hidden_dims, name="prior_flow")
             if prior_flow is not None
@@ -246,7 +247,7 @@ class NoisyInjectiveFlow(PyroModule):
                 :func:`pyro_manifold.metrics.importance_log_likelihood`).
         """
         if len(self.prior_layers):
-            raise ValueError(
+            raise ArgumentError(
                 "prior_flow: log p(x) has no closed form with a prior flow; bound it with "
                 "pyro_manifold.metrics.importance_log_likelihood(model.model, model.guide, x)"
             )
@@ -348,7 +349,7 @@ class NoisyInjectiveFlow(PyroModule):
             20
         """
         if not len(self.prior_layers) and self.prior_mixture is None:
-            raise ValueError(
+            raise ArgumentError(
                 "prior_flow: fit_prior needs a prior flow or a mixture prior, got a model "
                 "built with prior_flow=None and prior_components=None (a unit-normal prior "
                 "has nothing to fit)"
@@ -364,7 +365,7 @@ class NoisyInjectiveFlow(PyroModule):
         check_positive_int("chunk_size", chunk_size)
         k = 0 if self.prior_mixture is None else len(self.prior_mixture.logits)
         if x.shape[0] < k:
-            raise ValueError(
+            raise ArgumentError(
                 f"x: expected at least prior_components={k} points to start the mixture's "
                 f"means at, got {x.shape[0]}"
             )

@@ -14,6 +14,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.nn.vector_quantizer import VectorQuantizer, chart_membership
 
 __all__ = ["VQAutoencoder"]
@@ -152,7 +153,7 @@ class VQAutoencoder(PyroModule):
         """
         if isinstance(num_overlap, int) and not isinstance(num_overlap, bool):
             if num_overlap > self.num_charts:
-                raise ValueError(
+                raise ArgumentError(
                     f"num_overlap: expected an int <= num_charts = {self.num_charts}, "
                     f"got {num_overlap}"
                 )

@@ -16,6 +16,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.distributions.chart_mixture import ChartMixture
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
 from pyro_manifold.nn import scale_output_layer
 from pyro_manifold.transforms import (
@@ -149,7 +150,7 @@ class VQFlow(PyroModule):
         latent_dim = data_dim if latent_dim is None else latent_dim
         check_positive_int("latent_dim", latent_dim, minimum=2)
         if latent_dim > data_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"latent_dim: expected an int <= data_dim = {data_dim}, got {latent_dim}"
             )
         code_dim = min(data_dim, 16) if code_dim is None else code_dim
@@ -166,7 +167,7 @@ class VQFlow(PyroModule):
             check_positive_int("num_reflections", num_reflections)
         check_positive_int("num_overlap", num_overlap)
         if num_overlap > num_charts:
-            raise ValueError(
+            raise ArgumentError(
                 f"num_overlap: expected an int <= num_charts = {num_charts}, got {num_overlap}"
             )
         self.epsilon = check_positive("epsilon", epsilon, allow_zero=True)

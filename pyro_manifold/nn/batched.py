@@ -31,6 +31,7 @@ from pyro_manifold._validation import (
     check_tensor,
     check_widths,
 )
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["BatchedAutoRegressiveNN", "BatchedDenseNN", "BatchedLinear"]
 
@@ -106,7 +107,7 @@ class BatchedLinear(nn.Module):
         )
         k, d = self.num_components, self.in_features
         if x.shape[-1] != d or x.shape[-2] not in (k, 1):
-            raise ValueError(
+            raise ArgumentError(
                 f"x: expected shape (*, {k}, {d}) or (*, 1, {d}), got tensor of shape "
                 f"{tuple(x.shape)}"
             )
@@ -137,9 +138,9 @@ def _check_dims(hidden_dims: Sequence[int], param_dims: Sequence[int]) -> tuple[
         check_widths("param_dims", param_dims),
     )
     if len(hidden) == 0:
-        raise ValueError("hidden_dims: expected at least one hidden layer, got []")
+        raise ArgumentError("hidden_dims: expected at least one hidden layer, got []")
     if len(params) == 0:
-        raise ValueError("param_dims: expected at least one output block, got []")
+        raise ArgumentError("param_dims: expected at least one output block, got []")
     return hidden, params
 
 
@@ -269,7 +270,7 @@ class BatchedAutoRegressiveNN(nn.Module):
         check_tensor("permutation", permutation, event_shape=(input_dim,), floating=False)
         permutation = permutation.to(torch.int64)
         if not torch.equal(permutation.sort().values, torch.arange(input_dim)):
-            raise ValueError(
+            raise ArgumentError(
                 f"permutation: expected a permutation of range({input_dim}), got "
                 f"{permutation.tolist()}"
             )

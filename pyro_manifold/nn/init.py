@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pyro_manifold._validation import check_positive
+from pyro_manifold.errors import ArgumentTypeError
 
 __all__ = ["scale_output_layer"]
 
@@ -30,7 +31,7 @@ def scale_output_layer(net: nn.Module, factor: float = 0.01) -> nn.Module:
     check_positive("factor", factor, allow_zero=True)
     layers = getattr(net, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"net: expected a network with a non-empty `layers` ModuleList, got "
             f"{type(net).__name__}"
         )

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_positive_int, check_tensor
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["kmeans"]
 
@@ -70,15 +71,17 @@ def kmeans(
     k = check_positive_int("num_clusters", num_clusters)
     check_positive_int("num_iterations", num_iterations, minimum=0)
     if x.dim() != 2 or x.shape[0] < k:
-        raise ValueError(
+        raise ArgumentError(
             f"x: expected shape (N, D) with N >= num_clusters = {k}, got shape {tuple(x.shape)}"
         )
     if labels is not None:
         check_tensor("labels", labels, event_shape=(x.shape[0],), floating=False, finite=False)
         if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels: expected an (N,) integer tensor, got dtype {labels.dtype}")
+            raise ArgumentTypeError(
+                f"labels: expected an (N,) integer tensor, got dtype {labels.dtype}"
+            )
         if bool(((labels < -1) | (labels >= k)).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"labels: expected labels in [-1, {k - 1}], got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )

@@ -7,6 +7,7 @@ from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
 
 from pyro_manifold._validation import check_bounds, check_input, check_positive_int
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["MNISTClassifier"]
 
@@ -77,7 +78,7 @@ class MNISTClassifier(nn.Module):
             if len(batch) and batch[-1] == 1:  # (N, 1, 28, 28)
                 batch = batch[:-1]
         else:
-            raise ValueError(
+            raise ArgumentError(
                 f"x: expected shape (*, 784) or (*, 28, 28), got tensor of shape {tuple(x.shape)}"
             )
         if is_validation_enabled():

@@ -14,6 +14,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
+from pyro_manifold.errors import ArgumentError
 
 __all__ = ["PICNN"]
 
@@ -104,7 +105,7 @@ class PICNN(nn.Module):
         else:
             ctx = check_widths("context_hidden_dims", context_hidden_dims)
             if len(ctx) != len(hidden):
-                raise ValueError(
+                raise ArgumentError(
                     f"context_hidden_dims: expected {len(hidden)} widths (one per hidden "
                     f"layer of hidden_dims={hidden}), got {ctx}"
                 )

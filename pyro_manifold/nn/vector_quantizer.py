@@ -29,6 +29,7 @@ from pyro_manifold._validation import (
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.nn.kmeans import kmeans
 
 __all__ = ["VectorQuantizer", "chart_membership"]
@@ -65,7 +66,7 @@ def chart_membership(distances: Tensor, num_overlap: int = 1, epsilon: float = 0
     num_charts = distances.shape[-1]
     check_positive_int("num_overlap", num_overlap)
     if num_overlap > num_charts:
-        raise ValueError(
+        raise ArgumentError(
             f"num_overlap: expected an int <= the number of charts K = {num_charts}, "
             f"got {num_overlap}"
         )
@@ -181,7 +182,7 @@ class VectorQuantizer(nn.Module):
         check_positive_int("num_iterations", num_iterations, minimum=0)
         flat = e.reshape(-1, self.code_dim).to(self.codebook.dtype)
         if len(flat) < self.num_codes:
-            raise ValueError(
+            raise ArgumentError(
                 f"e: expected at least num_codes = {self.num_codes} encodings, got {len(flat)}"
             )
         centres, _ = kmeans(flat, self.num_codes, num_iterations)

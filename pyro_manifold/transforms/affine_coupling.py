@@ -37,6 +37,7 @@ from pyro_manifold._validation import (
     check_widths,
     reference_tensor,
 )
+from pyro_manifold.errors import ArgumentError
 
 __all__ = [
     "AffineCoupling",
@@ -109,7 +110,7 @@ class AffineCoupling(FreshCache, TransformModule):
             name, x, reference_tensor(self.nn), event_shape=event, min_dim=1, nonempty=False
         )
         if self.input_dim is None and x.shape[-1] <= self.split_dim:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: expected more than split_dim = {self.split_dim} coordinates, got "
                 f"shape {tuple(x.shape)}"
             )
@@ -223,7 +224,7 @@ def _input_dim(split_dim: int, hypernet: object, input_dim: int | None) -> int |
         input_dim = split_dim + int(param_dims[0])
     check_positive_int("input_dim", input_dim, minimum=2)
     if split_dim > input_dim - 1:
-        raise ValueError(
+        raise ArgumentError(
             f"split_dim: expected an int in [1, {input_dim - 1}] (input_dim = {input_dim}), "
             f"got {split_dim}"
         )

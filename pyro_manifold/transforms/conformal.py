@@ -42,6 +42,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
     "ConditionalConformalEmbedding",
@@ -55,7 +56,7 @@ def _check_dims(latent_dim: int, data_dim: int, num_reflections: int | None) -> 
     check_positive_int("latent_dim", latent_dim)
     check_positive_int("data_dim", data_dim)
     if latent_dim > data_dim:
-        raise ValueError(
+        raise ArgumentError(
             f"latent_dim: expected an int <= data_dim = {data_dim} (an embedding cannot "
             f"lower the dimension), got {latent_dim}"
         )
@@ -143,12 +144,12 @@ class _Conformal:
 
     def forward_shape(self, shape: torch.Size) -> torch.Size:
         if len(shape) < 1 or shape[-1] != self.latent_dim:
-            raise ValueError(f"shape: expected (*, {self.latent_dim}), got {tuple(shape)}")
+            raise ArgumentError(f"shape: expected (*, {self.latent_dim}), got {tuple(shape)}")
         return torch.Size((*shape[:-1], self.data_dim))
 
     def inverse_shape(self, shape: torch.Size) -> torch.Size:
         if len(shape) < 1 or shape[-1] != self.data_dim:
-            raise ValueError(f"shape: expected (*, {self.data_dim}), got {tuple(shape)}")
+            raise ArgumentError(f"shape: expected (*, {self.data_dim}), got {tuple(shape)}")
         return torch.Size((*shape[:-1], self.latent_dim))
 
 
@@ -256,7 +257,7 @@ class ConditionedConformalEmbedding(_Conformal, FreshCache, TransformModule):
 
     def __init__(self, module: ConditionalConformalEmbedding, context: Tensor) -> None:
         if not isinstance(module, ConditionalConformalEmbedding):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"module: expected a ConditionalConformalEmbedding, got {type(module).__name__}"
             )
         super().__init__(cache_size=1)

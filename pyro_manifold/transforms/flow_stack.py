@@ -31,6 +31,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_widths,
 )
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
 from pyro_manifold.transforms._spline_coupling import FreshSplineCoupling
 from pyro_manifold.transforms.affine_coupling import AffineCoupling, ConditionalAffineCoupling
@@ -78,7 +79,7 @@ def check_flow(name: str, flow: object) -> str | FlowFactory:
     """
     if isinstance(flow, str):
         if flow in _RENAMED:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name}: expected one of {sorted(FLOWS)} or a callable; {_RENAMED[flow]}"
             )
         return check_choice(name, flow, FLOWS)
@@ -88,7 +89,7 @@ def check_flow(name: str, flow: object) -> str | FlowFactory:
             if isinstance(flow, (nn.Module, Transform))
             else ""
         )
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}: expected one of {sorted(FLOWS)} or a callable returning Pyro "
             f"TransformModules, got {type(flow).__name__}{hint}"
         )
@@ -281,12 +282,12 @@ def flow_stack(
     if num_components is not None:
         num_components = check_positive_int("num_components", num_components)
         if context_dim is not None:
-            raise ValueError(
+            raise ArgumentError(
                 f"num_components: expected None with context_dim={context_dim} (a stack is "
                 f"conditional or batched, not both), got {num_components}"
             )
     if batch_norm and (not named or context_dim is not None or num_components is not None):
-        raise ValueError(
+        raise ArgumentError(
             "batch_norm: only between the layers of a plain named stack; put BatchNorm in "
             "your own flow, got batch_norm=True with "
             + ("a callable flow" if not named else "context_dim / num_components")
@@ -326,14 +327,14 @@ def _own_layers(
     layers = [out] if single else list(out)
     expected = TransformModule if context_dim is None else ConditionalTransformModule
     if not layers:
-        raise ValueError(f"{name}: expected {call} to return at least one layer, got none")
+        raise ArgumentError(f"{name}: expected {call} to return at least one layer, got none")
     for i, layer in enumerate(layers):
         if not isinstance(layer, expected):
             zuko = type(layer).__module__.split(".")[0] == "zuko"
             hint = "; wrap a zuko flow: ZukoTransform(flow)" if zuko else ""
             if zuko and context_dim is not None:
                 hint = "; wrap a zuko flow: ConditionalZukoTransform(flow)"
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{name}: expected {call} to return Pyro {expected.__name__}s (the model "
                 f"{'conditions on a context' if context_dim else 'has no context'}), got "
                 f"{type(layer).__name__} at position {i}{hint}"
@@ -366,13 +367,13 @@ def _check_acts_on(
                 event_dim = getattr(getattr(t, "domain", None), "event_dim", 1)
                 ladj = _sum_rightmost(t.log_abs_det_jacobian(u, x), 1 - event_dim)
                 if u.shape != x.shape or torch.broadcast_shapes(ladj.shape, (2,)) != (2,):
-                    raise ValueError(
+                    raise ArgumentError(
                         f"it gave an output of shape {tuple(u.shape)} and a log-determinant "
                         f"of shape {tuple(ladj.shape)}"
                     )
                 x = u
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected the layers of {call} to act on tensors of shape (*, {input_dim}), "
             f"but layer {position} ({type(layers[position]).__name__}), inverted on zeros of "
             f"shape (2, {input_dim}): {type(e).__name__}: {e}"
@@ -421,14 +422,14 @@ class StackedFlows(FreshCache, TransformModule):
         super().__init__(cache_size=1)
         self.flows = nn.ModuleList(nn.ModuleList(f) for f in flows)
         if not len(self.flows):
-            raise ValueError("flows: expected at least one flow, got none")
+            raise ArgumentError("flows: expected at least one flow, got none")
         self._ladj_cache: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _pass(self, z: Tensor, forward: bool) -> Tensor:
         k = len(self.flows)
         check_input("u" if forward else "x", z, min_dim=2, nonempty=False)
         if z.shape[-2] not in (1, k):
-            raise ValueError(
+            raise ArgumentError(
                 f"{'u' if forward else 'x'}: expected shape (*, {k}, D) or (*, 1, D), got "
                 f"{tuple(z.shape)}"
             )

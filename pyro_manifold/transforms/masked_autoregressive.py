@@ -38,6 +38,7 @@ from pyro_manifold._validation import (
     check_widths,
     reference_tensor,
 )
+from pyro_manifold.errors import ArgumentTypeError
 
 __all__ = [
     "ConditionalMaskedAutoregressive",
@@ -192,7 +193,7 @@ def _order_length(autoregressive_nn: object) -> int:
     """:math:`D`, the length of the network's autoregressive order."""
     permutation = getattr(autoregressive_nn, "permutation", None)
     if permutation is None:
-        raise TypeError(
+        raise ArgumentTypeError(
             "autoregressive_nn: expected a MADE network with a permutation attribute, got "
             f"{type(autoregressive_nn).__name__}"
         )

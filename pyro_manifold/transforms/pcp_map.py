@@ -54,6 +54,7 @@ from pyro_manifold._validation import (
     check_positive,
     check_positive_int,
 )
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError, ComputationError
 from pyro_manifold.nn.picnn import PICNN
 
 __all__ = [
@@ -66,7 +67,7 @@ __all__ = [
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
-class PCPMapInverseError(RuntimeError):
+class PCPMapInverseError(ComputationError):
     r"""Newton's method did not solve :math:`\nabla_z G(z, h) = y` to the tolerance."""
 
 
@@ -139,9 +140,11 @@ class ConditionalPCPMap(ConditionalTransformModule):
         if picnn is None:
             picnn = PICNN(input_dim, context_dim)
         if not isinstance(picnn, PICNN):
-            raise TypeError(f"picnn: expected a pyro_manifold.nn.PICNN, got {type(picnn).__name__}")
+            raise ArgumentTypeError(
+                f"picnn: expected a pyro_manifold.nn.PICNN, got {type(picnn).__name__}"
+            )
         if (picnn.input_dim, picnn.context_dim) != (input_dim, context_dim):
-            raise ValueError(
+            raise ArgumentError(
                 f"picnn: expected input_dim={input_dim} and context_dim={context_dim}, got a "
                 f"PICNN with input_dim={picnn.input_dim}, context_dim={picnn.context_dim}"
             )
@@ -241,7 +244,9 @@ class ConditionedPCPMap(FreshCache, Transform):
 
     def __init__(self, module: ConditionalPCPMap, context: Tensor) -> None:
         if not isinstance(module, ConditionalPCPMap):
-            raise TypeError(f"module: expected a ConditionalPCPMap, got {type(module).__name__}")
+            raise ArgumentTypeError(
+                f"module: expected a ConditionalPCPMap, got {type(module).__name__}"
+            )
         check_input(
             "context",
             context,

@@ -29,6 +29,7 @@ from torch.distributions import Transform, constraints
 
 from pyro_manifold._cache import FreshCache
 from pyro_manifold._validation import check_input, check_positive, check_positive_int
+from pyro_manifold.errors import ArgumentError
 from pyro_manifold.transforms._spline_coupling import FreshPyroSpline
 
 __all__ = [
@@ -155,7 +156,9 @@ class ConditionalSplineCoupling(ConditionalTransformModule):
         self.input_dim = check_positive_int("input_dim", input_dim, minimum=2)
         self.split_dim = check_positive_int("split_dim", split_dim)
         if split_dim > input_dim - 1:
-            raise ValueError(f"split_dim: expected an int in [1, {input_dim - 1}], got {split_dim}")
+            raise ArgumentError(
+                f"split_dim: expected an int in [1, {input_dim - 1}], got {split_dim}"
+            )
         self.count_bins = check_positive_int("count_bins", count_bins, minimum=2)
         self.bound = check_positive("bound", bound)
         super().__init__()

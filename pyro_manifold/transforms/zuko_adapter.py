@@ -19,6 +19,7 @@ from torch.distributions import constraints
 
 from pyro_manifold._cache import FreshCache
 from pyro_manifold._validation import check_input
+from pyro_manifold.errors import ArgumentTypeError
 
 __all__ = ["ConditionalZukoTransform", "ZukoTransform"]
 
@@ -26,7 +27,7 @@ __all__ = ["ConditionalZukoTransform", "ZukoTransform"]
 def _lazy_transform(flow: object) -> nn.Module:
     """The lazy transform of a zuko ``Flow`` (its ``transform``), or a lazy transform itself."""
     if not isinstance(flow, nn.Module) or not callable(flow):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"flow: expected a zuko Flow or LazyTransform (an nn.Module whose call with a "
             f"context returns a transform), got {type(flow).__name__}"
         )
