@@ -45,7 +45,7 @@ def broadcast_shapes(*shapes: Sequence[int]) -> torch.Size:
         >>> broadcast_shapes((2,), (0,))
         Traceback (most recent call last):
         ...
-        RuntimeError: shape mismatch: shapes (2,), (0,) cannot be broadcast to a single shape
+        pyro_manifold.errors.ComputationError: shape mismatch: shapes (2,), (0,) cannot be ...
     """
     ndim = max((len(s) for s in shapes), default=0)
     out = [1] * ndim

@@ -286,7 +286,10 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow | NoisyInjectiveFlow]
     config = _saved_config(run_dir)
     state = load_checkpoint(run_dir / "checkpoint.pt")
     model = build_model(config, config["data_dim"])
-    model.load_state_dict(state["modules"][0])
+    # fit ends a run with validation at its best validation state (restore_best), which
+    # the checkpoint keeps beside the last one: the model that train_run scored
+    best = state.get("best_states")
+    model.load_state_dict((best or state["modules"])[0])
     model.to(resolve_device(config["device"])).eval()
     return config, model
 

@@ -66,3 +66,15 @@ def test_a_bad_option_creates_no_run_directory(tmp_path, capsys):
     run = tmp_path / "new"
     assert main([*FIT, "--run-dir", str(run), "--hidden", "0"]) == 2
     assert "hidden" in capsys.readouterr().err and not run.exists()
+
+
+def test_evaluate_scores_the_best_validation_state_that_training_ended_with(tmp_path):
+    from pyro_manifold.experiment import evaluate_run, train_run
+    from pyro_manifold.infer import load_checkpoint
+
+    config = {"dataset": "two_moons", "steps": 40, "num_samples": 300, "layers": 1,
+              "hidden": 8, "device": "cpu", "lr": 0.3, "validate_every": 5}  # fmt: skip
+    trained = train_run(config, tmp_path, progress=False)
+    history = load_checkpoint(tmp_path / "checkpoint.pt")["history"]
+    assert min(history["val_loss"]) < history["val_loss"][-1]  # the best is not the last
+    assert evaluate_run(tmp_path)["test_log_likelihood"] == trained["test_log_likelihood"]

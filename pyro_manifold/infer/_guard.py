@@ -218,8 +218,16 @@ class NonFiniteGuard:
         return {"skipped_steps": list(self.skipped)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue a checkpoint's list of skipped steps."""
+        """Continue a checkpoint's list of skipped steps and its run of bad steps.
+
+        The run in progress is the skipped steps that end at the checkpoint's step, so a
+        resumed run stops where the uninterrupted one would.
+        """
         self.skipped = [int(k) for k in state.get("skipped_steps", [])]
+        done, bad = int(state.get("step", 0)), set(self.skipped)
+        self.consecutive = 0
+        while done - self.consecutive in bad:
+            self.consecutive += 1
 
     def tolerates(self, step: int, bad: bool) -> bool:
         """Count ``step``'s flag; ``False`` when training must stop at it."""

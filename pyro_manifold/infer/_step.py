@@ -63,7 +63,7 @@ def check_graphable(
         >>> check_graphable("sgd", None)
         Traceback (most recent call last):
         ...
-        ValueError: cuda_graph=True needs optimizer 'adam' or 'adamw' (got 'sgd')
+        pyro_manifold.errors.ArgumentError: cuda_graph=True needs optimizer 'adam' or ...
     """
     problems = []
     if callable(optimizer) or optimizer not in ("adam", "adamw"):

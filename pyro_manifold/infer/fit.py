@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from pyro_manifold.infer._early_stopping import EarlyStopping, mean_loss
 from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, parameter_names
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
 from pyro_manifold.infer._progress import TrainingLog
+from pyro_manifold.infer._rollback import SetUpRollback
 from pyro_manifold.infer._state import RunState, check_resume, param_sites, rng_state, set_rng_state
 from pyro_manifold.infer._step import TrainingStep, check_graphable
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
@@ -98,47 +99,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             f"device: expected one of the {torch.cuda.device_count()} CUDA devices, got {device!r}"
         )
     return resolved
-
-
-class _SetUp:
-    """Whether the set-up has finished (see :func:`_unchanged_on_failure`)."""
-
-    finished = False
-
-    def done(self) -> None:
-        self.finished = True
-
-
-@contextmanager
-def _unchanged_on_failure(modules: Sequence[nn.Module]) -> Iterator[_SetUp]:
-    """Put every parameter, buffer and train/eval mode back if the block fails before ``done()``.
-
-    Values, devices and dtypes are restored in place (a parameter stays the same object,
-    so an optimiser or a param store that holds it is not cut off).
-    """
-    saved = [
-        (owner, kind, name, tensor.detach().clone())
-        for m in modules
-        for owner in m.modules()
-        for kind, table in (("param", owner._parameters), ("buffer", owner._buffers))
-        for name, tensor in table.items()
-        if tensor is not None
-    ]
-    modes = [(owner, owner.training) for m in modules for owner in m.modules()]
-    progress = _SetUp()
-    try:
-        yield progress
-    except BaseException:
-        if not progress.finished:
-            for owner, training in modes:
-                owner.training = training
-            with torch.no_grad():
-                for owner, kind, name, value in saved:
-                    if kind == "param":
-                        owner._parameters[name].data = value
-                    else:
-                        owner._buffers[name] = value
-        raise
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -447,8 +407,8 @@ def fit(
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)
 
     # -- set up: a failure here leaves the modules as they were -------------------------
-    lock = RunLock(run_dir) if run_dir is not None and group.is_main else nullcontext()
-    with lock, _unchanged_on_failure(mods) as setting_up:
+    lock = RunLock(run_dir) if run_dir is not None and group.is_main else None
+    with lock or nullcontext(), SetUpRollback(mods, lock) as setting_up:
         pyro.set_rng_seed(seed + group.rank)
         for m in mods:
             m.to(device)

@@ -105,6 +105,7 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = check_run_dir(run_dir)
         self._fd: int | None = None
+        self._created: list[Path] = []
 
     @property
     def held(self) -> bool:
@@ -115,6 +116,7 @@ class RunLock:
         """Take the lock, or raise :class:`RunLockedError` naming its holder."""
         if self._fd is not None:
             return self
+        missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -134,7 +136,7 @@ class RunLock:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        self._fd = fd
+        self._fd, self._created = fd, missing
         return self
 
     def release(self) -> None:
@@ -142,6 +144,24 @@ class RunLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
+
+    def abandon(self) -> None:
+        """Release, and remove the directories :meth:`acquire` created if they hold nothing else.
+
+        For a run that failed before it wrote anything: the file system is left as it was.
+        """
+        held, created = self._fd is not None, self._created
+        self.release()
+        if not held or not created:
+            return
+        if [p.name for p in self.path.iterdir()] != [LOCK_NAME]:
+            return
+        (self.path / LOCK_NAME).unlink()
+        for directory in created:  # deepest first
+            try:
+                directory.rmdir()
+            except OSError:  # another process put something there meanwhile
+                return
 
     def __enter__(self) -> RunLock:
         return self.acquire()

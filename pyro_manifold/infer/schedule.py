@@ -94,7 +94,7 @@ def evaluate_step_kwargs(step_kwargs: StepKwargs, step: int) -> dict[str, Any]:
         >>> evaluate_step_kwargs(lambda step: {"beta": float("nan")}, 5)
         Traceback (most recent call last):
         ...
-        ValueError: step_kwargs: expected finite numbers, got beta=nan at step 5
+        pyro_manifold.errors.ArgumentError: step_kwargs: expected finite numbers, got beta=nan ...
     """
     try:
         value = step_kwargs(step)

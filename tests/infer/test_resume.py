@@ -138,7 +138,11 @@ class WithSite(torch.nn.Module):
         pyro.module("with_site", self)
         shift = pyro.param("shift", torch.zeros(2)) if self.site else 0.0
         with pyro.plate("data", len(x)):
-            pyro.sample("x", pyro.distributions.Normal(self.loc + shift, 1.0).to_event(1), obs=x)
+            pyro.sample(
+                "x",
+                pyro.distributions.Normal(self.loc + shift, 1.0, validate_args=False).to_event(1),
+                obs=x,
+            )
 
     def guide(self, x):
         pass
@@ -189,3 +193,64 @@ def test_a_failed_set_up_keeps_the_train_mode(monkeypatch):
     with pytest.raises(RuntimeError, match="broadcast failed"):
         fit(flow.model, flow.guide, x, **ARGS)
     assert all(m.training for m in flow.modules())
+
+
+class BadSteps(torch.nn.Module):
+    """The loss is NaN at the steps whose per-step argument ``bad`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(2))
+
+    def model(self, x, bad=0.0):
+        import pyro
+
+        pyro.module("bad_steps", self)
+        shift = float("nan") if bad else 0.0
+        with pyro.plate("data", len(x)):
+            pyro.sample(
+                "x",
+                pyro.distributions.Normal(self.loc + shift, 1.0, validate_args=False).to_event(1),
+                obs=x,
+            )
+
+    def guide(self, x, bad=0.0):
+        pass
+
+
+def test_a_run_of_skipped_steps_continues_across_a_resume(tmp_path):
+    from pyro_manifold.infer import NonFiniteLossError
+
+    x, _ = _data()
+    args = {**ARGS, "on_nonfinite": "skip", "max_consecutive_skips": 3, "checkpoint_every": 100}
+    hook = lambda t: {"bad": float(4 <= t <= 7)}  # noqa: E731  (steps 5 to 8)
+    m = BadSteps()
+    with pytest.raises(NonFiniteLossError, match="step 8"):  # the fourth bad step in a row
+        fit(m.model, m.guide, x, step_kwargs=hook, **{**args, "num_steps": 12})
+    m = BadSteps()
+    with pytest.warns(RuntimeWarning, match="skipped 2 of 6"):
+        fit(m.model, m.guide, x, step_kwargs=hook, run_dir=tmp_path, **{**args, "num_steps": 6})
+    with pytest.raises(NonFiniteLossError, match="step 8"):
+        fit(m.model, m.guide, x, step_kwargs=hook, resume=tmp_path / "checkpoint.pt",
+            **{**args, "num_steps": 12})  # fmt: skip
+
+
+def test_a_failed_set_up_leaves_no_new_run_directory_and_no_new_param_sites(tmp_path, monkeypatch):
+    import pyro
+
+    from pyro_manifold.infer.distributed import DataParallelGroup
+
+    x, _ = _data()
+    pyro.clear_param_store()
+    pyro.param("kept", torch.ones(2))
+    m = WithSite(site=True)  # declares the pyro.param site "shift" on its first evaluation
+
+    def broken(self, modules, params):
+        raise RuntimeError("broadcast failed")
+
+    monkeypatch.setattr(DataParallelGroup, "broadcast_state_", broken)
+    with pytest.raises(RuntimeError, match="broadcast failed"):
+        fit(m.model, m.guide, x, run_dir=tmp_path / "a" / "b", **ARGS)
+    assert list(tmp_path.iterdir()) == []
+    assert list(pyro.get_param_store().keys()) == ["kept"]
+    assert torch.equal(pyro.param("kept"), torch.ones(2))
