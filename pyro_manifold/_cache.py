@@ -77,11 +77,13 @@ def state_token(tensors: Iterable[Tensor], modules: Iterable[nn.Module] = ()) ->
         return None
     watched = list(tensors)
     modes = []
-    for module in modules:
-        for sub in module.modules():
-            modes.append(sub.training)
-            watched.extend(sub.parameters(recurse=False))
-            watched.extend(sub.buffers(recurse=False))
+    stack = list(modules)
+    while stack:  # the module trees, read directly: this runs at every cached call
+        sub = stack.pop()
+        modes.append(sub.training)
+        watched.extend(t for t in sub._parameters.values() if t is not None)
+        watched.extend(t for t in sub._buffers.values() if t is not None)
+        stack.extend(m for m in sub._modules.values() if m is not None)
     if any(t.is_inference() for t in watched):
         return None
     return torch.is_grad_enabled(), tuple(t._version for t in watched), tuple(modes)
@@ -94,9 +96,10 @@ class FreshMemo:
     :attr:`_cache_slots` and marks it with :meth:`_remember_for`; before reusing it, it
     asks :meth:`_fresh`. What the results depend on besides their own tensors is
     :meth:`_cache_state`: by default the owner's own parameters, buffers and modes when
-    it is an ``nn.Module``, and the network and tensors of any ``functools.partial``
-    attribute (a conditioned layer's ``partial(net, context=h)``, as Pyro's
-    ``ConditionalTransformModule.condition`` builds them). A pickled or deep-copied owner
+    it is an ``nn.Module``, the tensors held as its attributes (a bound context), and the
+    network and tensors of any ``functools.partial`` attribute (a conditioned layer's
+    ``partial(net, context=h)``, as Pyro's ``ConditionalTransformModule.condition`` builds
+    them). A pickled or deep-copied owner
     starts with its slots empty.
 
     Example:
@@ -137,7 +140,9 @@ class FreshMemo:
         modules = [self] if isinstance(self, nn.Module) else []
         tensors: list[Tensor] = []
         for value in vars(self).values():
-            if isinstance(value, partial):
+            if isinstance(value, Tensor):  # a context or a parameter held as an attribute
+                tensors.append(value)
+            elif isinstance(value, partial):
                 if isinstance(value.func, nn.Module):
                     modules.append(value.func)
                 bound = (*value.args, *value.keywords.values())

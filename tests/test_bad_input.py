@@ -2284,6 +2284,18 @@ MODELS = [
         id="ConditionalSplineCoupling-split_dim-too-large",
     ),
     P(
+        lambda: T.fresh_spline_coupling(1),
+        V,
+        int_at_least("input_dim", 2, 1),
+        id="fresh_spline_coupling-input_dim-one",
+    ),
+    P(
+        lambda: T.fresh_spline_coupling(3, [8], count_bins=1),
+        V,
+        int_at_least("count_bins", 2, 1),
+        id="fresh_spline_coupling-count_bins-one",
+    ),
+    P(
         lambda: T.conditional_spline_coupling(1, 2),
         V,
         int_at_least("input_dim", 2, 1),
@@ -2741,6 +2753,9 @@ NOT_APPLICABLE = {
     "FLOWS": "a constant",
     "FlowFactory": "a type alias",
     "FreshSplineAutoregressive": "Pyro's SplineAutoregressive (its constructor) with our cache",
+    "FreshSplineCoupling": "Pyro's SplineCoupling (its constructor) with our cache",
+    "FreshConditionalSplineAutoregressive": "Pyro's ConditionalSplineAutoregressive (its "
+    "constructor); its conditioned layers have our cache",
 }
 
 

@@ -39,8 +39,11 @@ from pyro_manifold.transforms.pcp_map import (
 from pyro_manifold.transforms.permutation import Reverse
 from pyro_manifold.transforms.splines import (
     ConditionalSplineCoupling,
+    FreshConditionalSplineAutoregressive,
     FreshSplineAutoregressive,
+    FreshSplineCoupling,
     conditional_spline_coupling,
+    fresh_spline_coupling,
     spline_param_dims,
 )
 from pyro_manifold.transforms.zuko_adapter import ConditionalZukoTransform, ZukoTransform
@@ -58,7 +61,9 @@ __all__ = [
     "DEFAULT_FLOW",
     "FLOWS",
     "FlowFactory",
+    "FreshConditionalSplineAutoregressive",
     "FreshSplineAutoregressive",
+    "FreshSplineCoupling",
     "MaskedAutoregressive",
     "PCPMapInverseError",
     "Reverse",
@@ -73,6 +78,7 @@ __all__ = [
     "conditional_spline_coupling",
     "conformal_embedding",
     "flow_stack",
+    "fresh_spline_coupling",
     "masked_autoregressive",
     "spline_param_dims",
 ]

@@ -33,7 +33,6 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.nn.batched import BatchedAutoRegressiveNN, BatchedDenseNN
-from pyro_manifold.transforms._spline_coupling import FreshSplineCoupling
 from pyro_manifold.transforms.affine_coupling import AffineCoupling, ConditionalAffineCoupling
 from pyro_manifold.transforms.masked_autoregressive import (
     ConditionalMaskedAutoregressive,
@@ -44,6 +43,7 @@ from pyro_manifold.transforms.splines import (
     ConditionalSplineCoupling,
     FreshConditionalSplineAutoregressive,
     FreshSplineAutoregressive,
+    FreshSplineCoupling,
     spline_param_dims,
 )
 

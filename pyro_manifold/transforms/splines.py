@@ -1,15 +1,20 @@
-r"""Spline layers Pyro lacks: a conditional spline coupling, a fresh-cache autoregressive spline.
+r"""Spline layers: Pyro's with the package's cache, and a conditional spline coupling.
 
-Both use Pyro's monotone rational-quadratic spline (Durkan et al. 2019), identity outside
+All use Pyro's monotone rational-quadratic spline (Durkan et al. 2019), identity outside
 ``[-bound, bound]``, whose bin widths, heights, knot derivatives (and, for the linear
-order, the rational-linear :math:`\lambda`) come from a network:
+order, the rational-linear :math:`\lambda`) come from a network. Pyro's own layers key
+their one-entry cache on tensor identity alone; the ``Fresh`` ones here are the same
+layers (subclasses built by their constructors) with the package's cache:
 
+* :class:`FreshSplineCoupling` (and :func:`fresh_spline_coupling`, built as Pyro's
+  ``spline_coupling`` helper builds it): both directions one network pass.
 * :class:`ConditionalSplineCoupling` keeps a block :math:`u_a` and moves the other by
   splines whose parameters are :math:`\theta(u_a, h)` for a context :math:`h`; both
   directions are one network pass.
 * :class:`FreshSplineAutoregressive` is Pyro's
   :class:`~pyro.distributions.transforms.SplineAutoregressive` (IAF direction: sampling
-  is one pass, scoring data is sequential, :math:`D` passes) with the package's cache.
+  is one pass, scoring data is sequential, :math:`D` passes) with the package's cache;
+  :class:`FreshConditionalSplineAutoregressive` is its conditional twin.
 """
 
 from __future__ import annotations
@@ -22,21 +27,29 @@ from pyro.distributions.transforms import (
     ConditionalSpline,
     ConditionalSplineAutoregressive,
     SplineAutoregressive,
+    SplineCoupling,
 )
-from pyro.nn import ConditionalDenseNN
+from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import Tensor
 from torch.distributions import Transform, constraints
 
 from pyro_manifold._cache import FreshCache
-from pyro_manifold._validation import check_input, check_positive, check_positive_int
+from pyro_manifold._validation import (
+    check_input,
+    check_positive,
+    check_positive_int,
+    check_widths,
+)
 from pyro_manifold.errors import ArgumentError
-from pyro_manifold.transforms._spline_coupling import FreshPyroSpline
 
 __all__ = [
-    "FreshConditionalSplineAutoregressive",
     "ConditionalSplineCoupling",
+    "FreshConditionalSplineAutoregressive",
+    "FreshPyroSpline",
     "FreshSplineAutoregressive",
+    "FreshSplineCoupling",
     "conditional_spline_coupling",
+    "fresh_spline_coupling",
     "spline_param_dims",
 ]
 
@@ -55,6 +68,101 @@ def spline_param_dims(count_bins: int, moved: int = 1) -> list[int]:
     return [moved * b, moved * b, moved * (b - 1), moved * b]
 
 
+class FreshPyroSpline(FreshCache):
+    """:class:`FreshCache` for Pyro's spline layers, which keep their last log-determinant.
+
+    Pyro's ``SplineCoupling`` and ``SplineAutoregressive`` leave the element-wise
+    log-derivatives of their last pass in ``_cache_log_detJ``; it is reused only while
+    that pass's entry is fresh. Put it first among the bases.
+    """
+
+    _cache_slots = ("_cached_x_y", "_cache_log_detJ")
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log |det dy/dx|`` of shape :math:`(*)`, from the last pass when it is fresh."""
+        x_old, y_old = self._cached_x_y
+        if not (x is x_old and y is y_old and self._fresh("x_y", self._cached_x_y)):
+            self._store(x, self._call(x), key=x)  # type: ignore[attr-defined]
+        return self._cache_log_detJ.sum(-1)  # type: ignore[attr-defined]
+
+
+class FreshSplineCoupling(FreshPyroSpline, SplineCoupling):
+    r"""Pyro's ``SplineCoupling``, whose cache follows the parameters and the inputs.
+
+    .. math::
+
+        x_{1:d} = h(u_{1:d}), \qquad x_{d+1:D} = g_{\theta(u_{1:d})}(u_{d+1:D}),
+
+    with :math:`g` an element-wise monotone rational-quadratic spline (identity outside
+    ``[-bound, bound]``) whose knots come from the hypernetwork, and :math:`h` a learned
+    element-wise spline (the identity with ``identity=True``);
+    :math:`\log|\det J| = \sum_j \log g'_j + \sum_i \log h'_i`. Both directions are one
+    network pass. The arguments are those of Pyro's ``SplineCoupling``:
+    ``(input_dim, split_dim, hypernet, count_bins=8, bound=3.0, order="linear",
+    identity=False)``.
+
+    Example:
+        >>> t = fresh_spline_coupling(2, [8])
+        >>> u = torch.randn(4, 2)
+        >>> torch.allclose(t.inv(t(u)), u, atol=1e-5)
+        True
+
+    References:
+        Neural Spline Flows. Conor Durkan, Artur Bekasov, Iain Murray, George
+        Papamakarios, 2019. arXiv:1906.04032.
+    """
+
+    def _call(self, x: Tensor) -> Tensor:
+        y = super()._call(x)
+        self._forget_lower_spline()
+        return y
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        x = super()._inverse(y)
+        self._forget_lower_spline()
+        return x
+
+    def _forget_lower_spline(self) -> None:
+        # the element-wise spline of the kept half keeps its own last result; the pass
+        # above has read it, and left there it would hold a graph (no deep copy) for good
+        if self.lower_spline is not None:
+            self.lower_spline._cached_x_y = (None, None)
+            self.lower_spline._cache_log_detJ = None
+
+
+def fresh_spline_coupling(
+    input_dim: int, hidden_dims: list[int] | None = None, count_bins: int = 8
+) -> FreshSplineCoupling:
+    r"""A :class:`FreshSplineCoupling` on :math:`\mathbb R^D`, built as Pyro's ``spline_coupling``.
+
+    The first :math:`d = \lfloor D/2 \rfloor` coordinates are kept (through a learned
+    element-wise spline) and feed a :class:`~pyro.nn.DenseNN` of widths ``hidden_dims``
+    (default ``[10 D, 10 D]``) that outputs the widths, heights, derivatives and
+    slopes of the :math:`D - d` splines of the other coordinates, on
+    ``[-3, 3]``. For the same seed the parameters equal those of
+    ``pyro.distributions.transforms.spline_coupling(input_dim, hidden_dims=hidden_dims,
+    count_bins=count_bins)``.
+
+    Args:
+        input_dim: :math:`D \ge 2`.
+        hidden_dims: hidden widths of the hypernetwork.
+        count_bins: spline bins.
+
+    Example:
+        >>> fresh_spline_coupling(3, [8], count_bins=4)(torch.zeros(1, 3)).shape
+        torch.Size([1, 3])
+    """
+    check_positive_int("input_dim", input_dim, minimum=2)
+    check_positive_int("count_bins", count_bins, minimum=2)
+    split = input_dim // 2
+    hidden = (
+        [10 * input_dim] * 2 if hidden_dims is None else check_widths("hidden_dims", hidden_dims)
+    )
+    m = input_dim - split
+    hypernet = DenseNN(split, hidden, param_dims=spline_param_dims(count_bins, m))
+    return FreshSplineCoupling(input_dim, split, hypernet, count_bins=count_bins)
+
+
 class _ConditionedSplineCoupling(FreshCache, Transform):
     r"""A :class:`ConditionalSplineCoupling` with its context bound: :math:`u \mapsto x`."""
 
@@ -66,7 +174,6 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
 
     def __init__(self, owner: ConditionalSplineCoupling, context: Tensor) -> None:
         super().__init__(cache_size=1)
-        self._hypernet, self._context = owner.nn, context
         self.split_dim, self.input_dim = owner.split_dim, owner.input_dim
         self.spline = ConditionalSpline(
             partial(owner.nn, context=context),
@@ -78,7 +185,8 @@ class _ConditionedSplineCoupling(FreshCache, Transform):
 
     def _cache_state(self) -> tuple[list[Tensor], list[torch.nn.Module]]:
         # the hypernetwork and the context sit inside the element-wise spline's partial
-        return [self._context], [self._hypernet]
+        bound = self.spline.nn
+        return [bound.keywords["context"]], [bound.func]
 
     def _pass(self, z: Tensor, forward: bool) -> Tensor:
         check_input("x" if not forward else "u", z, event_shape=(self.input_dim,), nonempty=False)

@@ -16,7 +16,7 @@ from pyro.distributions.conditional import (
     ConditionalTransformModule,
 )
 from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
-from pyro.nn import AutoRegressiveNN
+from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 
 import pyro_manifold.transforms as T
 
@@ -45,6 +45,15 @@ CASES = {
         lambda: T.conditional_conformal_embedding(2, 4, 3, [8]), 2, 4, 3
     ),
     "ConditionalSplineCoupling": Case(lambda: T.conditional_spline_coupling(4, 2, [16]), 4, 4, 2),
+    "FreshSplineCoupling": Case(lambda: T.fresh_spline_coupling(4, [16]), 4, 4),
+    "FreshConditionalSplineAutoregressive": Case(
+        lambda: T.FreshConditionalSplineAutoregressive(
+            3, ConditionalAutoRegressiveNN(3, 2, [16], param_dims=T.spline_param_dims(8))
+        ),
+        3,
+        3,
+        2,
+    ),
     "FreshSplineAutoregressive": Case(
         lambda: T.FreshSplineAutoregressive(
             3, AutoRegressiveNN(3, [16], param_dims=T.spline_param_dims(8))

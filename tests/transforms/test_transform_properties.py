@@ -131,6 +131,12 @@ def _spline_autoregressive(draw) -> Built:
     return Built(T.FreshSplineAutoregressive(d, net, count_bins=bins), d, d)
 
 
+def _spline_coupling(draw) -> Built:
+    d = _dim(draw, 2, 4, "input_dim")
+    bins = draw(st.sampled_from([4, 8]), label="count_bins")
+    return Built(T.fresh_spline_coupling(d, _widths(draw, 2, 8), count_bins=bins), d, d)
+
+
 FAMILIES: dict[str, Callable] = {
     "MaskedAutoregressive": _maf,
     "ConditionalMaskedAutoregressive": _conditional_maf,
@@ -141,6 +147,7 @@ FAMILIES: dict[str, Callable] = {
     "ConditionalConformalEmbedding": _conditional_conformal,
     "ConditionalPCPMap": _pcp_map,
     "FreshSplineAutoregressive": _spline_autoregressive,
+    "FreshSplineCoupling": _spline_coupling,
 }
 
 
@@ -191,6 +198,7 @@ def test_families_cover_every_public_transform():
         # Pyro's spline arithmetic round-trips to about 1e-7, not this file's 1e-8:
         # test_transform_battery.py checks it at its tolerances
         "ConditionalSplineCoupling",
+        "FreshConditionalSplineAutoregressive",
         "StackedFlows",  # events (K, D): tests/transforms/test_flow_stack.py
         "ZukoTransform",  # zuko is optional: test_transform_battery.py, test_flow_stack.py
         "ConditionalZukoTransform",
