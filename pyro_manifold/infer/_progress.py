@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-__all__ = ["TrainingLog"]
+__all__ = ["TrainingLog", "write_json"]
 
 HISTORY_KEYS = ("step", "loss", "lr", "time", "val_step", "val_loss")
 MAX_RECENT = 64  # step losses held before they are folded into the window on the device
@@ -131,6 +131,11 @@ class TrainingLog:
         if run_dir is None:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".history.json.tmp"
-        tmp.write_text(json.dumps(self.history, indent=1))
-        os.replace(tmp, run_dir / "history.json")
+        write_json(run_dir / "history.json", self.history)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)

@@ -10,7 +10,6 @@ stopping (``_early_stopping``) and the history and progress bar (``_progress``).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from pyro_manifold.infer._batches import BatchTransform, MiniBatches, as_tensors
 from pyro_manifold.infer._early_stopping import EarlyStopping, mean_loss
 from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, parameter_names
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
-from pyro_manifold.infer._progress import TrainingLog
+from pyro_manifold.infer._progress import TrainingLog, write_json
 from pyro_manifold.infer._rollback import SetUpRollback
 from pyro_manifold.infer._state import RunState, check_resume, param_sites, rng_state, set_rng_state
 from pyro_manifold.infer._step import TrainingStep, check_graphable
@@ -99,13 +98,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             f"device: expected one of the {torch.cuda.device_count()} CUDA devices, got {device!r}"
         )
     return resolved
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
 
 
 def _owner_modules(*fns: Callable, extra: Sequence[nn.Module] = ()) -> list[nn.Module]:
@@ -443,7 +435,7 @@ def fit(
 
         setting_up.done()  # from here a failure leaves the last good step's state
         if config is not None and history_dir is not None:
-            _write_json(history_dir / "config.json", run.config)
+            write_json(history_dir / "config.json", run.config)
 
         # -- train ---------------------------------------------------------------------
         for m in mods:

@@ -48,7 +48,7 @@ def test_resume_after_a_best_validation_ends_as_the_uninterrupted_run(tmp_path, 
                    step_kwargs=lambda t: {}, **ARGS)  # fmt: skip
     want = _state(flow)
     flow = _flow()
-    with pytest.raises(Exception, match="step_kwargs"):  # killed before step kill + 1
+    with pytest.raises(Killed, match="step_kwargs"):  # killed before step kill + 1
         fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "b",
             step_kwargs=_killed_at(kill), **ARGS)  # fmt: skip
     saved = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
