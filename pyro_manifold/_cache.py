@@ -50,8 +50,10 @@ def state_token(tensors: Iterable[Tensor], modules: Iterable[nn.Module] = ()) ->
 
     with :math:`v_t` the version counter of every tensor in ``tensors`` and of every
     parameter and buffer of ``modules`` (an optimiser step or any in-place update bumps
-    it), and the train/eval mode of every submodule. Two equal tokens mean that nothing
-    the result depends on has changed.
+    it), and the train/eval mode of every submodule. A module that computes with modules
+    it does not own (so that their weights are not saved twice) names them in a class
+    attribute or property ``cache_depends_on``; they count as its submodules here. Two
+    equal tokens mean that nothing the result depends on has changed.
 
     Args:
         tensors: the tensors the result was computed from (inputs, outputs, contexts).
@@ -77,13 +79,18 @@ def state_token(tensors: Iterable[Tensor], modules: Iterable[nn.Module] = ()) ->
         return None
     watched = list(tensors)
     modes = []
-    stack = list(modules)
+    stack, seen = list(modules), set()
     while stack:  # the module trees, read directly: this runs at every cached call
         sub = stack.pop()
+        if id(sub) in seen:
+            continue
+        seen.add(id(sub))
         modes.append(sub.training)
         watched.extend(t for t in sub._parameters.values() if t is not None)
         watched.extend(t for t in sub._buffers.values() if t is not None)
         stack.extend(m for m in sub._modules.values() if m is not None)
+        if hasattr(type(sub), "cache_depends_on"):  # a class attribute: no Module lookup
+            stack.extend(sub.cache_depends_on)
     if any(t.is_inference() for t in watched):
         return None
     return torch.is_grad_enabled(), tuple(t._version for t in watched), tuple(modes)

@@ -46,6 +46,11 @@ class _ChartPlacement(nn.Module):
         self.net = DenseNN(code_dim, hidden, param_dims=[1, data_dim, r * data_dim])
         scale_output_layer(self.net)  # start at scale 1, shift D(v), the base reflections
 
+    @property
+    def cache_depends_on(self) -> tuple[nn.Module]:
+        """The decoder, not a submodule, that cached chart embeddings depend on."""
+        return (self._owner.autoencoder.decoder,)
+
     def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         s, b, dv = self.net(context)
         return s, b + self._owner.autoencoder.decoder(context), dv

@@ -467,3 +467,20 @@ def test_a_users_pyro_layers_train_under_stock_svi_after_an_evaluation():
     svi.evaluate_loss(x)
     losses = [svi.step(x) for _ in range(5)]
     assert len(set(losses)) == 5 and losses[-1] < losses[0]
+
+
+def test_a_vqflow_chart_embedding_held_across_a_decoder_update_recomputes():
+    # the chart placement reads the autoencoder's decoder, which it does not own
+    from pyro_manifold.models import VQFlow
+
+    torch.manual_seed(0)
+    vq = VQFlow(3, num_charts=2, latent_dim=2, num_layers=1, hidden_dims=[8],
+                autoencoder_hidden_dims=[8])  # fmt: skip
+    code = torch.randn(4, vq.embedding.context_dim)
+    t, z = vq.embedding.condition(code), torch.randn(4, 2)
+    with torch.no_grad():
+        before = t(z)
+        for p in vq.autoencoder.decoder.parameters():
+            p.add_(0.5)
+        torch.testing.assert_close(t(z), vq.embedding.condition(code.clone())(z.clone()))
+        assert not torch.allclose(t(z), before)
