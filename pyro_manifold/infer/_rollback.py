@@ -53,8 +53,12 @@ class SetUpRollback:
         self.finished = False
 
     def done(self) -> None:
-        """The set-up has finished: from here a failure is training's, not set-up's."""
+        """The set-up has finished: from here a failure is training's, not set-up's.
+
+        The copies are dropped here, so they cost memory during the set-up only.
+        """
         self.finished = True
+        self._tensors, self._modes, self._store, self._values = [], [], {}, {}
 
     def __enter__(self) -> SetUpRollback:
         return self

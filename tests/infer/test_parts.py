@@ -101,3 +101,17 @@ def test_log_leaves_bad_steps_out_of_the_mean_and_keeps_its_history():
     again = TrainingLog(4, torch.device("cpu"), progress=False)
     again.load_state_dict(log.state_dict())
     assert again.history == log.history and again.elapsed > 0
+
+
+def test_the_set_up_rollback_holds_its_copies_only_until_done():
+    import gc
+    import weakref
+
+    from pyro_manifold.infer._rollback import SetUpRollback
+
+    lin = torch.nn.Linear(64, 64)
+    rollback = SetUpRollback([lin])
+    copy = weakref.ref(rollback._tensors[0][2])
+    rollback.done()
+    gc.collect()
+    assert copy() is None  # the copy of the weights is gone once training starts
