@@ -85,3 +85,14 @@ def test_check_run_dir_refuses_a_read_only_directory(tmp_path):
             check_run_dir(ro / "run")
     finally:
         ro.chmod(0o700)
+
+
+def test_check_run_dir_refuses_what_the_system_says_is_not_writable(tmp_path, monkeypatch):
+    # the test above cannot run as root (root writes anywhere): ask os.access the same way
+    import pyro_manifold.infer.rundir as rundir
+
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)
+    with pytest.raises(RunDirectoryError, match="read-only"):
+        check_run_dir(tmp_path / "run")
+    with pytest.raises(RunDirectoryError, match="the directory is read-only"):
+        check_run_dir(tmp_path)
