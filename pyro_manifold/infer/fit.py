@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from pyro_manifold._validation import check_choice, check_positive, check_positive_int
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.infer._batches import BatchTransform, MiniBatches, as_tensors
+from pyro_manifold.infer._data_check import check_data_sets
 from pyro_manifold.infer._early_stopping import EarlyStopping, mean_loss
 from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, parameter_names
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
@@ -406,6 +407,7 @@ def fit(
             m.to(device)
         data = tuple(t.to(device) for t in data)
         val = tuple(t.to(device) for t in val) if val is not None else None
+        check_data_sets(data, val, _owner_modules(model, guide), batch_size, transform_batch)
         batch_size = group.local_batch_size(batch_size, data[0].shape[0])  # per rank
         batches = MiniBatches(data, batch_size, seed, transform_batch, group.rank, group.world_size)
         sites = _discover_param_sites(elbo, model, guide, batches.first(), first_kwargs, mods)
