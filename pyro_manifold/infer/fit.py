@@ -2,9 +2,8 @@ r"""``fit``: stochastic variational inference over mini-batches, with safe check
 
 ``fit`` is a short loop over parts, each in its own module of :mod:`pyro_manifold.infer`:
 the data order (``_batches``), the whole-data check (``_data_check``), the per-step
-keyword arguments
-(:mod:`~pyro_manifold.infer.schedule`), the step itself, eager, on the device or
-replayed from a CUDA graph (``_step``), the non-finite guard (``_guard``), the
+keyword arguments (:mod:`~pyro_manifold.infer.schedule`), the step itself, eager, on
+the device or replayed from a CUDA graph (``_step``), the non-finite guard (``_guard``), the
 optimiser (``_optim``), the checkpoint state (``_state``), validation and early
 stopping (``_early_stopping``) and the history and progress bar (``_progress``).
 """
