@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import pyro
 import torch
 from pyro.distributions.util import is_validation_enabled
 from torch import Tensor, nn
@@ -39,7 +40,9 @@ __all__ = [
     "check_bounds",
     "check_broadcast",
     "check_choice",
+    "check_data_rows",
     "check_finite",
+    "check_finite_rows",
     "check_input",
     "check_matches",
     "check_per_point",
@@ -141,6 +144,51 @@ def check_finite(name: str, x: Tensor) -> Tensor:
             f"{tuple(x.shape)}"
         )
     return x
+
+
+def check_finite_rows(name: str, x: object, first_row: int = 0) -> None:
+    """Raise naming the first row of ``x`` (rows first) that holds NaN or infinite values.
+
+    For checks of a data set in chunks: row ``i`` of ``x`` is reported as row
+    ``first_row + i``. Anything but a non-empty floating tensor passes (its type and
+    shape are other checks' business). One min/max reduction decides, as in
+    :func:`check_finite`.
+
+    Example:
+        >>> check_finite_rows("x", torch.tensor([[0.0, float("nan")]]), first_row=7)
+        Traceback (most recent call last):
+        ...
+        pyro_manifold.errors.ArgumentError: x: expected finite values in every row, got 1 rows ...
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.is_meta or x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        return
+    rows = (~torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(-1)).nonzero().flatten()
+    row = int(rows[0])
+    entry = x.detach().reshape(x.shape[0], -1)[row]
+    value = entry[~torch.isfinite(entry)][0].item()
+    raise ArgumentError(
+        f"{name}: expected finite values in every row, got {len(rows)} rows with NaN or "
+        f"infinite entries (first: row {first_row + row}, value {value}) in rows "
+        f"{first_row}..{first_row + x.shape[0] - 1}"
+    )
+
+
+def check_data_rows(check_x: Callable[[Tensor], object], x: object, first_row: int = 0) -> None:
+    """The body of a model's ``check_data``: ``check_x(x)`` with values, rows named.
+
+    Names the first non-finite row (as row ``first_row + i``), then runs the model's own
+    check ``check_x`` with Pyro's validation on, so that its value checks run whatever
+    the global setting. See :mod:`pyro_manifold.infer._data_check` for the protocol.
+
+    Example:
+        >>> check_data_rows(lambda x: check_input("x", x, event_shape=(2,)), torch.zeros(3, 2))
+    """
+    check_finite_rows("x", x, first_row)
+    with pyro.validation_enabled(True):
+        check_x(x)  # type: ignore[arg-type]
 
 
 def check_per_point(name: str, out: object, inputs: Tensor) -> Tensor:

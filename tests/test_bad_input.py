@@ -2743,7 +2743,110 @@ NETWORKS = [
     ),
 ]
 
-TABLE = TRANSFORMS + DISTRIBUTIONS + MODELS + NETWORKS
+
+# -- fit: every row of data and validation_data, as the programs see them ------------------
+def _late(x: Tensor, row: int, value: float, column: int = 0) -> Tensor:
+    """``x`` with one bad entry in a row no first batch (rows 0..7) holds."""
+    x[row, column] = value
+    return x
+
+
+def _fit(data: Callable[[], object], **kwargs: object) -> Callable[[nn.Module], object]:
+    """Two CPU steps of ``fit`` on ``data()`` for the module's programs (batches of 8)."""
+    from pyro_manifold.infer import fit
+
+    def act(m: nn.Module) -> object:
+        return fit(m.model, m.guide, data(), num_steps=2, batch_size=8, device="cpu",
+                   progress=False, **kwargs)  # fmt: skip
+
+    return act
+
+
+def _overflow(x: Tensor) -> tuple[Tensor]:  # 1e300 becomes inf, 0 and 1 stay
+    return (x * 1e10 / 1e10,)
+
+
+def _row(name: str, row: int) -> str:
+    return rf"{name} \(as transform_batch returns it\): expected finite .*first: row {row}\b"
+
+
+#: (name, factory, data) of every model class, for the transformed-data rows
+FIT_MODELS = [
+    ("Flow", flow, lambda n: f64(n, 2)),
+    ("FlowVAE", vae, lambda n: binary(n, 6)),
+    ("NoisyInjectiveFlow", nif_flow, lambda n: f64(n, 3)),
+    ("VQFlow", vq_flow, lambda n: f64(n, 3)),
+    ("VQAutoencoder", atlas, lambda n: f64(n, 3)),
+    ("VariationalMixtureOfFlows", vmonf, lambda n: f64(n, 2)),
+]  # fmt: skip
+
+BERNOULLI = r"x: the Bernoulli likelihood expects binary data .*first: row {}\b"
+
+FIT = [
+    P(
+        OnTarget(vae, _fit(lambda: _late(binary(256, 6), 200, 0.5))),
+        V,
+        "^data: " + BERNOULLI.format(200),
+        id="FlowVAE-fit-support-late-row",
+    ),
+    P(
+        OnTarget(
+            vae,
+            _fit(lambda: binary(64, 6), validation_data=_late(binary(64, 6), 40, 2.0, column=5)),
+        ),
+        V,
+        "^validation_data: " + BERNOULLI.format(40),
+        id="FlowVAE-fit-validation-support-late-row",
+    ),  # fmt: skip
+    P(
+        OnTarget(vae, lambda m: m.check_data(_late(binary(10, 6), 3, 0.5), first_row=100)),
+        V,
+        BERNOULLI.format(103),
+        id="FlowVAE-check_data-first_row",
+    ),
+    P(
+        OnTarget(flow, lambda m: m.check_data(_late(f64(10, 2), 4, float("inf")), first_row=50)),
+        V,
+        r"x: expected finite values in every row, got 1 rows .*first: row 54, value inf",
+        id="Flow-check_data-nonfinite-first_row",
+    ),
+    P(
+        OnTarget(vmonf, _fit(lambda: (f64(256, 2), _late(torch.full((256, 1), -1), 150, 7)[:, 0]))),
+        V,
+        r"^data: y: expected labels in \[0, 2\] or -1 .*first outside: row 150, label 7",
+        id="VariationalMixtureOfFlows-fit-labels-late-row",
+    ),
+    *[
+        P(
+            OnTarget(
+                make,
+                _fit(lambda data=data: _late(data(256), 150, 1e300), transform_batch=_overflow),
+            ),
+            V,
+            "^" + _row("data", 150),
+            id=f"{name}-fit-transformed-nonfinite-late-row",
+        )
+        for name, make, data in FIT_MODELS
+    ],
+    *[
+        P(
+            OnTarget(
+                make,
+                _fit(
+                    lambda data=data: data(64),
+                    transform_batch=_overflow,
+                    validation_data=_late(data(64), 33, -1e300),
+                ),
+            ),
+            V,
+            "^" + _row("validation_data", 33),
+            id=f"{name}-fit-validation-transformed-nonfinite",
+        )
+        for name, make, data in FIT_MODELS
+    ],  # fmt: skip
+]
+
+TABLE = TRANSFORMS + DISTRIBUTIONS + MODELS + NETWORKS + FIT
 
 #: Public names with no bad input of their own, and why.
 NOT_APPLICABLE = {

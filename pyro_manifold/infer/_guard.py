@@ -14,13 +14,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyro
 import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
+from torch.distributions.utils import lazy_property
 
 from pyro_manifold.errors import ComputationError
 
-__all__ = ["NonFiniteGuard", "NonFiniteLossError", "nonfinite_sites", "total_norm_of"]
+__all__ = [
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "nonfinite_parameters",
+    "nonfinite_sites",
+    "total_norm_of",
+]
 
 
 class NonFiniteLossError(ComputationError):
@@ -29,7 +37,9 @@ class NonFiniteLossError(ComputationError):
     Attributes:
         step: the 1-based optimisation step whose loss or gradient was not finite.
         sites: ``"model:NAME"`` / ``"guide:NAME"`` for every sample site whose
-            log-probability (or value) was not finite when the step was re-run.
+            log-probability (or value) was not finite when the step was re-run, with the
+            distribution's parameters that were not finite or broke their constraint
+            where there are any (``"model:x (loc not finite)"``).
         loss: the loss of that step (per data point).
         parameter: the parameter with the largest gradient norm (a non-finite norm
             counts as the largest), e.g. ``"Flow.layers.0.weight"`` or ``"param:loc"``.
@@ -71,36 +81,109 @@ class NonFiniteLossError(ComputationError):
         )
 
 
+def nonfinite_parameters(fn: object) -> list[str]:
+    """The parameters of a site's distribution that are not finite or break their constraint.
+
+    Looks through wrappers (``Independent``, ``Masked``, ``Expanded``, transformed and
+    mixture distributions) at every ``arg_constraints`` parameter the distribution holds
+    (a lazily derived one, such as ``probs`` of a ``Bernoulli`` given ``logits``, only
+    where it was computed). Names are prefixed by the path from the outer distribution.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> with pyro.validation_enabled(False):
+        ...     d = dist.Normal(torch.tensor([0.0, float("nan")]), -1.0).to_event(1)
+        >>> nonfinite_parameters(d)
+        ['base_dist.loc not finite', 'base_dist.scale outside GreaterThan(lower_bound=0.0)']
+    """
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def visit(d: object, path: str) -> None:
+        if not isinstance(d, torch.distributions.Distribution) or id(d) in seen:
+            return
+        seen.add(id(d))
+        for name, constraint in getattr(d, "arg_constraints", {}).items():
+            if name in vars(d):
+                value = vars(d)[name]
+            elif isinstance(getattr(type(d), name, None), lazy_property):
+                continue  # derived lazily and never asked for
+            else:
+                try:
+                    value = getattr(d, name)
+                except Exception:  # a parameter that cannot even be computed
+                    continue
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                continue
+            label = path + name
+            if not bool(torch.isfinite(value).all()):
+                found.append(f"{label} not finite")
+                continue
+            try:
+                inside = bool(torch.as_tensor(constraint.check(value)).all())
+            except Exception:  # a constraint that cannot check this value (shapes)
+                inside = True
+            if not inside:
+                found.append(f"{label} outside {constraint}")
+        for inner in ("base_dist", "mixture_distribution", "component_distribution"):
+            visit(getattr(d, inner, None), f"{path}{inner}.")
+
+    with torch.no_grad():
+        visit(fn, "")
+    return found
+
+
+def _one_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def nonfinite_sites(
     model: Callable, guide: Callable, args: tuple, kwargs: dict[str, Any] | None = None
 ) -> list[str]:
     """Re-run guide and model and list the sites whose log-probability is not finite.
 
     The re-run draws fresh randomness: a non-finite value caused by the parameters shows
-    up again, one caused by a single unlucky draw may not.
+    up again, one caused by a single unlucky draw may not. It runs with Pyro's
+    validation off (as the fast training step does), so that a distribution built from a
+    non-finite parameter is traced rather than refused, and the site names the
+    parameter: ``"model:x (loc not finite)"``, ``"guide:z (scale outside
+    GreaterThan(lower_bound=0.0))"``; otherwise ``"model:x"`` (its log-probability) or
+    ``"model:x (value)"`` (its value).
 
     Example:
         >>> import pyro, pyro.distributions as dist
         >>> def model(x):
-        ...     pyro.sample("x", dist.Normal(0.0, torch.tensor(0.0)), obs=x)
-        >>> with pyro.validation_enabled(False):
-        ...     nonfinite_sites(model, lambda x: None, (torch.tensor(1.0),))
+        ...     pyro.sample("x", dist.Uniform(0.0, 1.0), obs=x)
+        >>> nonfinite_sites(model, lambda x: None, (torch.tensor(2.0),))
         ['model:x']
+        >>> def model(x):
+        ...     pyro.sample("x", dist.Normal(0.0, torch.tensor(0.0)), obs=x)
+        >>> nonfinite_sites(model, lambda x: None, (torch.tensor(1.0),))
+        ['model:x (scale outside GreaterThan(lower_bound=0.0))']
+        >>> def model(x):
+        ...     pyro.sample("x", dist.Normal(torch.tensor(float("nan")), 1.0), obs=x)
+        >>> nonfinite_sites(model, lambda x: None, (torch.tensor(1.0),))
+        ['model:x (loc not finite)']
     """
     kwargs = kwargs or {}
     bad: list[str] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), pyro.validation_enabled(False):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             replayed = poutine.replay(model, trace=guide_trace)
             model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     except Exception as e:  # the re-run itself may fail on non-finite parameters
-        return [f"(re-running the program failed: {type(e).__name__}: {e})"]
+        return [f"(re-running the program failed: {_one_line(e)})"]
     for prefix, trace in (("guide", guide_trace), ("model", model_trace)):
         for name, site in trace.nodes.items():
             if site["type"] != "sample":
                 continue
             value = site["value"]
+            parameters = nonfinite_parameters(site["fn"])
+            if parameters:
+                bad.append(f"{prefix}:{name} ({', '.join(parameters)})")
+                continue
             if (
                 isinstance(value, Tensor)
                 and value.is_floating_point()
@@ -109,7 +192,7 @@ def nonfinite_sites(
                 bad.append(f"{prefix}:{name} (value)")
                 continue
             try:
-                with torch.no_grad():
+                with torch.no_grad(), pyro.validation_enabled(False):
                     lp = site["fn"].log_prob(value)
             except Exception as e:
                 bad.append(f"{prefix}:{name} ({type(e).__name__})")

@@ -1,9 +1,9 @@
 r"""``fit``: stochastic variational inference over mini-batches, with safe checkpoints.
 
 ``fit`` is a short loop over parts, each in its own module of :mod:`pyro_manifold.infer`:
-the data order (``_batches``), the per-step keyword arguments
-(:mod:`~pyro_manifold.infer.schedule`), the step itself, eager, on the device or
-replayed from a CUDA graph (``_step``), the non-finite guard (``_guard``), the
+the data order (``_batches``), the whole-data check (``_data_check``), the per-step
+keyword arguments (:mod:`~pyro_manifold.infer.schedule`), the step itself, eager, on
+the device or replayed from a CUDA graph (``_step``), the non-finite guard (``_guard``), the
 optimiser (``_optim``), the checkpoint state (``_state``), validation and early
 stopping (``_early_stopping``) and the history and progress bar (``_progress``).
 """
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from pyro_manifold._validation import check_choice, check_positive, check_positive_int
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.infer._batches import BatchTransform, MiniBatches, as_tensors
+from pyro_manifold.infer._data_check import check_data_sets
 from pyro_manifold.infer._early_stopping import EarlyStopping, mean_loss
 from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, parameter_names
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
@@ -265,6 +266,14 @@ def fit(
     per tensor as ``pyro.optim`` does. The one read-back left per step is the finiteness
     check below. ``fast=False`` runs the ELBO exactly as given, with validation as set.
 
+    **The data** are checked whole, once, before anything trains or is written (while
+    Pyro's validation is on, as every value check): every row of ``data`` and
+    ``validation_data``, in chunks and after ``transform_batch``, must be finite and pass
+    the ``check_data(*batch, first_row=...)`` method of the module the programs are
+    bound to, where it has one (every model of :mod:`pyro_manifold.models` does; a
+    Bernoulli :class:`~pyro_manifold.models.FlowVAE` refuses a non-binary row). The
+    error names the data set and the row. See :mod:`pyro_manifold.infer._data_check`.
+
     Parameters optimised: every parameter of the ``nn.Module`` that ``model`` and
     ``guide`` are bound methods of, of each module in ``modules``, and of every
     ``pyro.param`` site the programs declare (discovered by one evaluation before
@@ -276,7 +285,8 @@ def fit(
     with ``torch.load(weights_only=True)``. ``resume=path`` continues such a run: on the
     CPU the result equals an uninterrupted run with the same seed. A non-finite loss
     or gradient raises :class:`NonFiniteLossError` naming the step, the sample sites
-    whose log-probability is not finite and the parameter with the largest gradient; the
+    whose log-probability is not finite (with the distribution parameters that are not
+    finite) and the parameter with the largest gradient; the
     step is not applied and no checkpoint is written after it, so the last good one
     survives. With ``on_nonfinite="skip"`` such a batch is dropped instead (no update;
     module buffers such as batch-norm statistics are restored, and so are parameters a
@@ -406,6 +416,7 @@ def fit(
             m.to(device)
         data = tuple(t.to(device) for t in data)
         val = tuple(t.to(device) for t in val) if val is not None else None
+        check_data_sets(data, val, _owner_modules(model, guide), batch_size, transform_batch)
         batch_size = group.local_batch_size(batch_size, data[0].shape[0])  # per rank
         batches = MiniBatches(data, batch_size, seed, transform_batch, group.rank, group.world_size)
         sites = _discover_param_sites(elbo, model, guide, batches.first(), first_kwargs, mods)

@@ -9,7 +9,7 @@ from pyro.nn import PyroModule
 from torch import Tensor
 
 from pyro_manifold._registration import register_parameters
-from pyro_manifold._validation import check_input, check_positive_int
+from pyro_manifold._validation import check_data_rows, check_input, check_positive_int
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, flow_stack
 
 __all__ = ["Flow"]
@@ -98,6 +98,18 @@ class Flow(PyroModule):
 
     def _check_x(self, x: Tensor) -> Tensor:
         return check_input("x", x, self.base_loc, event_shape=(self.data_dim,), min_dim=2)
+
+    def check_data(self, x: Tensor, num_samples: int | None = None, *, first_row: int = 0) -> None:
+        r"""Check every row of ``x`` :math:`(N, D)` as :meth:`model` would, values included.
+
+        The data-check protocol of :func:`~pyro_manifold.infer.fit`, which calls it once
+        over the whole training and validation data before training (row ``i`` is
+        reported as row ``first_row + i``), so that the training steps read nothing back.
+
+        Example:
+            >>> Flow(2, "realnvp", num_layers=1).check_data(torch.zeros(4, 2))
+        """
+        check_data_rows(self._check_x, x, first_row)
 
     def model(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
         """Observe ``x`` of shape :math:`(N, D)`, or draw ``num_samples`` new points.

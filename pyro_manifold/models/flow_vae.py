@@ -20,6 +20,7 @@ from pyro_manifold._math import softplus_inverse
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_choice,
+    check_data_rows,
     check_input,
     check_positive,
     check_positive_int,
@@ -322,7 +323,7 @@ class FlowVAE(PyroModule):
         return dist.TransformedDistribution(base, [layer.condition(h) for layer in self.flows])
 
     # -- checks ----------------------------------------------------------------------
-    def _check_x(self, x: Tensor) -> Tensor:
+    def _check_x(self, x: Tensor, first_row: int = 0) -> Tensor:
         check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
         if x.dim() != 2:
             raise ArgumentError(
@@ -331,12 +332,27 @@ class FlowVAE(PyroModule):
         if self.likelihood == "bernoulli" and is_validation_enabled():
             bad = (x != 0) & (x != 1)
             if bool(bad.any()):
+                rows = bad.any(-1).nonzero().flatten()
                 raise ArgumentError(
                     f"x: the Bernoulli likelihood expects binary data (0.0 or 1.0), got "
-                    f"{int(bad.sum())} other values (e.g. {x[bad][0].item():g}); binarise the "
+                    f"{int(bad.sum())} other values (e.g. {x[bad][0].item():g}) in "
+                    f"{len(rows)} rows (first: row {first_row + int(rows[0])}); binarise the "
                     "data (pyro_manifold.datasets.dynamic_binarize) or use likelihood='gaussian'"
                 )
         return x
+
+    def check_data(self, x: Tensor, num_samples: int | None = None, *, first_row: int = 0) -> None:
+        r"""Check every row of ``x`` :math:`(N, D)` as :meth:`model` would, values included.
+
+        The data-check protocol of :func:`~pyro_manifold.infer.fit`, which calls it once
+        over the whole training and validation data before training (row ``i`` is
+        reported as row ``first_row + i``), so that the training steps read nothing back.
+        With the Bernoulli likelihood every entry must be 0 or 1.
+
+        Example:
+            >>> FlowVAE(2, data_dim=3, hidden_dims=[4]).check_data(torch.tensor([[0.0, 1.0, 1.0]]))
+        """
+        check_data_rows(lambda x: self._check_x(x, first_row), x, first_row)
 
     def kl_weight_at(self, step: int) -> float:
         r"""The warm-up factor :math:`\beta_t = \min(1, (t + 1) / W)` of the step after :math:`t`.

@@ -32,6 +32,7 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro import poutine
+from pyro.distributions.util import is_validation_enabled
 from pyro.nn import DenseNN, PyroModule
 from torch import Tensor, nn
 
@@ -39,6 +40,7 @@ from pyro_manifold._parallel import sum_over_ranks_
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
     check_choice,
+    check_data_rows,
     check_input,
     check_positive,
     check_positive_int,
@@ -263,7 +265,33 @@ class VariationalMixtureOfFlows(PyroModule):
             )
         return x
 
-    def _check_labels(self, y: object, n: int, name: str = "y") -> Tensor:
+    def check_data(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        num_samples: int | None = None,
+        *,
+        first_row: int = 0,
+    ) -> None:
+        r"""Check every row of ``x`` :math:`(N, D)` as :meth:`model` would, values included.
+
+        The data-check protocol of :func:`~pyro_manifold.infer.fit`, which calls it once
+        over the whole training and validation data before training (row ``i`` is
+        reported as row ``first_row + i``), so that the training steps read nothing back.
+        Labels ``y`` :math:`(N,)` must lie in :math:`[0, K-1]` or be -1 (unlabelled).
+
+        Example:
+            >>> y = torch.tensor([0, 1, -1, -1])
+            >>> VariationalMixtureOfFlows(2, 2).check_data(torch.zeros(4, 2), y)
+        """
+        check_data_rows(self._check_x, x, first_row)
+        if y is not None:
+            self._check_labels(y, x.shape[0], first_row=first_row)
+
+    def _check_labels(
+        self, y: object, n: int, name: str = "y", first_row: int = 0, values: bool = True
+    ) -> Tensor:
+        """Labels' type, shape and device; with ``values``, their range (a host read)."""
         if (
             not isinstance(y, Tensor)
             or y.is_floating_point()
@@ -284,10 +312,13 @@ class VariationalMixtureOfFlows(PyroModule):
                 f"{name}: expected a tensor on device {model_device} (the model's) or on cpu, got "
                 f"tensor of shape {tuple(y.shape)}, dtype {y.dtype}, device {y.device}"
             )
-        if bool((y < -1).any()) or bool((y >= self.num_components).any()):
+        outside = (y < -1) | (y >= self.num_components) if values else None
+        if outside is not None and bool(outside.any()):
+            row = int(outside.nonzero()[0, 0])
             raise ArgumentError(
                 f"{name}: expected labels in [0, {self.num_components - 1}] or -1 (unlabelled), "
-                f"got values in [{int(y.min())}, {int(y.max())}]"
+                f"got values in [{int(y.min())}, {int(y.max())}] (first outside: row "
+                f"{first_row + row}, label {int(y[row])})"
             )
         return y.to(device=self.base_loc.device)
 
@@ -380,7 +411,7 @@ class VariationalMixtureOfFlows(PyroModule):
             return k
         x = self._check_x(x)
         if y is not None:
-            y = self._check_labels(y, x.shape[0])
+            y = self._check_labels(y, x.shape[0], values=is_validation_enabled())
         x_u, x_l, y_l = self._split(x, y)
         k = x_u.new_zeros((0,), dtype=torch.int64)
         if x_l is not None:
@@ -414,7 +445,7 @@ class VariationalMixtureOfFlows(PyroModule):
             return None
         x = self._check_x(x)
         if y is not None:
-            y = self._check_labels(y, x.shape[0])
+            y = self._check_labels(y, x.shape[0], values=is_validation_enabled())
         training = self.training and torch.is_grad_enabled()
         x_u, x_l, y_l = self._split(x, y)
         k, logits = None, None

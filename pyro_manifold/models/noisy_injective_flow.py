@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
+    check_data_rows,
     check_finite,
     check_input,
     check_positive,
@@ -171,6 +172,18 @@ class NoisyInjectiveFlow(PyroModule):
 
     def _check_x(self, x: Tensor) -> Tensor:
         return check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
+
+    def check_data(self, x: Tensor, num_samples: int | None = None, *, first_row: int = 0) -> None:
+        r"""Check every row of ``x`` :math:`(N, D)` as :meth:`model` would, values included.
+
+        The data-check protocol of :func:`~pyro_manifold.infer.fit`, which calls it once
+        over the whole training and validation data before training (row ``i`` is
+        reported as row ``first_row + i``), so that the training steps read nothing back.
+
+        Example:
+            >>> NoisyInjectiveFlow(3, 1, top_flow=None).check_data(torch.zeros(4, 3))
+        """
+        check_data_rows(self._check_x, x, first_row)
 
     def top_inverse(self, x: Tensor) -> Tensor:
         r""":math:`y = f^{-1}(x)`, one pass per layer for MAF and couplings.

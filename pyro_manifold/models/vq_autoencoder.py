@@ -9,6 +9,7 @@ from torch import Tensor
 
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
+    check_data_rows,
     check_input,
     check_positive,
     check_positive_int,
@@ -99,6 +100,18 @@ class VQAutoencoder(PyroModule):
         return check_input(
             "x", x, self.quantizer.codebook, event_shape=(self.data_dim,), min_dim=min_dim
         )
+
+    def check_data(self, x: Tensor, *, first_row: int = 0) -> None:
+        r"""Check every row of ``x`` :math:`(N, D)` as :meth:`model` would, values included.
+
+        The data-check protocol of :func:`~pyro_manifold.infer.fit`, which calls it once
+        over the whole training and validation data before training (row ``i`` is
+        reported as row ``first_row + i``), so that the training steps read nothing back.
+
+        Example:
+            >>> VQAutoencoder(2, 2, 3, [8]).check_data(torch.zeros(4, 2))
+        """
+        check_data_rows(lambda x: self._check_x(x, min_dim=2), x, first_row)
 
     def encode(self, x: Tensor) -> Tensor:
         r"""Encodings :math:`E(x)`, shape :math:`(*, C)` for ``x`` of shape :math:`(*, D)`."""

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from pyro_manifold._registration import parameters_registered, register_parameters
 from pyro_manifold._validation import (
     check_choice,
+    check_data_rows,
     check_input,
     check_positive,
     check_positive_int,
@@ -234,6 +235,18 @@ class VQFlow(PyroModule):
 
     def _check_x(self, x: Tensor) -> Tensor:
         return check_input("x", x, self.chart_logits, event_shape=(self.data_dim,), min_dim=2)
+
+    def check_data(self, x: Tensor, *, first_row: int = 0) -> None:
+        r"""Check every row of ``x`` :math:`(N, D)` as :meth:`model` would, values included.
+
+        The data-check protocol of :func:`~pyro_manifold.infer.fit`, which calls it once
+        over the whole training and validation data before training (row ``i`` is
+        reported as row ``first_row + i``), so that the training steps read nothing back.
+
+        Example:
+            >>> VQFlow(3, num_charts=2, num_layers=1, hidden_dims=[8]).check_data(torch.zeros(4, 3))
+        """
+        check_data_rows(self._check_x, x, first_row)
 
     def distribution(self) -> ChartMixture:
         """The current :class:`~pyro_manifold.distributions.ChartMixture` over :math:`(D,)`."""

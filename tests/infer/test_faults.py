@@ -1,17 +1,26 @@
-"""Faults during training: SIGKILL in the middle of writing a checkpoint, then resume."""
+"""Faults during training: SIGKILL mid-checkpoint, bad rows late in the data, NaN parameters."""
 
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from contextlib import contextmanager
+from unittest import mock
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
-from pyro_manifold.infer import load_checkpoint
+from pyro_manifold.datasets import dynamic_binarize
+from pyro_manifold.errors import ArgumentError
+from pyro_manifold.infer import NonFiniteLossError, fit, load_checkpoint
+from pyro_manifold.infer import _data_check as data_check
+from pyro_manifold.models import FlowVAE
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+needs_sigkill = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
 NUM_STEPS, EVERY, KILL_AT = 30, 5, 3  # the 3rd checkpoint write (step 15) is killed
 
@@ -66,6 +75,7 @@ def _child(script, run_dir, out, mode, kill_at=0):
     )
 
 
+@needs_sigkill
 def test_sigkill_mid_checkpoint_leaves_a_complete_one_and_resume_matches(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -96,3 +106,122 @@ def test_sigkill_mid_checkpoint_leaves_a_complete_one_and_resume_matches(tmp_pat
         assert torch.equal(want[name], got[name]), name
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == NUM_STEPS
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+# -- silent data and nameless non-finite losses ------------------------------------------
+class NaNLoc(nn.Module):
+    """A Normal whose ``loc`` turns NaN from the 3rd training call on (validation stays on)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+        self.calls = 0
+
+    def model(self, x):
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+        loc = self.w * (float("nan") if self.calls >= 3 else 1.0)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_nonfinite_loss_from_a_distribution_parameter_names_the_site_and_parameter(sync_every):
+    m = NaNLoc()
+    with pyro.validation_enabled(True), pytest.raises(NonFiniteLossError) as info:
+        fit(m.model, m.guide, torch.randn(64), num_steps=8, batch_size=16, device="cpu",
+            progress=False, sync_every=sync_every)  # fmt: skip
+    assert info.value.step == 3
+    assert info.value.sites == ["model:x (loc not finite)"]
+    assert "non-finite log-probability at: model:x (loc not finite)" in str(info.value)
+    assert "\n" not in str(info.value)  # the CLI prints it on one line
+
+
+class CountingVAE(FlowVAE):
+    """A Bernoulli FlowVAE that counts its data checks and the host reads of its steps."""
+
+    def __init__(self):
+        super().__init__(2, 6, hidden_dims=[8])
+        self.checked_rows, self.step_reads, self.step_calls = [], 0, 0
+
+    def check_data(self, x, num_samples=None, *, first_row=0):
+        self.checked_rows.append((first_row, x.shape[0]))
+        super().check_data(x, num_samples, first_row=first_row)
+
+    def model(self, *args, **kwargs):
+        with self._counting():
+            return super().model(*args, **kwargs)
+
+    def guide(self, *args, **kwargs):
+        with self._counting():
+            return super().guide(*args, **kwargs)
+
+    @contextmanager
+    def _counting(self):
+        if not (self.training and torch.is_grad_enabled()):  # not a training step
+            yield
+            return
+        self.step_calls += 1
+        counted = {}
+        for name in HOST_READS:
+            real = getattr(torch.Tensor, name)
+
+            def spy(t, *a, _real=real, **k):
+                self.step_reads += 1
+                return _real(t, *a, **k)
+
+            counted[name] = real
+            setattr(torch.Tensor, name, spy)
+        try:
+            yield
+        finally:
+            for name, real in counted.items():
+                setattr(torch.Tensor, name, real)
+
+
+HOST_READS = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__")
+
+
+def test_whole_data_is_checked_once_up_front_and_the_steps_read_nothing_back():
+    torch.manual_seed(0)
+    vae = CountingVAE()
+    x, val = (torch.rand(300, 6) < 0.5).float(), (torch.rand(70, 6) < 0.5).float()
+    with pyro.validation_enabled(True), mock.patch.object(data_check, "CHUNK_ELEMENTS", 600):
+        fit(vae.model, vae.guide, x, validation_data=val, num_steps=6, batch_size=32,
+            device="cpu", progress=False, validate_every=3)  # fmt: skip
+    # every row once, in chunks of max(batch_size, 600 // 6) = 100 rows, before step 1
+    assert vae.checked_rows == [(0, 100), (100, 100), (200, 100), (0, 70)]
+    assert vae.step_calls == 12  # model and guide of 6 steps
+    assert vae.step_reads == 0  # the fast path's programs read nothing back
+
+
+def test_the_check_of_a_random_transform_leaves_training_randomness_alone():
+    """One draw of dynamic binarisation is checked; training draws what it would without."""
+    pixels = torch.randint(0, 256, (200, 6), dtype=torch.uint8)
+
+    def binarize(x):
+        return (dynamic_binarize(x),)
+
+    ends = []
+    for validate in (True, False):  # False: no whole-data check
+        torch.manual_seed(0)
+        vae = FlowVAE(2, 6, hidden_dims=[8])
+        with pyro.validation_enabled(validate):
+            fit(vae.model, vae.guide, pixels, num_steps=5, batch_size=16, device="cpu",
+                progress=False, transform_batch=binarize, seed=4)  # fmt: skip
+        ends.append([p.detach().clone() for p in vae.parameters()])
+    for a, b in zip(*ends, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_bad_row_is_refused_before_the_run_directory_is_written(tmp_path):
+    vae = FlowVAE(2, 6, hidden_dims=[8])
+    x = (torch.rand(256, 6) < 0.5).float()
+    x[255, 0] = 0.25
+    with pyro.validation_enabled(True), pytest.raises(ArgumentError, match="first: row 255"):
+        fit(vae.model, vae.guide, x, num_steps=4, batch_size=16, device="cpu", progress=False,
+            run_dir=tmp_path / "run", config={"a": 1})  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -158,7 +158,7 @@ def test_non_finite_loss_names_step_and_site_and_keeps_checkpoint(tmp_path):
             checkpoint_every=3,
         )
     assert info.value.step == 11  # call 1 is the parameter discovery pass
-    assert info.value.sites == ["model:obs"]
+    assert info.value.sites == ["model:obs (scale not finite)"]
     assert info.value.parameter == "Exploding.loc"
     assert "largest gradient: Exploding.loc" in str(info.value)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -414,7 +414,10 @@ def test_deferred_check_raises_for_the_first_bad_step_before_any_later_checkpoin
     with pytest.raises(NonFiniteLossError, match="step 11") as info:
         fit(m.model, m.guide, torch.randn(64), num_steps=50, batch_size=64, device="cpu",
             progress=False, run_dir=tmp_path, checkpoint_every=3, sync_every=10)  # fmt: skip
-    assert info.value.sites == ["model:obs"] and info.value.parameter == "Exploding.loc"
+    assert (
+        info.value.sites == ["model:obs (scale not finite)"]
+        and info.value.parameter == "Exploding.loc"
+    )
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 9
     assert torch.isfinite(m.loc).all()  # the bad steps were skipped on the device
 
