@@ -35,6 +35,7 @@ from pyro_manifold.infer import fit, load_checkpoint, resolve_device
 from pyro_manifold.infer.distributed import is_main_process
 from pyro_manifold.infer.rundir import check_run_dir
 from pyro_manifold.metrics import (
+    SAMPLE_BATCH,
     bits_per_dim,
     maximum_mean_discrepancy,
     mean_manifold_distance,
@@ -61,7 +62,8 @@ __all__ = [
 
 MODELS = ("flow", "nif")
 LOGIT_ALPHA = 1e-6
-SAMPLE_BATCH = 65_536  # draws per call of model.sample in sample_run
+EVAL_BATCH = 1000  # test points per call of model.log_prob in evaluate_run
+MMD_POINTS = 2000  # test points (the first) that the MMD compares with as many samples
 MAX_PLOTTED = 10_000  # draws shown in sample_run's figure
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -294,6 +296,11 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow | NoisyInjectiveFlow]
     return config, model
 
 
+def _streamed_log_prob(model: Flow | NoisyInjectiveFlow, data: Tensor) -> Tensor:
+    """``model.log_prob`` of ``data``, ``EVAL_BATCH`` rows at a time (one float per row kept)."""
+    return torch.cat([model.log_prob(batch) for batch in data.split(EVAL_BATCH)])
+
+
 def _finite_samples(samples: Tensor, metrics: dict[str, Any], key: str) -> Tensor:
     """The rows of ``samples`` with finite entries; the dropped fraction goes to ``metrics``."""
     ok = torch.isfinite(samples).all(-1)
@@ -312,6 +319,10 @@ def evaluate_run(
     data) to the manifold; a NIF also reports it for samples on its learned manifold
     (``s = 0``).
     MNIST: test log-likelihood in logit space and bits per dimension in pixel space.
+    The test set is scored ``EVAL_BATCH`` points at a time and the samples are drawn in
+    batches, so memory beyond the data is that of one batch whatever the test set's
+    size; the MMD compares the samples with the first ``MMD_POINTS`` test points (its
+    memory grows as the square of the points).
     Samples with a non-finite entry (an overflow in a flow's inverse) are dropped before
     the sample metrics and plots, and their fraction is reported as
     ``nonfinite_sample_fraction``.
@@ -327,7 +338,7 @@ def evaluate_run(
     if _is_mnist(config):
         y_test, logdet_test = dequantize_logit(test, 1, alpha=LOGIT_ALPHA)
         lps, bpds = [], []
-        for y, logdet in zip(y_test.split(1000), logdet_test.split(1000), strict=True):
+        for y, logdet in zip(y_test.split(EVAL_BATCH), logdet_test.split(EVAL_BATCH), strict=True):
             lp = model.log_prob(y)
             lps.append(lp)
             bpds.append(bits_per_dim(lp + logdet, y.shape[-1]))
@@ -340,12 +351,12 @@ def evaluate_run(
         samples = torch.sigmoid(_finite_samples(model.sample(32), metrics, "samples"))
         plot_image_grid((samples - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA), run_dir / "samples.png")
     else:
-        lp = model.log_prob(test)
+        lp = _streamed_log_prob(model, test)
         samples = _finite_samples(model.sample(2000), metrics, "samples")
         metrics.update(
             test_log_likelihood=lp.mean().item(),
             test_log_likelihood_stderr=(lp.std() / math.sqrt(lp.numel())).item(),
-            mmd2=maximum_mean_discrepancy(samples, test).item(),
+            mmd2=maximum_mean_discrepancy(samples, test[:MMD_POINTS]).item(),
         )
         if test.shape[-1] == 2:
             plot_density_2d(
@@ -378,7 +389,8 @@ def sample_run(run_dir: str | os.PathLike, num_samples: int) -> Path:
     """Draw ``num_samples`` points from a trained run; saves ``samples.pt`` and a PNG.
 
     MNIST samples are mapped back from logit space to pixel intensities in ``[0, 1]``.
-    The draws are made in batches of ``SAMPLE_BATCH`` into one tensor on the CPU
+    The draws are made in batches of ``SAMPLE_BATCH`` (the default of
+    :func:`~pyro_manifold.metrics.sample_in_batches`) into one tensor on the CPU
     (:func:`~pyro_manifold.metrics.sample_in_batches`), so memory beyond the samples
     themselves is that of one batch at any ``num_samples``. ``samples.pt`` holds every
     draw; the figure shows the finite ones among the first ``MAX_PLOTTED`` (none is
@@ -388,7 +400,8 @@ def sample_run(run_dir: str | os.PathLike, num_samples: int) -> Path:
     config, model = _load_run(run_dir)
     samples = sample_in_batches(model.sample, num_samples, SAMPLE_BATCH)  # on the CPU
     if _is_mnist(config):
-        samples = (torch.sigmoid(samples) - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA)
+        # in place: no temporary as large as the samples
+        samples.sigmoid_().sub_(LOGIT_ALPHA).div_(1 - 2 * LOGIT_ALPHA)
     path = run_dir / "samples.pt"
     torch.save(samples, path)
     shown = samples[:MAX_PLOTTED]

@@ -1,6 +1,7 @@
 """The benchmark scripts run in smoke mode and write the fields their tables are read from."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,24 @@ def test_hand_written_loss_is_the_pyro_programs_elbo(job, monkeypatch):
         torch.manual_seed(1)
         elbo = fast_elbo(spec.elbo).differentiable_loss(module.model, module.guide, x)
     torch.testing.assert_close(hand, elbo / x.shape[0], rtol=1e-9, atol=1e-9)
+
+
+def test_streaming_memory_smoke_writes_peaks(tmp_path):
+    out = tmp_path / "streaming_memory.json"
+    proc = _run("streaming_memory.py", "--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    info = result["info"]
+    assert info["commit"] and info["cpu_count"] and "--smoke" in info["command"]
+    rows = {(row["case"], row["n"]): row for row in result["rows"]}
+    cases = ["cli-flow", "cli-nif", "model-flow", "model-flow-oneshot", "model-nif",
+             "model-nif-oneshot"]  # fmt: skip
+    assert set(rows) == {("cli-import", 0), *((case, 200) for case in cases)}
+    baseline = rows["cli-import", 0]["peak_after_mib"]
+    for case in cases:
+        row = rows[case, 200]
+        assert row["peak_after_mib"] >= row["peak_before_mib"] > 0
+        assert row["extra_mib"] == pytest.approx(row["peak_after_mib"] - row["peak_before_mib"])
+        assert row["seconds"] > 0 and math.isfinite(row["mean_value"])
+        if case.startswith("cli"):
+            assert row["peak_before_mib"] == baseline

@@ -32,6 +32,7 @@ from pyro_manifold.metrics.likelihood import (
     pixel_log_likelihood,
 )
 from pyro_manifold.metrics.sample_quality import (
+    SAMPLE_BATCH,
     maximum_mean_discrepancy,
     mean_manifold_distance,
     sample_in_batches,
@@ -39,6 +40,7 @@ from pyro_manifold.metrics.sample_quality import (
 from pyro_manifold.metrics.vae import iwae_log_likelihood
 
 __all__ = [
+    "SAMPLE_BATCH",
     "adjusted_rand_index",
     "bits_per_dim",
     "clustering_accuracy",

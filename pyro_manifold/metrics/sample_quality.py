@@ -3,6 +3,7 @@ r"""Sample quality: manifold distance, MMD, and many samples drawn in bounded me
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -10,16 +11,26 @@ from torch import Tensor
 from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["maximum_mean_discrepancy", "mean_manifold_distance", "sample_in_batches"]
+__all__ = [
+    "SAMPLE_BATCH",
+    "maximum_mean_discrepancy",
+    "mean_manifold_distance",
+    "sample_in_batches",
+]
+
+
+#: Draws per call of a model in ``model.sample`` (and the default of :func:`sample_in_batches`).
+SAMPLE_BATCH = 8192
 
 
 def sample_in_batches(
     sample_fn: Callable[[int], Tensor | tuple[Tensor, ...]],
     num_samples: int,
-    batch_size: int = 65_536,
+    batch_size: int = SAMPLE_BATCH,
     *,
     device: str | torch.device | None = "cpu",
-) -> Tensor:
+    all_outputs: bool = False,
+) -> Any:
     r"""Draw ``num_samples`` points by calling ``sample_fn`` on batches, in bounded memory.
 
     Calls ``sample_fn(b)`` with :math:`b \le` ``batch_size`` under ``torch.no_grad()``
@@ -27,7 +38,18 @@ def sample_in_batches(
     ``device``, so the model's intermediate tensors take the memory of one batch
     whatever :math:`N` (a million draws of a model on the GPU land on the CPU). A
     ``sample_fn`` that returns a tuple (e.g. points and their components) contributes its
-    first element.
+    first element, or with ``all_outputs=True`` every element (a tuple of tensors is
+    returned, each of :math:`N` rows). When :math:`N \le` ``batch_size`` the one draw is
+    returned as it is (moved to ``device``). Every model's ``sample`` draws through this
+    function.
+
+    For a fixed seed the batched draw equals one call ``sample_fn(N)`` when
+    ``sample_fn`` takes its random numbers in one block per call (a flow: its base
+    draw) and, on the CPU, every batch but the last holds a multiple of 16 numbers and
+    the last at least 16 (torch draws normals in blocks of 16);
+    a program that takes several blocks per call (a component then a point, a latent
+    then noise) interleaves them differently, and its batched draw agrees in
+    distribution only.
 
     Args:
         sample_fn: maps a count :math:`b` to draws of shape :math:`(b, *)`, e.g.
@@ -35,9 +57,11 @@ def sample_in_batches(
         num_samples: :math:`N`, at least 1.
         batch_size: the largest count per call.
         device: where the result lives (``None``: where the draws are made).
+        all_outputs: keep every element of a tuple that ``sample_fn`` returns.
 
     Returns:
-        The draws, shape :math:`(N, *)`.
+        The draws, shape :math:`(N, *)` (a tuple of them with ``all_outputs`` and a
+        ``sample_fn`` that returns tuples).
 
     Raises:
         ValueError: ``sample_fn`` returns a tensor with another number of rows or
@@ -52,25 +76,46 @@ def sample_in_batches(
         raise ArgumentTypeError(f"sample_fn: expected a callable, got {type(sample_fn).__name__}")
     check_positive_int("num_samples", num_samples)
     check_positive_int("batch_size", batch_size)
-    out: Tensor | None = None
+    outs: list[Tensor] | None = None
+    is_tuple = False
     with torch.no_grad():
         for start in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - start)
             draw = sample_fn(count)
-            if isinstance(draw, tuple):
-                draw = draw[0]
-            check_tensor("sample_fn(b)", draw, min_dim=1, floating=False, finite=False)
-            if out is None:
-                where = draw.device if device is None else torch.device(device)
-                out = torch.empty((num_samples, *draw.shape[1:]), dtype=draw.dtype, device=where)
-            if draw.shape != (count, *out.shape[1:]):
+            is_tuple = isinstance(draw, tuple)
+            parts = list(draw) if is_tuple else [draw]
+            if not all_outputs:
+                parts = parts[:1]
+            if outs is not None and len(parts) != len(outs):
                 raise ArgumentError(
-                    f"sample_fn: expected draws of shape {(count, *out.shape[1:])} for "
-                    f"b={count}, got shape {tuple(draw.shape)}"
+                    f"sample_fn: expected {len(outs)} outputs per call, got {len(parts)}"
                 )
-            out[start : start + count] = draw
-    assert out is not None
-    return out
+            for i, part in enumerate(parts):
+                name = f"sample_fn(b)[{i}]" if is_tuple else "sample_fn(b)"
+                check_tensor(name, part, min_dim=1, floating=False, finite=False)
+                trailing = part.shape[1:] if outs is None else outs[i].shape[1:]
+                if part.shape != (count, *trailing):
+                    expected = (count, *trailing)
+                    raise ArgumentError(
+                        f"{name}: expected draws of shape {expected} for "
+                        f"b={count}, got shape {tuple(part.shape)}"
+                    )
+            if outs is None:
+                if count == num_samples:  # one batch: nothing to gather
+                    outs = [p if device is None else p.to(device) for p in parts]
+                    break
+                outs = [
+                    torch.empty(
+                        (num_samples, *p.shape[1:]),
+                        dtype=p.dtype,
+                        device=p.device if device is None else torch.device(device),
+                    )
+                    for p in parts
+                ]
+            for out, part in zip(outs, parts, strict=True):
+                out[start : start + count] = part
+    assert outs is not None
+    return tuple(outs) if all_outputs and is_tuple else outs[0]
 
 
 def mean_manifold_distance(samples: Tensor, distance_fn: Callable[[Tensor], Tensor]) -> float:

@@ -28,6 +28,7 @@ from pyro_manifold._validation import (
     check_widths,
 )
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
+from pyro_manifold.metrics import SAMPLE_BATCH, sample_in_batches
 from pyro_manifold.transforms import FlowFactory, flow_stack
 from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
@@ -445,14 +446,25 @@ class FlowVAE(PyroModule):
         return predictive(x)["x_mean"][0]
 
     @torch.no_grad()
-    def sample(self, num_samples: int, mean: bool = True) -> Tensor:
+    def sample(
+        self, num_samples: int, mean: bool = True, *, batch_size: int = SAMPLE_BATCH
+    ) -> Tensor:
         r"""``num_samples`` new points from the model, :math:`(num\_samples, D)`.
+
+        The model runs on at most ``batch_size`` points at a time, without gradients
+        (:func:`~pyro_manifold.metrics.sample_in_batches`), so memory beyond the draws is
+        that of one batch at any ``num_samples``. Each call draws the latents and then
+        the observations, so a batched draw agrees with one unbatched call in
+        distribution, not draw by draw.
 
         Args:
             num_samples: how many.
             mean: return the decoder means (pixel probabilities) rather than draws.
+            batch_size: the most points per call of the model.
         """
         check_positive_int("num_samples", num_samples)
         site = "x_mean" if mean else "x"
         predictive = Predictive(self.model, num_samples=1, return_sites=[site])
-        return predictive(None, num_samples=num_samples)[site][0]
+        return sample_in_batches(
+            lambda b: predictive(None, num_samples=b)[site][0], num_samples, batch_size, device=None
+        )

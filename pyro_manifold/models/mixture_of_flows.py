@@ -49,6 +49,7 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.distributions.mixture_of_flows import MixtureOfFlows
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
+from pyro_manifold.metrics import SAMPLE_BATCH, sample_in_batches
 from pyro_manifold.nn.kmeans import kmeans
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
 
@@ -369,10 +370,24 @@ class VariationalMixtureOfFlows(PyroModule):
         return self.distribution().log_prob(self._check_x(x))
 
     @torch.no_grad()
-    def sample(self, num_samples: int) -> tuple[Tensor, Tensor]:
-        r"""Draw ``num_samples`` points and their components: :math:`(n, D)` and :math:`(n,)`."""
+    def sample(self, num_samples: int, *, batch_size: int = SAMPLE_BATCH) -> tuple[Tensor, Tensor]:
+        r"""Draw ``num_samples`` points and their components: :math:`(n, D)` and :math:`(n,)`.
+
+        At most ``batch_size`` points are drawn at a time
+        (:func:`~pyro_manifold.metrics.sample_in_batches`), so memory beyond the draws is
+        that of one batch at any ``num_samples``. Each call draws the components and
+        then the points, so a batched draw agrees with one unbatched call in
+        distribution, not draw by draw.
+        """
         check_positive_int("num_samples", num_samples)
-        return self.distribution().sample_with_components((num_samples,))
+        mixture = self.distribution()
+        return sample_in_batches(
+            lambda b: mixture.sample_with_components((b,)),
+            num_samples,
+            batch_size,
+            device=None,
+            all_outputs=True,
+        )
 
     # -- Pyro programs -----------------------------------------------------------------
     def _split(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:

@@ -22,6 +22,7 @@ from pyro_manifold._validation import (
 from pyro_manifold.distributions import GaussianNIF
 from pyro_manifold.errors import ArgumentError
 from pyro_manifold.infer import FitResult, fit
+from pyro_manifold.metrics import SAMPLE_BATCH, sample_in_batches
 from pyro_manifold.models._mixture_prior import GaussianMixturePrior
 from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow_stack
 
@@ -277,12 +278,22 @@ class NoisyInjectiveFlow(PyroModule):
         return dist.TransformedDistribution(marginal, list(self.top_layers)).log_prob(x)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, t: float = 1.0, s: float = 1.0) -> Tensor:
+    def sample(
+        self, num_samples: int, t: float = 1.0, s: float = 1.0, *, batch_size: int = SAMPLE_BATCH
+    ) -> Tensor:
         r"""Draw ``(num_samples, D)`` points at temperature ``t`` and noise multiplier ``s``.
 
-        ``s = 0`` puts the samples on the learned manifold :math:`f(\{Az + b\})`.
+        ``s = 0`` puts the samples on the learned manifold :math:`f(\{Az + b\})`. The
+        model program runs on at most ``batch_size`` points at a time, without gradients
+        (:func:`~pyro_manifold.metrics.sample_in_batches`), so memory beyond the draws is
+        that of one batch at any ``num_samples``. Each call draws the latents and then
+        the noise, so a batched draw agrees with one unbatched call in distribution,
+        not draw by draw.
         """
-        return self.model(None, num_samples, t=t, s=s)
+        check_positive_int("num_samples", num_samples)
+        return sample_in_batches(
+            lambda b: self.model(None, b, t=t, s=s), num_samples, batch_size, device=None
+        )
 
     def fit_prior(
         self,

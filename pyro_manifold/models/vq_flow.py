@@ -18,6 +18,7 @@ from pyro_manifold._validation import (
 )
 from pyro_manifold.distributions.chart_mixture import ChartMixture
 from pyro_manifold.errors import ArgumentError
+from pyro_manifold.metrics import SAMPLE_BATCH, sample_in_batches
 from pyro_manifold.models.vq_autoencoder import VQAutoencoder
 from pyro_manifold.nn import scale_output_layer
 from pyro_manifold.transforms import (
@@ -297,12 +298,25 @@ class VQFlow(PyroModule):
         return self.distribution().reconstruct(self._check_x(x))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, within_regions: bool = False) -> Tensor:
+    def sample(
+        self, num_samples: int, within_regions: bool = False, *, batch_size: int = SAMPLE_BATCH
+    ) -> Tensor:
         """Draw ``num_samples`` points, shape ``(num_samples, D)``.
 
         ``within_regions=True`` keeps only the draws of chart :math:`k` inside
         :math:`U_k`, so that the samples follow the normalised eq. (2) that
         :meth:`log_prob` scores (see :meth:`ChartMixture.sample_with_charts`).
+        At most ``batch_size`` points are drawn at a time
+        (:func:`~pyro_manifold.metrics.sample_in_batches`; the rejection runs per
+        batch), so memory beyond the draws is that of one batch at any
+        ``num_samples``. Each call draws the charts and then the points, so a batched
+        draw agrees with one unbatched call in distribution, not draw by draw.
         """
         check_positive_int("num_samples", num_samples)
-        return self.distribution().sample_with_charts((num_samples,), within_regions)[0]
+        atlas = self.distribution()
+        return sample_in_batches(
+            lambda b: atlas.sample_with_charts((b,), within_regions)[0],
+            num_samples,
+            batch_size,
+            device=None,
+        )
