@@ -115,6 +115,14 @@ def nonnegative(name: str, got: object) -> str:
     return rf"{name}: expected a finite number >= 0, got {re.escape(str(got))}"
 
 
+def nohidden(name: str) -> str:
+    return rf"{name}: expected a non-empty list of ints \(at least one hidden layer\), got \[\]"
+
+
+def flag(name: str, got: object) -> str:
+    return rf"{name}: expected True or False, got {type(got).__name__} {re.escape(repr(got))}"
+
+
 def choice(name: str, got: str) -> str:
     return rf"{name}: expected one of \[.*\], got '{got}'"
 
@@ -2389,7 +2397,7 @@ NETWORKS = [
     P(
         lambda: N.BatchedDenseNN(3, 2, []),
         V,
-        r"hidden_dims: expected at least one hidden layer, got \[\]",
+        nohidden("hidden_dims"),
         id="BatchedDenseNN-hidden_dims-empty",
     ),
     P(

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
+    check_bool,
     check_choice,
     check_input,
     check_positive,
@@ -172,16 +173,16 @@ class FlowVAE(PyroModule):
             )
         self.encoder_flow = encoder_flow
         self.num_flows = check_positive_int("num_flows", num_flows)
-        hidden = check_widths("hidden_dims", hidden_dims)
+        hidden = check_widths("hidden_dims", hidden_dims, allow_empty=True)
         enc = (
             hidden
             if encoder_hidden_dims is None
-            else check_widths("encoder_hidden_dims", encoder_hidden_dims)
+            else check_widths("encoder_hidden_dims", encoder_hidden_dims, allow_empty=True)
         )
         dec = (
             hidden[::-1]
             if decoder_hidden_dims is None
-            else check_widths("decoder_hidden_dims", decoder_hidden_dims)
+            else check_widths("decoder_hidden_dims", decoder_hidden_dims, allow_empty=True)
         )
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
         self.activation = check_choice("activation", activation, tuple(ACTIVATIONS))
@@ -214,7 +215,7 @@ class FlowVAE(PyroModule):
             flow_hidden = (
                 default
                 if flow_hidden_dims is None
-                else check_widths("flow_hidden_dims", flow_hidden_dims)
+                else check_widths("flow_hidden_dims", flow_hidden_dims, allow_empty=True)
             )
             for k in range(num_flows):
                 if encoder_flow == "iaf":
@@ -437,6 +438,7 @@ class FlowVAE(PyroModule):
             mean: return the decoder means (pixel probabilities) rather than draws.
         """
         check_positive_int("num_samples", num_samples)
+        check_bool("mean", mean)
         site = "x_mean" if mean else "x"
         predictive = Predictive(self.model, num_samples=1, return_sites=[site])
         return predictive(None, num_samples=num_samples)[site][0]
