@@ -1,4 +1,4 @@
-"""Faults during training: SIGKILL in the middle of writing a checkpoint, then resume."""
+"""Faults: SIGKILL in the middle of writing a checkpoint, then resume; errors that come late."""
 
 import os
 import signal
@@ -9,9 +9,8 @@ import textwrap
 import pytest
 import torch
 
-from pyro_manifold.infer import load_checkpoint
-
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
+from pyro_manifold.errors import CheckpointError
+from pyro_manifold.infer import fit, load_checkpoint
 
 NUM_STEPS, EVERY, KILL_AT = 30, 5, 3  # the 3rd checkpoint write (step 15) is killed
 
@@ -66,6 +65,7 @@ def _child(script, run_dir, out, mode, kill_at=0):
     )
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 def test_sigkill_mid_checkpoint_leaves_a_complete_one_and_resume_matches(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -96,3 +96,48 @@ def test_sigkill_mid_checkpoint_leaves_a_complete_one_and_resume_matches(tmp_pat
         assert torch.equal(want[name], got[name]), name
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == NUM_STEPS
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+# -- late errors and refused resumes: nothing trained, nothing written ----------------------
+def _flow_and_data():
+    from pyro_manifold.models import Flow
+
+    torch.manual_seed(0)
+    return Flow(2, "realnvp", num_layers=1, hidden_dims=[8]), torch.randn(64, 2)
+
+
+def _foreign_files(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    return text, other
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(validation_data=torch.randn(16, 2, dtype=torch.float64)), ValueError,
+         r"validation_data: expected dtype torch\.float32 like data, got dtype torch\.float64"),
+        (dict(validation_data=torch.zeros(16, 2, device="meta")), ValueError,
+         "validation_data: expected a tensor that holds values"),
+        (dict(resume="TEXT"), CheckpointError, r"notes\.txt: expected a checkpoint file"),
+        (dict(resume="OTHER"), CheckpointError, r"other\.pt: expected format"),
+    ],
+)  # fmt: skip
+def test_a_late_error_is_raised_before_training_or_writing(tmp_path, kwargs, error, match):
+    text, other = _foreign_files(tmp_path)
+    kwargs = {k: {"TEXT": text, "OTHER": other}.get(v, v) if isinstance(v, str) else v
+              for k, v in kwargs.items()}  # fmt: skip
+    flow, x = _flow_and_data()
+    before = [t.clone() for t in flow.state_dict().values()]
+    run = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        fit(flow.model, flow.guide, x, num_steps=3, device="cpu", progress=False,
+            run_dir=run, step_kwargs=_no_step_taken, **kwargs)  # fmt: skip
+    assert not run.exists()
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.state_dict().values(), strict=True))
+
+
+def _no_step_taken(t):
+    raise AssertionError(f"a step was about to run (t = {t}) before the refusal")
