@@ -60,7 +60,6 @@ __all__ = [
 DATA_ENV_VAR = "PYRO_MANIFOLD_DATA"
 MNIST_SPLITS = ("train", "validation", "test", "train+validation")
 _NUM_TRAIN = 60000
-_NUM_TEST = 10000
 _HOW = (
     f"Provide the data with the argument root=..., or set the environment variable "
     f"{DATA_ENV_VAR} to a folder holding MNIST/raw/*-ubyte (torchvision's layout), "
@@ -122,8 +121,10 @@ def _check_digits(digits: object) -> list[int]:
 _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # IDX magic numbers: uint8 data, 3 dims / 1 dim
 
 
-def _read_idx(file: pathlib.Path, magic: int, shape: tuple[int, ...]) -> Tensor:
+def _read_idx(file: pathlib.Path, magic: int, shape: tuple[int | None, ...]) -> Tensor:
     """The uint8 array of an IDX file whose header must say ``magic`` and ``shape``.
+
+    ``None`` in ``shape`` accepts any size along that dimension.
 
     Raises :class:`~pyro_manifold.errors.DataFormatError` naming the file, what was
     expected and what was found: a foreign or damaged header, another number of items
@@ -145,19 +146,19 @@ def _read_idx(file: pathlib.Path, magic: int, shape: tuple[int, ...]) -> Tensor:
                 f"{file}: expected the IDX magic number {magic} (uint8, {len(shape)} dims), "
                 f"got {found_magic} (not an MNIST file, or a compressed one)"
             )
-        if dims != shape:
-            raise DataFormatError(
-                f"{file}: expected a header of shape {shape}, got {dims}"
-                + (" (fewer or more items than MNIST has)" if dims[1:] == shape[1:] else "")
-            )
-        want = header + math.prod(shape)
+        if len(dims) != len(shape) or any(
+            s not in (None, d) for d, s in zip(dims, shape, strict=True)
+        ):
+            expected = tuple("N" if s is None else s for s in shape)
+            raise DataFormatError(f"{file}: expected a header of shape {expected}, got {dims}")
+        want = header + math.prod(dims)
         if size != want:
             raise DataFormatError(
-                f"{file}: expected {want} bytes for its header's shape {shape}, got {size} "
+                f"{file}: expected {want} bytes for its header's shape {dims}, got {size} "
                 f"bytes ({'truncated' if size < want else 'trailing data'})"
             )
         values = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-    return values.reshape(shape)
+    return values.reshape(dims)
 
 
 def _read_mnist(path: pathlib.Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
@@ -178,9 +179,12 @@ def _read_mnist(path: pathlib.Path, train: bool, download: bool) -> tuple[Tensor
         raise DataNotFoundError(
             f"MNIST not found under {str(path)!r}: expected {' and '.join(missing)}. {_HOW}"
         )
-    n = _NUM_TRAIN if train else _NUM_TEST
-    data = _read_idx(images, _IDX_IMAGES, (n, 28, 28))
-    targets = _read_idx(labels, _IDX_LABELS, (n,))
+    data = _read_idx(images, _IDX_IMAGES, (None, 28, 28))
+    n = data.shape[0]
+    try:
+        targets = _read_idx(labels, _IDX_LABELS, (n,))
+    except DataFormatError as err:
+        raise DataFormatError(f"{err} (one label per image of {images.name}, {n} images)") from None
     if int(targets.max()) > 9:
         bad = int((targets > 9).nonzero()[0])
         raise DataFormatError(
@@ -256,6 +260,12 @@ def load_mnist(
 
     data, labels = _read_mnist(path, train=split != "test", download=download)
     if split in ("train", "validation"):
+        if data.shape[0] != _NUM_TRAIN:
+            raise DataFormatError(
+                f"the MNIST training files under {str(path)!r}: expected {_NUM_TRAIN} images "
+                f"to split into {split!r} and 'validation', got {data.shape[0]} (use "
+                f"split='train+validation' for a smaller set)"
+            )
         perm = torch.randperm(_NUM_TRAIN, generator=make_generator(seed))
         cut = _NUM_TRAIN - validation_size
         index = perm[:cut] if split == "train" else perm[cut:]

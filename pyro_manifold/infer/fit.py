@@ -148,7 +148,9 @@ def _data_tensors(name: str, data: object) -> tuple[Tensor, ...]:
 
 
 def _check_data(
-    data: Tensor | Sequence[Tensor], validation_data: Tensor | Sequence[Tensor] | None
+    data: Tensor | Sequence[Tensor],
+    validation_data: Tensor | Sequence[Tensor] | None,
+    transform_batch: BatchTransform | None = None,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
     data = _data_tensors("data", data)
     if validation_data is None:
@@ -165,7 +167,9 @@ def _check_data(
                 f"{label}: expected the structure of data (shape (*, "
                 f"{tuple(a.shape[1:])})), got shape {tuple(b.shape)}"
             )
-        if a.dtype != b.dtype:  # else refused by the model only when validation runs
+        # else refused by the model only when validation runs (a transform_batch may map
+        # both to the model's dtype, as raw uint8 pixels beside preprocessed ones)
+        if transform_batch is None and a.dtype != b.dtype:
             raise ArgumentError(f"{label}: expected dtype {a.dtype} like data, got dtype {b.dtype}")
     return data, val
 
@@ -433,7 +437,7 @@ def fit(
         True
     """
     # -- check everything before touching any state ------------------------------------
-    data, val = _check_data(data, validation_data)
+    data, val = _check_data(data, validation_data, transform_batch)
     _check_options(
         num_steps=num_steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, lr_schedule=lr_schedule, clip_norm=clip_norm,

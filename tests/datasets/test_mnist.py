@@ -333,3 +333,15 @@ def test_a_missing_labels_file_is_reported_missing_by_name(tmp_path):
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(FileNotFoundError, match=r"MNIST not found .*t10k-labels-idx1-ubyte"):
         load_mnist(tmp_path, split="test")
+
+
+def test_a_small_training_file_is_refused_for_the_train_split(tmp_path):
+    from pyro_manifold.errors import DataFormatError
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(_idx(2051, (20, 28, 28)))
+    (raw / "train-labels-idx1-ubyte").write_bytes(_idx(2049, (20,)))
+    assert load_mnist(tmp_path, split="train+validation").data.shape == (20, 784)
+    with pytest.raises(DataFormatError, match=r"expected 60000 images .*got 20"):
+        load_mnist(tmp_path, split="train")
