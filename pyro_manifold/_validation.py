@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
+    "check_bool",
     "check_bounds",
     "check_broadcast",
     "check_choice",
@@ -326,8 +327,13 @@ def check_input(
     return x
 
 
-def check_widths(name: str, dims: object, minimum: int = 1) -> list[int]:
+def check_widths(
+    name: str, dims: object, minimum: int = 1, *, allow_empty: bool = False
+) -> list[int]:
     """Check a list (or tuple) of layer widths, each an int ``>= minimum``.
+
+    An empty list (no hidden layer) is refused unless ``allow_empty``: Pyro's networks
+    (``DenseNN``, ``AutoRegressiveNN``) need at least one hidden layer.
 
     Example:
         >>> check_widths("hidden_dims", (8, 8))
@@ -335,7 +341,26 @@ def check_widths(name: str, dims: object, minimum: int = 1) -> list[int]:
     """
     if not isinstance(dims, list | tuple):
         raise ArgumentTypeError(f"{name}: expected a list of ints, got {dims!r}")
+    if not dims and not allow_empty:
+        raise ArgumentError(
+            f"{name}: expected a non-empty list of ints (at least one hidden layer), got {dims!r}"
+        )
     return [check_positive_int(name, d, minimum=minimum) for d in dims]
+
+
+def check_bool(name: str, value: object, *, allow_none: bool = False) -> bool | None:
+    """Check that ``value`` is ``True`` or ``False`` (or ``None`` where that means a default).
+
+    A truthy string such as ``"no"`` or an int is refused rather than read as a flag.
+
+    Example:
+        >>> check_bool("batch_norm", False)
+        False
+    """
+    if isinstance(value, bool) or (allow_none and value is None):
+        return value
+    want = "True, False or None" if allow_none else "True or False"
+    raise ArgumentTypeError(f"{name}: expected {want}, got {_describe(value)}")
 
 
 def check_broadcast(

@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
     "ComputationError",
+    "DataFormatError",
     "DataNotFoundError",
     "PyroManifoldError",
     "RunDirectoryError",
@@ -74,6 +75,14 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class DataNotFoundError(PyroManifoldError, FileNotFoundError):
     """A data set (MNIST, a classifier's weights) is not where it was looked for."""
+
+
+class DataFormatError(PyroManifoldError, ValueError):
+    """A data file is there but is not what it should be.
+
+    Truncated, a foreign header, or sizes that disagree with its companion file (MNIST's
+    images and labels, say); the message names the file, the expected and the found.
+    """
 
 
 class ComputationError(PyroManifoldError, RuntimeError):

@@ -23,14 +23,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_manifold._validation import check_choice
+from pyro_manifold._validation import (
+    check_bool,
+    check_choice,
+    check_positive,
+    check_positive_int,
+)
 from pyro_manifold.datasets import (
     DATASETS,
     dequantize_logit,
     load_dataset,
     make_manifold,
 )
-from pyro_manifold.errors import ArgumentError
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.infer import fit, load_checkpoint, resolve_device
 from pyro_manifold.infer.distributed import is_main_process
 from pyro_manifold.infer.rundir import check_run_dir
@@ -61,6 +66,9 @@ __all__ = [
 ]
 
 MODELS = ("flow", "nif")
+MIN_NUM_SAMPLES = 10
+"""The fewest training points of a toy run: its validation and test splits (a fifth each)
+need at least 2 points for the test metrics (a standard error, an MMD)."""
 LOGIT_ALPHA = 1e-6
 EVAL_BATCH = 1000  # test points per call of model.log_prob in evaluate_run
 MMD_POINTS = 2000  # test points (the first) that the MMD compares with as many samples
@@ -101,7 +109,27 @@ def _complete(config: dict[str, Any]) -> dict[str, Any]:
         check_flow("flow", full["flow"])  # names the successors of a renamed choice
     else:
         check_choice("flow", full["flow"], FLOWS)  # a config is plain data: names only
+    _check_values(full)
     return full
+
+
+def _check_values(config: dict[str, Any]) -> None:
+    """Refuse a config value that would fail only after training (or train nonsense)."""
+    for key in ("steps", "batch_size", "layers", "validate_every"):
+        check_positive_int(key, config[key])
+    for key in ("hidden", "patience", "latent_dim", "data_dim"):
+        if config[key] is not None:
+            check_positive_int(key, config[key])
+    check_positive_int("seed", config["seed"], minimum=0)
+    check_positive_int("num_samples", config["num_samples"], minimum=MIN_NUM_SAMPLES)
+    check_positive("lr", config["lr"])
+    check_positive("noise", config["noise"], allow_zero=True)
+    check_bool("batch_norm", config["batch_norm"])
+    for key in ("device", "data_root"):
+        if config[key] is not None and not isinstance(config[key], str):
+            raise ArgumentTypeError(
+                f"{key}: expected a string or None, got {type(config[key]).__name__}"
+            )
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:
@@ -212,6 +240,8 @@ def train_run(
         >>> sorted(k for k in m if k.startswith("test"))
         ['test_log_likelihood', 'test_log_likelihood_stderr']
     """
+    check_bool("resume", resume)
+    check_bool("progress", progress, allow_none=True)
     config = _complete(config)
     run_dir = check_run_dir(run_dir)
     train, val, _ = load_splits(config)
@@ -396,6 +426,7 @@ def sample_run(run_dir: str | os.PathLike, num_samples: int) -> Path:
     draw; the figure shows the finite ones among the first ``MAX_PLOTTED`` (none is
     drawn when none of those is finite).
     """
+    check_positive_int("num_samples", num_samples)
     run_dir = Path(run_dir)
     config, model = _load_run(run_dir)
     samples = sample_in_batches(model.sample, num_samples, SAMPLE_BATCH)  # on the CPU

@@ -40,6 +40,7 @@ import pyro_manifold.distributions as D
 import pyro_manifold.models as M
 import pyro_manifold.nn as N
 import pyro_manifold.transforms as T
+from pyro_manifold.infer import fit
 
 F64 = torch.float64
 PACKAGE = Path(pyro_manifold.__file__).parent
@@ -113,6 +114,14 @@ def positive(name: str, got: object) -> str:
 
 def nonnegative(name: str, got: object) -> str:
     return rf"{name}: expected a finite number >= 0, got {re.escape(str(got))}"
+
+
+def nohidden(name: str) -> str:
+    return rf"{name}: expected a non-empty list of ints \(at least one hidden layer\), got \[\]"
+
+
+def flag(name: str, got: object) -> str:
+    return rf"{name}: expected True or False, got {type(got).__name__} {re.escape(repr(got))}"
 
 
 def choice(name: str, got: str) -> str:
@@ -2389,7 +2398,7 @@ NETWORKS = [
     P(
         lambda: N.BatchedDenseNN(3, 2, []),
         V,
-        r"hidden_dims: expected at least one hidden layer, got \[\]",
+        nohidden("hidden_dims"),
         id="BatchedDenseNN-hidden_dims-empty",
     ),
     P(
@@ -2762,6 +2771,16 @@ def _fit(data: Callable[[], object], **kwargs: object) -> Callable[[nn.Module], 
     return act
 
 
+def fitting(data: object = None, **kwargs: object) -> Callable[[M.Flow], object]:
+    """``fit`` of the float64 test flow on ``data`` (default 16 good rows) with ``kwargs``."""
+
+    def act(model: M.Flow) -> object:
+        args: dict = {"device": "cpu", "progress": False, "num_steps": 2, **kwargs}
+        return fit(model.model, model.guide, f64(16, 2) if data is None else data, **args)
+
+    return act
+
+
 def _overflow(x: Tensor) -> tuple[Tensor]:  # 1e300 becomes inf, 0 and 1 stay
     return (x * 1e10 / 1e10,)
 
@@ -2846,7 +2865,253 @@ FIT = [
     ],  # fmt: skip
 ]
 
-TABLE = TRANSFORMS + DISTRIBUTIONS + MODELS + NETWORKS + FIT
+
+# Issue 20, errors that name nothing and late errors: each row failed (with another
+# type or message, or only after training) before its fix.
+ISSUE_20 = [
+    P(
+        OnTarget(flow, lambda m: fit(m.model, m.guide, None, device="cpu")),
+        TE,
+        r"data: expected a tensor or a tuple of tensors with the same number of rows, got NoneType",
+        id="fit-data-none",
+    ),
+    P(
+        OnTarget(flow, fitting({"x": f64(16, 2)})),
+        TE,
+        r"data: expected a tensor or a tuple of tensors .*got dict",
+        id="fit-data-dict",
+    ),
+    P(
+        OnTarget(flow, fitting(())),
+        V,
+        r"data: expected a tensor or a non-empty tuple",
+        id="fit-data-empty-tuple",
+    ),
+    P(
+        OnTarget(flow, fitting((f64(16, 2), f64(3)))),
+        V,
+        r"data\[1\]: expected 16 rows like data\[0\], got shape \(3,\)",
+        id="fit-data-row-counts",
+    ),
+    P(
+        OnTarget(flow, fitting(meta(16, 2))),
+        V,
+        r"data: expected a tensor that holds values, got one on meta",
+        id="fit-data-meta",
+    ),
+    P(
+        OnTarget(flow, fitting(validation_data=f32(4, 2))),
+        V,
+        r"validation_data: expected dtype torch\.float64 like data, got dtype torch\.float32",
+        id="fit-validation_data-dtype",
+    ),
+    P(
+        OnTarget(flow, fitting(validation_data=meta(4, 2))),
+        V,
+        r"validation_data: expected a tensor that holds values, got one on meta",
+        id="fit-validation_data-meta",
+    ),
+    P(
+        OnTarget(flow, fitting(validation_data=(f64(4, 2), f64(4, 2)))),
+        V,
+        r"validation_data: expected 1 tensors like data, got 2",
+        id="fit-validation_data-structure",
+    ),
+    P(
+        OnTarget(flow, fitting(modules=[3])),
+        TE,
+        r"modules\[0\]: expected an nn\.Module, got int 3",
+        id="fit-modules-int",
+    ),
+    P(
+        OnTarget(flow, fitting(modules=nn.Linear(2, 2))),
+        TE,
+        r"modules: expected a list of nn\.Modules, got one Linear",
+        id="fit-modules-bare-module",
+    ),
+    P(
+        OnTarget(flow, fitting(restore_best="no")),
+        TE,
+        flag("restore_best", "no"),
+        id="fit-restore_best-str",
+    ),
+    P(OnTarget(flow, fitting(fast=1)), TE, flag("fast", 1), id="fit-fast-int"),
+    P(
+        OnTarget(flow, fitting(progress="no")),
+        TE,
+        r"progress: expected True, False or None, got str 'no'",
+        id="fit-progress-str",
+    ),
+    P(
+        OnTarget(flow, fitting(distributed="no")),
+        TE,
+        r"distributed: expected True, False or None, got str 'no'",
+        id="fit-distributed-str",
+    ),
+    P(OnTarget(flow, fitting(seed=-1)), V, int_at_least("seed", 0, -1), id="fit-seed-negative"),
+    P(
+        OnTarget(flow, fitting(seed=2**40)),
+        V,
+        r"seed: expected an int in \[0, 2\*\*32 - 1\], got 1099511627776",
+        id="fit-seed-huge",
+    ),
+    P(
+        OnTarget(flow, fitting(seed=1.5)),
+        TE,
+        int_at_least("seed", 0, "float 1.5"),
+        id="fit-seed-float",
+    ),
+    P(
+        OnTarget(flow, fitting(resume=3)),
+        TE,
+        r"resume: expected a path to a checkpoint or None, got int",
+        id="fit-resume-int",
+    ),
+    P(
+        OnTarget(flow, fitting(config=3)),
+        TE,
+        r"config: expected a dict of plain data or None, got int",
+        id="fit-config-int",
+    ),
+    P(
+        OnTarget(flow, fitting(transform_batch=3)),
+        TE,
+        r"transform_batch: expected a callable .*got int",
+        id="fit-transform_batch-int",
+    ),
+    P(
+        OnTarget(flow, lambda m: fit(m.model, 3, f64(16, 2), device="cpu")),
+        TE,
+        r"guide: expected a callable Pyro program, got 3",
+        id="fit-guide-not-callable",
+    ),
+    P(lambda: M.Flow(2, hidden_dims=[]), V, nohidden("hidden_dims"), id="Flow-hidden_dims-empty"),
+    P(
+        lambda: M.Flow(2, "maf", hidden_dims=[]),
+        V,
+        nohidden("hidden_dims"),
+        id="Flow-hidden_dims-empty-maf",
+    ),
+    P(lambda: M.Flow(2, batch_norm="no"), TE, flag("batch_norm", "no"), id="Flow-batch_norm-str"),
+    P(lambda: M.Flow(2, batch_norm=1), TE, flag("batch_norm", 1), id="Flow-batch_norm-int"),
+    P(
+        lambda: M.Flow(2, "spline_coupling", num_bins=1),
+        V,
+        int_at_least("num_bins", 2, 1),
+        id="Flow-num_bins-one",
+    ),
+    P(
+        lambda: M.NoisyInjectiveFlow(3, 1, top_hidden_dims=[]),
+        V,
+        nohidden("top_hidden_dims"),
+        id="NoisyInjectiveFlow-top_hidden_dims-empty",
+    ),
+    P(
+        lambda: M.NoisyInjectiveFlow(3, 2, prior_flow="realnvp", prior_hidden_dims=[]),
+        V,
+        nohidden("prior_hidden_dims"),
+        id="NoisyInjectiveFlow-prior_hidden_dims-empty",
+    ),
+    P(
+        lambda: M.NoisyInjectiveFlow(3, 1, top_flow=None, batch_norm="no"),
+        TE,
+        flag("batch_norm", "no"),
+        id="NoisyInjectiveFlow-batch_norm-str",
+    ),
+    P(
+        lambda: M.NoisyInjectiveFlow(3, 1, factor=2),
+        V,
+        r"factor: expected None without image_shape .*got 2",
+        id="NoisyInjectiveFlow-factor-without-image_shape",
+    ),
+    P(
+        lambda: D.GaussianNIF(2, 12, image_shape=(3, 4)),
+        TE,
+        r"image_shape: expected a tuple \(C, H, W\) of three ints, got \(3, 4\)",
+        id="GaussianNIF-image_shape-2d",
+    ),
+    P(
+        lambda: M.VQAutoencoder(3, 2, 4, []),
+        V,
+        nohidden("hidden_dims"),
+        id="VQAutoencoder-hidden_dims-empty",
+    ),
+    P(lambda: M.VQFlow(3, 4, restrict="no"), TE, flag("restrict", "no"), id="VQFlow-restrict-str"),
+    P(
+        lambda: M.VQFlow(3, 4, autoencoder_hidden_dims=[]),
+        V,
+        nohidden("autoencoder_hidden_dims"),
+        id="VQFlow-autoencoder_hidden_dims-empty",
+    ),
+    P(
+        OnTarget(vq_flow, lambda m: m.sample(2, within_regions="no")),
+        TE,
+        r"within_regions: expected True, False or None, got str 'no'",
+        id="VQFlow-sample-within_regions-str",
+    ),
+    P(
+        lambda: M.VariationalMixtureOfFlows(2, 3, encoder_hidden_dims=[]),
+        V,
+        nohidden("encoder_hidden_dims"),
+        id="VariationalMixtureOfFlows-encoder_hidden_dims-empty",
+    ),
+    P(
+        OnTarget(vmonf, lambda m: m.cluster(f64(4, 2), exact="no")),
+        TE,
+        flag("exact", "no"),
+        id="VariationalMixtureOfFlows-cluster-exact-str",
+    ),
+    P(
+        OnTarget(vae, lambda m: m.sample(2, mean="no")),
+        TE,
+        flag("mean", "no"),
+        id="FlowVAE-sample-mean-str",
+    ),
+    P(
+        lambda: chart_mixture(restrict="no"),
+        TE,
+        flag("restrict", "no"),
+        id="ChartMixture-restrict-str",
+    ),
+    P(
+        lambda: chart_mixture(sample_within_regions=1),
+        TE,
+        flag("sample_within_regions", 1),
+        id="ChartMixture-sample_within_regions-int",
+    ),
+    P(
+        lambda: T.AffineCoupling(1, DenseNN(1, [4], [2, 2]), reverse="no"),
+        TE,
+        flag("reverse", "no"),
+        id="AffineCoupling-reverse-str",
+    ),
+    P(
+        lambda: T.affine_coupling(3, [8], "no"),
+        TE,
+        flag("reverse", "no"),
+        id="affine_coupling-reverse-str",
+    ),
+    P(
+        lambda: T.affine_coupling(3, []),
+        V,
+        nohidden("hidden_dims"),
+        id="affine_coupling-hidden_dims-empty",
+    ),
+    P(
+        lambda: T.flow_stack(3, batch_norm="no"),
+        TE,
+        flag("batch_norm", "no"),
+        id="flow_stack-batch_norm-str",
+    ),
+    P(
+        lambda: N.BatchedLinear(3, 4, 2, bias="no"),
+        TE,
+        flag("bias", "no"),
+        id="BatchedLinear-bias-str",
+    ),
+]
+
+TABLE = TRANSFORMS + DISTRIBUTIONS + MODELS + NETWORKS + FIT + ISSUE_20
 
 #: Public names with no bad input of their own, and why.
 NOT_APPLICABLE = {

@@ -40,7 +40,8 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
 @pytest.mark.parametrize(
     "argv, match",
     [
-        (["--resume", "--hidden", "0"], "hidden: saved 8, given 0"),  # a changed option
+        (["--resume", "--hidden", "16"], "hidden: saved 8, given 16"),  # a changed option
+        (["--resume", "--hidden", "0"], "hidden: expected an int >= 1, got 0"),  # a bad one
         ([], "holds a trained run"),  # a new run over a trained one
         (["--resume", "--lr", "0.5"], "lr: saved 0.001, given 0.5"),  # a changed option
     ],
@@ -78,3 +79,29 @@ def test_evaluate_scores_the_best_validation_state_that_training_ended_with(tmp_
     history = load_checkpoint(tmp_path / "checkpoint.pt")["history"]
     assert min(history["val_loss"]) < history["val_loss"][-1]  # the best is not the last
     assert evaluate_run(tmp_path)["test_log_likelihood"] == trained["test_log_likelihood"]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (
+            ["--num-samples", "7"],
+            "num_samples: expected an int >= 10, got 7",
+        ),  # failed at evaluation
+        (["--noise", "-1"], "noise: expected a finite number >= 0, got -1.0"),
+        (["--seed", "-3"], "seed: expected an int >= 0, got -3"),
+    ],
+)
+def test_an_option_that_would_fail_after_training_is_refused_first(tmp_path, capsys, argv, match):
+    run = tmp_path / "new"
+    assert main([*FIT, "--run-dir", str(run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and err.count("\n") == 1
+    assert not run.exists()
+
+
+def test_sample_refuses_a_bad_count_before_loading(trained, capsys):
+    before = _files(trained)
+    assert main(["sample", str(trained), "-n", "0"]) == 2
+    assert "num_samples: expected an int >= 1, got 0" in capsys.readouterr().err
+    assert _files(trained) == before

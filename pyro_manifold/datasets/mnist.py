@@ -37,7 +37,12 @@ from pyro_manifold._validation import (
     check_tensor,
 )
 from pyro_manifold.datasets._common import ToyData, check_dtype, check_seed, make_generator
-from pyro_manifold.errors import ArgumentError, ArgumentTypeError, DataNotFoundError
+from pyro_manifold.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DataFormatError,
+    DataNotFoundError,
+)
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -113,19 +118,79 @@ def _check_digits(digits: object) -> list[int]:
     return sorted(set(values))
 
 
-def _read_mnist(path: pathlib.Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
-    from torchvision.datasets import MNIST
+_IDX_IMAGES, _IDX_LABELS = 2051, 2049  # IDX magic numbers: uint8 data, 3 dims / 1 dim
 
-    try:
-        dataset = MNIST(str(path), train=train, download=download)
-    except RuntimeError as err:
-        raw = path / "MNIST" / "raw"
-        prefix = "train" if train else "t10k"
+
+def _read_idx(file: pathlib.Path, magic: int, shape: tuple[int | None, ...]) -> Tensor:
+    """The uint8 array of an IDX file whose header must say ``magic`` and ``shape``.
+
+    ``None`` in ``shape`` accepts any size along that dimension.
+
+    Raises :class:`~pyro_manifold.errors.DataFormatError` naming the file, what was
+    expected and what was found: a foreign or damaged header, another number of items
+    or another image size, or a file shorter or longer than its header says.
+    """
+    header = 4 * (1 + len(shape))
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(header)
+        if len(head) < header:
+            raise DataFormatError(
+                f"{file}: expected an IDX file with a {header}-byte header, got a file of "
+                f"{size} bytes (truncated?)"
+            )
+        found_magic = int.from_bytes(head[:4], "big")
+        dims = tuple(int.from_bytes(head[i : i + 4], "big") for i in range(4, header, 4))
+        if found_magic != magic:
+            raise DataFormatError(
+                f"{file}: expected the IDX magic number {magic} (uint8, {len(shape)} dims), "
+                f"got {found_magic} (not an MNIST file, or a compressed one)"
+            )
+        if len(dims) != len(shape) or any(
+            s not in (None, d) for d, s in zip(dims, shape, strict=True)
+        ):
+            expected = tuple("N" if s is None else s for s in shape)
+            raise DataFormatError(f"{file}: expected a header of shape {expected}, got {dims}")
+        want = header + math.prod(dims)
+        if size != want:
+            raise DataFormatError(
+                f"{file}: expected {want} bytes for its header's shape {dims}, got {size} "
+                f"bytes ({'truncated' if size < want else 'trailing data'})"
+            )
+        values = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+    return values.reshape(dims)
+
+
+def _read_mnist(path: pathlib.Path, train: bool, download: bool) -> tuple[Tensor, Tensor]:
+    raw = path / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    if download and not (images.is_file() and labels.is_file()):
+        from torchvision.datasets import MNIST
+
+        try:
+            MNIST(str(path), train=train, download=True)
+        except RuntimeError as err:
+            raise DataNotFoundError(
+                f"MNIST could not be downloaded into {str(path)!r} (torchvision said: {err})"
+            ) from err
+    missing = [str(f) for f in (images, labels) if not f.is_file()]
+    if missing:
         raise DataNotFoundError(
-            f"MNIST not found under {str(path)!r}: expected {str(raw / prefix)}-images-idx3-ubyte "
-            f"and {prefix}-labels-idx1-ubyte (torchvision said: {err}). {_HOW}"
-        ) from err
-    return dataset.data.reshape(-1, 784), dataset.targets.to(torch.int64)
+            f"MNIST not found under {str(path)!r}: expected {' and '.join(missing)}. {_HOW}"
+        )
+    data = _read_idx(images, _IDX_IMAGES, (None, 28, 28))
+    n = data.shape[0]
+    try:
+        targets = _read_idx(labels, _IDX_LABELS, (n,))
+    except DataFormatError as err:
+        raise DataFormatError(f"{err} (one label per image of {images.name}, {n} images)") from None
+    if int(targets.max()) > 9:
+        bad = int((targets > 9).nonzero()[0])
+        raise DataFormatError(
+            f"{labels}: expected digit labels in 0..9, got {int(targets[bad])} at item {bad}"
+        )
+    return data.reshape(n, 784), targets.to(torch.int64)
 
 
 def load_mnist(
@@ -163,6 +228,10 @@ def load_mnist(
     Raises:
         FileNotFoundError: the folder or the MNIST files are missing; the message names
             the path and how to provide the data.
+        ValueError: (:class:`~pyro_manifold.errors.DataFormatError`) an MNIST file is
+            truncated, has a foreign header, or holds another number of items than
+            MNIST (a labels file shorter than its images file, say); the message names
+            the file, the expected and the found.
 
     Example:
         >>> load_mnist(split="test", digits=[0, 1]).data.shape  # doctest: +SKIP
@@ -191,6 +260,12 @@ def load_mnist(
 
     data, labels = _read_mnist(path, train=split != "test", download=download)
     if split in ("train", "validation"):
+        if data.shape[0] != _NUM_TRAIN:
+            raise DataFormatError(
+                f"the MNIST training files under {str(path)!r}: expected {_NUM_TRAIN} images "
+                f"to split into {split!r} and 'validation', got {data.shape[0]} (use "
+                f"split='train+validation' for a smaller set)"
+            )
         perm = torch.randperm(_NUM_TRAIN, generator=make_generator(seed))
         cut = _NUM_TRAIN - validation_size
         index = perm[:cut] if split == "train" else perm[cut:]

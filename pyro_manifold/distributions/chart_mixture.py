@@ -34,6 +34,7 @@ from torch.distributions import Transform, constraints
 
 from pyro_manifold._cache import FreshMemo
 from pyro_manifold._validation import (
+    check_bool,
     check_input,
     check_positive,
     check_positive_int,
@@ -196,8 +197,8 @@ class ChartMixture(FreshMemo, TorchDistribution):
         self.atlas, self.chart_flow, self.embedding = atlas, list(chart_flow), embedding
         self.chart_logits = chart_logits
         self.data_dim, self.latent_dim, self.num_charts = data_dim, latent_dim, num_charts
-        self.num_overlap, self.restrict = num_overlap, bool(restrict)
-        self.sample_within_regions = bool(sample_within_regions)
+        self.num_overlap, self.restrict = num_overlap, check_bool("restrict", restrict)
+        self.sample_within_regions = check_bool("sample_within_regions", sample_within_regions)
         self._memo: tuple[Tensor, tuple[Tensor, ...]] | None = None
         super().__init__(torch.Size(), torch.Size((data_dim,)), validate_args=validate_args)
 
@@ -306,6 +307,7 @@ class ChartMixture(FreshMemo, TorchDistribution):
         ``stochastic=False``: :math:`z = \sum_k p(k\mid x) f_k(x)`; ``stochastic=True``:
         draw :math:`k \sim p(k\mid x)` and return :math:`f_k(x)`.
         """
+        check_bool("stochastic", stochastic)
         flat, batch = self._flat(x)
         terms, z = self._terms_of(x, flat)[:2]
         post = terms.softmax(-1)
@@ -361,6 +363,7 @@ class ChartMixture(FreshMemo, TorchDistribution):
         """
         sample_shape = torch.Size(sample_shape)
         check_positive_int("max_draws", max_draws)
+        check_bool("within_regions", within_regions, allow_none=True)
         within = self.sample_within_regions if within_regions is None else within_regions
         n = sample_shape.numel()
         with torch.no_grad():

@@ -32,7 +32,7 @@ from pyro_manifold.distributions.noisy_injective import (
     _log_manifold_term,
     _precision_cholesky,
 )
-from pyro_manifold.errors import ArgumentError
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["GaussianNIF"]
 
@@ -104,6 +104,18 @@ class GaussianNIF(nn.Module):
             raise ArgumentError(
                 f"init_noise_scale: expected more than min_noise_scale={min_noise_scale}, "
                 f"got {init_noise_scale}"
+            )
+        if image_shape is not None:
+            if not isinstance(image_shape, list | tuple) or len(image_shape) != 3:
+                raise ArgumentTypeError(
+                    f"image_shape: expected a tuple (C, H, W) of three ints, got {image_shape!r}"
+                )
+            for size in image_shape:
+                check_positive_int("image_shape", size)
+        elif factor is not None:
+            raise ArgumentError(
+                f"factor: expected None without image_shape (it sets the upsampling of an "
+                f"image's latent grid), got {factor!r}"
             )
         self.latent_dim, self.data_dim = latent_dim, data_dim
         self.image_shape = tuple(image_shape) if image_shape is not None else None

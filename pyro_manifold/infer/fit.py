@@ -24,7 +24,7 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_choice, check_positive, check_positive_int
+from pyro_manifold._validation import check_bool, check_choice, check_positive, check_positive_int
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.infer._batches import BatchTransform, MiniBatches, as_tensors
 from pyro_manifold.infer._data_check import check_data_sets
@@ -133,28 +133,95 @@ def _discover_param_sites(
     return param_sites(capture.trace.nodes, modules)
 
 
+def _data_tensors(name: str, data: object) -> tuple[Tensor, ...]:
+    """``data`` as tensors with the same rows, on a device that holds values."""
+    if not isinstance(data, Tensor | list | tuple):
+        raise ArgumentTypeError(
+            f"{name}: expected a tensor or a tuple of tensors with the same number of rows, "
+            f"got {type(data).__name__}"
+        )
+    tensors = as_tensors(name, data)
+    for i, t in enumerate(tensors):
+        if t.is_meta:
+            label = name if len(tensors) == 1 else f"{name}[{i}]"
+            raise ArgumentError(f"{label}: expected a tensor that holds values, got one on meta")
+    return tensors
+
+
 def _check_data(
-    data: Tensor | Sequence[Tensor], validation_data: Tensor | Sequence[Tensor] | None
+    data: Tensor | Sequence[Tensor],
+    validation_data: Tensor | Sequence[Tensor] | None,
+    transform_batch: BatchTransform | None = None,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
-    data = as_tensors("data", data)
+    data = _data_tensors("data", data)
     if validation_data is None:
         return data, None
-    val = as_tensors("validation_data", validation_data)
-    for i, (a, b) in enumerate(zip(data, val, strict=False)):
-        if a.shape[1:] != b.shape[1:] or len(data) != len(val):
+    val = _data_tensors("validation_data", validation_data)
+    if len(data) != len(val):
+        raise ArgumentError(
+            f"validation_data: expected {len(data)} tensors like data, got {len(val)}"
+        )
+    for i, (a, b) in enumerate(zip(data, val, strict=True)):
+        label = "validation_data" if len(val) == 1 else f"validation_data[{i}]"
+        if a.shape[1:] != b.shape[1:]:
             raise ArgumentError(
-                f"validation_data[{i}]: expected the structure of data (shape (*, "
+                f"{label}: expected the structure of data (shape (*, "
                 f"{tuple(a.shape[1:])})), got shape {tuple(b.shape)}"
             )
+        # else refused by the model only when validation runs (a transform_batch may map
+        # both to the model's dtype, as raw uint8 pixels beside preprocessed ones)
+        if transform_batch is None and a.dtype != b.dtype:
+            raise ArgumentError(f"{label}: expected dtype {a.dtype} like data, got dtype {b.dtype}")
     return data, val
+
+
+def _check_programs(model, guide, modules, transform_batch, resume, config) -> list[nn.Module]:
+    """Check fit's callables, ``modules``, ``resume`` and ``config`` (before anything changes)."""
+    for name, fn in (("model", model), ("guide", guide)):
+        if not callable(fn):
+            raise ArgumentTypeError(f"{name}: expected a callable Pyro program, got {fn!r}")
+    if transform_batch is not None and not callable(transform_batch):
+        raise ArgumentTypeError(
+            f"transform_batch: expected a callable (*batch) -> batch or None, got "
+            f"{type(transform_batch).__name__}"
+        )
+    if isinstance(modules, nn.Module) and not isinstance(modules, nn.ModuleList):
+        raise ArgumentTypeError(
+            f"modules: expected a list of nn.Modules, got one {type(modules).__name__} "
+            f"(write modules=[module])"
+        )
+    if isinstance(modules, str | bytes) or not hasattr(modules, "__iter__"):
+        raise ArgumentTypeError(f"modules: expected a list of nn.Modules, got {modules!r}")
+    modules = list(modules)
+    for i, m in enumerate(modules):
+        if not isinstance(m, nn.Module):
+            raise ArgumentTypeError(
+                f"modules[{i}]: expected an nn.Module, got {type(m).__name__} {m!r}"
+            )
+    if resume is not None and not isinstance(resume, str | os.PathLike):
+        raise ArgumentTypeError(
+            f"resume: expected a path to a checkpoint or None, got {type(resume).__name__}"
+        )
+    if config is not None and not isinstance(config, dict):
+        raise ArgumentTypeError(
+            f"config: expected a dict of plain data or None, got {type(config).__name__}"
+        )
+    return modules
 
 
 def _check_options(
     *, num_steps, batch_size, optimizer, lr, weight_decay, lr_schedule, clip_norm,
     on_nonfinite, max_consecutive_skips, sync_every, validate_every, patience,
-    checkpoint_every, log_every, cuda_graph,
+    checkpoint_every, log_every, cuda_graph, restore_best, fast, progress, distributed, seed,
 ) -> None:  # fmt: skip
     """Check fit's scalar options (before anything changes)."""
+    for name, value in [("restore_best", restore_best), ("fast", fast),
+                        ("cuda_graph", cuda_graph)]:  # fmt: skip
+        check_bool(name, value)
+    for name, value in [("progress", progress), ("distributed", distributed)]:
+        check_bool(name, value, allow_none=True)
+    if check_positive_int("seed", seed, minimum=0) > 2**32 - 1:
+        raise ArgumentError(f"seed: expected an int in [0, 2**32 - 1], got {seed}")
     for name, value in [("num_steps", num_steps), ("batch_size", batch_size),
                         ("validate_every", validate_every),
                         ("checkpoint_every", checkpoint_every), ("log_every", log_every),
@@ -166,8 +233,6 @@ def _check_options(
     if clip_norm is not None:
         check_positive("clip_norm", clip_norm)
     check_choice("on_nonfinite", on_nonfinite, ("raise", "skip"))
-    if not isinstance(cuda_graph, bool):
-        raise ArgumentTypeError(f"cuda_graph: expected True or False, got {cuda_graph!r}")
     if cuda_graph:
         check_graphable(optimizer, lr_schedule)
     if (sync_every > 1 or cuda_graph) and (
@@ -382,14 +447,17 @@ def fit(
         True
     """
     # -- check everything before touching any state ------------------------------------
-    data, val = _check_data(data, validation_data)
+    data, val = _check_data(data, validation_data, transform_batch)
     _check_options(
         num_steps=num_steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, lr_schedule=lr_schedule, clip_norm=clip_norm,
         on_nonfinite=on_nonfinite, max_consecutive_skips=max_consecutive_skips,
         sync_every=sync_every, validate_every=validate_every, patience=patience,
         checkpoint_every=checkpoint_every, log_every=log_every, cuda_graph=cuda_graph,
+        restore_best=restore_best, fast=fast, progress=progress, distributed=distributed,
+        seed=seed,
     )  # fmt: skip
+    modules = _check_programs(model, guide, modules, transform_batch, resume, config)
     deferred = sync_every > 1 or cuda_graph
     group: DataParallelGroup = data_parallel_group(distributed, resolve_device(device))
     device = group.device

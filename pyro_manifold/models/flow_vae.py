@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pyro_manifold._math import softplus_inverse
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
+    check_bool,
     check_choice,
     check_data_rows,
     check_input,
@@ -174,16 +175,16 @@ class FlowVAE(PyroModule):
             )
         self.encoder_flow = encoder_flow
         self.num_flows = check_positive_int("num_flows", num_flows)
-        hidden = check_widths("hidden_dims", hidden_dims)
+        hidden = check_widths("hidden_dims", hidden_dims, allow_empty=True)
         enc = (
             hidden
             if encoder_hidden_dims is None
-            else check_widths("encoder_hidden_dims", encoder_hidden_dims)
+            else check_widths("encoder_hidden_dims", encoder_hidden_dims, allow_empty=True)
         )
         dec = (
             hidden[::-1]
             if decoder_hidden_dims is None
-            else check_widths("decoder_hidden_dims", decoder_hidden_dims)
+            else check_widths("decoder_hidden_dims", decoder_hidden_dims, allow_empty=True)
         )
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
         self.activation = check_choice("activation", activation, tuple(ACTIVATIONS))
@@ -216,7 +217,7 @@ class FlowVAE(PyroModule):
             flow_hidden = (
                 default
                 if flow_hidden_dims is None
-                else check_widths("flow_hidden_dims", flow_hidden_dims)
+                else check_widths("flow_hidden_dims", flow_hidden_dims, allow_empty=True)
             )
             for k in range(num_flows):
                 if encoder_flow == "iaf":
@@ -463,6 +464,7 @@ class FlowVAE(PyroModule):
             batch_size: the most points per call of the model.
         """
         check_positive_int("num_samples", num_samples)
+        check_bool("mean", mean)
         site = "x_mean" if mean else "x"
         predictive = Predictive(self.model, num_samples=1, return_sites=[site])
         return sample_in_batches(

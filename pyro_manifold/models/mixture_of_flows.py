@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from pyro_manifold._parallel import sum_over_ranks_
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
+    check_bool,
     check_choice,
     check_data_rows,
     check_input,
@@ -357,7 +358,7 @@ class VariationalMixtureOfFlows(PyroModule):
         With ``exact=True`` use the model's own posterior
         :math:`\arg\max_k \pi_k p_k(x)` instead of the encoder.
         """
-        if exact:
+        if check_bool("exact", exact):
             return self.distribution().posterior_log_prob(self._check_x(x)).argmax(-1)
         return self.encoder_logits(x).argmax(-1)
 

@@ -13,11 +13,13 @@ from torch import Tensor, nn
 
 from pyro_manifold._registration import register_parameters
 from pyro_manifold._validation import (
+    check_bool,
     check_data_rows,
     check_finite,
     check_input,
     check_positive,
     check_positive_int,
+    check_widths,
 )
 from pyro_manifold.distributions import GaussianNIF
 from pyro_manifold.errors import ArgumentError
@@ -114,6 +116,11 @@ class NoisyInjectiveFlow(PyroModule):
         if prior_flow is not None:
             check_flow("prior_flow", prior_flow)
         check_positive_int("prior_layers", prior_layers)
+        for label, widths in (("top_hidden_dims", top_hidden_dims),
+                              ("prior_hidden_dims", prior_hidden_dims)):  # fmt: skip
+            if widths is not None:
+                check_widths(label, widths)
+        check_bool("batch_norm", batch_norm)
         if prior_components is not None:
             check_positive_int("prior_components", prior_components)
             if prior_flow is not None:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pyro_manifold._registration import parameters_registered, register_parameters
 from pyro_manifold._validation import (
+    check_bool,
     check_choice,
     check_data_rows,
     check_input,
@@ -154,6 +155,7 @@ class VQFlow(PyroModule):
     ) -> None:
         check_positive_int("data_dim", data_dim, minimum=2)
         check_positive_int("num_charts", num_charts)
+        check_bool("restrict", restrict)
         latent_dim = data_dim if latent_dim is None else latent_dim
         check_positive_int("latent_dim", latent_dim, minimum=2)
         if latent_dim > data_dim:

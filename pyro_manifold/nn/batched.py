@@ -26,6 +26,7 @@ from pyro.nn.auto_reg_nn import create_mask
 from torch import Tensor, nn
 
 from pyro_manifold._validation import (
+    check_bool,
     check_input,
     check_positive_int,
     check_tensor,
@@ -80,6 +81,7 @@ class BatchedLinear(nn.Module):
         self.num_components = check_positive_int("num_components", num_components)
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
+        check_bool("bias", bias)
         self.weight = nn.Parameter(torch.empty(num_components, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(num_components, out_features)) if bias else None
         if mask is not None:
@@ -135,10 +137,8 @@ class BatchedLinear(nn.Module):
 def _check_dims(hidden_dims: Sequence[int], param_dims: Sequence[int]) -> tuple[list, list]:
     hidden, params = (
         check_widths("hidden_dims", hidden_dims),
-        check_widths("param_dims", param_dims),
+        check_widths("param_dims", param_dims, allow_empty=True),
     )
-    if len(hidden) == 0:
-        raise ArgumentError("hidden_dims: expected at least one hidden layer, got []")
     if len(params) == 0:
         raise ArgumentError("param_dims: expected at least one output block, got []")
     return hidden, params

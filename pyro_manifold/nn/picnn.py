@@ -99,11 +99,11 @@ class PICNN(nn.Module):
         super().__init__()
         self.input_dim = check_positive_int("input_dim", input_dim)
         self.context_dim = check_positive_int("context_dim", context_dim)
-        hidden = check_widths("hidden_dims", hidden_dims)
+        hidden = check_widths("hidden_dims", hidden_dims, allow_empty=True)
         if context_hidden_dims is None:
             ctx = list(hidden)
         else:
-            ctx = check_widths("context_hidden_dims", context_hidden_dims)
+            ctx = check_widths("context_hidden_dims", context_hidden_dims, allow_empty=True)
             if len(ctx) != len(hidden):
                 raise ArgumentError(
                     f"context_hidden_dims: expected {len(hidden)} widths (one per hidden "

@@ -31,6 +31,7 @@ from torch.distributions import constraints
 from pyro_manifold._cache import FreshCache
 from pyro_manifold._math import SOFTPLUS_ONE
 from pyro_manifold._validation import (
+    check_bool,
     check_input,
     check_positive,
     check_positive_int,
@@ -100,7 +101,7 @@ class AffineCoupling(FreshCache, TransformModule):
         sigma_min = check_positive("sigma_min", sigma_min)
         super().__init__(cache_size=1)
         self.nn = hypernet
-        self.reverse = bool(reverse)
+        self.reverse = check_bool("reverse", reverse)
         self.sigma_min = sigma_min
         self._ladj_cache: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -196,7 +197,7 @@ class ConditionalAffineCoupling(ConditionalTransformModule):
         sigma_min = check_positive("sigma_min", sigma_min)
         super().__init__()
         self.nn = hypernet
-        self.reverse = bool(reverse)
+        self.reverse = check_bool("reverse", reverse)
         self.sigma_min = sigma_min
 
     def condition(self, context: Tensor) -> AffineCoupling:
@@ -250,6 +251,7 @@ def affine_coupling(
         >>> affine_coupling(5, reverse=True)(torch.randn(2, 5)).shape
         torch.Size([2, 5])
     """
+    check_bool("reverse", reverse)
     split, hidden = _coupling_sizes(input_dim, hidden_dims)
     kept = split if not reverse else input_dim - split
     net = DenseNN(kept, hidden, param_dims=[input_dim - kept, input_dim - kept])
@@ -271,6 +273,7 @@ def conditional_affine_coupling(
         torch.Size([6, 4])
     """
     check_positive_int("context_dim", context_dim)
+    check_bool("reverse", reverse)
     split, hidden = _coupling_sizes(input_dim, hidden_dims)
     kept = split if not reverse else input_dim - split
     net = ConditionalDenseNN(

@@ -25,6 +25,7 @@ from torch.distributions.utils import _sum_rightmost
 
 from pyro_manifold._cache import FreshCache
 from pyro_manifold._validation import (
+    check_bool,
     check_choice,
     check_input,
     check_positive,
@@ -275,6 +276,7 @@ def flow_stack(
         Papamakarios, 2019. arXiv:1906.04032.
     """
     flow = check_flow(name, flow)
+    check_bool("batch_norm", batch_norm)
     named = isinstance(flow, str)
     input_dim = check_positive_int("input_dim", input_dim, minimum=2 if named else 1)
     if context_dim is not None:

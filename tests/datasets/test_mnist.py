@@ -275,3 +275,73 @@ def test_logit_transform_bad_arguments():
         inverse_logit_transform(torch.rand(2, 3), alpha=-1e-6)
     with pytest.raises(TypeError, match="^y"):
         inverse_logit_transform([0.0])
+
+
+def _idx(magic: int, shape: tuple[int, ...], payload: int | None = None) -> bytes:
+    """An IDX file: magic number, the dimensions, then ``payload`` bytes (default: all)."""
+    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in shape)
+    size = int(torch.tensor(shape).prod()) if payload is None else payload
+    return head + bytes(i % 10 for i in range(size))
+
+
+def _fake_test_split(root: pathlib.Path, images: bytes, labels: bytes) -> None:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(images)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(labels)
+
+
+IMAGES, LABELS = _idx(2051, (10000, 28, 28)), _idx(2049, (10000,))
+
+
+@pytest.mark.parametrize(
+    "images, labels, file, match",
+    [
+        (IMAGES[: len(IMAGES) // 2], LABELS, "images",
+         r"expected 7840016 bytes for its header's shape \(10000, 28, 28\), got 3920008 bytes "
+         r"\(truncated\)"),
+        (IMAGES, _idx(2049, (9999,)), "labels",
+         r"expected a header of shape \(10000,\), got \(9999,\)"),
+        (IMAGES, LABELS[:-1], "labels", r"expected 10008 bytes .*got 10007 bytes \(truncated\)"),
+        (b"hello\n", LABELS, "images", r"expected an IDX file with a 16-byte header, got a file "
+         r"of 6 bytes"),
+        (_idx(2049, (10000, 28, 28)), LABELS, "images",
+         r"expected the IDX magic number 2051 .*got 2049"),
+        (IMAGES, _idx(2049, (10000,))[:-1] + bytes([12]), "labels",
+         r"expected digit labels in 0\.\.9, got 12 at item 9999"),
+    ],
+)  # fmt: skip
+def test_a_damaged_mnist_file_is_named_not_reported_missing(tmp_path, images, labels, file, match):
+    from pyro_manifold.errors import DataFormatError
+
+    _fake_test_split(tmp_path, images, labels)
+    with pytest.raises(DataFormatError, match=match) as info:
+        load_mnist(tmp_path, split="test")
+    assert f"t10k-{file}-idx" in str(info.value) and "not found" not in str(info.value)
+
+
+def test_well_formed_mnist_files_load(tmp_path):
+    _fake_test_split(tmp_path, IMAGES, LABELS)
+    data = load_mnist(tmp_path, split="test")
+    assert data.data.shape == (10000, 784) and data.data.dtype == torch.uint8
+    assert data.labels.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert data.data[0, :3].tolist() == [0, 1, 2]
+
+
+def test_a_missing_labels_file_is_reported_missing_by_name(tmp_path):
+    _fake_test_split(tmp_path, IMAGES, LABELS)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match=r"MNIST not found .*t10k-labels-idx1-ubyte"):
+        load_mnist(tmp_path, split="test")
+
+
+def test_a_small_training_file_is_refused_for_the_train_split(tmp_path):
+    from pyro_manifold.errors import DataFormatError
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(_idx(2051, (20, 28, 28)))
+    (raw / "train-labels-idx1-ubyte").write_bytes(_idx(2049, (20,)))
+    assert load_mnist(tmp_path, split="train+validation").data.shape == (20, 784)
+    with pytest.raises(DataFormatError, match=r"expected 60000 images .*got 20"):
+        load_mnist(tmp_path, split="train")

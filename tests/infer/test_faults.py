@@ -1,4 +1,4 @@
-"""Faults during training: SIGKILL mid-checkpoint, bad rows late in the data, NaN parameters."""
+"""Faults: SIGKILL mid-checkpoint, bad rows late in the data, NaN parameters, late errors."""
 
 import os
 import signal
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pyro_manifold.datasets import dynamic_binarize
-from pyro_manifold.errors import ArgumentError
+from pyro_manifold.errors import ArgumentError, CheckpointError
 from pyro_manifold.infer import NonFiniteLossError, fit, load_checkpoint
 from pyro_manifold.infer import _data_check as data_check
 from pyro_manifold.models import FlowVAE
@@ -225,3 +225,48 @@ def test_a_bad_row_is_refused_before_the_run_directory_is_written(tmp_path):
         fit(vae.model, vae.guide, x, num_steps=4, batch_size=16, device="cpu", progress=False,
             run_dir=tmp_path / "run", config={"a": 1})  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+# -- late errors and refused resumes: nothing trained, nothing written ----------------------
+def _flow_and_data():
+    from pyro_manifold.models import Flow
+
+    torch.manual_seed(0)
+    return Flow(2, "realnvp", num_layers=1, hidden_dims=[8]), torch.randn(64, 2)
+
+
+def _foreign_files(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    return text, other
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(validation_data=torch.randn(16, 2, dtype=torch.float64)), ValueError,
+         r"validation_data: expected dtype torch\.float32 like data, got dtype torch\.float64"),
+        (dict(validation_data=torch.zeros(16, 2, device="meta")), ValueError,
+         "validation_data: expected a tensor that holds values"),
+        (dict(resume="TEXT"), CheckpointError, r"notes\.txt: expected a checkpoint file"),
+        (dict(resume="OTHER"), CheckpointError, r"other\.pt: expected format"),
+    ],
+)  # fmt: skip
+def test_a_late_error_is_raised_before_training_or_writing(tmp_path, kwargs, error, match):
+    text, other = _foreign_files(tmp_path)
+    kwargs = {k: {"TEXT": text, "OTHER": other}.get(v, v) if isinstance(v, str) else v
+              for k, v in kwargs.items()}  # fmt: skip
+    flow, x = _flow_and_data()
+    before = [t.clone() for t in flow.state_dict().values()]
+    run = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        fit(flow.model, flow.guide, x, num_steps=3, device="cpu", progress=False,
+            run_dir=run, step_kwargs=_no_step_taken, **kwargs)  # fmt: skip
+    assert not run.exists()
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.state_dict().values(), strict=True))
+
+
+def _no_step_taken(t):
+    raise AssertionError(f"a step was about to run (t = {t}) before the refusal")
