@@ -36,7 +36,13 @@ import torch
 
 from pyro_manifold.errors import CheckpointError, CheckpointNotFoundError
 
-__all__ = ["CHECKPOINT_FORMAT", "content_digest", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "content_digest",
+    "load_checkpoint",
+    "plain_data",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "pyro_manifold.checkpoint/2"
 _RESERVED = ("format", "digest")
@@ -71,7 +77,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     reserved = [k for k in _RESERVED if k in state]
     if reserved:
         raise CheckpointError(f"state: the keys {reserved} are reserved for the checkpoint")
-    state = {**_plain(state, "state"), "format": CHECKPOINT_FORMAT}
+    state = {**plain_data(state, "state"), "format": CHECKPOINT_FORMAT}
     state["digest"] = content_digest(state)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,12 +204,20 @@ def _feed(h: Any, value: Any) -> None:
         chunk(b"L" if isinstance(value, list) else b"U", struct.pack("<Q", len(value)))
         for v in value:
             _feed(h, v)
-    else:  # None, bool, int, float, str (checked by _plain before saving)
+    else:  # None, bool, int, float, str (checked by plain_data before saving)
         chunk(type(value).__name__.encode(), repr(value).encode())
 
 
-def _plain(value: Any, where: str) -> Any:
-    """``value`` with numpy scalars and paths made plain, or :class:`CheckpointError`."""
+def plain_data(value: Any, where: str) -> Any:
+    """``value`` with numpy scalars and paths made plain, or :class:`CheckpointError`.
+
+    What :func:`save_checkpoint` does to its ``state`` (``where`` names it in messages).
+
+    Example:
+        >>> import numpy as np, pathlib
+        >>> plain_data({"lr": np.float32(0.5), "dir": pathlib.Path("/runs/a")}, "config")
+        {'lr': 0.5, 'dir': '/runs/a'}
+    """
     if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
         return value
     if isinstance(value, os.PathLike):
@@ -219,9 +233,9 @@ def _plain(value: Any, where: str) -> Any:
             raise CheckpointError(
                 f"{where}: expected str or int keys, got {type(bad[0]).__name__} {bad[0]!r}"
             )
-        return {k: _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {k: plain_data(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, list | tuple):
-        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
     raise CheckpointError(
         f"{where}: expected tensors and plain data (dict, list, tuple, int, float, bool, "

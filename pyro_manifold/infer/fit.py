@@ -10,6 +10,7 @@ stopping (``_early_stopping``) and the history and progress bar (``_progress``).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from pyro_manifold.infer._progress import TrainingLog, write_json
 from pyro_manifold.infer._rollback import SetUpRollback
 from pyro_manifold.infer._state import RunState, check_resume, param_sites, rng_state, set_rng_state
 from pyro_manifold.infer._step import TrainingStep, check_graphable
+from pyro_manifold.infer.checkpoint import plain_data
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
 from pyro_manifold.infer.elbo import fast_elbo
 from pyro_manifold.infer.rundir import RunLock, check_run_dir
@@ -207,6 +209,23 @@ def _check_programs(model, guide, modules, transform_batch, resume, config) -> l
             f"config: expected a dict of plain data or None, got {type(config).__name__}"
         )
     return modules
+
+
+def _plain_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``config`` as the checkpoints and ``config.json`` will hold it, refused now if they can't.
+
+    Numpy scalars and paths become plain values (as :func:`save_checkpoint` makes them);
+    anything a checkpoint or JSON cannot hold is refused before the first step, not at
+    the first checkpoint.
+    """
+    if config is None:
+        return None
+    plain = plain_data(config, "config")
+    try:
+        json.dumps(plain)
+    except (TypeError, ValueError) as e:
+        raise ArgumentTypeError(f"config: expected values that JSON can hold ({e})") from None
+    return plain
 
 
 def _check_options(
@@ -458,6 +477,7 @@ def fit(
         seed=seed,
     )  # fmt: skip
     modules = _check_programs(model, guide, modules, transform_batch, resume, config)
+    config = _plain_config(config)
     deferred = sync_every > 1 or cuda_graph
     group: DataParallelGroup = data_parallel_group(distributed, resolve_device(device))
     device = group.device

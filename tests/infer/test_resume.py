@@ -254,3 +254,32 @@ def test_a_failed_set_up_leaves_no_new_run_directory_and_no_new_param_sites(tmp_
     assert list(tmp_path.iterdir()) == []
     assert list(pyro.get_param_store().keys()) == ["kept"]
     assert torch.equal(pyro.param("kept"), torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [({"a": object()}, r"config\['a'\]: expected tensors and plain data"),
+     ({"w": torch.ones(2)}, "config: expected values that JSON can hold")],
+)  # fmt: skip
+def test_a_config_no_checkpoint_can_hold_is_refused_before_training(tmp_path, config, match):
+    x, _ = _data()
+    flow = _flow()
+    before = _state(flow)
+    with pytest.raises(ValueError if "plain" in match else TypeError, match=match):
+        fit(flow.model, flow.guide, x, run_dir=tmp_path / "run", config=config,
+            step_kwargs=_killed_at(0), **ARGS)  # fmt: skip
+    assert not (tmp_path / "run").exists()
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+
+
+def test_numpy_values_in_config_are_written_plain(tmp_path):
+    import json
+
+    import numpy as np
+
+    x, _ = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, config={"lr": np.float32(0.5)},
+        **{**ARGS, "num_steps": 2})  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 0.5}
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"] == {"lr": 0.5}
