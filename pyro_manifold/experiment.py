@@ -35,7 +35,7 @@ from pyro_manifold.datasets import (
     load_dataset,
     make_manifold,
 )
-from pyro_manifold.errors import ArgumentError, ArgumentTypeError
+from pyro_manifold.errors import ArgumentError, ArgumentTypeError, DataFormatError
 from pyro_manifold.infer import fit, load_checkpoint, resolve_device
 from pyro_manifold.infer.distributed import is_main_process
 from pyro_manifold.infer.rundir import check_run_dir
@@ -144,7 +144,13 @@ def _saved_config(run_dir: Path) -> dict[str, Any]:
             f"run_dir: expected a run directory written by fit (with config.json), got "
             f"{str(run_dir)!r}"
         )
-    config = json.loads((run_dir / "config.json").read_text())
+    path = run_dir / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise DataFormatError(f"{path}: expected the JSON written by fit, got {e}") from None
+    if not isinstance(config, dict):
+        raise DataFormatError(f"{path}: expected a JSON object, got {type(config).__name__}")
     if config.get("flow") == "spline":
         config["flow"] = "spline_coupling"
     return _complete(config)

@@ -105,3 +105,16 @@ def test_sample_refuses_a_bad_count_before_loading(trained, capsys):
     assert main(["sample", str(trained), "-n", "0"]) == 2
     assert "num_samples: expected an int >= 1, got 0" in capsys.readouterr().err
     assert _files(trained) == before
+
+
+@pytest.mark.parametrize("content", ["garbage\n", "[1, 2]\n", '{"dataset": "nope"}\n', "\xff\xfe"])
+def test_a_damaged_config_json_is_one_line(trained, tmp_path, capsys, content):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "config.json").write_bytes(content.encode("latin-1"))
+    for command in (["evaluate", str(run)], ["sample", str(run), "-n", "5"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
