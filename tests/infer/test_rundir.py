@@ -96,3 +96,9 @@ def test_check_run_dir_refuses_what_the_system_says_is_not_writable(tmp_path, mo
         check_run_dir(tmp_path / "run")
     with pytest.raises(RunDirectoryError, match="the directory is read-only"):
         check_run_dir(tmp_path)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_our_error(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()  # a directory where the lock file goes
+    with pytest.raises(RunDirectoryError, match="expected to open its lock file"):
+        RunLock(tmp_path).acquire()
