@@ -19,7 +19,7 @@ evaluation.
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --model maf --epochs 30
       PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --model nif --latent 64
-Smoke: python benchmarks/mnist_flows.py --smoke
+Smoke: python benchmarks/mnist_flows.py --smoke   (run and JSON under runs/smoke/ unless given)
 """
 
 import argparse
@@ -99,16 +99,22 @@ def main():
     p.add_argument("--patience", type=int, default=5, help="in epochs")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", default=None, help="default runs/mnist_MODEL[LATENT]")
     p.add_argument(
-        "--out", default=None, help="default benchmarks/results/mnist_MODEL[LATENT].json"
+        "--run-dir",
+        default=None,
+        help="default runs/mnist_MODEL[LATENT] (runs/smoke/... with --smoke)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/mnist_MODEL[LATENT].json (runs/smoke/... with --smoke)",
     )
     p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
     p.add_argument("--smoke", action="store_true", help="tiny run to check the script")
     args = p.parse_args()
     name = "mnist_maf" if args.model == "maf" else f"mnist_nif{args.latent}"
-    args.run_dir = args.run_dir or f"runs/{name}"
-    args.out = args.out or f"benchmarks/results/{name}.json"
+    args.run_dir = args.run_dir or f"runs/{'smoke/' if args.smoke else ''}{name}"
+    args.out = args.out or f"{'runs/smoke' if args.smoke else 'benchmarks/results'}/{name}.json"
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
 
