@@ -36,6 +36,7 @@ from pyro_manifold.metrics import bits_per_dim, importance_log_likelihood
 from pyro_manifold.models import Flow, NoisyInjectiveFlow
 
 LAMBDA = 1e-6
+SMOKE_TEST_IMAGES = 256  # --smoke scores the first test images; the other scripts' smokes too
 
 
 NIF_MAPS = ("image", "dense")
@@ -122,8 +123,8 @@ def main():
     val = load_mnist(args.data, "validation").data
     test = load_mnist(args.data, "test").data
     if args.smoke:
-        train, val, test = train[:512], val[:256], test[:256]
-        args.epochs, args.hidden, args.layers = 1, 800, 2
+        train, val, test = train[:512], val[:256], test[:SMOKE_TEST_IMAGES]
+        args.epochs, args.hidden, args.layers = 1, 800, 1  # MADE widths >= 784
     steps_per_epoch = train.shape[0] // args.batch_size
     num_steps = args.epochs * steps_per_epoch
     val_y = dequantize_logit(val, 12345, alpha=LAMBDA)[0]

@@ -8,7 +8,7 @@ worst image, and that image's index and log-likelihood (logit space).
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_test_outliers.py \
           runs/mnist_maf runs/mnist_nif64
 Smoke:  python benchmarks/mnist_test_outliers.py --smoke --out /tmp/outliers.json \
-            runs/smoke/mnist_maf   (a run of mnist_flows.py --smoke; 200 test images)
+            runs/smoke/mnist_maf   (a run of mnist_flows.py --smoke; 256 test images)
 """
 
 import argparse
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import torch
-from mnist_flows import per_image  # benchmarks/ is the script's directory
+from mnist_flows import SMOKE_TEST_IMAGES, per_image  # benchmarks/ is the script's directory
 from nif_mnist_eval import load_run
 
 from pyro_manifold.datasets import load_mnist
@@ -28,11 +28,11 @@ def main():
     p.add_argument("runs", nargs="+", help="run directories of mnist_flows.py")
     p.add_argument("--data", default=os.environ.get("PYRO_MANIFOLD_DATA"))
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--smoke", action="store_true", help="200 test images, to check the script")
+    p.add_argument("--smoke", action="store_true", help="the first 256 test images")
     args = p.parse_args()
     test = load_mnist(args.data, "test").data
     if args.smoke:
-        test = test[:200]
+        test = test[:SMOKE_TEST_IMAGES]
     print(f"{'run':40s} {'mean':>7s} {'median':>7s} {'w/o worst':>9s} {'worst':>6s} {'log p':>10s}")
     report = {}
     for run in args.runs:

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from mnist_flows import evaluate  # benchmarks/ is the script's directory
+from mnist_flows import SMOKE_TEST_IMAGES, evaluate  # benchmarks/ is the script's directory
 from nif_mnist_eval import TEMPERATURES, embed, frechet_classifier, load_run, to_logit, to_pixels
 
 from pyro_manifold.datasets import load_mnist
@@ -86,7 +86,7 @@ def main():
     test = load_mnist(args.data, "test").data
     temperatures = TEMPERATURES
     if args.smoke:
-        train, val, test = train[:300], val[:100], test[:200]
+        train, val, test = train[:300], val[:100], test[:SMOKE_TEST_IMAGES]
         args.num_samples, args.em_steps, temperatures = 16, min(args.em_steps, 3), (1.0,)
     reference = test.float() / 255
     flow = load_run(args.nf_run)

@@ -39,7 +39,11 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
-from mnist_flows import evaluate, nif_map_kwargs  # benchmarks/ is the script's directory
+from mnist_flows import (
+    SMOKE_TEST_IMAGES,
+    evaluate,
+    nif_map_kwargs,
+)  # benchmarks/ is the script's directory
 
 from pyro_manifold.datasets import dequantize_logit, load_mnist
 from pyro_manifold.infer import load_checkpoint
@@ -276,7 +280,7 @@ def main():
     test = load_mnist(args.data, "test")
     train = load_mnist(args.data, "train")
     if args.smoke:
-        test = head(test, 200)
+        test = head(test, SMOKE_TEST_IMAGES)
     reference = test.data.float() / 255
     runs = {"NF": args.nf_run, "NIF-32": args.nif32_run, "NIF-64": args.nif64_run}
     runs = {name: path for name, path in runs.items() if name in args.models}

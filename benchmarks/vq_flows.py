@@ -229,7 +229,7 @@ def mnist_model(kind, args, latent_dim=784):
         hidden = args.maf_hidden  # MADE: widths >= 784 connect every input
     else:
         hidden = [64] if args.smoke else args.realnvp_hidden
-    layers = 2 if args.smoke else args.mnist_layers
+    layers = 1 if args.smoke else args.mnist_layers
     if kind.startswith("vq_"):
         return VQFlow(
             784, num_charts=args.mnist_charts, latent_dim=latent_dim, code_dim=args.code_dim,
