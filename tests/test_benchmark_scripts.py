@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -249,3 +250,85 @@ def _params():
 def test_smoke(script, tmp_path, request):
     check, needs, _ = SMOKE[script]
     check(tmp_path, request.getfixturevalue("mnist_runs") if needs == "runs" else None)
+
+
+# ------------------------------------------------------- known answers of the metrics code
+@pytest.fixture
+def bench(monkeypatch):
+    """The benchmark scripts as modules (benchmarks/ on sys.path, as when run)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import mnist_flows
+    import nif_mnist_eval
+    import vq_atlas_purity
+
+    return mnist_flows, nif_mnist_eval, vq_atlas_purity
+
+
+def _blobs(generator, per_class, dim=20, spread=0.1):
+    """Ten far-apart clusters, one per label: centres 10 e_k, isotropic noise ``spread``."""
+    labels = torch.arange(10).repeat_interleave(per_class)
+    centres = 10 * torch.eye(10, dim)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=generator), labels
+
+
+def test_knn_and_linear_probe_score_one_on_separable_points(bench):
+    _, nif_mnist_eval, _ = bench
+    g = torch.Generator().manual_seed(0)
+    (train_z, train_y), (test_z, test_y) = _blobs(g, 30), _blobs(g, 10)
+    assert nif_mnist_eval.knn_accuracy(train_z, train_y, test_z, test_y) == 1.0
+    assert nif_mnist_eval.linear_probe_accuracy(train_z, train_y, test_z, test_y) == 1.0
+    # labels that the points do not carry: the probe cannot be right on every test point
+    shuffled = test_y[torch.randperm(len(test_y), generator=g)]
+    assert nif_mnist_eval.linear_probe_accuracy(train_z, train_y, test_z, shuffled) < 0.5
+
+
+def test_knn_votes_by_hand(bench):
+    _, nif_mnist_eval, _ = bench
+    train_z = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    test_z = torch.tensor([[1.5], [10.5], [6.9]])  # the third: 2 of its 3 neighbours say 1
+    assert nif_mnist_eval.knn_accuracy(train_z, train_y, test_z, torch.tensor([0, 0, 1]), k=3) == (
+        pytest.approx(2 / 3)
+    )
+
+
+def test_bits_per_dim_of_the_uniform_density_is_eight(bench):
+    """The dequantized pixels u ~ U[0, 1): log p(u) = 0, so exactly log2(256) = 8 bits/dim.
+
+    In logit space y = logit(lam + (1 - 2 lam) u) that density is
+    log p(y) = log sigmoid(y) + log sigmoid(-y) - log(1 - 2 lam), written here without the
+    package's transform; mnist_flows.evaluate adds the transform's log-determinant back.
+    """
+    mnist_flows, _, _ = bench
+
+    class Uniform(torch.nn.Module):
+        def log_prob(self, y):
+            y = y.double()
+            log_density = torch.nn.functional.logsigmoid(y) + torch.nn.functional.logsigmoid(-y)
+            return (log_density - math.log1p(-2 * mnist_flows.LAMBDA)).sum(-1)
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 784), generator=g, dtype=torch.uint8)
+    images[0] = 0  # the extremes, where the logit is steepest
+    images[1] = 255
+    metrics = mnist_flows.evaluate(Uniform(), images, batch_size=128)
+    assert metrics["bits_per_dim"] == pytest.approx(8.0, abs=1e-4)
+    assert metrics["bits_per_dim_stderr"] < 1e-5
+    # a density twice as high on every pixel (not normalised) is one bit per dimension less
+    _, per_image = mnist_flows.per_image(
+        Uniform(), images, log_prob=lambda y: Uniform().log_prob(y) + 784 * math.log(2)
+    )
+    torch.testing.assert_close(per_image, torch.full_like(per_image, 7.0), rtol=0, atol=1e-4)
+
+
+def test_chart_purity_known_answers(bench):
+    *_, vq_atlas_purity = bench
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (400,), generator=g)
+    charts = (torch.randperm(10, generator=g) + 3)[labels]  # one chart per digit, renamed
+    assert vq_atlas_purity.purity(charts, labels, 13) == 1.0
+    # by hand: chart 0 holds digits 0, 0, 1 and chart 1 digits 1, 1, 2 -> (2 + 2) / 6
+    assign, digits = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 1, 1, 2])
+    assert vq_atlas_purity.purity(assign, digits, 2) == pytest.approx(4 / 6)
+    # one chart for everything: the share of the most common digit
+    assert vq_atlas_purity.purity(torch.zeros(6, dtype=torch.long), digits, 1) == 0.5
