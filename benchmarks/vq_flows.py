@@ -24,8 +24,9 @@ Run (CPU):   python benchmarks/vq_flows.py --part toy --device cpu --threads 1
 GPU:         PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part mnist
              PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part dimension
 Smoke:       python benchmarks/vq_flows.py --part all --smoke --device cpu
-             (tiny sizes; without MNIST data the MNIST parts run on random images with an
-             untrained classifier, to exercise the code only: their numbers mean nothing)
+             (tiny sizes, one evaluation, an untrained classifier (never trained or cached
+             here); without MNIST data the MNIST parts run on random images; the numbers
+             only exercise the code; written to runs/smoke/vq_flows.json unless --out)
 Results are printed as Markdown tables and written to ``--out`` (JSON).
 """
 
