@@ -168,8 +168,14 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="", help="suffix naming this configuration")
-    p.add_argument("--run-dir", default="runs/flow_vae_mnist")
-    p.add_argument("--out", default="benchmarks/results/flow_vae_mnist")
+    p.add_argument(
+        "--run-dir", default=None, help="default runs/flow_vae_mnist (runs/smoke/... with --smoke)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder (default benchmarks/results/flow_vae_mnist; runs/smoke/... with --smoke)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from run-dir checkpoints")
     p.add_argument("--smoke", action="store_true", help="tiny run to check the script")
     p.add_argument(
@@ -181,6 +187,9 @@ def main():
         "and print paired IWAE differences between runs scored on the same test images",
     )
     args = p.parse_args()
+    folder = "runs/smoke" if args.smoke else "benchmarks/results"
+    args.out = args.out or f"{folder}/flow_vae_mnist"
+    args.run_dir = args.run_dir or f"runs/{'smoke/' if args.smoke else ''}flow_vae_mnist"
     if args.merge:
         merge(args.merge, Path(args.out))
         return

@@ -19,7 +19,7 @@ evaluation.
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --model maf --epochs 30
       PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --model nif --latent 64
-Smoke: python benchmarks/mnist_flows.py --smoke
+Smoke: python benchmarks/mnist_flows.py --smoke   (run and JSON under runs/smoke/ unless given)
 """
 
 import argparse
@@ -36,6 +36,7 @@ from pyro_manifold.metrics import bits_per_dim, importance_log_likelihood
 from pyro_manifold.models import Flow, NoisyInjectiveFlow
 
 LAMBDA = 1e-6
+SMOKE_TEST_IMAGES = 256  # --smoke scores the first test images; the other scripts' smokes too
 
 
 NIF_MAPS = ("image", "dense")
@@ -99,16 +100,22 @@ def main():
     p.add_argument("--patience", type=int, default=5, help="in epochs")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", default=None, help="default runs/mnist_MODEL[LATENT]")
     p.add_argument(
-        "--out", default=None, help="default benchmarks/results/mnist_MODEL[LATENT].json"
+        "--run-dir",
+        default=None,
+        help="default runs/mnist_MODEL[LATENT] (runs/smoke/... with --smoke)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/mnist_MODEL[LATENT].json (runs/smoke/... with --smoke)",
     )
     p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
     p.add_argument("--smoke", action="store_true", help="tiny run to check the script")
     args = p.parse_args()
     name = "mnist_maf" if args.model == "maf" else f"mnist_nif{args.latent}"
-    args.run_dir = args.run_dir or f"runs/{name}"
-    args.out = args.out or f"benchmarks/results/{name}.json"
+    args.run_dir = args.run_dir or f"runs/{'smoke/' if args.smoke else ''}{name}"
+    args.out = args.out or f"{'runs/smoke' if args.smoke else 'benchmarks/results'}/{name}.json"
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
 
@@ -116,8 +123,8 @@ def main():
     val = load_mnist(args.data, "validation").data
     test = load_mnist(args.data, "test").data
     if args.smoke:
-        train, val, test = train[:512], val[:256], test[:256]
-        args.epochs, args.hidden, args.layers = 1, 800, 2
+        train, val, test = train[:512], val[:256], test[:SMOKE_TEST_IMAGES]
+        args.epochs, args.hidden, args.layers = 1, 800, 1  # MADE widths >= 784
     steps_per_epoch = train.shape[0] // args.batch_size
     num_steps = args.epochs * steps_per_epoch
     val_y = dequantize_logit(val, 12345, alpha=LAMBDA)[0]

@@ -7,13 +7,17 @@ worst image, and that image's index and log-likelihood (logit space).
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_test_outliers.py \
           runs/mnist_maf runs/mnist_nif64
+Smoke:  python benchmarks/mnist_test_outliers.py --smoke --out /tmp/outliers.json \
+            runs/smoke/mnist_maf   (a run of mnist_flows.py --smoke; 256 test images)
 """
 
 import argparse
+import json
 import os
+from pathlib import Path
 
 import torch
-from mnist_flows import per_image  # benchmarks/ is the script's directory
+from mnist_flows import SMOKE_TEST_IMAGES, per_image  # benchmarks/ is the script's directory
 from nif_mnist_eval import load_run
 
 from pyro_manifold.datasets import load_mnist
@@ -23,17 +27,32 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="run directories of mnist_flows.py")
     p.add_argument("--data", default=os.environ.get("PYRO_MANIFOLD_DATA"))
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--smoke", action="store_true", help="the first 256 test images")
     args = p.parse_args()
     test = load_mnist(args.data, "test").data
+    if args.smoke:
+        test = test[:SMOKE_TEST_IMAGES]
     print(f"{'run':40s} {'mean':>7s} {'median':>7s} {'w/o worst':>9s} {'worst':>6s} {'log p':>10s}")
+    report = {}
     for run in args.runs:
         lp, bpd = per_image(load_run(run), test)
         worst = int(lp.argmin())
         rest = torch.cat([bpd[:worst], bpd[worst + 1 :]])
+        report[run] = {
+            "bits_per_dim_mean": bpd.mean().item(),
+            "bits_per_dim_median": bpd.median().item(),
+            "bits_per_dim_mean_without_worst": rest.mean().item(),
+            "worst_index": worst,
+            "worst_log_likelihood_logit": lp[worst].item(),
+        }
         print(
             f"{run:40s} {bpd.mean():7.4f} {bpd.median():7.4f} {rest.mean():9.4f} {worst:6d}"
             f" {lp[worst]:10.0f}"
         )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"test_images": len(test), "runs": report}, indent=2))
 
 
 if __name__ == "__main__":

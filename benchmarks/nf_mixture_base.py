@@ -15,6 +15,9 @@ the MNIST Frechet distance of the samples against the test images; and a tempera
 grid of the mixture-base NF.
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nf_mixture_base.py --nf-run runs/mnist_maf
+Smoke (a run of mnist_flows.py --smoke; an untrained classifier; numbers mean nothing):
+      PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nf_mixture_base.py --smoke \
+          --nf-run runs/smoke/mnist_maf
 """
 
 import argparse
@@ -25,11 +28,11 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from mnist_flows import evaluate  # benchmarks/ is the script's directory
-from nif_mnist_eval import embed, load_run, to_logit, to_pixels
+from mnist_flows import SMOKE_TEST_IMAGES, evaluate  # benchmarks/ is the script's directory
+from nif_mnist_eval import TEMPERATURES, embed, frechet_classifier, load_run, to_logit, to_pixels
 
 from pyro_manifold.datasets import load_mnist
-from pyro_manifold.metrics import load_mnist_classifier, mnist_frechet_distance
+from pyro_manifold.metrics import mnist_frechet_distance
 from pyro_manifold.models._mixture_prior import GaussianMixturePrior
 from pyro_manifold.plotting import plot_image_grid
 
@@ -64,15 +67,27 @@ def main():
     p.add_argument("--em-steps", type=int, default=100, help="at most this many EM iterations")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--out", default="benchmarks/results/nf_mixture_base.json")
-    p.add_argument("--smoke", action="store_true", help="a few images, to check the script")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/nf_mixture_base.json (runs/smoke/... with --smoke)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few images and samples, an untrained classifier: checks the script only",
+    )
     args = p.parse_args()
     torch.manual_seed(0)
-    classifier = load_mnist_classifier(args.classifier_root or args.data)
+    folder = "runs/smoke" if args.smoke else "benchmarks/results"
+    args.out = args.out or f"{folder}/nf_mixture_base.json"
+    classifier = frechet_classifier(args.classifier_root or args.data, args.smoke)
     train, val = load_mnist(args.data, "train").data, load_mnist(args.data, "validation").data
     test = load_mnist(args.data, "test").data
+    temperatures = TEMPERATURES
     if args.smoke:
-        train, val, test = train[:300], val[:100], test[:200]
+        train, val, test = train[:300], val[:100], test[:SMOKE_TEST_IMAGES]
+        args.num_samples, args.em_steps, temperatures = 16, min(args.em_steps, 3), (1.0,)
     reference = test.float() / 255
     flow = load_run(args.nf_run)
     report = {"nf_run": args.nf_run, "components": args.components, "smoke": args.smoke}
@@ -115,7 +130,7 @@ def main():
 
     rows = []
     with torch.no_grad():
-        for t in (0.5, 1.0, 1.5, 2.0):
+        for t in temperatures:
             u = mixture.distribution(t).sample((8,))
             rows.append(to_pixels(push_forward(flow, u, 8)).nan_to_num(nan=0.0))
     out = Path(args.out)
@@ -124,7 +139,8 @@ def main():
         torch.cat(rows),
         out.with_name(out.stem + "_temperature.png"),
         ncols=8,
-        title=f"NF, {args.components}-component mixture base: rows t = 0.5, 1, 1.5, 2",
+        title=f"NF, {args.components}-component mixture base: rows t = "
+        + ", ".join(f"{t:g}" for t in temperatures),
     )
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "em"}, indent=2))

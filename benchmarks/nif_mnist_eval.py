@@ -24,6 +24,12 @@ fitted by EM in the same way (at most --prior-steps iterations), and its test bi
 stay exact (the mixture's marginal is a mixture of Gaussians before the top flow).
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nif_mnist_eval.py
+Smoke (runs from mnist_flows.py --smoke; an untrained classifier; numbers mean nothing):
+      PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --smoke
+      PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --smoke --model nif \
+          --latent 16
+      PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nif_mnist_eval.py --smoke \
+          --nf-run runs/smoke/mnist_maf --nif64-run runs/smoke/mnist_nif16 --models NF NIF-64
 """
 
 import argparse
@@ -33,7 +39,11 @@ from pathlib import Path
 import pyro
 import torch
 import torch.nn.functional as F
-from mnist_flows import evaluate, nif_map_kwargs  # benchmarks/ is the script's directory
+from mnist_flows import (
+    SMOKE_TEST_IMAGES,
+    evaluate,
+    nif_map_kwargs,
+)  # benchmarks/ is the script's directory
 
 from pyro_manifold.datasets import dequantize_logit, load_mnist
 from pyro_manifold.infer import load_checkpoint
@@ -43,9 +53,29 @@ from pyro_manifold.metrics import (
     mnist_frechet_distance,
 )
 from pyro_manifold.models import Flow, NoisyInjectiveFlow
+from pyro_manifold.nn import MNISTClassifier
 from pyro_manifold.plotting import plot_image_grid
 
 ALPHA = 1e-6
+TEMPERATURES = (0.5, 1.0, 1.5, 2.0)  # the sample grids (paper fig. 1); --smoke draws t = 1 only
+
+
+def head(data, n):
+    """The first ``n`` images and labels of a split (``ToyData``)."""
+    return type(data)(data.data[:n], data.labels[:n])
+
+
+def frechet_classifier(root, smoke):
+    """The package's MNIST classifier (cached under ``root``); with ``smoke``, an untrained one.
+
+    A smoke run never trains or caches a classifier (minutes, and a file in the data root);
+    its Fréchet distances then only exercise the code.
+    """
+    if not smoke:
+        return load_mnist_classifier(root)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return MNISTClassifier().eval()
 
 
 def load_run(run_dir, prior=None):
@@ -204,7 +234,9 @@ def main():
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--s-grid", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--embed-train", type=int, default=10000, help="training latents for k-NN")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument(
+        "--out", default=None, help="folder (default benchmarks/results; runs/smoke with --smoke)"
+    )
     p.add_argument("--nf-run", default="runs/mnist_maf")
     p.add_argument("--nif32-run", default="runs/mnist_nif32")
     p.add_argument("--nif64-run", default="runs/mnist_nif64")
@@ -230,13 +262,25 @@ def main():
         default=["NF", "NIF-32", "NIF-64"],
         help="which runs to evaluate (results of others already in the JSON stay)",
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few images and samples, an untrained classifier: checks the script only",
+    )
     args = p.parse_args()
+    temperatures = TEMPERATURES
+    if args.smoke:
+        args.num_samples = args.batch = 16
+        args.s_grid, args.embed_train, args.prior_steps = [0.0, 1.0], 200, 5
+        args.iwae_samples, temperatures = 4, (1.0,)
     torch.manual_seed(0)
-    out = Path(args.out)
+    out = Path(args.out or ("runs/smoke/nif_mnist_eval" if args.smoke else "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
-    classifier = load_mnist_classifier(args.classifier_root or args.data)
+    classifier = frechet_classifier(args.classifier_root or args.data, args.smoke)
     test = load_mnist(args.data, "test")
     train = load_mnist(args.data, "train")
+    if args.smoke:
+        test = head(test, SMOKE_TEST_IMAGES)
     reference = test.data.float() / 255
     runs = {"NF": args.nf_run, "NIF-32": args.nif32_run, "NIF-64": args.nif64_run}
     runs = {name: path for name, path in runs.items() if name in args.models}
@@ -259,10 +303,14 @@ def main():
         report.setdefault(key, {})
     for name, path in runs.items():
         res = Path("benchmarks/results") / f"{Path(path).name}.json"
-        if res.exists():
+        if args.smoke and name in models:  # the smoke runs have no result file
+            report["bits_per_dim"][name] = evaluate(models[name], test.data)["bits_per_dim"]
+        elif res.exists():
             report["bits_per_dim"][name] = json.loads(res.read_text())["test_bits_per_dim"]
     if prior is not None:
         validation = load_mnist(args.data, "validation")
+        if args.smoke:
+            train, validation = head(train, 300), head(validation, 200)
         for name, model in models.items():
             if name == "NF":
                 continue
@@ -300,7 +348,7 @@ def main():
     # temperature grids (paper fig. 1)
     for name, model in models.items():
         rows = []
-        for t in (0.5, 1.0, 1.5, 2.0):
+        for t in temperatures:
             if name == "NF":
                 rows.append(nf_sample_at_temperature(model, 8, t))
             else:  # a draw that overflows stays in the grid: its NaN pixels drawn black
@@ -310,7 +358,8 @@ def main():
             torch.cat(rows),
             out / f"temperature_{name}.png",
             ncols=8,
-            title=f"{name}: rows t = 0.5, 1, 1.5, 2" + ("" if name == "NF" else ", s = 0"),
+            title=f"{name}: rows t = {', '.join(f'{t:g}' for t in temperatures)}"
+            + ("" if name == "NF" else ", s = 0"),
         )
 
     # embeddings

@@ -24,6 +24,8 @@ Lambda^-1), are given for comparison. The test images are only the Frechet refer
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nif_prior_gap.py \
           --classifier-root /tmp/mnistroot runs/mnist_nif64_dense_noise05
+Smoke (a run of mnist_flows.py --smoke --model nif; an untrained classifier; numbers mean
+nothing):  python benchmarks/nif_prior_gap.py --smoke --out /tmp/gap.json runs/smoke/mnist_nif16
 """
 
 import argparse
@@ -35,10 +37,10 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from mnist_flows import per_image  # benchmarks/ is the script's directory
-from nif_mnist_eval import load_run, to_logit, to_pixels
+from nif_mnist_eval import frechet_classifier, load_run, to_logit, to_pixels
 
 from pyro_manifold.datasets import load_mnist
-from pyro_manifold.metrics import load_mnist_classifier, mnist_frechet_distance
+from pyro_manifold.metrics import mnist_frechet_distance
 
 
 @torch.no_grad()
@@ -85,11 +87,19 @@ def main():
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--train", type=int, default=50000, help="training images that define Q")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few images and samples, an untrained classifier: checks the script only",
+    )
     args = p.parse_args()
-    classifier = load_mnist_classifier(args.classifier_root or args.data)
+    classifier = frechet_classifier(args.classifier_root or args.data, args.smoke)
     reference = load_mnist(args.data, "test").data.float() / 255
     train = load_mnist(args.data, "train").data
     validation = load_mnist(args.data, "validation").data
+    if args.smoke:
+        reference, validation = reference[:200], validation[:200]
+        args.train, args.num_samples = min(args.train, 300), min(args.num_samples, 16)
     report = {}
     header = (
         f"{'run':40s} {'N(0,I)':>8s} {'Gauss(Q)':>8s} {'Q':>8s} {'bpd N(0,I)':>10s} {'bpd Q':>7s}"

@@ -5,7 +5,8 @@ raises NonFiniteLossError on the first one, so finishing proves it), with finite
 parameters and a finite held-out log-likelihood at the end. One table, one JSON.
 
 Run:  OMP_NUM_THREADS=1 python benchmarks/robustness.py            (about 15 min on CPU)
-      OMP_NUM_THREADS=1 python benchmarks/robustness.py --steps 50  (smoke)
+      OMP_NUM_THREADS=1 python benchmarks/robustness.py --smoke  (seconds: 10 steps, 500 points,
+      written to runs/smoke/robustness.json unless --out)
 """
 
 import argparse
@@ -28,8 +29,8 @@ from pyro_manifold.models import (
 )
 
 
-def data(name, n):
-    return load_dataset(name, n, seed=0).data, load_dataset(name, 1000, split="test").data
+def data(name, n, n_test=1000):
+    return load_dataset(name, n, seed=0).data, load_dataset(name, n_test, split="test").data
 
 
 def vae_log_prob(vae):
@@ -79,8 +80,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--models", nargs="+", default=None, help="a subset of the names")
-    p.add_argument("--out", default="benchmarks/results/robustness.json")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/robustness.json (runs/smoke/... with --smoke)",
+    )
+    p.add_argument("--smoke", action="store_true", help="10 steps on 500 points per model")
     args = p.parse_args()
+    folder = "runs/smoke" if args.smoke else "benchmarks/results"
+    args.out = args.out or f"{folder}/robustness.json"
+    n_train, n_test = (500, 100) if args.smoke else (5000, 1000)
+    if args.smoke:
+        args.steps = min(args.steps, 10)
     torch.set_default_dtype(torch.float32)
     rows = {}
     print(f"{'model':<32}{'data':<14}{'steps':>7}{'final loss':>12}{'test LL':>10}{'s':>7}")
@@ -88,7 +99,7 @@ def main():
         if args.models and name not in args.models:
             continue
         torch.manual_seed(0)
-        x, test = data(dataset, 5000)
+        x, test = data(dataset, n_train, n_test)
         model, log_prob, stages = build(x)
         t0 = time.perf_counter()
         stages = stages or [lambda x: None]

@@ -475,7 +475,9 @@ def main():
     )  # fmt: skip
     p.add_argument("--figures", default=None)
     p.add_argument(
-        "--out", default=None, help="JSON file (default benchmarks/results/vmonf_PART.json)"
+        "--out",
+        default=None,
+        help="JSON file (default benchmarks/results/vmonf_PART.json; runs/smoke/ with --smoke)",
     )
     p.add_argument("--smoke", action="store_true", help="a few steps of each part")
     args = p.parse_args()
@@ -500,7 +502,7 @@ def main():
         print(f"== {part} ==", flush=True)
         results[part] = runners[part](args, device)
     out = Path(
-        args.out or f"benchmarks/results/vmonf_{args.part}{'_smoke' if args.smoke else ''}.json"
+        args.out or f"{'runs/smoke' if args.smoke else 'benchmarks/results'}/vmonf_{args.part}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -8,6 +8,8 @@ chart's most common digit is their own), the mean squared reconstruction error
 20,000 training images) on the same images.
 
 Run: PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_atlas_purity.py --seeds 3 4
+Smoke: PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_atlas_purity.py --smoke
+       (one setting, a few steps on 512 images; written to runs/smoke/ unless --out)
 """
 
 import argparse
@@ -44,10 +46,22 @@ def main():
     p.add_argument("--steps", type=int, nargs="+", default=[2000])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--charts", type=int, default=10)
-    p.add_argument("--out", default="benchmarks/results/vq_atlas_purity.json")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/vq_atlas_purity.json (runs/smoke/... with --smoke)",
+    )
+    p.add_argument("--smoke", action="store_true", help="a few steps on a few images")
     args = p.parse_args()
     torch.set_num_threads(1)
+    folder = "runs/smoke" if args.smoke else "benchmarks/results"
+    args.out = args.out or f"{folder}/vq_atlas_purity.json"
     train_set, test_set = load_mnist(split="train"), load_mnist(split="test")
+    num_kmeans = 20000
+    if args.smoke:
+        train_set, test_set = (type(d)(d.data[:512], d.labels[:512]) for d in (train_set, test_set))
+        args.seeds, args.commitments, args.code_dims, args.steps = [0], [0.25], [4], [5]
+        num_kmeans = 512
     train = dequantize_logit(train_set.data, 0, alpha=LAMBDA)[0]
     test_pixels = test_set.data.float().div(255).clamp(1 / 512, 1 - 1 / 512)
     test = logit_transform(test_pixels, alpha=LAMBDA)[0]
@@ -67,14 +81,17 @@ def main():
         rows.append(row)
         print(row, flush=True)
     seeding = torch.Generator().manual_seed(0)
-    centres = kmeans(train[:20000].double(), args.charts, 30, generator=seeding)[0].float()
+    centres = kmeans(train[:num_kmeans].double(), args.charts, 30, generator=seeding)[0].float()
     reference = purity(torch.cdist(test, centres).argmin(-1), test_set.labels, args.charts)
     print("\n| commitment | code dim | steps | seed | purity | MSE (logit) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['commitment']} | {r['code_dim']} | {r['steps']} | {r['seed']} | "
               f"{r['purity']:.3f} | {r['mse']:.2f} |")  # fmt: skip
-    print(f"k-means on the logit-space images (20,000 training images): purity {reference:.3f}")
+    print(
+        f"k-means on the logit-space images ({num_kmeans:,} training images): "
+        f"purity {reference:.3f}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "kmeans_purity": reference, **vars(args)}, indent=1))

@@ -24,8 +24,9 @@ Run (CPU):   python benchmarks/vq_flows.py --part toy --device cpu --threads 1
 GPU:         PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part mnist
              PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part dimension
 Smoke:       python benchmarks/vq_flows.py --part all --smoke --device cpu
-             (tiny sizes; without MNIST data the MNIST parts run on random images with an
-             untrained classifier, to exercise the code only: their numbers mean nothing)
+             (tiny sizes, one evaluation, an untrained classifier (never trained or cached
+             here); without MNIST data the MNIST parts run on random images; the numbers
+             only exercise the code; written to runs/smoke/vq_flows.json unless --out)
 Results are printed as Markdown tables and written to ``--out`` (JSON).
 """
 
@@ -206,9 +207,11 @@ def mnist_data(args, device):
     if os.environ.get("PYRO_MANIFOLD_DATA"):
         pixels = load_mnist(split="train").data
         test = load_mnist(split="test").data.float() / 255
-        classifier = load_mnist_classifier(train_if_missing=True, device=device)
-        if args.smoke:
+        if args.smoke:  # never trains (or caches) the classifier: its numbers mean nothing
             pixels, test = pixels[:512], test[:256]
+            classifier = MNISTClassifier().to(device)
+        else:
+            classifier = load_mnist_classifier(train_if_missing=True, device=device)
     else:
         if not args.smoke:
             raise SystemExit("the MNIST parts need PYRO_MANIFOLD_DATA (or --smoke)")
@@ -227,7 +230,7 @@ def mnist_model(kind, args, latent_dim=784):
         hidden = args.maf_hidden  # MADE: widths >= 784 connect every input
     else:
         hidden = [64] if args.smoke else args.realnvp_hidden
-    layers = 2 if args.smoke else args.mnist_layers
+    layers = 1 if args.smoke else args.mnist_layers
     if kind.startswith("vq_"):
         return VQFlow(
             784, num_charts=args.mnist_charts, latent_dim=latent_dim, code_dim=args.code_dim,
@@ -466,15 +469,20 @@ def main():
     parser.add_argument("--merge", nargs="+", default=None, help="combine mnist output files")
     parser.add_argument("--figures", default=None)
     parser.add_argument("--save-models", default=None, help="directory for the trained weights")
-    parser.add_argument("--out", default="benchmarks/results/vq_flows.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default benchmarks/results/vq_flows.json (runs/smoke/ with --smoke)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.smoke:
         args.seeds, args.train, args.test, args.steps = 1, 300, 200, 10
         args.manifolds = args.manifolds[:2]
-        args.mnist_steps, args.atlas_steps, args.eval_every = 4, 2, 2
-        args.batch_size, args.latent_dims = 32, [8, 16]
+        args.mnist_steps, args.atlas_steps, args.eval_every = 4, 2, 4
+        args.batch_size, args.latent_dims, args.maf_hidden = 32, [8, 16], [800]
+    args.out = args.out or f"{'runs/smoke' if args.smoke else 'benchmarks/results'}/vq_flows.json"
     if args.merge:
         results = {"merged": args.merge, "mnist": merge_mnist(args.merge, args.figures)}
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -1,0 +1,334 @@
+"""Every benchmark script runs with --smoke and writes the JSON fields RESULTS.md reads.
+
+speed.py, device_check.py and streaming_memory.py are run by tests/test_benchmarks.py.
+The scripts that evaluate trained MNIST runs get two tiny runs of mnist_flows.py --smoke
+(an NF and a NIF, trained once per module). Each script runs as a subprocess in a
+temporary folder, so a smoke run writes nothing into the repository.
+
+The second half checks the benchmark-only metrics code on constructed inputs with known
+answers: k-NN and linear-probe accuracy, bits/dim of a known density through the
+dequantization pipeline, chart purity.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+TESTED_ELSEWHERE = {"speed.py", "device_check.py", "streaming_memory.py"}  # test_benchmarks.py
+NEEDS_MNIST = pytest.mark.skipif(
+    not os.environ.get("PYRO_MANIFOLD_DATA"),
+    reason="needs the MNIST files: set PYRO_MANIFOLD_DATA to the data root (CI does)",
+)
+
+
+def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg", PYRO_MANIFOLD_CACHE=str(cwd / "cache"))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    pythonpath = [str(ROOT), env.get("PYTHONPATH", "")]  # this checkout's package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in pythonpath if p)
+    command = [sys.executable, str(BENCHMARKS / script), *args]
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _finite(*values):
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+@pytest.fixture(scope="module")
+def mnist_runs(tmp_path_factory):
+    """Two mnist_flows.py --smoke runs: {"maf": (run_dir, json), "nif": (run_dir, json)}."""
+    if not os.environ.get("PYRO_MANIFOLD_DATA"):
+        pytest.skip("needs the MNIST files: set PYRO_MANIFOLD_DATA to the data root (CI does)")
+    folder = tmp_path_factory.mktemp("mnist_runs")
+    runs = {}
+    for name, model in (("maf", ["--model", "maf"]), ("nif", ["--model", "nif", "--latent", "16"])):
+        out = folder / f"{name}.json"
+        _run("mnist_flows.py", "--smoke", *model, "--run-dir", str(folder / name),
+             "--out", str(out), cwd=folder)  # fmt: skip
+        runs[name] = (folder / name, json.loads(out.read_text()))
+    return runs
+
+
+# ---------------------------------------------------------------------- one test per script
+def check_mnist_flows(tmp_path, mnist_runs):
+    for name, (run_dir, report) in mnist_runs.items():
+        assert (run_dir / "best.pt").exists() and (run_dir / "checkpoint.pt").exists()
+        assert report["parameters"] > 0 and report["steps"] == 2 and report["epochs_run"] == 1
+        assert _finite(report["test_log_likelihood_logit"], report["test_bits_per_dim"],
+                       report["test_bits_per_dim_stderr"], report["best_validation_nll_logit"],
+                       report["train_seconds"])  # fmt: skip
+        assert report["args"]["smoke"] and ("NIF" in report["model"]) == (name == "nif")
+
+
+def check_nif_mnist_eval(tmp_path, mnist_runs):
+    (nf, nf_report), (nif, nif_report) = mnist_runs["maf"], mnist_runs["nif"]
+    _run("nif_mnist_eval.py", "--smoke", "--nf-run", str(nf), "--nif64-run", str(nif),
+         "--models", "NF", "NIF-64", "--out", "out", cwd=tmp_path)  # fmt: skip
+    out = tmp_path / "out"
+    report = json.loads((out / "nif_mnist_eval.json").read_text())
+    # the same test images, checkpoint and dequantization as mnist_flows.py's own figure
+    assert report["bits_per_dim"]["NF"] == pytest.approx(nf_report["test_bits_per_dim"], rel=1e-5)
+    assert report["bits_per_dim"]["NIF-64"] == pytest.approx(
+        nif_report["test_bits_per_dim"], rel=1e-5
+    )
+    assert set(report["frechet"]) == {"NF t=1", "NIF-64 s=0", "NIF-64 s=1"}
+    assert _finite(*report["frechet"].values()) and min(report["frechet"].values()) >= 0
+    assert set(report["nonfinite_sample_fraction"]) == set(report["frechet"])
+    assert report["num_samples"] == 16
+    assert {k: v["dim"] for k, v in report["embedding"].items()} == {"NF": 784, "NIF-64": 16}
+    for scores in report["embedding"].values():
+        assert 0 <= scores["knn10_accuracy"] <= 1 and 0 <= scores["linear_probe_accuracy"] <= 1
+    for png in ("temperature_NF.png", "temperature_NIF-64.png", "nif_frechet_vs_s.png"):
+        assert (out / png).stat().st_size > 0
+
+
+def check_nif_prior_gap(tmp_path, mnist_runs):
+    nif = str(mnist_runs["nif"][0])
+    _run("nif_prior_gap.py", "--smoke", "--out", "gap.json", nif, cwd=tmp_path)
+    row = json.loads((tmp_path / "gap.json").read_text())[nif]
+    draws = {"unit normal", "Gaussian fit to Q", "Q"}
+    assert set(row["frechet_s0"]) == set(row["finite_fraction"]) == draws
+    assert _finite(*row["frechet_s0"].values())
+    for key in ("q_aggregate_covariance_eigenvalues", "stochastic_inverse_covariance_eigenvalues"):
+        low, mid, high = row[key]
+        assert 0 < low <= mid <= high
+    bpd = row["validation_bits_per_dim"]
+    # the script's mixture formula with the unit prior against the model's closed form
+    assert bpd["unit normal"] == pytest.approx(bpd["unit normal, closed form"], rel=1e-5)
+    assert _finite(bpd["Q"])
+
+
+def check_mnist_test_outliers(tmp_path, mnist_runs):
+    runs = {name: str(run_dir) for name, (run_dir, _) in mnist_runs.items()}
+    _run("mnist_test_outliers.py", "--smoke", "--out", "outliers.json", *runs.values(),
+         cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "outliers.json").read_text())
+    assert report["test_images"] == 256 and set(report["runs"]) == set(runs.values())
+    for name, run in runs.items():
+        row = report["runs"][run]
+        assert row["bits_per_dim_mean"] == pytest.approx(
+            mnist_runs[name][1]["test_bits_per_dim"], rel=1e-5
+        )
+        assert 0 <= row["worst_index"] < 256 and _finite(row["worst_log_likelihood_logit"])
+        # dropping the worst image cannot raise the mean
+        assert row["bits_per_dim_mean_without_worst"] <= row["bits_per_dim_mean"]
+        assert _finite(row["bits_per_dim_median"])
+
+
+def check_nf_mixture_base(tmp_path, mnist_runs):
+    nf, nf_report = mnist_runs["maf"]
+    _run("nf_mixture_base.py", "--smoke", "--components", "2", "--nf-run", str(nf),
+         "--out", "mix/nf_mixture_base.json", cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "mix" / "nf_mixture_base.json").read_text())
+    assert report["smoke"] and report["components"] == 2
+    assert 1 <= report["em"]["iterations"] <= 3
+    assert report["val_nll_mixture_base"] == min(report["em"]["val_loss"])
+    unit, mixture = report["unit normal"], report["2-component mixture"]
+    assert unit["bits_per_dim"] == pytest.approx(nf_report["test_bits_per_dim"], rel=1e-5)
+    for row in (unit, mixture):
+        assert _finite(row["bits_per_dim"], row["frechet_t1"], row["nonfinite_sample_fraction"])
+    assert (tmp_path / "mix" / "nf_mixture_base_temperature.png").exists()
+
+
+def check_vq_atlas_purity(tmp_path, mnist_runs):
+    _run("vq_atlas_purity.py", "--smoke", "--out", "purity.json", cwd=tmp_path)
+    report = json.loads((tmp_path / "purity.json").read_text())
+    (row,) = report["rows"]
+    assert {k: row[k] for k in ("commitment", "code_dim", "steps", "seed")} == {
+        "commitment": 0.25, "code_dim": 4, "steps": 5, "seed": 0
+    }  # fmt: skip
+    # the largest class share bounds purity below; it is a share
+    assert 0.1 <= row["purity"] <= 1 and 0.1 <= report["kmeans_purity"] <= 1
+    assert _finite(row["mse"]) and row["mse"] > 0
+
+
+def check_flow_vae_mnist(tmp_path, mnist_runs):
+    _run("flow_vae_mnist.py", "--smoke", "--out", "vae", "--run-dir", "runs", cwd=tmp_path)
+    runs = json.loads((tmp_path / "vae" / "results.json").read_text())["runs"]
+    assert set(runs) == {"gaussian", "iaf", "pcp"}
+    for encoder, row in runs.items():
+        assert row["encoder"] == encoder and row["iwae_samples"] == 20
+        assert row["iwae_points"] == 100 and row["parameters"] > 0
+        assert _finite(row["test_nll_iwae"], row["test_nll_iwae_stderr"], row["epochs"],
+                       row["train_seconds"], row["seconds_per_epoch"])  # fmt: skip
+        assert row["test_nll_iwae"] > 0  # binarized pixels: a negative log probability
+        assert (tmp_path / "vae" / f"samples_{encoder}.png").exists()
+
+
+def check_vmonf(tmp_path, mnist_runs):
+    _run("vmonf.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vmonf.json",
+         cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "vmonf.json").read_text())
+    pinwheel = report["pinwheel"]
+    for name in ("paper", "paper+anneal", "kmeans"):
+        assert 0 <= pinwheel[name]["accuracy"][0] <= 1 and pinwheel[name]["parameters"] > 0
+        assert _finite(*pinwheel[name]["test_log_likelihood"])
+    assert 0 <= pinwheel["kmeans_alone"]["accuracy"][0] <= 1
+    assert {"unsupervised", "semi-supervised (64 labels)"} <= set(report["circles"])
+    timing = report["timing"]
+    assert _finite(timing["K=1"]["seconds_per_step"], timing["ratio_K10_over_K1"])
+    assert timing["ratio_K10_over_K1"] == pytest.approx(
+        timing["K=10"]["seconds_per_step"] / timing["K=1"]["seconds_per_step"]
+    )
+
+
+def check_vq_flows(tmp_path, mnist_runs):
+    # runs without MNIST too (random images, untrained classifier)
+    _run("vq_flows.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vq.json",
+         cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "vq.json").read_text())
+    for manifold in ("sphere", "torus"):
+        row = report["toy"][manifold]
+        assert row["parameters"]["realnvp"] >= row["parameters"]["vq_realnvp"]  # matched
+        for model in ("realnvp", "vq_realnvp"):
+            assert _finite(row[model]["mmd2"]["mean"], row[model]["distance"]["mean"])
+    mnist = report["mnist"]
+    for kind in ("realnvp", "vq_realnvp", "maf", "vq_maf", "vq_maf_in_regions"):
+        assert mnist[kind]["steps"] == [4] and _finite(mnist[kind]["frechet"][-1]["mean"])
+    for kind in ("vq_realnvp", "vq_maf"):
+        (shares,) = mnist["atlas_chart_shares"][kind].values()
+        assert sum(shares) == pytest.approx(1.0) and len(shares) == 10
+        assert 0 <= mnist["acceptance"][kind]["0"][-1][1] <= 1
+    assert set(report["dimension"]) == {"8", "16"}
+    for row in report["dimension"].values():
+        assert _finite(row["frechet"], row["reconstruction_mse"])
+
+
+def check_robustness(tmp_path, mnist_runs):
+    _run("robustness.py", "--smoke", "--out", "robustness.json", cwd=tmp_path)
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    assert report["dtype"] == "float32" and len(report["rows"]) == 9
+    for name, row in report["rows"].items():
+        assert row["all_losses_finite"] and row["parameters_finite"], name
+        assert row["steps"] == (20 if name == "VQFlow" else 10)
+        assert _finite(row["final_loss"], row["test_log_likelihood"])
+
+
+# script -> (check, what it needs: "runs" (the mnist_runs fixture), "mnist" or None,
+#            slow: more than about 10 s on one thread)
+SMOKE = {
+    "mnist_flows.py": (check_mnist_flows, "runs", False),
+    "nif_mnist_eval.py": (check_nif_mnist_eval, "runs", True),
+    "nif_prior_gap.py": (check_nif_prior_gap, "runs", True),
+    "mnist_test_outliers.py": (check_mnist_test_outliers, "runs", False),
+    "nf_mixture_base.py": (check_nf_mixture_base, "runs", True),
+    "vq_atlas_purity.py": (check_vq_atlas_purity, "mnist", False),
+    "flow_vae_mnist.py": (check_flow_vae_mnist, "mnist", False),
+    "vmonf.py": (check_vmonf, None, False),
+    "vq_flows.py": (check_vq_flows, None, True),
+    "robustness.py": (check_robustness, None, False),
+}
+
+
+def test_every_benchmark_script_is_smoke_tested():
+    scripts = {p.name for p in BENCHMARKS.glob("*.py")}
+    assert set(SMOKE) | TESTED_ELSEWHERE == scripts
+    assert not set(SMOKE) & TESTED_ELSEWHERE
+    for script in SMOKE:
+        assert "--smoke" in (BENCHMARKS / script).read_text(), script
+
+
+def _params():
+    for script, (_, needs, slow) in SMOKE.items():
+        marks = ([NEEDS_MNIST, pytest.mark.mnist] if needs else []) + (
+            [pytest.mark.slow] if slow else []
+        )
+        yield pytest.param(script, marks=marks, id=script.removesuffix(".py"))
+
+
+@pytest.mark.parametrize("script", list(_params()))
+def test_smoke(script, tmp_path, request):
+    check, needs, _ = SMOKE[script]
+    check(tmp_path, request.getfixturevalue("mnist_runs") if needs == "runs" else None)
+
+
+# ------------------------------------------------------- known answers of the metrics code
+@pytest.fixture
+def bench(monkeypatch):
+    """The benchmark scripts as modules (benchmarks/ on sys.path, as when run)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import mnist_flows
+    import nif_mnist_eval
+    import vq_atlas_purity
+
+    return mnist_flows, nif_mnist_eval, vq_atlas_purity
+
+
+def _blobs(generator, per_class, dim=20, spread=0.1):
+    """Ten far-apart clusters, one per label: centres 10 e_k, isotropic noise ``spread``."""
+    labels = torch.arange(10).repeat_interleave(per_class)
+    centres = 10 * torch.eye(10, dim)
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=generator), labels
+
+
+def test_knn_and_linear_probe_score_one_on_separable_points(bench):
+    _, nif_mnist_eval, _ = bench
+    g = torch.Generator().manual_seed(0)
+    (train_z, train_y), (test_z, test_y) = _blobs(g, 30), _blobs(g, 10)
+    assert nif_mnist_eval.knn_accuracy(train_z, train_y, test_z, test_y) == 1.0
+    assert nif_mnist_eval.linear_probe_accuracy(train_z, train_y, test_z, test_y) == 1.0
+    # labels that the points do not carry: the probe cannot be right on every test point
+    shuffled = test_y[torch.randperm(len(test_y), generator=g)]
+    assert nif_mnist_eval.linear_probe_accuracy(train_z, train_y, test_z, shuffled) < 0.5
+
+
+def test_knn_votes_by_hand(bench):
+    _, nif_mnist_eval, _ = bench
+    train_z = torch.tensor([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0]])
+    train_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    test_z = torch.tensor([[1.5], [10.5], [6.9]])  # the third: 2 of its 3 neighbours say 1
+    assert nif_mnist_eval.knn_accuracy(train_z, train_y, test_z, torch.tensor([0, 0, 1]), k=3) == (
+        pytest.approx(2 / 3)
+    )
+
+
+def test_bits_per_dim_of_the_uniform_density_is_eight(bench):
+    """The dequantized pixels u ~ U[0, 1): log p(u) = 0, so exactly log2(256) = 8 bits/dim.
+
+    In logit space y = logit(lam + (1 - 2 lam) u) that density is
+    log p(y) = log sigmoid(y) + log sigmoid(-y) - log(1 - 2 lam), written here without the
+    package's transform; mnist_flows.evaluate adds the transform's log-determinant back.
+    """
+    mnist_flows, _, _ = bench
+
+    class Uniform(torch.nn.Module):
+        def log_prob(self, y):
+            y = y.double()
+            log_density = torch.nn.functional.logsigmoid(y) + torch.nn.functional.logsigmoid(-y)
+            return (log_density - math.log1p(-2 * mnist_flows.LAMBDA)).sum(-1)
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 784), generator=g, dtype=torch.uint8)
+    images[0] = 0  # the extremes, where the logit is steepest
+    images[1] = 255
+    metrics = mnist_flows.evaluate(Uniform(), images, batch_size=128)
+    assert metrics["bits_per_dim"] == pytest.approx(8.0, abs=1e-4)
+    assert metrics["bits_per_dim_stderr"] < 1e-5
+    # a density twice as high on every pixel (not normalised) is one bit per dimension less
+    _, per_image = mnist_flows.per_image(
+        Uniform(), images, log_prob=lambda y: Uniform().log_prob(y) + 784 * math.log(2)
+    )
+    torch.testing.assert_close(per_image, torch.full_like(per_image, 7.0), rtol=0, atol=1e-4)
+
+
+def test_chart_purity_known_answers(bench):
+    *_, vq_atlas_purity = bench
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (400,), generator=g)
+    charts = (torch.randperm(10, generator=g) + 3)[labels]  # one chart per digit, renamed
+    assert vq_atlas_purity.purity(charts, labels, 13) == 1.0
+    # by hand: chart 0 holds digits 0, 0, 1 and chart 1 digits 1, 1, 2 -> (2 + 2) / 6
+    assign, digits = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 1, 1, 2])
+    assert vq_atlas_purity.purity(assign, digits, 2) == pytest.approx(4 / 6)
+    # one chart for everything: the share of the most common digit
+    assert vq_atlas_purity.purity(torch.zeros(6, dtype=torch.long), digits, 1) == 0.5
