@@ -43,6 +43,7 @@ from pyro_manifold.metrics import (
     SAMPLE_BATCH,
     bits_per_dim,
     maximum_mean_discrepancy,
+    mean_log_likelihood,
     mean_manifold_distance,
     sample_in_batches,
 )
@@ -332,11 +333,6 @@ def _load_run(run_dir: Path) -> tuple[dict[str, Any], Flow | NoisyInjectiveFlow]
     return config, model
 
 
-def _streamed_log_prob(model: Flow | NoisyInjectiveFlow, data: Tensor) -> Tensor:
-    """``model.log_prob`` of ``data``, ``EVAL_BATCH`` rows at a time (one float per row kept)."""
-    return torch.cat([model.log_prob(batch) for batch in data.split(EVAL_BATCH)])
-
-
 def _finite_samples(samples: Tensor, metrics: dict[str, Any], key: str) -> Tensor:
     """The rows of ``samples`` with finite entries; the dropped fraction goes to ``metrics``."""
     ok = torch.isfinite(samples).all(-1)
@@ -387,11 +383,11 @@ def evaluate_run(
         samples = torch.sigmoid(_finite_samples(model.sample(32), metrics, "samples"))
         plot_image_grid((samples - LOGIT_ALPHA) / (1 - 2 * LOGIT_ALPHA), run_dir / "samples.png")
     else:
-        lp = _streamed_log_prob(model, test)
+        mean, stderr = mean_log_likelihood(model.log_prob, test, EVAL_BATCH)
         samples = _finite_samples(model.sample(2000), metrics, "samples")
         metrics.update(
-            test_log_likelihood=lp.mean().item(),
-            test_log_likelihood_stderr=(lp.std() / math.sqrt(lp.numel())).item(),
+            test_log_likelihood=mean,
+            test_log_likelihood_stderr=stderr,
             mmd2=maximum_mean_discrepancy(samples, test[:MMD_POINTS]).item(),
         )
         if test.shape[-1] == 2:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyro
 import torch
 from torch import Tensor, nn
@@ -35,14 +36,24 @@ class _Stateful(Protocol):
 
 
 def rng_state() -> dict[str, Any]:
-    """The states of torch's (CPU and CUDA) and Python's global generators.
+    """The states of torch's (CPU and CUDA), numpy's and Python's global generators.
+
+    They are the generators ``pyro.set_rng_seed`` seeds; the numpy state is kept as plain
+    data (a tensor and numbers), so that it fits in a checkpoint.
 
     Example:
-        >>> state = rng_state(); a = torch.rand(1); set_rng_state(state)
-        >>> torch.equal(a, torch.rand(1))
-        True
+        >>> import numpy as np
+        >>> state = rng_state(); a, b = torch.rand(1), np.random.rand()
+        >>> set_rng_state(state)
+        >>> torch.equal(a, torch.rand(1)), b == np.random.rand()
+        (True, True)
     """
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -53,6 +64,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:  # checkpoints written before numpy's state was kept have none
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state(
+            (kind, keys.numpy().astype(np.uint32), int(position), int(has_gauss), float(cached))
+        )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

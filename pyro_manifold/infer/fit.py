@@ -14,7 +14,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -498,13 +498,15 @@ def fit(
 
     # -- set up: a failure here leaves the modules as they were -------------------------
     lock = RunLock(run_dir) if run_dir is not None and group.is_main else None
-    with lock or nullcontext(), SetUpRollback(mods, lock) as setting_up:
+    with ExitStack() as holding, SetUpRollback(mods, lock) as setting_up:
         pyro.set_rng_seed(seed + group.rank)
         for m in mods:
             m.to(device)
         data = tuple(t.to(device) for t in data)
         val = tuple(t.to(device) for t in val) if val is not None else None
         check_data_sets(data, val, _owner_modules(model, guide), batch_size, transform_batch)
+        if lock is not None:  # the run directory is touched from here on, checks passed
+            holding.enter_context(lock)
         batch_size = group.local_batch_size(batch_size, data[0].shape[0])  # per rank
         batches = MiniBatches(data, batch_size, seed, transform_batch, group.rank, group.world_size)
         sites = _discover_param_sites(elbo, model, guide, batches.first(), first_kwargs, mods)

@@ -106,6 +106,7 @@ class RunLock:
         self.path = check_run_dir(run_dir)
         self._fd: int | None = None
         self._created: list[Path] = []
+        self._previous: bytes | None = None
 
     @property
     def held(self) -> bool:
@@ -117,6 +118,8 @@ class RunLock:
         if self._fd is not None:
             return self
         missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
+        lock_file = self.path / LOCK_NAME
+        previous = lock_file.read_bytes() if lock_file.is_file() else None
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -142,7 +145,7 @@ class RunLock:
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        self._fd, self._created = fd, missing
+        self._fd, self._created, self._previous = fd, missing, previous
         return self
 
     def release(self) -> None:
@@ -152,21 +155,24 @@ class RunLock:
             os.close(fd)
 
     def abandon(self) -> None:
-        """Release, and remove the directories :meth:`acquire` created if they hold nothing else.
+        """Release, leaving the file system as :meth:`acquire` found it (a no-op when not held).
 
-        For a run that failed before it wrote anything: the file system is left as it was.
+        For a run that failed before it wrote anything: the lock file gets its previous
+        content back (or goes, if there was none), while still held, and the directories
+        that :meth:`acquire` created are removed while they are empty.
         """
-        held, created = self._fd is not None, self._created
+        if self._fd is None:
+            return
+        if self._previous is None:
+            (self.path / LOCK_NAME).unlink()
+        else:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, self._previous, 0)
         self.release()
-        if not held or not created:
-            return
-        if [p.name for p in self.path.iterdir()] != [LOCK_NAME]:
-            return
-        (self.path / LOCK_NAME).unlink()
-        for directory in created:  # deepest first
+        for directory in self._created:  # deepest first
             try:
                 directory.rmdir()
-            except OSError:  # another process put something there meanwhile
+            except OSError:  # not empty: something else was put there meanwhile
                 return
 
     def __enter__(self) -> RunLock:

@@ -2,6 +2,7 @@ r"""Sample quality: manifold distance, MMD, and many samples drawn in bounded me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,14 +105,7 @@ def sample_in_batches(
                 if count == num_samples:  # one batch: nothing to gather
                     outs = [p if device is None else p.to(device) for p in parts]
                     break
-                outs = [
-                    torch.empty(
-                        (num_samples, *p.shape[1:]),
-                        dtype=p.dtype,
-                        device=p.device if device is None else torch.device(device),
-                    )
-                    for p in parts
-                ]
+                outs = [_result_buffer(num_samples, p, device) for p in parts]
             for out, part in zip(outs, parts, strict=True):
                 out[start : start + count] = part
     assert outs is not None
@@ -230,3 +224,19 @@ def maximum_mean_discrepancy(
     term_xx = (k_xx.sum(dtype=wide) - k_xx.diagonal().sum(dtype=wide)) / (n * (n - 1))
     term_yy = (k_yy.sum(dtype=wide) - k_yy.diagonal().sum(dtype=wide)) / (m * (m - 1))
     return (term_xx + term_yy - 2.0 * k_xy.sum(dtype=wide) / (n * m)).to(x.dtype)
+
+
+def _result_buffer(num_samples: int, part: Tensor, device: str | torch.device | None) -> Tensor:
+    """The tensor that gathers ``num_samples`` draws like ``part``, or our error if too big."""
+    shape = (num_samples, *part.shape[1:])
+    try:
+        return torch.empty(
+            shape, dtype=part.dtype, device=part.device if device is None else device
+        )
+    except RuntimeError as e:  # the allocator's "not enough memory" (torch.OutOfMemoryError too)
+        gib = math.prod(shape) * part.element_size() / 2**30
+        raise ArgumentError(
+            f"num_samples: expected a number of draws that fits in memory, got {num_samples} "
+            f"draws of shape {tuple(part.shape[1:])} ({gib:.3g} GiB): "
+            f"{str(e).splitlines()[0]}"
+        ) from None

@@ -198,13 +198,18 @@ def test_whole_data_is_checked_once_up_front_and_the_steps_read_nothing_back():
     assert vae.step_reads == 0  # the fast path's programs read nothing back
 
 
-def test_the_check_of_a_random_transform_leaves_training_randomness_alone():
+def _numpy_binarize(x):
+    import numpy as np
+
+    noise = torch.from_numpy(np.random.rand(*x.shape)).float()
+    return ((x.float() / 255 > noise).float(),)
+
+
+@pytest.mark.parametrize("binarize", [lambda x: (dynamic_binarize(x),), _numpy_binarize],
+                         ids=["torch", "numpy"])  # fmt: skip
+def test_the_check_of_a_random_transform_leaves_training_randomness_alone(binarize):
     """One draw of dynamic binarisation is checked; training draws what it would without."""
     pixels = torch.randint(0, 256, (200, 6), dtype=torch.uint8)
-
-    def binarize(x):
-        return (dynamic_binarize(x),)
-
     ends = []
     for validate in (True, False):  # False: no whole-data check
         torch.manual_seed(0)
@@ -215,6 +220,21 @@ def test_the_check_of_a_random_transform_leaves_training_randomness_alone():
         ends.append([p.detach().clone() for p in vae.parameters()])
     for a, b in zip(*ends, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_bad_row_is_refused_without_touching_an_existing_run_directory(tmp_path):
+    vae = FlowVAE(2, 6, hidden_dims=[8])
+    x = (torch.rand(256, 6) < 0.5).float()
+    fit(vae.model, vae.guide, x, num_steps=2, batch_size=16, device="cpu", progress=False,
+        run_dir=tmp_path)  # fmt: skip
+    (tmp_path / ".lock").write_text('{"pid": 1, "host": "gone", "since": "then"}\n')
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert ".lock" in files
+    x[255, 0] = 0.25
+    with pyro.validation_enabled(True), pytest.raises(ArgumentError, match="first: row 255"):
+        fit(vae.model, vae.guide, x, num_steps=4, batch_size=16, device="cpu", progress=False,
+            run_dir=tmp_path)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
 
 
 def test_a_bad_row_is_refused_before_the_run_directory_is_written(tmp_path):
@@ -270,3 +290,11 @@ def test_a_late_error_is_raised_before_training_or_writing(tmp_path, kwargs, err
 
 def _no_step_taken(t):
     raise AssertionError(f"a step was about to run (t = {t}) before the refusal")
+
+
+def test_non_finite_raw_data_is_refused_with_validation_off_too():
+    vae = FlowVAE(2, 6, hidden_dims=[8])
+    x = (torch.rand(64, 6) < 0.5).float()
+    x[63, 2] = float("nan")
+    with pyro.validation_enabled(False), pytest.raises(ArgumentError, match="data"):
+        fit(vae.model, vae.guide, x, num_steps=2, batch_size=16, device="cpu", progress=False)

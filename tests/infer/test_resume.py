@@ -283,3 +283,24 @@ def test_numpy_values_in_config_are_written_plain(tmp_path):
         **{**ARGS, "num_steps": 2})  # fmt: skip
     assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 0.5}
     assert load_checkpoint(tmp_path / "checkpoint.pt")["config"] == {"lr": 0.5}
+
+
+def test_a_failed_set_up_in_an_existing_run_directory_leaves_its_files_byte_identical(
+    tmp_path, monkeypatch
+):
+    from pyro_manifold.infer.distributed import DataParallelGroup
+
+    x, _ = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 2})
+    (tmp_path / ".lock").write_text('{"pid": 1, "host": "gone", "since": "then"}\n')
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def broken(self, modules, params):
+        raise RuntimeError("broadcast failed")
+
+    monkeypatch.setattr(DataParallelGroup, "broadcast_state_", broken)
+    with pytest.raises(RuntimeError, match="broadcast failed"):  # after the lock was taken
+        fit(flow.model, flow.guide, x, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
+            **ARGS)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files

@@ -92,3 +92,18 @@ def test_sample_in_batches_refuses_wrong_draws(fn, match):
         sample_in_batches(fn, 4, batch_size=2)
     with pytest.raises(ValueError, match="num_samples"):
         sample_in_batches(fn, 0)
+
+
+def test_sample_in_batches_refuses_more_draws_than_memory_holds_by_name():
+    from pyro_manifold.errors import ArgumentError
+    from pyro_manifold.metrics import sample_in_batches
+
+    calls = []
+
+    def draw(b):
+        calls.append(b)
+        return torch.zeros(b, 2)
+
+    with pytest.raises(ArgumentError, match=r"num_samples: expected a number of draws that fits"):
+        sample_in_batches(draw, 10**15, batch_size=4)
+    assert calls == [4]  # one batch drawn, then refused before the gathering tensor exists
