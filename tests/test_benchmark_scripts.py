@@ -208,6 +208,7 @@ def check_robustness(tmp_path, mnist_runs):
     _run("robustness.py", "--smoke", "--out", "robustness.json", cwd=tmp_path)
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert report["dtype"] == "float32" and len(report["rows"]) == 9
+    assert report["info"]["commit"] and "--smoke" in report["info"]["command"]
     for name, row in report["rows"].items():
         assert row["all_losses_finite"] and row["parameters_finite"], name
         assert row["steps"] == (20 if name == "VQFlow" else 10)
