@@ -43,14 +43,15 @@ Protocol of pinwheel and circles (issue 21; fixed before any run under it):
 Run (CPU):  nice -n 10 python benchmarks/vmonf.py --part pinwheel --device cpu --threads 1
                 --figures benchmarks/figures --out benchmarks/results/vmonf_pinwheel.json
             nice -n 10 python benchmarks/vmonf.py --part circles --device cpu --threads 1
-                --out benchmarks/results/vmonf_circles.json
+                --figures benchmarks/figures --out benchmarks/results/vmonf_circles.json
             python benchmarks/vmonf.py --part timing --device cpu --threads 1
             (on a GPU also: --part timing --timing-flow maf --timing-dim 784
              --timing-hidden 1024 --timing-layers 5 --timing-batch 128)
 Smoke:      python benchmarks/vmonf.py --part all --smoke --device cpu
 Results are printed as Markdown tables and written to ``--out`` (JSON); ``--figures DIR``
-also saves the pinwheel figure (samples coloured by component over the q(k|x) regions) of
-the chosen configuration's seed with the best validation log-likelihood.
+also saves the pinwheel and circles figures (samples coloured by component over the
+q(k|x) regions) of the chosen configuration's seed with the best validation
+log-likelihood.
 """
 
 import argparse
@@ -462,6 +463,13 @@ def run_circles(args, device):
             rows["1-NN on the 64 labels"] = {"seeds": [], "accuracy": summary([acc])}
         print_rows(f"two circles, {name}", rows)
         result[name] = {"selected": chosen, "validation": validation, "test": rows}
+        if args.figures:  # the chosen configuration's seed with the best validation ll
+            lls = validation[chosen]["val_log_likelihood"]
+            seed = args.seeds[max(range(len(lls)), key=lls.__getitem__)]
+            tag = "unsupervised" if y is None else "semi"
+            path = Path(args.figures) / f"vmonf_circles_{tag}.png"
+            plot_regions(models[chosen, seed], test.data, path)
+            result[name]["figure"] = {"path": str(path), "configuration": chosen, "seed": seed}
     return result
 
 

@@ -167,7 +167,7 @@ def check_flow_vae_mnist(tmp_path, mnist_runs):
 
 def check_vmonf(tmp_path, mnist_runs):
     _run("vmonf.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vmonf.json",
-         cwd=tmp_path)  # fmt: skip
+         "--figures", "figures", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "vmonf.json").read_text())
     assert report["command"].startswith("python ") and "--smoke" in report["command"]
     assert len(report["commit"]) == 40 and report["machine"]["cpu_count"] >= 1
@@ -209,6 +209,10 @@ def check_vmonf(tmp_path, mnist_runs):
     semi = circles["semi-supervised (64 labels)"]["test"]
     assert semi["1-NN on the 64 labels"]["accuracy"]["mean"] > 0.99  # separable circles
     assert {"k-means seeded by the labels", "Gaussian mixture (EM), labels fixed"} <= set(semi)
+    # the figures under the names RESULTS.md uses
+    for name in ("pinwheel", "circles_unsupervised", "circles_semi"):
+        assert (tmp_path / "figures" / f"vmonf_{name}.png").exists(), name
+    assert pinwheel["figure"]["configuration"] == chosen
     timing = report["timing"]
     assert _finite(timing["K=1"]["seconds_per_step"], timing["ratio_K10_over_K1"])
     assert timing["ratio_K10_over_K1"] == pytest.approx(
