@@ -2,38 +2,66 @@
 
 Parts (``--part``, default ``pinwheel``; ``all`` runs every part that can run here):
 
-* ``pinwheel``: the paper's 5-wing pinwheel, 2560 training points (seed 0), 512 validation
-  points (seed 2) for early stopping, 2560 test points (seed 1). Each configuration is
-  trained with several seeds; we report the clustering accuracy of argmax q(k|x) against
-  the generating wing (best matching) on the test points, and the test log-likelihood
-  (nats per point, exact log-sum-exp over the components). Configurations: ``paper``
-  (random start, uniform pi, constant T = 1), ``paper+anneal`` (T decays exponentially
-  from 5 to 1), ``kmeans`` (component base distributions centred on k-means clusters,
-  ``initialize_components``), k-means alone as a reference clustering, and single
-  RealNVP flows with 4 and with 8 layers whose width is chosen so that each has at least
-  as many parameters as the whole mixture (flows + encoder). Every model is trained for
-  ``--steps`` Adam steps (batch 256) and keeps the parameters of its best validation loss.
-* ``circles``: two circles, unsupervised and semi-supervised with 64 labels (32 per
-  circle); accuracy of argmax q(k|x) on test points.
+* ``pinwheel``: the paper's 5-wing pinwheel; training 2560 points (seed 0), validation 512
+  (seed 2), test 2560 (seed 1). VMoNF with K = 5 RealNVP components against single RealNVP
+  flows with at least as many parameters as the whole mixture (flows + encoder), k-means
+  alone and a full-covariance Gaussian mixture fitted by EM.
+* ``circles``: two circles (training 2048, validation 512, test 1024), K = 2, unsupervised
+  and semi-supervised with 64 labels (the first 32 training points of each circle), against
+  k-means and a Gaussian mixture by EM (with the labels: k-means seeded and constrained by
+  them, EM with their responsibilities fixed, and the nearest labelled point).
+
+Protocol of pinwheel and circles (issue 21; fixed before any run under it):
+
+* Configurations tried (``configurations_tried`` in the JSON): VMoNF ``paper`` (random
+  start, uniform pi, constant T = 1), ``paper+anneal`` (T decays exponentially from 5 to
+  1 over the steps), ``kmeans`` (component bases centred on k-means clusters of the
+  training points, ``initialize_components``; seeded by the labels when there are
+  labels); for the single-flow baseline of the pinwheel, 4 and 8 layers.
+* Step count: every run takes ``--steps`` Adam steps (batch 256, lr ``--lr``) and keeps
+  the parameters of its lowest validation loss (negative ELBO per point, for a flow the
+  negative log-likelihood), evaluated every ``--validate-every`` steps.
+* Selection metric, validation only: the mean over seeds of the exact validation
+  log-likelihood log sum_k pi_k p_k(x) (nats per point). It uses no labels, so the
+  unsupervised rows stay unsupervised and the 64-label rows use only their 64 labels.
+  Validation clustering accuracy is recorded in the JSON but chooses nothing.
+  Temperature: clustering is argmax_k q(k|x), which no temperature T > 0 changes, and the
+  log-likelihood does not involve q; the only temperature choice is the training schedule
+  (``paper`` against ``paper+anneal``).
+* The test split is scored once, for the chosen VMoNF configuration and the chosen single
+  flow, with every seed (``--seeds``); the baselines (k-means, Gaussian mixture by EM,
+  with the same seeds; their own iteration budgets: 50 Lloyd steps, up to 500 EM steps
+  keeping the best validation iterate) likewise. Mean ± sample std and per-seed figures.
+* Metrics: clustering accuracy of argmax q(k|x) against the generating wing/circle under
+  the best one-to-one matching; test log-likelihood, nats per point.
+* The JSON records the command, the commit and the machine.
+
 * ``timing``: seconds per training step (TraceEnum_ELBO, Adam) of the batched mixture with
   K = 1 and K = 10 components of the same architecture, on the chosen device.
 * ``mnist``: digits 0-4, MAF components (needs ``PYRO_MANIFOLD_DATA``; slow on a CPU).
 
 Run (CPU):  nice -n 10 python benchmarks/vmonf.py --part pinwheel --device cpu --threads 1
-            python benchmarks/vmonf.py --part circles --device cpu --threads 1
+                --figures benchmarks/figures --out benchmarks/results/vmonf_pinwheel.json
+            nice -n 10 python benchmarks/vmonf.py --part circles --device cpu --threads 1
+                --figures benchmarks/figures --out benchmarks/results/vmonf_circles.json
             python benchmarks/vmonf.py --part timing --device cpu --threads 1
             (on a GPU also: --part timing --timing-flow maf --timing-dim 784
              --timing-hidden 1024 --timing-layers 5 --timing-batch 128)
 Smoke:      python benchmarks/vmonf.py --part all --smoke --device cpu
 Results are printed as Markdown tables and written to ``--out`` (JSON); ``--figures DIR``
-also saves the pinwheel figure (samples coloured by component over the q(k|x) regions).
+also saves the pinwheel and circles figures (samples coloured by component over the
+q(k|x) regions) of the chosen configuration's seed with the best validation
+log-likelihood.
 """
 
 import argparse
 import json
 import math
 import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +72,14 @@ from pyro_manifold.datasets import pinwheel, two_circles
 from pyro_manifold.infer import fit, resolve_device
 from pyro_manifold.metrics import clustering_accuracy, contingency_table
 from pyro_manifold.models import Flow, VariationalMixtureOfFlows
-from pyro_manifold.nn import scale_output_layer
+from pyro_manifold.models._mixture_prior import COVARIANCE_FLOOR, GaussianMixturePrior
+from pyro_manifold.nn import kmeans, scale_output_layer
+
+PROTOCOL = (
+    "every setting (configuration, step count by early stopping on the validation loss) "
+    "chosen by the mean over seeds of the exact validation log-likelihood (no labels); "
+    "validation accuracy recorded, not used; test scored once per final configuration"
+)
 
 
 def elbo():
@@ -68,98 +103,246 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-# -- pinwheel ---------------------------------------------------------------------------
-def build_vmonf(args, config, x_train):
+# -- protocol shared by pinwheel and circles ----------------------------------------------
+VMONF_CONFIGS = ("paper", "paper+anneal", "kmeans")
+
+
+def summary(values):
+    """Per-seed figures with their mean and sample standard deviation."""
+    m, s = mean_std(values)
+    return {"per_seed": values, "mean": m, "std": s}
+
+
+def build_vmonf(args, config, x_train, num_components, seed, y=None, label_weight=1.0):
+    """A VMoNF of RealNVP components; ``config`` is one of :data:`VMONF_CONFIGS`."""
     anneal = config == "paper+anneal"
     model = VariationalMixtureOfFlows(
         2,
-        5,
+        num_components,
         "realnvp",
         num_layers=args.layers,
         hidden_dims=[args.hidden, args.hidden],
         encoder_hidden_dims=[64, 64],
         initial_temperature=5.0 if anneal else 1.0,
         temperature_decay=math.exp(math.log(0.01) / args.steps) if anneal else 1.0,
+        label_weight=label_weight,
     )
-    if config == "kmeans":
-        model.initialize_components(x_train, seed=0)
+    if config == "kmeans":  # k-means seeded by the labels when there are labels
+        model.initialize_components(x_train, seed=seed, y=y)
     return model
 
 
-def run_pinwheel(args, device):
-    train = pinwheel(2560, seed=0)
-    val = pinwheel(512, seed=2)
-    test = pinwheel(2560, seed=1)
-    x_test = test.data.to(device)
-    rows, models = {}, {}
-    reference = build_vmonf(args, "kmeans", train.data)  # k-means alone, as a reference
-    kmeans_acc = clustering_accuracy(
-        torch.cdist(test.data, reference.base_loc).argmin(1), test.labels
+def train(args, model, data, val_data, loss, seed, device):
+    """Adam for ``--steps`` steps; the parameters of the best validation loss are kept."""
+    t0 = time.perf_counter()
+    result = fit(
+        model.model,
+        model.guide,
+        data,
+        loss=loss,
+        num_steps=args.steps,
+        batch_size=256,
+        lr=args.lr,
+        validation_data=val_data,
+        validate_every=args.validate_every,
+        device=device,
+        seed=seed,
+        progress=False,
     )
+    h = result.history
+    best = min(range(len(h["val_loss"])), key=h["val_loss"].__getitem__)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "best_step": h["val_step"][best],
+        "best_validation_loss": result.best_validation_loss,
+    }
+
+
+@torch.no_grad()
+def mean_log_likelihood(model, x, device):
+    return model.log_prob(x.to(device)).mean().item()
+
+
+@torch.no_grad()
+def accuracy(model, split, device):
+    return clustering_accuracy(model.cluster(split.data.to(device)).cpu(), split.labels)
+
+
+def select(validation, key="val_log_likelihood"):
+    """The configuration with the highest mean validation log-likelihood over seeds."""
+    return max(validation, key=lambda name: statistics.mean(validation[name][key]))
+
+
+def kmeans_baseline(train_x, split, k, seed, labels=None):
+    """k-means (k-means++ start, 50 Lloyd steps) on the training points; test points go to
+    the nearest centroid. With ``labels``: seeded and constrained by them (Basu et al.)."""
+    centroids, _ = kmeans(
+        train_x.double(),
+        k,
+        50,
+        labels=labels,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    pred = torch.cdist(split.data.double(), centroids).argmin(1)
+    return clustering_accuracy(pred, split.labels)
+
+
+@torch.no_grad()
+def semi_supervised_em(mixture, x, y, x_val, seed, max_steps=500, tol=1e-4):
+    """EM for a Gaussian mixture whose labelled points (``y >= 0``) have fixed
+    responsibilities (one-hot); otherwise :meth:`GaussianMixturePrior.fit_em`'s recipe:
+    random-row start, covariance floor, the iterate of the best validation log-likelihood."""
+    mixture.start(x, torch.Generator().manual_seed(seed))
+    labelled = y >= 0
+    onehot = torch.nn.functional.one_hot(y[labelled], mixture.loc.shape[0]).double()
+    xd, eye = x.double(), torch.eye(x.shape[1], dtype=torch.float64)
+    best, best_state, previous = -math.inf, None, -math.inf
+    for _ in range(max_steps):
+        log_joint = mixture.component_log_prob(x).double()
+        log_joint = log_joint + torch.log_softmax(mixture.logits.double(), -1)
+        log_p = log_joint.logsumexp(-1, keepdim=True)
+        r = (log_joint - log_p).exp()
+        r[labelled] = onehot
+        weight = r.sum(0).clamp_min(1e-12)
+        loc = (r.T @ xd) / weight[:, None]
+        cov = torch.stack(
+            [((r[:, j, None] * (xd - mu)).T @ (xd - mu)) / weight[j] for j, mu in enumerate(loc)]
+        )
+        mixture._set(weight, loc, torch.linalg.cholesky(cov + COVARIANCE_FLOOR * eye))
+        val = mixture.distribution().log_prob(x_val).mean().item()
+        if val > best:
+            best, best_state = val, {n: v.clone() for n, v in mixture.state_dict().items()}
+        mean_log_p = log_p.mean().item()
+        if mean_log_p - previous < tol:
+            break
+        previous = mean_log_p
+    mixture.load_state_dict(best_state)
+
+
+def gmm_baseline(train_x, val_x, k, seed, labels=None):
+    """A full-covariance Gaussian mixture by EM (``GaussianMixturePrior.fit_em``: a random-row
+    start, up to 500 steps, the iterate of the best validation log-likelihood kept);
+    semi-supervised with ``labels``. Returns the fitted mixture."""
+    mixture = GaussianMixturePrior(2, k)
+    if labels is None:
+        mixture.fit_em(train_x, val_x, max_steps=500, seed=seed)
+    else:
+        semi_supervised_em(mixture, train_x, labels, val_x, seed)
+    return mixture
+
+
+@torch.no_grad()
+def gmm_scores(mixture, split):
+    log_joint = mixture.component_log_prob(split.data) + torch.log_softmax(mixture.logits, -1)
+    return {
+        "accuracy": clustering_accuracy(log_joint.argmax(-1), split.labels),
+        "log_likelihood": log_joint.logsumexp(-1).mean().item(),
+    }
+
+
+def print_rows(title, rows, with_ll=True):
+    head = f"| {title} | seeds | parameters | test accuracy (mean ± sd) |"
+    print("\n" + head + (" test log-lik (mean ± sd) |" if with_ll else ""))
+    print("|---|---|---|---|" + ("---|" if with_ll else ""))
+    for name, r in rows.items():
+        acc = "n/a" if "accuracy" not in r else "{mean:.3f} ± {std:.3f}".format(**r["accuracy"])
+        line = f"| {name} | {len(r['seeds'])} | {r.get('parameters', '-')} | {acc} |"
+        if with_ll:
+            ll = r.get("test_log_likelihood")
+            line += " n/a |" if ll is None else " {mean:.4f} ± {std:.4f} |".format(**ll)
+        print(line)
+
+
+# -- pinwheel ---------------------------------------------------------------------------
+def run_pinwheel(args, device):
+    """Select on validation, then score the chosen configurations on the test points once."""
+    train_set = pinwheel(2560, seed=0)
+    val, test = pinwheel(512, seed=2), pinwheel(2560, seed=1)
+    x_train = train_set.data
     flows = {f"flow ({n} layers)": n for n in args.flow_layers}
-    for config in ["paper", "paper+anneal", "kmeans", *flows]:
-        accs, lls, secs, params, extra = [], [], [], 0, {}
+    validation, models = {}, {}
+    # 1. every configuration, every seed: trained with early stopping on the validation
+    #    loss, then scored on validation (log-likelihood; accuracy recorded, not used)
+    for config in [*VMONF_CONFIGS, *flows]:
+        record = {"val_log_likelihood": [], "val_accuracy": [], "best_step": [], "seconds": []}
         for seed in args.seeds:
             torch.manual_seed(seed)
             if config in flows:
-                ref = build_vmonf(args, "paper", train.data)
-                model, width = matched_flow(count(ref), flows[config])
-                loss = None
-                extra = {"hidden_width": width, "num_layers": flows[config]}
+                torch.manual_seed(seed)
+                reference = build_vmonf(args, "paper", x_train, 5, seed)
+                model, width = matched_flow(count(reference), flows[config])
+                loss, record["hidden_width"] = None, width
             else:
-                model = build_vmonf(args, config, train.data)
-                loss = elbo()
-            params = count(model)
-            t0 = time.perf_counter()
-            fit(
-                model.model,
-                model.guide,
-                train.data,
-                loss=loss,
-                num_steps=args.steps,
-                batch_size=256,
-                lr=args.lr,
-                validation_data=val.data,
-                validate_every=250,
-                device=device,
-                seed=seed,
-                progress=False,
-            )
-            secs.append(time.perf_counter() - t0)
-            with torch.no_grad():
-                lls.append(model.log_prob(x_test).mean().item())
-                if config not in flows:
-                    accs.append(clustering_accuracy(model.cluster(x_test).cpu(), test.labels))
-            models.setdefault(config, []).append((lls[-1], model))
+                model, loss = build_vmonf(args, config, x_train, 5, seed), elbo()
+            record["parameters"] = count(model)
+            run = train(args, model, x_train, val.data, loss, seed, device)
+            for key in ("best_step", "seconds"):
+                record[key].append(run[key])
+            record["val_log_likelihood"].append(mean_log_likelihood(model, val.data, device))
+            if config not in flows:
+                record["val_accuracy"].append(accuracy(model, val, device))
+            models[config, seed] = model
             print(
-                f"  {config} seed {seed}: acc {accs[-1] if accs else float('nan'):.3f} "
-                f"test ll {lls[-1]:.4f} ({secs[-1]:.0f} s)",
+                f"  {config} seed {seed}: val ll {record['val_log_likelihood'][-1]:.4f} "
+                f"best step {run['best_step']} ({run['seconds']:.0f} s)",
                 flush=True,
             )
-        rows[config] = {
-            "parameters": params,
-            "accuracy": accs,
-            "test_log_likelihood": lls,
-            "seconds": secs,
-            **extra,
+        validation[config] = record
+    chosen = select({c: validation[c] for c in VMONF_CONFIGS})
+    chosen_flow = select({c: validation[c] for c in flows})
+    print(f"  selected on validation: {chosen}; single flow: {chosen_flow}", flush=True)
+    # 2. the test points, once per final configuration
+    rows = {}
+    for name, config in ((f"VMoNF ({chosen})", chosen), (f"single {chosen_flow}", chosen_flow)):
+        rows[name] = {
+            "configuration": config,
+            "seeds": args.seeds,
+            "parameters": validation[config]["parameters"],
+            "test_log_likelihood": summary(
+                [mean_log_likelihood(models[config, s], test.data, device) for s in args.seeds]
+            ),
         }
-    rows["kmeans_alone"] = {"accuracy": [kmeans_acc]}
-    print("\n| pinwheel (5 wings) | parameters | accuracy (mean ± sd) | test log-lik (mean ± sd) |")
-    print("|---|---|---|---|")
-    for name, r in rows.items():
-        acc = "n/a" if not r["accuracy"] else "{:.3f} ± {:.3f}".format(*mean_std(r["accuracy"]))
-        ll = (
-            "{:.4f} ± {:.4f}".format(*mean_std(r["test_log_likelihood"]))
-            if "test_log_likelihood" in r
-            else "n/a"
-        )
-        print(f"| {name} | {r.get('parameters', '-')} | {acc} | {ll} |")
-    if args.figures:
-        best = max(models["kmeans"], key=lambda t: t[0])[1]
-        plot_regions(best, test.data, Path(args.figures) / "vmonf_pinwheel.png")
-        best_table = contingency_table(best.cluster(x_test).cpu(), test.labels)
-        rows["kmeans"]["contingency_table_best"] = best_table.tolist()
-    return rows
+        if config not in flows:
+            rows[name]["accuracy"] = summary(
+                [accuracy(models[config, s], test, device) for s in args.seeds]
+            )
+    rows["k-means"] = {
+        "seeds": args.seeds,
+        "accuracy": summary([kmeans_baseline(x_train, test, 5, s) for s in args.seeds]),
+    }
+    gmms = [gmm_baseline(x_train, val.data, 5, s) for s in args.seeds]
+    scores = [gmm_scores(g, test) for g in gmms]
+    rows["Gaussian mixture (EM)"] = {
+        "seeds": args.seeds,
+        "parameters": sum(p.numel() for p in gmms[0].parameters()),
+        "accuracy": summary([s["accuracy"] for s in scores]),
+        "test_log_likelihood": summary([s["log_likelihood"] for s in scores]),
+        "val_log_likelihood": [gmm_scores(g, val)["log_likelihood"] for g in gmms],
+    }
+    print_rows("pinwheel (5 wings)", rows)
+    result = {
+        "protocol": PROTOCOL,
+        "splits": {
+            "train": "pinwheel(2560, seed=0)",
+            "validation": "pinwheel(512, seed=2)",
+            "test": "pinwheel(2560, seed=1)",
+        },  # fmt: skip
+        "configurations_tried": {"vmonf": list(VMONF_CONFIGS), "single_flow": list(flows)},
+        "num_configurations": len(VMONF_CONFIGS) + len(flows),
+        "selected": {"vmonf": chosen, "single_flow": chosen_flow},
+        "validation": validation,
+        "test": rows,
+    }
+    if args.figures:  # the chosen configuration's seed with the best validation log-likelihood
+        lls = validation[chosen]["val_log_likelihood"]
+        seed = args.seeds[max(range(len(lls)), key=lls.__getitem__)]
+        best = models[chosen, seed]
+        path = Path(args.figures) / "vmonf_pinwheel.png"
+        plot_regions(best, test.data, path)
+        table = contingency_table(best.cluster(test.data.to(device)).cpu(), test.labels)
+        result["figure"] = {"path": str(path), "configuration": chosen, "seed": seed,
+                            "test_contingency_table": table.tolist()}  # fmt: skip
+    return result
 
 
 @torch.no_grad()
@@ -200,48 +383,94 @@ def plot_regions(model, data, path, grid_size=200):
 
 # -- two circles ------------------------------------------------------------------------
 def run_circles(args, device):
-    train = two_circles(2048, noise=0.05, factor=0.5, seed=0)
+    """Unsupervised and 64 labels (32 per circle), each selected on validation, as pinwheel."""
+    train_set = two_circles(2048, noise=0.05, factor=0.5, seed=0)
+    val = two_circles(512, noise=0.05, factor=0.5, seed=2)
     test = two_circles(1024, noise=0.05, factor=0.5, seed=1)
-    labels = torch.full_like(train.labels, -1)
+    x_train = train_set.data
+    labels = torch.full_like(train_set.labels, -1)
     for c in (0, 1):
-        idx = (train.labels == c).nonzero()[:32, 0]
-        labels[idx] = c
-    rows = {}
+        labels[(train_set.labels == c).nonzero()[:32, 0]] = c
+    label_weight = args.label_weight or 0.05 * x_train.shape[0]
+    no_labels = torch.full((val.data.shape[0],), -1, dtype=labels.dtype)
+    result = {
+        "protocol": PROTOCOL,
+        "splits": {
+            "train": "two_circles(2048, noise=0.05, factor=0.5, seed=0)",
+            "validation": "two_circles(512, noise=0.05, factor=0.5, seed=2)",
+            "test": "two_circles(1024, noise=0.05, factor=0.5, seed=1)",
+            "labelled": "the first 32 training points of each circle",
+        },  # fmt: skip
+        "label_weight": label_weight,
+        "configurations_tried": list(VMONF_CONFIGS),
+        "num_configurations": len(VMONF_CONFIGS),
+    }
     for name, y in (("unsupervised", None), ("semi-supervised (64 labels)", labels)):
-        accs = []
-        for seed in args.seeds:
-            torch.manual_seed(seed)
-            model = VariationalMixtureOfFlows(
-                2,
-                2,
-                "realnvp",
-                num_layers=args.layers,
-                hidden_dims=[args.hidden, args.hidden],
-                label_weight=args.label_weight or 0.05 * train.data.shape[0],
-            )
-            data = train.data if y is None else (train.data, y)
-            fit(
-                model.model,
-                model.guide,
-                data,
-                loss=elbo(),
-                num_steps=args.steps,
-                batch_size=256,
-                lr=args.lr,
-                device=device,
-                seed=seed,
-                progress=False,
-            )
-            with torch.no_grad():
-                accs.append(
-                    clustering_accuracy(model.cluster(test.data.to(device)).cpu(), test.labels)
+        validation, models = {}, {}
+        data = x_train if y is None else (x_train, y)
+        val_data = val.data if y is None else (val.data, no_labels)
+        for config in VMONF_CONFIGS:
+            record = {"val_log_likelihood": [], "val_accuracy": [], "best_step": [], "seconds": []}
+            for seed in args.seeds:
+                torch.manual_seed(seed)
+                model = build_vmonf(args, config, x_train, 2, seed, y=y, label_weight=label_weight)
+                record["parameters"] = count(model)
+                run = train(args, model, data, val_data, elbo(), seed, device)
+                for key in ("best_step", "seconds"):
+                    record[key].append(run[key])
+                record["val_log_likelihood"].append(mean_log_likelihood(model, val.data, device))
+                record["val_accuracy"].append(accuracy(model, val, device))
+                models[config, seed] = model
+                print(
+                    f"  circles {name} {config} seed {seed}: val ll "
+                    f"{record['val_log_likelihood'][-1]:.4f} best step {run['best_step']} "
+                    f"({run['seconds']:.0f} s)",
+                    flush=True,
                 )
-            print(f"  circles {name} seed {seed}: acc {accs[-1]:.3f}", flush=True)
-        rows[name] = {"accuracy": accs}
-    print("\n| two circles | accuracy (mean ± sd) |\n|---|---|")
-    for name, r in rows.items():
-        print("| {} | {:.3f} ± {:.3f} |".format(name, *mean_std(r["accuracy"])))
-    return rows
+            validation[config] = record
+        chosen = select(validation)
+        print(f"  circles {name}: selected on validation: {chosen}", flush=True)
+        rows = {
+            f"VMoNF ({chosen})": {
+                "configuration": chosen,
+                "seeds": args.seeds,
+                "parameters": validation[chosen]["parameters"],
+                "accuracy": summary(
+                    [accuracy(models[chosen, s], test, device) for s in args.seeds]
+                ),
+                "test_log_likelihood": summary(
+                    [mean_log_likelihood(models[chosen, s], test.data, device) for s in args.seeds]
+                ),
+            },
+            "k-means" + ("" if y is None else " seeded by the labels"): {
+                "seeds": args.seeds,
+                "accuracy": summary([kmeans_baseline(x_train, test, 2, s, y) for s in args.seeds]),
+            },
+        }
+        gmms = [gmm_baseline(x_train, val.data, 2, s, y) for s in args.seeds]
+        scores = [gmm_scores(g, test) for g in gmms]
+        rows["Gaussian mixture (EM)" + ("" if y is None else ", labels fixed")] = {
+            "seeds": args.seeds,
+            "parameters": sum(p.numel() for p in gmms[0].parameters()),
+            "accuracy": summary([s["accuracy"] for s in scores]),
+            "test_log_likelihood": summary([s["log_likelihood"] for s in scores]),
+            "val_log_likelihood": [gmm_scores(g, val)["log_likelihood"] for g in gmms],
+        }
+        if y is not None:  # the 64 labels alone: nearest labelled neighbour (no seed)
+            known = y >= 0
+            nearest = torch.cdist(test.data, x_train[known]).argmin(1)
+            acc = clustering_accuracy(y[known][nearest], test.labels)
+            rows["1-NN on the 64 labels"] = {"seeds": [], "accuracy": summary([acc])}
+        print_rows(f"two circles, {name}", rows)
+        result[name] = {"selected": chosen, "validation": validation, "test": rows}
+        if args.figures:  # the chosen configuration's seed with the best validation ll
+            lls = validation[chosen]["val_log_likelihood"]
+            seed = args.seeds[max(range(len(lls)), key=lls.__getitem__)]
+            tag = "unsupervised" if y is None else "semi"
+            path = Path(args.figures) / f"vmonf_circles_{tag}.png"
+            plot_regions(models[chosen, seed], test.data, path)
+            result[name]["figure"] = {"path": str(path), "configuration": chosen, "seed": seed}
+    return result
 
 
 # -- timing -----------------------------------------------------------------------------
@@ -429,15 +658,44 @@ def mnist_component_grid(images, components, path, per_row=10):
     fig.savefig(path, dpi=100)
 
 
+def provenance():
+    """The command, the commit and the machine, for the JSON."""
+
+    def git(*cmd):
+        try:
+            out = subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=30,
+                                 cwd=Path(__file__).resolve().parent)  # fmt: skip
+            return out.stdout.strip() if out.returncode == 0 else None
+        except OSError:
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "command": " ".join(["python", *sys.argv]),
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": None if status is None else bool(status),
+        "machine": {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--part", choices=["pinwheel", "circles", "timing", "mnist", "all"], default="pinwheel"
     )
     p.add_argument("--device", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--validate-every", type=int, default=250)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument(
@@ -482,7 +740,8 @@ def main():
     p.add_argument("--smoke", action="store_true", help="a few steps of each part")
     args = p.parse_args()
     if args.smoke:
-        args.seeds, args.steps, args.timing_steps, args.mnist_steps = [0], 20, 3, 5
+        args.seeds, args.steps, args.timing_steps, args.mnist_steps = [0, 1], 20, 3, 5
+        args.validate_every = 10
         args.timing_rounds = 1
         args.mnist_hidden = 800
     if args.threads is not None:
@@ -491,7 +750,7 @@ def main():
     parts = ["pinwheel", "circles", "timing"] if args.part == "all" else [args.part]
     if args.part == "all" and os.environ.get("PYRO_MANIFOLD_DATA") and not args.smoke:
         parts.append("mnist")
-    results = {"device": str(device), "args": vars(args)}
+    results = {"device": str(device), "args": vars(args), **provenance()}
     runners = {
         "pinwheel": run_pinwheel,
         "circles": run_circles,

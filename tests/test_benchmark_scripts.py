@@ -167,14 +167,52 @@ def check_flow_vae_mnist(tmp_path, mnist_runs):
 
 def check_vmonf(tmp_path, mnist_runs):
     _run("vmonf.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vmonf.json",
-         cwd=tmp_path)  # fmt: skip
+         "--figures", "figures", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "vmonf.json").read_text())
+    assert report["command"].startswith("python ") and "--smoke" in report["command"]
+    assert len(report["commit"]) == 40 and report["machine"]["cpu_count"] >= 1
+    seeds = report["args"]["seeds"]
     pinwheel = report["pinwheel"]
-    for name in ("paper", "paper+anneal", "kmeans"):
-        assert 0 <= pinwheel[name]["accuracy"][0] <= 1 and pinwheel[name]["parameters"] > 0
-        assert _finite(*pinwheel[name]["test_log_likelihood"])
-    assert 0 <= pinwheel["kmeans_alone"]["accuracy"][0] <= 1
-    assert {"unsupervised", "semi-supervised (64 labels)"} <= set(report["circles"])
+    tried = pinwheel["configurations_tried"]
+    assert tried["vmonf"] == ["paper", "paper+anneal", "kmeans"]
+    assert pinwheel["num_configurations"] == len(tried["vmonf"]) + len(tried["single_flow"])
+    validation = pinwheel["validation"]
+    for name in (*tried["vmonf"], *tried["single_flow"]):  # every configuration on validation
+        assert len(validation[name]["val_log_likelihood"]) == len(seeds)
+        assert _finite(*validation[name]["val_log_likelihood"], *validation[name]["best_step"])
+    chosen, chosen_flow = pinwheel["selected"]["vmonf"], pinwheel["selected"]["single_flow"]
+    for group, pick in ((tried["vmonf"], chosen), (tried["single_flow"], chosen_flow)):
+        means = {c: sum(validation[c]["val_log_likelihood"]) for c in group}
+        assert pick == max(means, key=means.get)  # the rule: highest validation log-likelihood
+    test = pinwheel["test"]
+    assert set(test) == {f"VMoNF ({chosen})", f"single {chosen_flow}", "k-means",
+                         "Gaussian mixture (EM)"}  # fmt: skip
+    for name, row in test.items():
+        assert row["seeds"] == seeds, name
+        for metric in ("accuracy", "test_log_likelihood"):
+            if metric in row:
+                figures = row[metric]
+                assert len(figures["per_seed"]) == len(seeds) and _finite(figures["std"])
+                assert figures["mean"] == pytest.approx(sum(figures["per_seed"]) / len(seeds))
+    assert 0 <= test[f"VMoNF ({chosen})"]["accuracy"]["mean"] <= 1
+    assert "accuracy" not in test[f"single {chosen_flow}"]
+    # k-means finds the well separated pinwheel wings
+    assert test["k-means"]["accuracy"]["mean"] > 0.9
+    circles = report["circles"]
+    assert circles["configurations_tried"] == tried["vmonf"]
+    for setting in ("unsupervised", "semi-supervised (64 labels)"):
+        picked = circles[setting]["selected"]
+        assert picked in tried["vmonf"]
+        row = circles[setting]["test"][f"VMoNF ({picked})"]
+        assert len(row["accuracy"]["per_seed"]) == len(seeds)
+        assert 0 <= row["accuracy"]["mean"] <= 1
+    semi = circles["semi-supervised (64 labels)"]["test"]
+    assert semi["1-NN on the 64 labels"]["accuracy"]["mean"] > 0.99  # separable circles
+    assert {"k-means seeded by the labels", "Gaussian mixture (EM), labels fixed"} <= set(semi)
+    # the figures under the names RESULTS.md uses
+    for name in ("pinwheel", "circles_unsupervised", "circles_semi"):
+        assert (tmp_path / "figures" / f"vmonf_{name}.png").exists(), name
+    assert pinwheel["figure"]["configuration"] == chosen
     timing = report["timing"]
     assert _finite(timing["K=1"]["seconds_per_step"], timing["ratio_K10_over_K1"])
     assert timing["ratio_K10_over_K1"] == pytest.approx(
