@@ -17,6 +17,14 @@ Training: 50,000 training images, 10,000 validation images for early stopping, t
 official 10,000 test images for the figure, each dequantized once with a fixed seed for
 evaluation.
 
+Ablation of the MAF baseline against the paper's recipe (issue 21, item 3; fixed before
+any run under it): ``--lr-schedule constant`` (the paper's constant learning rate, with
+``--lr 1e-4 --batch-size 100``), ``--dequantization static`` (each training image
+dequantized once with a fixed seed, as the paper's data loader does, instead of afresh at
+every step), ``--epochs``, ``--hidden``; and, for every model with batch norm, the
+validation and test figures with each batch norm's statistics set to the whole training
+set (``*_train_set_bn`` fields, no retraining) next to the moving averages it trained with.
+
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --model maf --epochs 30
       PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --model nif --latent 64
 Smoke: python benchmarks/mnist_flows.py --smoke   (run and JSON under runs/smoke/ unless given)
@@ -29,6 +37,8 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import provenance  # benchmarks/ is the script's directory
+from pyro.distributions.transforms import BatchNorm
 
 from pyro_manifold.datasets import dequantize_logit, load_mnist
 from pyro_manifold.infer import fit, resolve_device
@@ -76,6 +86,31 @@ def evaluate(flow, x_uint8, batch_size=1000, seed=1, log_prob=None):
     }
 
 
+def set_batch_norm_to_training_set(flow, y_train, batch_size=1000):
+    """Set every batch norm's statistics to those of its inputs over the whole training set.
+
+    ``log_prob`` runs the layers from the data end, so the layers are visited in that
+    order: each batch norm gets the exact mean and variance (unbiased, as Pyro's
+    ``BatchNorm`` computes a batch's) of what reaches it, then the data pass through it
+    with those statistics. Returns the number of batch norms.
+    """
+    layers = list(flow.layers)
+    flow.eval()
+    ys = list(y_train.split(batch_size))
+    count = 0
+    with torch.no_grad():
+        for layer in reversed(layers):
+            if isinstance(layer, BatchNorm):
+                total = sum(y.sum(0) for y in ys)
+                mean = total / y_train.shape[0]
+                var = sum(((y - mean) ** 2).sum(0) for y in ys) / (y_train.shape[0] - 1)
+                layer.moving_mean.copy_(mean)
+                layer.moving_variance.copy_(var)
+                count += 1
+            ys = [layer.inv(y) for y in ys]
+    return count
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="MNIST root (default: $PYRO_MANIFOLD_DATA)")
@@ -95,6 +130,13 @@ def main():
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument(
+        "--dequantization",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="training noise drawn afresh at every step, or once per image (seed 54321)",
+    )
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--patience", type=int, default=5, help="in epochs")
@@ -129,6 +171,8 @@ def main():
     num_steps = args.epochs * steps_per_epoch
     val_y = dequantize_logit(val, 12345, alpha=LAMBDA)[0]
 
+    train_y = dequantize_logit(train, 54321, alpha=LAMBDA)[0]  # static; batch-norm statistics
+
     def transform_batch(x):
         return (dequantize_logit(x, alpha=LAMBDA)[0],) if x.dtype == torch.uint8 else (x,)
 
@@ -153,11 +197,11 @@ def main():
     result = fit(
         flow.model,
         flow.guide,
-        train,
+        train_y if args.dequantization == "static" else train,
         num_steps=num_steps,
         batch_size=args.batch_size,
         lr=args.lr,
-        lr_schedule="cosine",
+        lr_schedule=None if args.lr_schedule == "constant" else "cosine",
         validation_data=val_y,
         validate_every=steps_per_epoch,
         patience=args.patience,
@@ -180,6 +224,14 @@ def main():
         metrics = evaluate(flow, test.to(device), batch_size=100, log_prob=iwae)
     else:
         metrics = evaluate(flow, test.to(device))
+    train_set_bn = {}
+    if args.model == "maf":  # the ablation's batch-norm statistics (module docstring)
+        set_batch_norm_to_training_set(flow, train_y.to(device))
+        val_lp = per_image(flow, val.to(device), seed=12345)[0]
+        train_set_bn = {
+            "validation_log_likelihood_logit_train_set_bn": val_lp.mean().item(),
+            **{f"test_{k}_train_set_bn": v for k, v in evaluate(flow, test.to(device)).items()},
+        }
     nif_layer = "an image" if args.nif_map == "image" else "a dense"
     report = {
         "model": f"MAF({args.layers}) hidden [{args.hidden}] + batch norm"
@@ -193,7 +245,9 @@ def main():
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         **{f"test_{k}": v for k, v in metrics.items()},
+        **train_set_bn,
         "args": vars(args),
+        **provenance(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,14 +11,11 @@ Run:  OMP_NUM_THREADS=1 python benchmarks/robustness.py            (about 15 min
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from provenance import provenance  # benchmarks/ is the script's directory
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from pyro_manifold.datasets import load_dataset
@@ -131,21 +128,9 @@ def main():
         if not (params_finite and torch.isfinite(torch.tensor(ll))):
             raise SystemExit(f"{name}: non-finite parameters or test log-likelihood")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    info = {"command": " ".join(["python", *sys.argv]), "commit": _commit(), "machine": machine}
     Path(args.out).write_text(
-        json.dumps({"info": info, "dtype": "float32", "rows": rows}, indent=2)
+        json.dumps({"info": provenance(), "dtype": "float32", "rows": rows}, indent=2)
     )
-
-
-def _commit() -> str:
-    """The commit the run's code is at, with ``+dirty`` when the tree has changes."""
-    root = Path(__file__).resolve().parent.parent
-    git = ["git", "-C", str(root)]
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "pyro_manifold", "benchmarks"],
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    return head.strip() + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

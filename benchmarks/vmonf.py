@@ -58,14 +58,12 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from provenance import provenance  # benchmarks/ is the script's directory
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_manifold.datasets import pinwheel, two_circles
@@ -656,34 +654,6 @@ def mnist_component_grid(images, components, path, per_row=10):
                 ax.set_title(f"k = {k}", fontsize=7, loc="left")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-
-
-def provenance():
-    """The command, the commit and the machine, for the JSON."""
-
-    def git(*cmd):
-        try:
-            out = subprocess.run(["git", *cmd], capture_output=True, text=True, timeout=30,
-                                 cwd=Path(__file__).resolve().parent)  # fmt: skip
-            return out.stdout.strip() if out.returncode == 0 else None
-        except OSError:
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "command": " ".join(["python", *sys.argv]),
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_changes": None if status is None else bool(status),
-        "machine": {
-            "host": platform.node(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-    }
 
 
 def main():

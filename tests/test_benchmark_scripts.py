@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 TESTED_ELSEWHERE = {"speed.py", "device_check.py", "streaming_memory.py"}  # test_benchmarks.py
+MODULES = {"provenance.py"}  # imported by the scripts; tested below
 NEEDS_MNIST = pytest.mark.skipif(
     not os.environ.get("PYRO_MANIFOLD_DATA"),
     reason="needs the MNIST files: set PYRO_MANIFOLD_DATA to the data root (CI does)",
@@ -68,6 +69,10 @@ def check_mnist_flows(tmp_path, mnist_runs):
                        report["test_bits_per_dim_stderr"], report["best_validation_nll_logit"],
                        report["train_seconds"])  # fmt: skip
         assert report["args"]["smoke"] and ("NIF" in report["model"]) == (name == "nif")
+        assert len(report["commit"]) == 40 and "--smoke" in report["command"]
+        bn_fields = {k for k in report if k.endswith("_train_set_bn")}
+        assert bool(bn_fields) == (name == "maf")  # the MAF ablation's batch-norm figures
+        assert _finite(*(report[k] for k in bn_fields))
 
 
 def check_nif_mnist_eval(tmp_path, mnist_runs):
@@ -271,7 +276,7 @@ SMOKE = {
 
 def test_every_benchmark_script_is_smoke_tested():
     scripts = {p.name for p in BENCHMARKS.glob("*.py")}
-    assert set(SMOKE) | TESTED_ELSEWHERE == scripts
+    assert set(SMOKE) | TESTED_ELSEWHERE | MODULES == scripts
     assert not set(SMOKE) & TESTED_ELSEWHERE
     for script in SMOKE:
         assert "--smoke" in (BENCHMARKS / script).read_text(), script
@@ -358,6 +363,37 @@ def test_bits_per_dim_of_the_uniform_density_is_eight(bench):
         Uniform(), images, log_prob=lambda y: Uniform().log_prob(y) + 784 * math.log(2)
     )
     torch.testing.assert_close(per_image, torch.full_like(per_image, 7.0), rtol=0, atol=1e-4)
+
+
+def test_provenance_names_this_checkout(bench):
+    from provenance import provenance
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    report = provenance()
+    assert report["commit"] == head and isinstance(report["uncommitted_changes"], bool)
+    assert report["command"].startswith("python ") and report["machine"]["threads"] >= 1
+
+
+def test_batch_norm_statistics_of_the_whole_training_set(bench):
+    """After the reset, evaluation mode scores the training set exactly as one training batch.
+
+    In training mode each batch norm normalises by its input batch's own mean and unbiased
+    variance; with the whole training set as the batch, those are the statistics the
+    reset must have stored, layer by layer from the data end.
+    """
+    mnist_flows, _, _ = bench
+    from pyro_manifold.models import Flow
+
+    torch.manual_seed(0)
+    flow = Flow(4, "maf", num_layers=3, hidden_dims=[8], batch_norm=True).double()
+    y = torch.randn(300, 4, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 2.0]) + 1.0
+    assert mnist_flows.set_batch_norm_to_training_set(flow, y, batch_size=64) == 2
+    with torch.no_grad():
+        eval_log_prob = flow.log_prob(y)
+        flow.train()
+        train_log_prob = flow.log_prob(y)
+    torch.testing.assert_close(eval_log_prob, train_log_prob, rtol=1e-10, atol=1e-10)
 
 
 def test_chart_purity_known_answers(bench):
