@@ -152,6 +152,13 @@ def main():
         default=None,
         help="default benchmarks/results/mnist_MODEL[LATENT].json (runs/smoke/... with --smoke)",
     )
+    p.add_argument(
+        "--evaluate",
+        choices=["test", "validation"],
+        default="test",
+        help="the split scored after training; validation for runs that only compete in a "
+        "selection (benchmarks/nif_protocol.py), so their test images are never read",
+    )
     p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
     p.add_argument("--smoke", action="store_true", help="tiny run to check the script")
     args = p.parse_args()
@@ -163,9 +170,12 @@ def main():
 
     train = load_mnist(args.data, "train").data
     val = load_mnist(args.data, "validation").data
-    test = load_mnist(args.data, "test").data
+    if args.evaluate == "test":
+        scored, scored_seed = load_mnist(args.data, "test").data, 1
+    else:  # the validation images, dequantized as for early stopping
+        scored, scored_seed = val, 12345
     if args.smoke:
-        train, val, test = train[:512], val[:256], test[:SMOKE_TEST_IMAGES]
+        train, val, scored = train[:512], val[:256], scored[:SMOKE_TEST_IMAGES]
         args.epochs, args.hidden, args.layers = 1, 800, 1  # MADE widths >= 784
     steps_per_epoch = train.shape[0] // args.batch_size
     num_steps = args.epochs * steps_per_epoch
@@ -221,16 +231,19 @@ def main():
             k = args.iwae_samples
             return importance_log_likelihood(flow.model, flow.guide, y, num_samples=k)
 
-        metrics = evaluate(flow, test.to(device), batch_size=100, log_prob=iwae)
+        metrics = evaluate(flow, scored.to(device), 100, scored_seed, log_prob=iwae)
     else:
-        metrics = evaluate(flow, test.to(device))
+        metrics = evaluate(flow, scored.to(device), seed=scored_seed)
     train_set_bn = {}
     if args.model == "maf":  # the ablation's batch-norm statistics (module docstring)
         set_batch_norm_to_training_set(flow, train_y.to(device))
         val_lp = per_image(flow, val.to(device), seed=12345)[0]
         train_set_bn = {
             "validation_log_likelihood_logit_train_set_bn": val_lp.mean().item(),
-            **{f"test_{k}_train_set_bn": v for k, v in evaluate(flow, test.to(device)).items()},
+            **{
+                f"{args.evaluate}_{k}_train_set_bn": v
+                for k, v in evaluate(flow, scored.to(device), seed=scored_seed).items()
+            },
         }
     nif_layer = "an image" if args.nif_map == "image" else "a dense"
     report = {
@@ -244,7 +257,7 @@ def main():
         "train_seconds": train_time,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        **{f"test_{k}": v for k, v in metrics.items()},
+        **{f"{args.evaluate}_{k}": v for k, v in metrics.items()},
         **train_set_bn,
         "args": vars(args),
         **provenance(),
@@ -253,7 +266,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(
-        f"| {report['model']} | epochs {report['epochs_run']:.1f} | test log p (logit) "
+        f"| {report['model']} | epochs {report['epochs_run']:.1f} | {args.evaluate} log p (logit) "
         f"{metrics['log_likelihood_logit']:.1f} ± {metrics['log_likelihood_logit_stderr']:.1f}"
         f" | bits/dim {metrics['bits_per_dim']:.3f} | {train_time / 60:.1f} min on {device} |"
     )

@@ -130,6 +130,33 @@ def check_mnist_test_outliers(tmp_path, mnist_runs):
         assert _finite(row["bits_per_dim_median"])
 
 
+def check_nif_protocol(tmp_path, mnist_runs):
+    import shutil
+
+    (nf, nf_report), (nif, _) = mnist_runs["maf"], mnist_runs["nif"]
+    for name in ("nif64_image_noise1", "nif64_image_noise04"):  # the smoke's two candidates
+        for seed in (0, 1):
+            shutil.copytree(nif, tmp_path / "runs" / f"{name}_seed{seed}")
+    _run("nif_protocol.py", "--smoke", "--stage", "select", "--runs", "runs", "--nf-runs",
+         str(nf), "--out", "select.json", cwd=tmp_path)  # fmt: skip
+    selection = json.loads((tmp_path / "select.json").read_text())
+    assert selection["split"] == "validation" and len(selection["configurations_tried"]) == 4
+    assert set(selection["validation"]) == set(selection["configurations_tried"])
+    assert selection["chosen"] in selection["validation"] and selection["nf_temperature"] == 1.0
+    for scores in selection["validation"].values():
+        assert _finite(scores["bits_per_dim"], scores["frechet_s0"], scores["knn10_accuracy"])
+    _run("nif_protocol.py", "--smoke", "--stage", "test", "--runs", "runs", "--nf-runs", str(nf),
+         str(nf), "--seeds", "0", "1", "--selection", "select.json", "--out", "test.json",
+         cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "test.json").read_text())
+    assert report["split"] == "test" and [row["seed"] for row in report["seeds"]] == [0, 1]
+    # the NF's test bits/dim are mnist_flows.py's own figure (same images, same dequantization)
+    assert report["seeds"][0]["nf"]["bits_per_dim"] == pytest.approx(
+        nf_report["test_bits_per_dim"], rel=1e-5
+    )
+    assert report["selection_commit"] == selection["commit"] and len(report["commit"]) == 40
+
+
 def check_nf_mixture_base(tmp_path, mnist_runs):
     nf, nf_report = mnist_runs["maf"]
     _run("nf_mixture_base.py", "--smoke", "--components", "2", "--nf-run", str(nf),
@@ -266,6 +293,7 @@ SMOKE = {
     "nif_prior_gap.py": (check_nif_prior_gap, "runs", True),
     "mnist_test_outliers.py": (check_mnist_test_outliers, "runs", False),
     "nf_mixture_base.py": (check_nf_mixture_base, "runs", True),
+    "nif_protocol.py": (check_nif_protocol, "runs", True),
     "vq_atlas_purity.py": (check_vq_atlas_purity, "mnist", False),
     "flow_vae_mnist.py": (check_flow_vae_mnist, "mnist", False),
     "vmonf.py": (check_vmonf, None, False),
@@ -363,6 +391,22 @@ def test_bits_per_dim_of_the_uniform_density_is_eight(bench):
         Uniform(), images, log_prob=lambda y: Uniform().log_prob(y) + 784 * math.log(2)
     )
     torch.testing.assert_close(per_image, torch.full_like(per_image, 7.0), rtol=0, atol=1e-4)
+
+
+def test_nif_protocol_rule(bench):
+    """Claim 1's margin on validation first, then the lowest Fréchet; the NF's best t."""
+    from nif_protocol import MARGIN_BITS, choose
+
+    nf = {"bits_per_dim": 1.70, "frechet": {0.5: 300.0, 0.8: 240.0, 1.0: 250.0}}
+    nif = {
+        "close, blurry": {"bits_per_dim": 1.70 + MARGIN_BITS, "frechet_s0": 200.0},
+        "close, sharp": {"bits_per_dim": 1.69, "frechet_s0": 150.0},
+        "far, sharpest": {"bits_per_dim": 1.70 + 2 * MARGIN_BITS, "frechet_s0": 50.0},
+    }
+    assert choose(nif, nf) == ("close, sharp", 0.8)
+    # nothing within the margin: the best bits/dim, whatever its Fréchet distance
+    far = {k: {**v, "bits_per_dim": v["bits_per_dim"] + 1} for k, v in nif.items()}
+    assert choose(far, nf) == ("close, sharp", 0.8)
 
 
 def test_provenance_names_this_checkout(bench):
