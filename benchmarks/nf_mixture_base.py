@@ -12,9 +12,12 @@ u = f^-1(y) of the 50,000 training images, with the iterate of best validation f
 Reports, for the unit-normal and the mixture base (the same classifier, the same number
 of samples, samples at t = 1): exact test bits/dim (mnist_flows.evaluate's protocol) and
 the MNIST Frechet distance of the samples against the test images; and a temperature
-grid of the mixture-base NF.
+grid of the mixture-base NF (``--figure``, by default ``STEM_temperature.png`` next to
+the JSON).
 
-Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nf_mixture_base.py --nf-run runs/mnist_maf
+Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nf_mixture_base.py \
+          --nf-run runs/mnist_maf --out benchmarks/results/nf_mixture_base.json \
+          --figure benchmarks/figures/temperature_NF_gmm10.png
 Smoke (a run of mnist_flows.py --smoke; an untrained classifier; numbers mean nothing):
       PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nf_mixture_base.py --smoke \
           --nf-run runs/smoke/mnist_maf
@@ -71,6 +74,11 @@ def main():
         "--out",
         default=None,
         help="default benchmarks/results/nf_mixture_base.json (runs/smoke/... with --smoke)",
+    )
+    p.add_argument(
+        "--figure",
+        default=None,
+        help="the temperature grid's PNG (default: next to --out, named STEM_temperature.png)",
     )
     p.add_argument(
         "--smoke",
@@ -137,7 +145,7 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_image_grid(
         torch.cat(rows),
-        out.with_name(out.stem + "_temperature.png"),
+        Path(args.figure) if args.figure else out.with_name(out.stem + "_temperature.png"),
         ncols=8,
         title=f"NF, {args.components}-component mixture base: rows t = "
         + ", ".join(f"{t:g}" for t in temperatures),

@@ -23,7 +23,14 @@ With --prior-components K, each NIF gets a K-component Gaussian-mixture prior in
 fitted by EM in the same way (at most --prior-steps iterations), and its test bits/dim
 stay exact (the mixture's marginal is a mixture of Gaussians before the top flow).
 
-Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nif_mnist_eval.py
+Outputs: the JSON (``--out``: a file name ending in ``.json``, or a folder that gets
+``nif_mnist_eval.json``; the results of models not evaluated in this call are kept from
+an existing file) and the PNGs ``temperature_MODEL.png`` and ``nif_frechet_vs_s.png``
+(in ``--figures``, by default the JSON's folder; ``--tag TAG`` names them
+``temperature_MODEL_TAG.png`` and ``nif_frechet_vs_s_TAG.png``).
+
+Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/nif_mnist_eval.py \
+          --out benchmarks/results/nif_mnist_eval.json --figures benchmarks/figures
 Smoke (runs from mnist_flows.py --smoke; an untrained classifier; numbers mean nothing):
       PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --smoke
       PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_flows.py --smoke --model nif \
@@ -226,6 +233,22 @@ def linear_probe_accuracy(train_z, train_y, test_z, test_y, steps=300):
         return ((b @ w + c).argmax(-1) == test_y).float().mean().item()
 
 
+def output_paths(out, figures=None, tag="", smoke=False):
+    """The JSON's path, the figures' folder and the figure-name suffix; folders are created.
+
+    ``out`` is the JSON itself when it ends in ``.json``, else a folder that gets
+    ``nif_mnist_eval.json``; the figures go to ``figures``, by default the JSON's folder,
+    and their names end in ``_TAG`` when ``tag`` is given (tested in
+    tests/test_benchmark_scripts.py).
+    """
+    out = Path(out or ("runs/smoke/nif_mnist_eval" if smoke else "benchmarks/results"))
+    report_path = out if out.suffix == ".json" else out / "nif_mnist_eval.json"
+    figure_dir = Path(figures) if figures else report_path.parent
+    for folder in (report_path.parent, figure_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    return report_path, figure_dir, f"_{tag}" if tag else ""
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None)
@@ -235,7 +258,16 @@ def main():
     p.add_argument("--s-grid", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--embed-train", type=int, default=10000, help="training latents for k-NN")
     p.add_argument(
-        "--out", default=None, help="folder (default benchmarks/results; runs/smoke with --smoke)"
+        "--out",
+        default=None,
+        help="the JSON (a name ending in .json), or a folder for nif_mnist_eval.json "
+        "(default benchmarks/results; runs/smoke/nif_mnist_eval with --smoke)",
+    )
+    p.add_argument("--figures", default=None, help="folder for the PNGs (default: the JSON's)")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the figure names: temperature_MODEL_TAG.png, nif_frechet_vs_s_TAG.png",
     )
     p.add_argument("--nf-run", default="runs/mnist_maf")
     p.add_argument("--nif32-run", default="runs/mnist_nif32")
@@ -274,8 +306,7 @@ def main():
         args.s_grid, args.embed_train, args.prior_steps = [0.0, 1.0], 200, 5
         args.iwae_samples, temperatures = 4, (1.0,)
     torch.manual_seed(0)
-    out = Path(args.out or ("runs/smoke/nif_mnist_eval" if args.smoke else "benchmarks/results"))
-    out.mkdir(parents=True, exist_ok=True)
+    report_path, figures, suffix = output_paths(args.out, args.figures, args.tag, args.smoke)
     classifier = frechet_classifier(args.classifier_root or args.data, args.smoke)
     test = load_mnist(args.data, "test")
     train = load_mnist(args.data, "train")
@@ -297,7 +328,7 @@ def main():
         for name, path in runs.items()
         if Path(path).exists()
     }
-    report_path = out / "nif_mnist_eval.json"  # results for models not evaluated now are kept
+    # results for models not evaluated now are kept
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     for key in ("bits_per_dim", "frechet", "embedding"):
         report.setdefault(key, {})
@@ -356,7 +387,7 @@ def main():
                     rows.append(to_pixels(model.sample(8, t=t, s=0.0)).nan_to_num(nan=0.0))
         plot_image_grid(
             torch.cat(rows),
-            out / f"temperature_{name}.png",
+            figures / f"temperature_{name}{suffix}.png",
             ncols=8,
             title=f"{name}: rows t = {', '.join(f'{t:g}' for t in temperatures)}"
             + ("" if name == "NF" else ", s = 0"),
@@ -393,7 +424,7 @@ def main():
         ax.set_ylabel("MNIST Frechet distance")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "nif_frechet_vs_s.png")
+        fig.savefig(figures / f"nif_frechet_vs_s{suffix}.png")
     report["num_samples"] = args.num_samples
     report.setdefault("nonfinite_sample_fraction", {}).update(NONFINITE)
     report_path.write_text(json.dumps(report, indent=2))

@@ -51,7 +51,10 @@ Smoke:      python benchmarks/vmonf.py --part all --smoke --device cpu
 Results are printed as Markdown tables and written to ``--out`` (JSON); ``--figures DIR``
 also saves the pinwheel and circles figures (samples coloured by component over the
 q(k|x) regions) of the chosen configuration's seed with the best validation
-log-likelihood.
+log-likelihood, and the MNIST sample grids (``vmonf_mnist_unsupervised.png``,
+``vmonf_mnist_semi.png``); ``--tag TAG`` appends ``_TAG`` to every figure name, e.g.
+``--part mnist --mnist-configs semi-supervised --mnist-steps 6000 --tag 6000`` writes
+``vmonf_mnist_semi_6000.png``.
 """
 
 import argparse
@@ -95,6 +98,11 @@ def matched_flow(target, num_layers, kind="realnvp"):
         if count(flow) >= target:
             return flow, width
     raise ValueError(target)
+
+
+def figure_path(args, stem):
+    """``--figures``/STEM.png, or STEM_TAG.png with ``--tag TAG``."""
+    return Path(args.figures) / f"{stem}{'_' + args.tag if args.tag else ''}.png"
 
 
 def mean_std(values):
@@ -335,7 +343,7 @@ def run_pinwheel(args, device):
         lls = validation[chosen]["val_log_likelihood"]
         seed = args.seeds[max(range(len(lls)), key=lls.__getitem__)]
         best = models[chosen, seed]
-        path = Path(args.figures) / "vmonf_pinwheel.png"
+        path = figure_path(args, "vmonf_pinwheel")
         plot_regions(best, test.data, path)
         table = contingency_table(best.cluster(test.data.to(device)).cpu(), test.labels)
         result["figure"] = {"path": str(path), "configuration": chosen, "seed": seed,
@@ -464,8 +472,8 @@ def run_circles(args, device):
         if args.figures:  # the chosen configuration's seed with the best validation ll
             lls = validation[chosen]["val_log_likelihood"]
             seed = args.seeds[max(range(len(lls)), key=lls.__getitem__)]
-            tag = "unsupervised" if y is None else "semi"
-            path = Path(args.figures) / f"vmonf_circles_{tag}.png"
+            setting = "unsupervised" if y is None else "semi"
+            path = figure_path(args, f"vmonf_circles_{setting}")
             plot_regions(models[chosen, seed], test.data, path)
             result[name]["figure"] = {"path": str(path), "configuration": chosen, "seed": seed}
     return result
@@ -632,8 +640,8 @@ def run_mnist(args, device):
             with torch.no_grad():
                 x, k = model.sample(400)
             images = inverse_logit_transform(x.cpu(), alpha=1e-6).clamp(0, 1)
-            tag = "unsupervised" if y is None else "semi"
-            mnist_component_grid(images, k.cpu(), Path(args.figures) / f"vmonf_mnist_{tag}.png")
+            setting = "unsupervised" if y is None else "semi"
+            mnist_component_grid(images, k.cpu(), figure_path(args, f"vmonf_mnist_{setting}"))
     return rows
 
 
@@ -701,7 +709,12 @@ def main():
         "--mnist-configs", nargs="+", default=["unsupervised", "semi-supervised"],
         choices=["unsupervised", "semi-supervised"],
     )  # fmt: skip
-    p.add_argument("--figures", default=None)
+    p.add_argument("--figures", default=None, help="folder for the figures (none without it)")
+    p.add_argument(
+        "--tag",
+        default="",
+        help="suffix of the figure names: vmonf_PART[_SETTING]_TAG.png (the JSON is --out)",
+    )
     p.add_argument(
         "--out",
         default=None,

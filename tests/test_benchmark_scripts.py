@@ -10,6 +10,7 @@ answers: k-NN and linear-probe accuracy, bits/dim of a known density through the
 dequantization pipeline, chart purity.
 """
 
+import argparse
 import json
 import math
 import os
@@ -77,10 +78,11 @@ def check_mnist_flows(tmp_path, mnist_runs):
 
 def check_nif_mnist_eval(tmp_path, mnist_runs):
     (nf, nf_report), (nif, nif_report) = mnist_runs["maf"], mnist_runs["nif"]
+    # the names RESULTS.md uses: --out names the JSON, --figures and --tag the PNGs
     _run("nif_mnist_eval.py", "--smoke", "--nf-run", str(nf), "--nif64-run", str(nif),
-         "--models", "NF", "NIF-64", "--out", "out", cwd=tmp_path)  # fmt: skip
-    out = tmp_path / "out"
-    report = json.loads((out / "nif_mnist_eval.json").read_text())
+         "--models", "NF", "NIF-64", "--out", "results/nif_mnist_eval_noise01.json",
+         "--figures", "figures", "--tag", "noise01", cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "results" / "nif_mnist_eval_noise01.json").read_text())
     # the same test images, checkpoint and dequantization as mnist_flows.py's own figure
     assert report["bits_per_dim"]["NF"] == pytest.approx(nf_report["test_bits_per_dim"], rel=1e-5)
     assert report["bits_per_dim"]["NIF-64"] == pytest.approx(
@@ -93,8 +95,11 @@ def check_nif_mnist_eval(tmp_path, mnist_runs):
     assert {k: v["dim"] for k, v in report["embedding"].items()} == {"NF": 784, "NIF-64": 16}
     for scores in report["embedding"].values():
         assert 0 <= scores["knn10_accuracy"] <= 1 and 0 <= scores["linear_probe_accuracy"] <= 1
-    for png in ("temperature_NF.png", "temperature_NIF-64.png", "nif_frechet_vs_s.png"):
-        assert (out / png).stat().st_size > 0
+    pngs = {"temperature_NF_noise01.png", "temperature_NIF-64_noise01.png",
+            "nif_frechet_vs_s_noise01.png"}  # fmt: skip
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == pngs
+    assert all((tmp_path / "figures" / png).stat().st_size > 0 for png in pngs)
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["nif_mnist_eval_noise01.json"]
 
 
 def check_nif_prior_gap(tmp_path, mnist_runs):
@@ -160,7 +165,8 @@ def check_nif_protocol(tmp_path, mnist_runs):
 def check_nf_mixture_base(tmp_path, mnist_runs):
     nf, nf_report = mnist_runs["maf"]
     _run("nf_mixture_base.py", "--smoke", "--components", "2", "--nf-run", str(nf),
-         "--out", "mix/nf_mixture_base.json", cwd=tmp_path)  # fmt: skip
+         "--out", "mix/nf_mixture_base.json",
+         "--figure", "figures/temperature_NF_gmm10.png", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "mix" / "nf_mixture_base.json").read_text())
     assert report["smoke"] and report["components"] == 2
     assert 1 <= report["em"]["iterations"] <= 3
@@ -169,7 +175,9 @@ def check_nf_mixture_base(tmp_path, mnist_runs):
     assert unit["bits_per_dim"] == pytest.approx(nf_report["test_bits_per_dim"], rel=1e-5)
     for row in (unit, mixture):
         assert _finite(row["bits_per_dim"], row["frechet_t1"], row["nonfinite_sample_fraction"])
-    assert (tmp_path / "mix" / "nf_mixture_base_temperature.png").exists()
+    # the figure under the name RESULTS.md uses, not the default next to the JSON
+    assert (tmp_path / "figures" / "temperature_NF_gmm10.png").stat().st_size > 0
+    assert [p.name for p in (tmp_path / "mix").iterdir()] == ["nf_mixture_base.json"]
 
 
 def check_vq_atlas_purity(tmp_path, mnist_runs):
@@ -324,6 +332,27 @@ def test_smoke(script, tmp_path, request):
     check(tmp_path, request.getfixturevalue("mnist_runs") if needs == "runs" else None)
 
 
+@NEEDS_MNIST
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_vmonf_mnist_figure_under_its_tagged_name(tmp_path):
+    """``--part mnist --tag``: the sample grid under the name RESULTS.md uses, no renaming."""
+    _run("vmonf.py", "--part", "mnist", "--smoke", "--device", "cpu", "--mnist-layers", "1",
+         "--mnist-configs", "unsupervised", "--kmeans-mnist", "--kmeans-encoder-steps", "2",
+         "--identity-init-mnist", "--figures", "figures", "--tag", "kmeans_only",
+         "--out", "vmonf_mnist.json", cwd=tmp_path)  # fmt: skip
+    figures = [p.name for p in (tmp_path / "figures").iterdir()]
+    assert figures == ["vmonf_mnist_unsupervised_kmeans_only.png"]
+    report = json.loads((tmp_path / "vmonf_mnist.json").read_text())
+    assert report["args"]["tag"] == "kmeans_only" and set(report["mnist"]) == {"unsupervised"}
+    row = report["mnist"]["unsupervised"]
+    assert row["kmeans_encoder_steps"] == 2
+    for key in ("accuracy", "exact_posterior_accuracy", "kmeans_train_accuracy",
+                "encoder_kmeans_agreement", "nmi"):  # fmt: skip
+        assert 0 <= row[key] <= 1, key
+    assert sum(map(sum, row["contingency_table"])) == 5139  # every test image of digits 0-4
+
+
 # ------------------------------------------------------- known answers of the metrics code
 @pytest.fixture
 def bench(monkeypatch):
@@ -407,6 +436,35 @@ def test_nif_protocol_rule(bench):
     # nothing within the margin: the best bits/dim, whatever its Fréchet distance
     far = {k: {**v, "bits_per_dim": v["bits_per_dim"] + 1} for k, v in nif.items()}
     assert choose(far, nf) == ("close, sharp", 0.8)
+
+
+def test_output_names_follow_out_figures_and_tag(bench, tmp_path, monkeypatch):
+    """The options that let a printed command write the names RESULTS.md uses."""
+    _, nif_mnist_eval, _ = bench
+    import vmonf
+
+    output_paths = nif_mnist_eval.output_paths
+    # --out a folder: nif_mnist_eval.json in it, the figures beside it, untagged
+    assert output_paths(tmp_path / "a") == (tmp_path / "a" / "nif_mnist_eval.json",
+                                            tmp_path / "a", "")  # fmt: skip
+    # --out a JSON, --figures elsewhere, --tag: the figure names end in _TAG
+    json_path = tmp_path / "results" / "nif_mnist_eval_nif64_dense_noise04.json"
+    assert output_paths(json_path, tmp_path / "figures", "dense_noise04") == (
+        json_path,
+        tmp_path / "figures",
+        "_dense_noise04",
+    )
+    assert (tmp_path / "results").is_dir() and (tmp_path / "figures").is_dir()
+    monkeypatch.chdir(tmp_path)  # the defaults are relative to the working folder
+    assert output_paths(None)[0] == Path("benchmarks/results/nif_mnist_eval.json")
+    assert output_paths(None, smoke=True)[0] == Path(
+        "runs/smoke/nif_mnist_eval/nif_mnist_eval.json"
+    )
+
+    args = argparse.Namespace(figures="figs", tag="")
+    assert vmonf.figure_path(args, "vmonf_pinwheel") == Path("figs/vmonf_pinwheel.png")
+    args.tag = "6000"
+    assert vmonf.figure_path(args, "vmonf_mnist_semi") == Path("figs/vmonf_mnist_semi_6000.png")
 
 
 def test_provenance_names_this_checkout(bench):
