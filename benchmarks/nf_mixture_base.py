@@ -33,6 +33,7 @@ import pyro.distributions as dist
 import torch
 from mnist_flows import SMOKE_TEST_IMAGES, evaluate  # benchmarks/ is the script's directory
 from nif_mnist_eval import TEMPERATURES, embed, frechet_classifier, load_run, to_logit, to_pixels
+from provenance import provenance
 
 from pyro_manifold.datasets import load_mnist
 from pyro_manifold.metrics import mnist_frechet_distance
@@ -98,7 +99,8 @@ def main():
         args.num_samples, args.em_steps, temperatures = 16, min(args.em_steps, 3), (1.0,)
     reference = test.float() / 255
     flow = load_run(args.nf_run)
-    report = {"nf_run": args.nf_run, "components": args.components, "smoke": args.smoke}
+    report = {"nf_run": args.nf_run, "components": args.components, "smoke": args.smoke,
+              **provenance()}  # fmt: skip
 
     # the flow's latents of the training and validation images (the cheap direction)
     u_train, u_val = embed(flow, to_logit(train, seed=4)), embed(flow, to_logit(val, seed=5))
@@ -151,7 +153,7 @@ def main():
         + ", ".join(f"{t:g}" for t in temperatures),
     )
     out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "em"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("em", "machine")}, indent=2))
 
 
 if __name__ == "__main__":

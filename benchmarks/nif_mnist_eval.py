@@ -51,6 +51,7 @@ from mnist_flows import (
     evaluate,
     nif_map_kwargs,
 )  # benchmarks/ is the script's directory
+from provenance import provenance
 
 from pyro_manifold.datasets import dequantize_logit, load_mnist
 from pyro_manifold.infer import load_checkpoint
@@ -427,6 +428,8 @@ def main():
         fig.savefig(figures / f"nif_frechet_vs_s{suffix}.png")
     report["num_samples"] = args.num_samples
     report.setdefault("nonfinite_sample_fraction", {}).update(NONFINITE)
+    # one entry per call: the file merges the models of several calls
+    report.setdefault("provenance", []).append({**provenance(), "models": list(models)})
     report_path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -83,6 +83,9 @@ def check_nif_mnist_eval(tmp_path, mnist_runs):
          "--models", "NF", "NIF-64", "--out", "results/nif_mnist_eval_noise01.json",
          "--figures", "figures", "--tag", "noise01", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "results" / "nif_mnist_eval_noise01.json").read_text())
+    assert [(p["models"], "--smoke" in p["command"]) for p in report["provenance"]] == [
+        (["NF", "NIF-64"], True)
+    ]
     # the same test images, checkpoint and dequantization as mnist_flows.py's own figure
     assert report["bits_per_dim"]["NF"] == pytest.approx(nf_report["test_bits_per_dim"], rel=1e-5)
     assert report["bits_per_dim"]["NIF-64"] == pytest.approx(
@@ -168,7 +171,7 @@ def check_nf_mixture_base(tmp_path, mnist_runs):
          "--out", "mix/nf_mixture_base.json",
          "--figure", "figures/temperature_NF_gmm10.png", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "mix" / "nf_mixture_base.json").read_text())
-    assert report["smoke"] and report["components"] == 2
+    assert report["smoke"] and report["components"] == 2 and len(report["commit"]) == 40
     assert 1 <= report["em"]["iterations"] <= 3
     assert report["val_nll_mixture_base"] == min(report["em"]["val_loss"])
     unit, mixture = report["unit normal"], report["2-component mixture"]
