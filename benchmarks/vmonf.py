@@ -819,7 +819,10 @@ def mnist_read_run(args, setting, config, seed):
     """A finished train job's JSON (its ``mnist`` part, with the run's commit)."""
     path = mnist_run_json(args, setting, config, seed)
     if not path.exists():
-        raise SystemExit(f"{path}: missing; train it with bash benchmarks/vmonf_mnist.sh")
+        raise SystemExit(
+            f"{path}: missing; train it with bash benchmarks/vmonf_mnist.sh (or wait for the "
+            "worker that holds it)"
+        )
     report = json.loads(path.read_text())
     provenance_keys = ("commit", "uncommitted_changes")
     return {**report["mnist"], "provenance": {k: report[k] for k in provenance_keys}}
