@@ -263,6 +263,108 @@ def check_vmonf(tmp_path, mnist_runs):
     )
 
 
+def check_vmonf_mnist(tmp_path):
+    """The MNIST queue (benchmarks/vmonf_mnist.sh) in smoke mode, seeds 0 and 1: candidates,
+    select and seeds with a data root that holds only the training files (so no stage before
+    the test reads a test image), then test; then a job whose JSON is gone resumes."""
+    data = Path(os.environ["PYRO_MANIFOLD_DATA"])
+    train_only = tmp_path / "train_only"
+    (train_only / "MNIST" / "raw").mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (train_only / "MNIST" / "raw" / name).symlink_to(data / "MNIST" / "raw" / name)
+    results, runs, figures = tmp_path / "results", tmp_path / "runs", tmp_path / "figures"
+
+    def queue(stage, root):
+        env = dict(os.environ, MPLBACKEND="Agg", PYRO_MANIFOLD_CACHE=str(tmp_path / "cache"),
+                   PYTHON=sys.executable, PYRO_MANIFOLD_DATA=str(root),
+                   VMONF_MNIST_RUNS=str(runs), VMONF_MNIST_RESULTS=str(results),
+                   VMONF_MNIST_FIGURES=str(figures), VMONF_MNIST_SEEDS="1",
+                   VMONF_MNIST_ARGS="--smoke")  # fmt: skip
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        proc = subprocess.run(["bash", str(BENCHMARKS / "vmonf_mnist.sh"), stage], env=env,
+                              capture_output=True, text=True, timeout=1200)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    for stage in ("candidates", "select", "seeds"):
+        queue(stage, train_only)
+    queue("test", data)
+
+    def load(path):
+        return json.loads(path.read_text())
+
+    reports = {p.stem: load(p) for p in (results / "vmonf_mnist_runs").glob("*.json")}
+    selection = load(results / "vmonf_mnist_selection.json")
+    chosen, tried = selection["mnist"]["selected"], selection["mnist"]["configurations_tried"]
+    assert tried == {"unsupervised": ["paper", "kmeans", "kmeans_encoder"],
+                     "semi100": ["paper", "kmeans_encoder"]}  # fmt: skip
+    assert (
+        selection["mnist"]["split"] == "validation"
+        and selection["mnist"]["num_configurations"] == 5
+    )
+    for setting, configs in tried.items():  # the rule: seed 0's validation log-likelihood
+        ll = {c: reports[f"{setting}_{c}_seed0"]["mnist"]["validation"]["log_likelihood"]
+              for c in configs}  # fmt: skip
+        assert chosen[setting] == max(ll, key=ll.get)
+    pairs = [[s, c] for s in tried for c in dict.fromkeys((chosen[s], "paper"))]
+    assert selection["mnist"]["train_next"] == pairs
+    assert set(reports) == {f"{s}_{c}_seed0" for s in tried for c in tried[s]} | {
+        f"{s}_{c}_seed1" for s, c in pairs
+    }
+    for name, report in reports.items():
+        run = report["mnist"]
+        assert run["split"] == "validation" and run["steps"] == 4 and not run["resumed"]
+        assert "--smoke" in report["command"] and len(report["commit"]) == 40
+        assert run["best_validation_loss"] == min(run["validation_curve"]["loss"])
+        assert run["best_step"] in run["validation_curve"]["step"]
+        assert run["job"]["labels"] == (100 if name.startswith("semi100") else 0)
+        assert (runs / name / "best.pt").exists() and _finite(run["validation"]["log_likelihood"])
+    test = load(results / "vmonf_mnist_test.json")["mnist"]
+    assert test["split"] == "test" and test["seeds"] == [0, 1]
+    assert test["selection"]["commit"] == selection["commit"]
+    for setting, tag in (("unsupervised", "unsupervised"), ("semi100", "semi")):
+        rows = test[setting]["test"]
+        models = {row["configuration"]: row for row in rows.values() if "configuration" in row}
+        assert set(models) == {chosen[setting], "paper"}
+        for config, row in models.items():
+            assert row["seeds"] == [0, 1] and row["accuracy_metric"] == (
+                "accuracy" if setting == "unsupervised" else "classification_accuracy"
+            )
+            assert row["accuracy"]["per_seed"] == [
+                s[row["accuracy_metric"]] for s in row["per_seed"]
+            ]
+            assert row["accuracy"]["mean"] == pytest.approx(sum(row["accuracy"]["per_seed"]) / 2)
+            for scores in row["per_seed"]:  # the checkpoint scored is the one its run scored
+                run = reports[f"{setting}_{config}_seed{scores['seed']}"]["mnist"]
+                assert scores["validation_log_likelihood_reloaded"] == pytest.approx(
+                    run["validation"]["log_likelihood"], rel=1e-5
+                )
+                assert sum(map(sum, scores["contingency_table"])) == 500  # every test image
+        baselines = {name: row for name, row in rows.items() if name not in
+                     {n for n, row in rows.items() if "configuration" in row}}  # fmt: skip
+        assert len(baselines) == (3 if setting == "unsupervised" else 5)
+        for name, row in baselines.items():
+            assert 0 <= row["accuracy"]["mean"] <= 1, name
+            assert row["seeds"] == ([] if name.startswith("1-NN") else [0, 1]), name
+        figure = test[setting]["figure"]
+        lls = {
+            s["seed"]: s["validation_log_likelihood"] for s in models[chosen[setting]]["per_seed"]
+        }
+        assert (
+            figure["seed"] == max(lls, key=lls.get) and figure["configuration"] == chosen[setting]
+        )
+        assert (figures / f"vmonf_mnist_{tag}.png").stat().st_size > 0
+    # a job whose JSON is missing resumes from its last checkpoint; finished jobs are skipped
+    name = "unsupervised_kmeans_seed0"
+    (results / "vmonf_mnist_runs" / f"{name}.json").unlink()
+    out = queue("candidates", train_only)
+    assert out.count(": done (") == 4 and f"{name}: training --resume" in out
+    resumed = load(results / "vmonf_mnist_runs" / f"{name}.json")["mnist"]
+    assert resumed["resumed"] and resumed["validation"] == reports[name]["mnist"]["validation"]
+    assert resumed["validation_curve"] == reports[name]["mnist"]["validation_curve"]
+
+
 def check_vq_flows(tmp_path, mnist_runs):
     # runs without MNIST too (random images, untrained classifier)
     _run("vq_flows.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vq.json",
@@ -313,6 +415,14 @@ SMOKE = {
 }
 
 
+@NEEDS_MNIST
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_vmonf_mnist_protocol_smoke(tmp_path):
+    """vmonf.py --part mnist's stages through their queue (beside vmonf.py's toy parts)."""
+    check_vmonf_mnist(tmp_path)
+
+
 def test_every_benchmark_script_is_smoke_tested():
     scripts = {p.name for p in BENCHMARKS.glob("*.py")}
     assert set(SMOKE) | TESTED_ELSEWHERE | MODULES == scripts
@@ -333,27 +443,6 @@ def _params():
 def test_smoke(script, tmp_path, request):
     check, needs, _ = SMOKE[script]
     check(tmp_path, request.getfixturevalue("mnist_runs") if needs == "runs" else None)
-
-
-@NEEDS_MNIST
-@pytest.mark.mnist
-@pytest.mark.slow
-def test_vmonf_mnist_figure_under_its_tagged_name(tmp_path):
-    """``--part mnist --tag``: the sample grid under the name RESULTS.md uses, no renaming."""
-    _run("vmonf.py", "--part", "mnist", "--smoke", "--device", "cpu", "--mnist-layers", "1",
-         "--mnist-configs", "unsupervised", "--kmeans-mnist", "--kmeans-encoder-steps", "2",
-         "--identity-init-mnist", "--figures", "figures", "--tag", "kmeans_only",
-         "--out", "vmonf_mnist.json", cwd=tmp_path)  # fmt: skip
-    figures = [p.name for p in (tmp_path / "figures").iterdir()]
-    assert figures == ["vmonf_mnist_unsupervised_kmeans_only.png"]
-    report = json.loads((tmp_path / "vmonf_mnist.json").read_text())
-    assert report["args"]["tag"] == "kmeans_only" and set(report["mnist"]) == {"unsupervised"}
-    row = report["mnist"]["unsupervised"]
-    assert row["kmeans_encoder_steps"] == 2
-    for key in ("accuracy", "exact_posterior_accuracy", "kmeans_train_accuracy",
-                "encoder_kmeans_agreement", "nmi"):  # fmt: skip
-        assert 0 <= row[key] <= 1, key
-    assert sum(map(sum, row["contingency_table"])) == 5139  # every test image of digits 0-4
 
 
 # ------------------------------------------------------- known answers of the metrics code
@@ -468,6 +557,77 @@ def test_output_names_follow_out_figures_and_tag(bench, tmp_path, monkeypatch):
     assert vmonf.figure_path(args, "vmonf_pinwheel") == Path("figs/vmonf_pinwheel.png")
     args.tag = "6000"
     assert vmonf.figure_path(args, "vmonf_mnist_semi") == Path("figs/vmonf_mnist_semi_6000.png")
+
+
+def test_vmonf_mnist_rule(bench):
+    """Seed 0's validation log-likelihood picks (a mean with more seeds); validation
+    accuracy does not; the paper's random start is trained with the other seeds too."""
+    from vmonf import MNIST_BASELINE, mnist_choose
+
+    validation = {
+        "unsupervised": {
+            "paper": {"val_log_likelihood": [-700.0], "val_accuracy": [0.99]},
+            "kmeans": {"val_log_likelihood": [-650.0], "val_accuracy": [0.50]},
+            "kmeans_encoder": {"val_log_likelihood": [-660.0], "val_accuracy": [0.95]},
+        },
+        "semi100": {
+            "paper": {"val_log_likelihood": [-600.0], "val_accuracy": [0.10]},
+            "kmeans_encoder": {"val_log_likelihood": [-610.0], "val_accuracy": [0.99]},
+        },
+    }
+    chosen, train_next = mnist_choose(validation)
+    assert MNIST_BASELINE == "paper" and chosen == {"unsupervised": "kmeans", "semi100": "paper"}
+    # one job when the random start is the chosen one
+    assert train_next == [
+        ["unsupervised", "kmeans"],
+        ["unsupervised", "paper"],
+        ["semi100", "paper"],
+    ]
+    validation["unsupervised"]["paper"]["val_log_likelihood"] = [-600.0, -695.0]  # mean -647.5
+    assert mnist_choose(validation)[0]["unsupervised"] == "paper"
+
+
+def test_diagonal_em_known_answers(bench):
+    from vmonf import COVARIANCE_FLOOR, classification_accuracy, diagonal_em, diagonal_gmm_log_joint
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5]) + 3
+    # one component: the maximum-likelihood Gaussian after one M-step, whatever the start
+    mixture = diagonal_em(x, 1, x, seed=0)
+    torch.testing.assert_close(mixture[1][0], x.mean(0))
+    torch.testing.assert_close(mixture[2][0], x.var(0, unbiased=False) + COVARIANCE_FLOOR)
+    normal = torch.distributions.Normal(mixture[1][0], mixture[2][0].sqrt())
+    torch.testing.assert_close(diagonal_gmm_log_joint(mixture, x)[:, 0], normal.log_prob(x).sum(-1))
+    # ten far-apart blobs, one label each: component k is blob k on new points
+    (points, labels), (new, new_labels) = _blobs(g, 30), _blobs(g, 10)
+    known = torch.full_like(labels, -1)
+    known[::30] = labels[::30]
+    mixture = diagonal_em(points, 10, new, seed=0, labels=known)
+    pred = diagonal_gmm_log_joint(mixture, new).argmax(-1)
+    assert classification_accuracy(pred, new_labels) == 1.0
+    assert classification_accuracy(pred, (new_labels + 1) % 10) == 0.0  # no matching
+
+
+def test_mnist_scores_match_the_toy_protocol_functions(bench):
+    """The chunked scores of the MNIST stages against pinwheel's whole-split functions."""
+    import vmonf
+
+    from pyro_manifold.datasets import pinwheel
+    from pyro_manifold.models import VariationalMixtureOfFlows
+
+    torch.manual_seed(0)
+    model = VariationalMixtureOfFlows(2, 5, num_layers=2, hidden_dims=[8, 8]).eval()
+    split, cpu = pinwheel(300, seed=0), torch.device("cpu")
+    scores = vmonf.mnist_scores(model, split, cpu, chunk=64)
+    assert scores["log_likelihood"] == pytest.approx(
+        vmonf.mean_log_likelihood(model, split.data, cpu), rel=1e-6
+    )
+    assert scores["accuracy"] == vmonf.accuracy(model, split, cpu)
+    exact = model.cluster(split.data, exact=True)
+    assert scores["exact_posterior_classification_accuracy"] == (
+        vmonf.classification_accuracy(exact, split.labels)
+    )
+    assert sum(map(sum, scores["contingency_table"])) == 300
 
 
 def test_provenance_names_this_checkout(bench):
