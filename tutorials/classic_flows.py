@@ -241,7 +241,7 @@ for key, flow in flows.items():
         x_test,
         out / f"{data_name}_{kind}.png",
         samples=samples,
-        title=f"{kind} on {data_name}",
+        title=f"{'our layers' if kind == 'own' else kind} on {data_name}",
     )
 
 print("| data / flow | test log-likelihood | MMD² |")
