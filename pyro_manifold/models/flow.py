@@ -47,6 +47,11 @@ class Flow(PyroModule):
         batch_norm: insert batch normalisation between layers (named flows).
         num_bins: spline bins (spline flows only).
 
+    Attributes:
+        layers: the flow's ``TransformModule``\ s, base to data (an ``nn.ModuleList``):
+            what a hand-written program puts in its ``TransformedDistribution`` to share
+            this model's parameters.
+
     Example:
         >>> flow = Flow(2, "realnvp", num_layers=2)
         >>> x = torch.randn(10, 2)

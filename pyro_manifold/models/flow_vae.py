@@ -125,6 +125,15 @@ class FlowVAE(PyroModule):
         decoder_scale: initial :math:`\sigma` of the Gaussian likelihood.
         kl_warmup_steps: :math:`W`, 0 for no warm-up (the schedule of :meth:`step_kwargs`).
 
+    Attributes:
+        encoder_layers: the encoder MLP's hidden ``nn.Linear`` layers; their output is the
+            feature :math:`h(x)` that conditions the flow layers.
+        encoder_head: ``nn.Linear`` from :math:`h` to the Gaussian's location and raw scale.
+        decoder_layers: the decoder MLP's hidden ``nn.Linear`` layers.
+        decoder_head: ``nn.Linear`` to the likelihood's logits (or means).
+        flows: the encoder's conditional flow layers (an ``nn.ModuleList``, empty for
+            the Gaussian encoder), base to latent, each conditioned on :math:`h`.
+
     Example:
         >>> vae = FlowVAE(4, data_dim=12, encoder_flow="iaf", num_flows=2, hidden_dims=[16])
         >>> x = torch.randint(0, 2, (5, 12)).float()

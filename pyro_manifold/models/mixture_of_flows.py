@@ -149,6 +149,15 @@ class VariationalMixtureOfFlows(PyroModule):
         prior_momentum: moving-average rate of ``prior="responsibilities"``, in (0, 1].
         num_bins: spline bins (spline flows).
 
+    Attributes:
+        layers: the :math:`K` component flows' layers on :math:`(*, K, D)`, base to data,
+            each layer batched over the components (a user's own flow: one
+            :class:`~pyro_manifold.transforms.StackedFlows` of :math:`K` stacks).
+        encoder: the network :math:`g` of :math:`q(k|x) = \operatorname{softmax}(g(x) / T)`
+            (a Pyro ``DenseNN``).
+        weights: holds ``logits``, the logits of :math:`\pi` (a parameter when
+            ``prior="learned"``, else a buffer).
+
     Example:
         >>> from pyro.infer import TraceEnum_ELBO
         >>> vmonf = VariationalMixtureOfFlows(2, num_components=3, num_layers=2,

@@ -82,6 +82,15 @@ class NoisyInjectiveFlow(PyroModule):
         factor: upsampling factor of the image NIF.
         init_noise_scale: initial :math:`\sigma` of the NIF layer.
 
+    Attributes:
+        nif: the NIF layer, a :class:`~pyro_manifold.distributions.GaussianNIF` (holds
+            :math:`A`, :math:`b`, :math:`\sigma`; builds the likelihood and the
+            stochastic inverse).
+        top_layers: the top flow :math:`f`'s ``TransformModule``\ s, from :math:`y`
+            to :math:`x` (an ``nn.ModuleList``, empty without a top flow).
+        prior_layers: the prior flow :math:`g`'s layers (empty for a unit-normal prior).
+        prior_mixture: the Gaussian-mixture prior, or ``None``.
+
     Example:
         >>> nif = NoisyInjectiveFlow(3, 1, top_flow="realnvp", top_layers=2)
         >>> x = torch.randn(8, 3)
