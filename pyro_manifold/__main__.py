@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("-n", "--num-samples", type=int, default=1000)
 
-    d = sub.add_parser("demo", help="train small models on toy data (< 3 min on 2 CPU cores)")
+    d = sub.add_parser(
+        "demo", help="one small model per method on generated data (< 3 min on 2 CPU cores)"
+    )
     d.add_argument("--out", default="demo_output", help="output folder")
     d.add_argument("--smoke", action="store_true", help="a few steps only (for tests)")
 

@@ -1,4 +1,4 @@
-"""The command line: demo, fit, evaluate, sample, --help (smoke sizes)."""
+"""The command line: fit, evaluate, sample, --help (smoke sizes; the demo: test_demo.py)."""
 
 import json
 import os
@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from pyro_manifold.__main__ import main
-from pyro_manifold.demo import DEMO_RUNS
 from pyro_manifold.infer import load_checkpoint
 
 SMALL = [
@@ -24,16 +23,6 @@ SMALL = [
     "--validate-every",
     "10",
 ]
-
-
-def test_demo_smoke_writes_report_and_figures(tmp_path):
-    assert main(["demo", "--smoke", "--out", str(tmp_path)]) == 0
-    report = (tmp_path / "report.md").read_text()
-    for name, _, _ in DEMO_RUNS:
-        assert f"| {name} |" in report
-        assert (tmp_path / name / "training_curve.png").stat().st_size > 1000
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(torch.isfinite(torch.tensor(m["test_log_likelihood"])) for m in metrics.values())
 
 
 @pytest.mark.parametrize(

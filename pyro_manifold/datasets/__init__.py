@@ -1,8 +1,9 @@
-r"""Data sets: 2D toy densities, toy manifolds in 3D with exact distances, and MNIST.
+r"""Data sets: 2D toy densities, toy manifolds in 3D with exact distances, binary shapes, MNIST.
 
 Every synthetic sampler is deterministic given its ``seed`` (it draws from a local
 :class:`torch.Generator`) and returns a :class:`ToyData` ``(data, labels)``.
-:func:`load_dataset` reaches all of them by name.
+:func:`load_dataset` reaches all of them by name but :func:`binary_shapes` (images for
+binary-likelihood models, which the flows of the command line do not train on).
 
 Example:
     >>> from pyro_manifold.datasets import DATASETS, load_dataset
@@ -31,6 +32,7 @@ from pyro_manifold.datasets.mnist import (
     logit_transform,
     static_binarize,
 )
+from pyro_manifold.datasets.shapes import SHAPES, binary_shapes
 from pyro_manifold.datasets.toy2d import (
     checkerboard,
     eight_gaussians,
@@ -42,11 +44,13 @@ from pyro_manifold.datasets.toy2d import (
 __all__ = [
     "DATASETS",
     "LinkedRings",
+    "SHAPES",
     "Sphere",
     "SwissRoll",
     "Torus",
     "ToyData",
     "ToyManifold",
+    "binary_shapes",
     "checkerboard",
     "data_root",
     "dequantize",
