@@ -95,6 +95,12 @@ def param_sites(names: Iterable[str], modules: Sequence[nn.Module]) -> dict[str,
     }
 
 
+#: Keys of an optimizer's parameter group that are not its settings: the parameters, and
+#: ``initial_lr``, which a learning-rate scheduler adds to every group it drives (so a
+#: checkpoint of a scheduled run holds it and a fresh optimizer does not, yet).
+_NOT_SETTINGS = frozenset({"params", "initial_lr"})
+
+
 def check_resume(
     state: dict[str, Any],
     source: object,
@@ -151,9 +157,9 @@ def check_resume(
             f"expected the same number, got {num_rows}"
         )
     groups = state.get("optimizer", {}).get("param_groups", [])
-    want = {k for k in optimizer.param_groups[0] if k != "params"}
+    want = {k for k in optimizer.param_groups[0] if k not in _NOT_SETTINGS}
     for group in groups:
-        have = {k for k in group if k != "params"}
+        have = {k for k in group if k not in _NOT_SETTINGS}
         if have - want or want - have:
             raise CheckpointError(
                 f"resume: checkpoint {source} holds the state of another optimizer "

@@ -40,23 +40,26 @@ def _killed_at(t_kill):
     return hook
 
 
-@pytest.mark.parametrize("kill", [13, 9, 17])
-def test_resume_after_a_best_validation_ends_as_the_uninterrupted_run(tmp_path, kill):
+@pytest.mark.parametrize(
+    "kill, schedule", [(13, None), (9, None), (17, None), (13, "cosine"), (9, "cosine")]
+)
+def test_resume_after_a_best_validation_ends_as_the_uninterrupted_run(tmp_path, kill, schedule):
     x, val = _data()
+    args = dict(ARGS, lr_schedule=schedule)
     flow = _flow()
     straight = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "a",
-                   step_kwargs=lambda t: {}, **ARGS)  # fmt: skip
+                   step_kwargs=lambda t: {}, **args)  # fmt: skip
     want = _state(flow)
     flow = _flow()
     with pytest.raises(Killed, match="step_kwargs"):  # killed before step kill + 1
         fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "b",
-            step_kwargs=_killed_at(kill), **ARGS)  # fmt: skip
+            step_kwargs=_killed_at(kill), **args)  # fmt: skip
     saved = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert saved["step"] == kill // 6 * 6 and saved["best_states"] is not None
     flow = _flow()
     resumed = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path / "b",
                   resume=tmp_path / "b" / "checkpoint.pt", step_kwargs=lambda t: {},
-                  **ARGS)  # fmt: skip
+                  **args)  # fmt: skip
     for a, b in zip(_state(flow), want, strict=True):
         assert torch.equal(a, b)
     assert resumed.best_validation_loss == straight.best_validation_loss
