@@ -208,6 +208,115 @@ def check_flow_vae_mnist(tmp_path, mnist_runs):
         assert (tmp_path / "vae" / f"samples_{encoder}.png").exists()
 
 
+def check_vae_protocol(tmp_path, mnist_runs):
+    """The whole queue (vae_protocol.sh) in smoke mode: select on validation, test once."""
+    notest = tmp_path / "notest" / "MNIST" / "raw"  # the training files only
+    notest.mkdir(parents=True)
+    raw = Path(os.environ["PYRO_MANIFOLD_DATA"]) / "MNIST" / "raw"
+    for f in raw.glob("train-*"):
+        (notest / f.name).symlink_to(f)
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, MPLBACKEND="Agg",
+               RESULTS=str(tmp_path / "results"), FIGURES=str(tmp_path / "figures"),
+               RUNS=str(tmp_path / "runs"), PYRO_MANIFOLD_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                          if p))  # fmt: skip
+
+    def queue(*stages, data=os.environ["PYRO_MANIFOLD_DATA"], ok=True):
+        out = ""
+        for stage in stages:
+            proc = subprocess.run(["bash", str(BENCHMARKS / "vae_protocol.sh"), stage],
+                                  env={**env, "PYRO_MANIFOLD_DATA": str(data)},
+                                  capture_output=True, text=True, timeout=900)  # fmt: skip
+            assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-3000:]
+            out += proc.stdout + proc.stderr
+        return out
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    # before the selection exists, the test stage refuses to read the test images
+    refused = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vae_protocol.py"), "--stage", "test", "--smoke",
+         "--encoder", "gaussian", "--recipe", "e500", "--results", str(results)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "run the select stage first" in refused.stderr
+    # training and selection run without the test files on disk: they never read them
+    queue("candidates", "select", "finals", data=tmp_path / "notest")
+    queue("test", data=tmp_path / "notest", ok=False)  # the test stage needs them
+    out = queue("all")  # trained runs are skipped; the test stage scores each run once
+    assert "training" not in out and out.count("scoring the test images") == 8
+
+    selection = json.loads((results / "vae_protocol_selection.json").read_text())
+    assert selection["split"] == "validation" and selection["seeds"] == [0, 1]
+    assert selection["configurations_tried"] == ["e500", "e1200", "e1200_w10"]
+    trained = {p.stem: json.loads(p.read_text())
+               for p in (results / "vae_protocol_runs").glob("*.json")
+               if not p.stem.endswith("_test")}  # fmt: skip
+    nll = {r: trained[f"gaussian_{r}_seed0"]["validation_nll_iwae"]
+           for r in selection["configurations_tried"]}  # fmt: skip
+    assert selection["chosen"] == min(nll, key=nll.get)  # the rule, on validation only
+    assert selection["validation"][selection["chosen"]]["validation_nll_iwae"] == min(nll.values())
+    for name, row in trained.items():  # validation figures only, curves on validation
+        assert row["split"] == "validation" and not [k for k in row if "test" in k], name
+        assert row["validation_nll_iwae"] == pytest.approx(
+            -sum(row["validation_iwae_bound"]) / 200, abs=1e-3
+        )
+        assert len(row["curve_epochs"]) == len(row["curve_validation_neg_elbo"]) >= 1
+        assert row["best_epoch"] in row["curve_epochs"] and len(row["commit"]) == 40
+        assert row["budget"]["batch_size"] == 100 and row["budget"]["lr_schedule"] == "cosine"
+    report = json.loads((results / "vae_protocol_test.json").read_text())
+    assert report["chosen"] == selection["chosen"] and report["selection_commit"]
+    configurations = report["configurations"]
+    reduced = selection["final_runs"]["pcp_cpu"][0][1]
+    assert set(configurations) == {f"gaussian {selection['chosen']}",
+                                   f"iaf {selection['chosen']}", f"gaussian {reduced}",
+                                   f"pcp64 {reduced}"}  # fmt: skip
+    for key, row in configurations.items():
+        encoder, recipe = key.split()
+        tests = [json.loads((results / "vae_protocol_runs" /
+                             f"{encoder}_{recipe}_seed{s}_test.json").read_text())
+                 for s in (0, 1)]  # fmt: skip
+        for t in tests:  # all 100 smoke test images, 20 samples, scored in 2 blocks
+            assert t["test_iwae_points"] == 100 and t["test_iwae_samples"] == 20
+            assert t["test_nll_iwae"] == pytest.approx(-sum(t["test_iwae_bound"]) / 100, abs=1e-3)
+            assert t["selection_commit"] == selection["commit"]
+        per_seed = [t["test_nll_iwae"] for t in tests]
+        assert row["test_nll_iwae"]["per_seed"] == per_seed
+        assert row["test_nll_iwae"]["mean"] == pytest.approx(sum(per_seed) / 2)
+        assert (tmp_path / "figures" / row["samples_figure"]).stat().st_size > 0
+    claims, chosen = report["claims"], selection["chosen"]
+    gaussian = configurations[f"gaussian {chosen}"]["test_nll_iwae"]["mean"]
+    assert claims["gaussian_bar"]["met"] == (gaussian <= 87.5)  # smoke: far above the bar
+    assert claims["iaf_margin"]["gain_nats"] == pytest.approx(
+        gaussian - configurations[f"iaf {chosen}"]["test_nll_iwae"]["mean"]
+    )
+    assert claims["iaf_margin"]["met"] == (claims["iaf_margin"]["gain_nats"] >= 1.0)
+    assert claims["pcp_cpu"]["met"] == (claims["pcp_cpu"]["gain_nats"] > 0)
+    assert "pcp_gpu" not in claims  # the GPU's runs were not made
+    for name in ("candidates", "validation_curves"):
+        assert (tmp_path / "figures" / f"vae_protocol_{name}.png").stat().st_size > 0
+
+    # once: a scored run is refused, and a second queue run starts nothing
+    scored = results / "vae_protocol_runs" / f"gaussian_{chosen}_seed0_test.json"
+    before = scored.stat().st_mtime_ns
+    again = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vae_protocol.py"), "--stage", "test", "--smoke",
+         "--encoder", "gaussian", "--recipe", chosen, "--results", str(results),
+         "--runs", str(runs)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode != 0 and "already" in again.stderr
+    # a run whose JSON is lost resumes from its checkpoint to the same validation figure
+    lost = results / "vae_protocol_runs" / f"pcp64_{reduced}_seed1.json"
+    kept = json.loads(lost.read_text())
+    lost.unlink()
+    (runs / f"pcp64_{reduced}_seed1" / "validation_iwae.json").unlink()
+    out = queue("finals")
+    assert out.count("training --resume") == 1 and scored.stat().st_mtime_ns == before
+    resumed = json.loads(lost.read_text())
+    assert resumed["validation_nll_iwae"] == kept["validation_nll_iwae"]
+    assert resumed["curve_validation_neg_elbo"] == kept["curve_validation_neg_elbo"]
+
+
 def check_vmonf(tmp_path, mnist_runs):
     _run("vmonf.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vmonf.json",
          "--figures", "figures", cwd=tmp_path)  # fmt: skip
@@ -409,6 +518,7 @@ SMOKE = {
     "nif_protocol.py": (check_nif_protocol, "runs", True),
     "vq_atlas_purity.py": (check_vq_atlas_purity, "mnist", False),
     "flow_vae_mnist.py": (check_flow_vae_mnist, "mnist", False),
+    "vae_protocol.py": (check_vae_protocol, "mnist", True),
     "vmonf.py": (check_vmonf, None, False),
     "vq_flows.py": (check_vq_flows, None, True),
     "robustness.py": (check_robustness, None, False),
@@ -528,6 +638,75 @@ def test_nif_protocol_rule(bench):
     # nothing within the margin: the best bits/dim, whatever its Fréchet distance
     far = {k: {**v, "bits_per_dim": v["bits_per_dim"] + 1} for k, v in nif.items()}
     assert choose(far, nf) == ("close, sharp", 0.8)
+
+
+def test_vae_protocol_rule(bench):
+    """The lowest finite validation NLL, ties to the cheaper; the final runs it implies."""
+    from vae_protocol import CANDIDATES, choose, final_runs, recipe, with_epochs
+
+    assert choose({"e500": 88.9, "e1200": 88.1, "e1200_w10": 88.3}) == "e1200"
+    assert choose({"e500": 88.0, "e1200": 88.0, "e1200_w10": 88.0}) == "e500"  # a tie
+    assert choose({"e500": 90.0, "e1200": float("nan"), "e1200_w10": 89.5}) == "e1200_w10"
+    with pytest.raises(SystemExit):
+        choose(dict.fromkeys(CANDIDATES, float("inf")))
+    assert recipe("e1200_w10") == {"epochs": 1200, "kl_warmup_fraction": 0.1}
+    with pytest.raises(ValueError):
+        recipe("1200")
+    assert with_epochs("e1200_w10", 300) == "e300_w10"
+    runs = final_runs("e1200_w10")
+    assert runs["main"] == [["gaussian", "e1200_w10"], ["iaf", "e1200_w10"]]
+    # the CPU's PCP-Map and its baseline share the shortened budget; the GPU's the chosen one
+    assert runs["pcp_cpu"] == [["gaussian", "e300_w10"], ["pcp64", "e300_w10"]]
+    assert runs["pcp_gpu"] == [["gaussian", "e1200_w10"], ["pcp", "e1200_w10"]]
+
+
+def test_vae_protocol_iwae_resumes_block_by_block(bench, tmp_path):
+    """An evaluation stopped after a block and resumed returns the uninterrupted numbers."""
+    from vae_protocol import iwae_in_blocks
+
+    from pyro_manifold.models import FlowVAE
+
+    torch.manual_seed(0)
+    vae = FlowVAE(2, 6, hidden_dims=[8]).eval()
+    x = torch.randint(0, 2, (7, 6)).float()
+    whole, done = iwae_in_blocks(vae, x, 16, tmp_path / "a.json", seed=3, block=3)
+    assert done and whole.shape == (7,)
+    part, done = iwae_in_blocks(vae, x, 16, tmp_path / "b.json", seed=3, block=3, max_blocks=1)
+    assert not done and part.shape == (3,)
+    rest, done = iwae_in_blocks(vae, x, 16, tmp_path / "b.json", seed=3, block=3)
+    assert done
+    torch.testing.assert_close(rest, whole, rtol=0, atol=0)
+    with pytest.raises(SystemExit, match="remove it"):  # another setting: refused
+        iwae_in_blocks(vae, x, 32, tmp_path / "b.json", seed=3, block=3)
+
+
+def test_vae_protocol_cosine_schedule_resumes(bench, tmp_path):
+    """fit's cosine decay, as a callable whose runs resume exactly (issue: fit refuses to resume
+    runs trained with ``lr_schedule="cosine"``, whose optimiser groups hold ``initial_lr``)."""
+    from vae_protocol import cosine_schedule
+
+    from pyro_manifold.infer import fit
+    from pyro_manifold.models import Flow
+
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+
+    def run(steps, run_dir, schedule, resume=False):
+        torch.manual_seed(0)
+        flow = Flow(2, "realnvp", num_layers=2)
+        result = fit(flow.model, flow.guide, x, num_steps=steps, batch_size=16,
+                     lr_schedule=schedule, run_dir=run_dir, checkpoint_every=2, device="cpu",
+                     progress=False, log_every=1,
+                     resume=run_dir / "checkpoint.pt" if resume else None)  # fmt: skip
+        return result.history, flow.state_dict()
+
+    reference, _ = run(8, tmp_path / "package", "cosine")
+    whole, whole_state = run(8, tmp_path / "whole", cosine_schedule(8))
+    assert whole["lr"] == reference["lr"] and whole["loss"] == reference["loss"]
+    run(4, tmp_path / "halves", cosine_schedule(8))
+    halves, halves_state = run(8, tmp_path / "halves", cosine_schedule(8), resume=True)
+    assert halves["lr"] == whole["lr"] and halves["loss"] == whole["loss"]
+    for key, value in whole_state.items():
+        torch.testing.assert_close(halves_state[key], value, rtol=0, atol=0)
 
 
 def test_output_names_follow_out_figures_and_tag(bench, tmp_path, monkeypatch):
