@@ -235,24 +235,6 @@ def load_vae(run_dir: Path, settings: dict):
     return vae.eval()
 
 
-def cosine_schedule(num_steps: int):
-    """``fit``'s cosine decay over ``num_steps``, as a callable that ``resume`` accepts.
-
-    torch's schedulers add ``initial_lr`` to the optimiser's groups, and ``fit``'s resume
-    check (``infer._state.check_resume``) compares the checkpoint's group keys with a
-    fresh optimiser's, so a run trained with ``lr_schedule="cosine"`` is refused on
-    resume. The scheduler keeps its own copy (``base_lrs``), so the key is dropped.
-    """
-
-    def make(optimizer):
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=num_steps)
-        for group in optimizer.param_groups:
-            group.pop("initial_lr", None)
-        return scheduler
-
-    return make
-
-
 def write_json(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -396,7 +378,7 @@ def train(args, paths):
         batch_size=SHARED["batch_size"],
         optimizer=SHARED["optimizer"],
         lr=SHARED["lr"],
-        lr_schedule=cosine_schedule(num_steps),  # SHARED["lr_schedule"]
+        lr_schedule=SHARED["lr_schedule"],
         validation_data=val_binary,
         validate_every=eval_every * steps_per_epoch,
         restore_best=True,  # the stopping epoch, chosen on validation

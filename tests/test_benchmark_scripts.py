@@ -680,35 +680,6 @@ def test_vae_protocol_iwae_resumes_block_by_block(bench, tmp_path):
         iwae_in_blocks(vae, x, 32, tmp_path / "b.json", seed=3, block=3)
 
 
-def test_vae_protocol_cosine_schedule_resumes(bench, tmp_path):
-    """fit's cosine decay, as a callable whose runs resume exactly (issue: fit refuses to resume
-    runs trained with ``lr_schedule="cosine"``, whose optimiser groups hold ``initial_lr``)."""
-    from vae_protocol import cosine_schedule
-
-    from pyro_manifold.infer import fit
-    from pyro_manifold.models import Flow
-
-    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
-
-    def run(steps, run_dir, schedule, resume=False):
-        torch.manual_seed(0)
-        flow = Flow(2, "realnvp", num_layers=2)
-        result = fit(flow.model, flow.guide, x, num_steps=steps, batch_size=16,
-                     lr_schedule=schedule, run_dir=run_dir, checkpoint_every=2, device="cpu",
-                     progress=False, log_every=1,
-                     resume=run_dir / "checkpoint.pt" if resume else None)  # fmt: skip
-        return result.history, flow.state_dict()
-
-    reference, _ = run(8, tmp_path / "package", "cosine")
-    whole, whole_state = run(8, tmp_path / "whole", cosine_schedule(8))
-    assert whole["lr"] == reference["lr"] and whole["loss"] == reference["loss"]
-    run(4, tmp_path / "halves", cosine_schedule(8))
-    halves, halves_state = run(8, tmp_path / "halves", cosine_schedule(8), resume=True)
-    assert halves["lr"] == whole["lr"] and halves["loss"] == whole["loss"]
-    for key, value in whole_state.items():
-        torch.testing.assert_close(halves_state[key], value, rtol=0, atol=0)
-
-
 def test_output_names_follow_out_figures_and_tag(bench, tmp_path, monkeypatch):
     """The options that let a printed command write the names RESULTS.md uses."""
     _, nif_mnist_eval, _ = bench
