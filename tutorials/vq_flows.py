@@ -1,18 +1,36 @@
-# %% [markdown]
-# # VQ-Flows: an atlas of local normalizing flows
-#
-# Run: `python tutorials/vq_flows.py [--smoke] [--out DIR] [--manifold NAME]` (headless;
-# figures are written as PNG to DIR, default `tutorial_output/vq_flows`). The MNIST part
-# runs only without `--smoke` and when `PYRO_MANIFOLD_DATA` points at the MNIST folder.
-#
-# ## Data
-# A density on a 2D surface (or 1D curve) in R^3 from `pyro_manifold.datasets`: by
-# default the sphere with a non-uniform density (a mixture of bumps), plus a little
-# isotropic noise so that the data is *near* the manifold. A single flow must bend all
-# of R^3 around the surface; VQ-Flows instead covers it with charts, each a small flow
-# conditioned on its chart centre.
+"""
+VQ-Flows: an atlas of local normalizing flows
+=============================================
+
+VQ-Flows (Sidheekh, Dock et al., 2022, `arXiv:2203.11556
+<https://arxiv.org/abs/2203.11556>`_) model data on or near a manifold with an atlas:
+overlapping charts, each a small normalizing flow conditioned on its chart centre and
+placed in the data space by a conformal embedding (Ross & Cresswell, 2021,
+`arXiv:2106.05275 <https://arxiv.org/abs/2106.05275>`_). A VQ autoencoder learns the
+atlas first; the chart flows are then fitted by maximum likelihood. We write both stages
+by hand as Pyro programs around :class:`pyro_manifold.distributions.ChartMixture` and
+:class:`pyro_manifold.transforms.ConditionalConformalEmbedding`, train them with Pyro's
+``SVI``, show that :class:`pyro_manifold.models.VQFlow` packages the same programs, and
+draw new points with ``pyro.infer.Predictive``.
+
+How to run: ``python tutorials/vq_flows.py [--smoke] [--out DIR] [--manifold NAME]``
+(headless; the figures are written as PNG files to ``DIR``, by default
+``tutorial_output/vq_flows``). ``--smoke`` takes a few steps only. The MNIST part runs
+only without ``--smoke`` and when ``PYRO_MANIFOLD_DATA`` points at the MNIST folder.
+"""
 
 # %%
+# Data
+# ----
+#
+# A density on a 2D surface (or 1D curve) in :math:`\mathbb R^3` from
+# :mod:`pyro_manifold.datasets`: by default the sphere with a non-uniform density (a
+# mixture of bumps), plus a little isotropic noise so that the data lies *near* the
+# manifold. A single flow must bend all of :math:`\mathbb R^3` around the surface;
+# VQ-Flows instead covers it with charts, each a small flow conditioned on its chart
+# centre. ``--manifold`` picks another surface: ``sphere``, ``torus``, ``swiss_roll`` or
+# ``rings``.
+
 import argparse
 import json
 import math
@@ -22,12 +40,17 @@ from pathlib import Path
 import pyro
 import torch
 from matplotlib.figure import Figure
+from pyro.infer import SVI, Predictive, Trace_ELBO
+from pyro.nn import DenseNN
 
 from pyro_manifold.datasets import make_manifold
+from pyro_manifold.distributions import ChartMixture
 from pyro_manifold.infer import fit, resolve_device
 from pyro_manifold.metrics import maximum_mean_discrepancy, mean_manifold_distance
-from pyro_manifold.models import Flow, VQFlow
+from pyro_manifold.models import Flow, VQAutoencoder, VQFlow
+from pyro_manifold.nn import chart_membership, scale_output_layer
 from pyro_manifold.plotting import plot_training_curve
+from pyro_manifold.transforms import ConditionalConformalEmbedding, Reverse, flow_stack
 
 parser = argparse.ArgumentParser(description="VQ-Flows tutorial")
 parser.add_argument("--smoke", action="store_true", help="a few steps only, no MNIST")
@@ -46,106 +69,355 @@ manifold = make_manifold(name)
 train = manifold.sample(n, noise=0.02, seed=0).data
 test = manifold.sample(max(n // 5, 200), noise=0.02, seed=1).data
 
-# %% [markdown]
-# ## Objective
-# A VQ autoencoder (encoder E, decoder D, codebook {v_k}) learns the atlas: the chart
-# centres v_k and the overlapping regions
+# %%
+# Objective
+# ---------
 #
-# .. math::  U_k = \{x : \lVert E(x) - v_k\rVert \le (1 + \varepsilon)\,\tilde d_m(x)\},
+# **The atlas (stage 1).** A VQ autoencoder, encoder :math:`E`, decoder :math:`\mathcal D`
+# and a codebook :math:`\{v_k\}_{k=1}^K` of chart centres, is trained on the per-point loss
 #
-# with d̃_m(x) the distance of E(x) to its m-th nearest code, so that every point lies
-# in at least m charts. Chart k maps latents to data by
-# g_k = c_k ∘ g^L(·; v_k) ∘ … ∘ g^1(·; v_k): conditional flow layers shared by every chart
-# (they see k only through v_k) and a conformal embedding c_k (rotation, scale, shift
-# D(v_k) + b(v_k)). With f_k = g_k^{-1} the density is eq. (2) of the paper,
+# .. math::
 #
-# .. math::  p(x) = \sum_{k: x\in U_k} p_k\,|\det J_{f_k} J_{f_k}^\top|^{1/2}\, q(f_k(x)).
+#     \ell(x) = \lVert x - \mathcal D(\hat e(x))\rVert^2
+#         + \lVert \mathrm{sg}[E(x)] - v_{k^*(x)}\rVert^2
+#         + \beta\,\lVert E(x) - \mathrm{sg}[v_{k^*(x)}]\rVert^2,
 #
-# ## Model and guide
-# `VQFlow.model` holds the two stages: stage "atlas" adds the VQ autoencoder loss
-# (reconstruction + codebook + commitment, k-means start, dead-code re-seeding) as a
-# `pyro.factor`; stage "flows" observes x under the `ChartMixture` of eq. (2). The guide
-# is empty (there are no latent sites), so `fit` with Pyro's `Trace_ELBO` minimises the
-# stage's loss. The baseline is a RealNVP with at least as many parameters.
+# with :math:`k^*(x)` the nearest code of :math:`E(x)`, :math:`\hat e(x)` that code
+# passed straight through to :math:`E(x)`'s gradient, and :math:`\mathrm{sg}` the stop
+# gradient (van den Oord et al., 2017). ``nn.VectorQuantizer`` computes
+# :math:`\hat e`, :math:`k^*` and the last two terms in one call. The codes define the
+# overlapping chart regions
+#
+# .. math::
+#
+#     U_k = \{x : d_k(x) \le (1 + \varepsilon)\,\tilde d_m(x)\}, \qquad
+#     d_k(x) = \lVert E(x) - v_k \rVert,
+#
+# with :math:`\tilde d_m(x)` the distance of :math:`E(x)` to its :math:`m`-th nearest
+# code, so that every point lies in at least :math:`m` charts (``nn.chart_membership``
+# of the distances ``VQAutoencoder.chart_distances(x)``).
+#
+# **The charts (stage 2).** Chart :math:`k` maps latents :math:`z \in \mathbb R^d` to data
+# in :math:`\mathbb R^D`,
+#
+# .. math::
+#
+#     g_k = c_k \circ g^L(\cdot\,; v_k) \circ \cdots \circ g^1(\cdot\,; v_k), \qquad
+#     c_k(z) = \lambda_k\, H_1 \cdots H_r \begin{pmatrix} z \\ 0 \end{pmatrix} + b_k,
+#
+# where the conditional flow layers :math:`g^l` are shared by every chart (they see
+# :math:`k` only through :math:`v_k`) and :math:`c_k` is a conformal embedding: an
+# orthogonal frame built from Householder reflections :math:`H_i`, a scale
+# :math:`\lambda_k` and a shift :math:`b_k`, all computed from :math:`v_k` by a small
+# network. For :math:`d < D` it raises the dimension, and because it scales every tangent
+# direction alike, :math:`\tfrac12 \log\det J_{c_k}^\top J_{c_k} = d \log\lambda_k`
+# needs no determinant of a learned matrix. With :math:`f_k = g_k^{-1}` computed through
+# the left inverse :math:`c_k^\dagger` (the projection onto chart :math:`k`'s plane), the
+# density is eq. (2) of the paper,
+#
+# .. math::
+#
+#     p(x) = \sum_{k:\, x \in U_k} p_k\,
+#         \bigl|\det J_{f_k}(x) J_{f_k}(x)^\top\bigr|^{1/2}\, q(f_k(x)),
+#     \qquad
+#     \log p(x) = \log \sum_{k:\, x\in U_k} \exp\Bigl(\log p_k + \log q(f_k(x))
+#         - \sum_{l} \log\lvert\det J_{g^l}\rvert - d \log \lambda_k \Bigr),
+#
+# with :math:`q = \mathcal N(0, I_d)` and chart weights :math:`p = \mathrm{softmax}(\ell)`:
+# ``ChartMixture.log_prob``, which runs the chart maps only on the (point, chart) pairs
+# with :math:`x \in U_k`. Stage 2 maximises :math:`\sum_n \log p(x_n)` with the atlas
+# frozen; for :math:`d < D` the data lies only *near* the charts, and the reconstruction
+# term of conformal embedding flows,
+# :math:`-w \lVert x - \sum_k p(k \mid x)\, g_k(f_k(x)) \rVert^2`
+# (``ChartMixture.reconstruct``), pulls the charts onto the data. Neither stage has a
+# latent site, so the guides are empty and ``Trace_ELBO`` is the negative of this
+# objective.
 
 # %%
+# Model and guide
+# ---------------
+#
+# Stage 1: the atlas, by hand
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+#
+# ``models.VQAutoencoder`` holds :math:`E`, :math:`\mathcal D` (``DenseNN`` s) and the
+# codebook (its ``quantizer``, a ``VectorQuantizer``). Our model adds :math:`-\ell(x)` as
+# a ``pyro.factor`` in the data plate. As VQ-VAEs are, the codebook is started by k-means
+# on the encodings (``VectorQuantizer.initialize``), and codes that no point chose in the
+# last 100 steps are moved onto encodings of the batch (``reseed_dead_codes``).
+
+D, K, C = 3, 8, 3  # data dimension, charts, code dimension
+num_overlap, epsilon, reconstruction_weight = 1, 0.2, 100.0
+
+
+def atlas_program(atlas):
+    """Return ``model`` and ``guide`` of stage 1 for a ``VQAutoencoder``."""
+
+    def model(x):
+        pyro.module("atlas", atlas)
+        with pyro.plate("data", x.shape[0]):
+            code, _, vq_loss = atlas.quantizer(atlas.encoder(x))  # e_hat, k*, VQ terms
+            error = (x - atlas.decoder(code)).pow(2).sum(-1)
+            pyro.factor("atlas_loss", -(error + vq_loss))
+
+    def guide(x):
+        pass  # no latent sites
+
+    return model, guide
+
+
+def train_by_svi(model, guide, data, num_steps, lr, every_100=None):
+    """Pyro's SVI on mini-batches of 256 points; returns the loss history per point."""
+    pyro.clear_param_store()  # pyro.module reuses any stored parameter of the same name
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    batches = torch.Generator().manual_seed(0)
+    history = {"step": [], "loss": []}
+    for step in range(num_steps):
+        batch = data[torch.randint(len(data), (256,), generator=batches)]
+        loss = svi.step(batch) / len(batch)
+        history["step"].append(step + 1)
+        history["loss"].append(loss)
+        if every_100 is not None and (step + 1) % 100 == 0:
+            every_100(batch)
+        if step % max(num_steps // 4, 1) == 0 or step == num_steps - 1:
+            print(f"step {step + 1:5d}  loss per point {loss:.3f}")
+    return history
+
+
+torch.manual_seed(1)
+atlas = VQAutoencoder(D, code_dim=C, num_charts=K, hidden_dims=[64])
+with torch.no_grad():
+    atlas.quantizer.initialize(atlas.encoder(train))  # k-means start of the codebook
+
+
+@torch.no_grad()
+def reseed(batch):
+    atlas.quantizer.reseed_dead_codes(atlas.encoder(batch))
+
+
+atlas_model, atlas_guide = atlas_program(atlas)
+atlas_history = train_by_svi(atlas_model, atlas_guide, train, steps, 3e-3, every_100=reseed)
+plot_training_curve(atlas_history, out / "atlas_by_hand_training.png")
+
+# %%
+# The regions :math:`U_k` follow from the code distances; every point lies in at least
+# :math:`m` of them.
+
+atlas.requires_grad_(False)  # stage 2 keeps the atlas fixed
+atlas.eval()
+with torch.no_grad():
+    regions = chart_membership(atlas.chart_distances(train), num_overlap, epsilon)  # (N, K)
+assert regions.shape == (len(train), K) and bool((regions.sum(-1) >= num_overlap).all())
+
+# %%
+# Stage 2: the charts, by hand
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+#
+# The pieces of the chart maps, for charts of dimension :math:`d = 2` (the sphere is a
+# surface, so the embeddings raise the dimension from 2 to 3):
+#
+# * ``flow_stack(d, "realnvp", ..., context_dim=C)``: conditional coupling layers
+#   :math:`g^l(\cdot\,; v)` on :math:`\mathbb R^d`; their last network layers start
+#   small (``scale_output_layer``), so each chart starts near its embedding alone.
+# * ``ConditionalConformalEmbedding(d, D, hypernet, r)``: :math:`c_k`, whose scale,
+#   shift and reflections come from ``hypernet(v_k)``. Ours starts every chart at its
+#   decoded centre, shift :math:`\mathcal D(v_k) + b(v_k)` with :math:`b` small at
+#   first, so each chart starts where the autoencoder puts its part of the data. It
+#   holds the frozen decoder in a plain list, so that ``pyro.module`` neither registers
+#   nor trains it.
+# * chart weights :math:`p = \mathrm{softmax}(\ell)`, started at the share of points
+#   nearest to each centre.
+#
+# Because :math:`c_k` is affine, a chart of dimension :math:`d < D` lies in a
+# :math:`d`-plane (the flow moves mass only within it), so the atlas covers the sphere
+# with flat facets. The likelihood term alone also rewards a chart turned edge-on to its
+# data: the projections of the points then crowd onto a curve where the chart's density
+# is large, while the points themselves lie far from the chart. The reconstruction term
+# penalises that distance; for these toy data, whose noise is small, we give it a large
+# weight, :math:`w = 100` (``VQFlow``'s default is :math:`w = 1`, the value of the MNIST
+# part below). The Results print the mean squared distance of test points to their
+# projection onto the charts.
+#
+# The model observes ``x`` under ``ChartMixture(atlas, chart_flow, chart_logits, ...)``,
+# the atlas's codebook being the contexts :math:`v_k`; with ``x=None`` it draws
+# ``num_points`` new points (for ``Predictive``). The three trainable pieces sit in one
+# ``nn.Module`` so that one ``pyro.module`` call registers them; the frozen atlas is not
+# registered.
+
+
+class ChartPlacement(torch.nn.Module):
+    """The hypernetwork of the embeddings: v -> (scale, D(v) + shift, reflections)."""
+
+    def __init__(self, decoder, num_reflections, hidden=32):
+        super().__init__()
+        self.net = DenseNN(C, [hidden], param_dims=[1, D, num_reflections * D])
+        scale_output_layer(self.net)  # start at scale 1, shift D(v), the base reflections
+        self.frozen = [decoder]  # a list: the frozen decoder is not one of our parameters
+
+    def forward(self, v):
+        s, b, dv = self.net(v)
+        return s, b + self.frozen[0](v), dv
+
+
+def chart_pieces(chart_flow, embedding, chart_logits):
+    """The trainable pieces of stage 2 in one module, for ``pyro.module``."""
+    pieces = torch.nn.Module()
+    pieces.chart_flow, pieces.embedding, pieces.chart_logits = chart_flow, embedding, chart_logits
+    return pieces
+
+
+def chart_program(atlas, pieces):
+    """Return ``model``, ``guide`` and ``mixture`` (the current p(x)) of stage 2."""
+    latent_dim = pieces.embedding.latent_dim
+
+    def mixture():
+        return ChartMixture(
+            atlas,
+            list(pieces.chart_flow),
+            pieces.chart_logits,
+            data_dim=D,
+            latent_dim=latent_dim,
+            embedding=pieces.embedding,
+            num_overlap=num_overlap,
+            epsilon=epsilon,
+        )
+
+    def model(x=None, num_points=None):
+        pyro.module("charts", pieces)
+        p = mixture()
+        with pyro.plate("data", num_points if x is None else x.shape[0]):
+            drawn = pyro.sample("x", p, obs=x)
+            if x is not None and latent_dim < D:
+                error = (x - p.reconstruct(x)).pow(2).sum(-1)
+                pyro.factor("reconstruction", -reconstruction_weight * error)
+        return drawn
+
+    def guide(x=None, num_points=None):
+        pass  # no latent sites
+
+    return model, guide, mixture
+
+
+d = 2
+chart_flow = flow_stack(d, "realnvp", num_layers=4, hidden_dims=[32], context_dim=C)
+for layer in chart_flow:
+    if not isinstance(layer, Reverse):  # Reverse permutes; it has no network
+        scale_output_layer(layer.nn)
+r = min(d, D - 1)  # reflections: enough to reach every orientation of the chart plane
+embedding = ConditionalConformalEmbedding(d, D, ChartPlacement(atlas.decoder, r), r, context_dim=C)
+with torch.no_grad():
+    counts = torch.bincount(atlas.assign(train), minlength=K).float() + 1
+pieces = chart_pieces(chart_flow, embedding, torch.nn.Parameter(counts.log()))
+model, guide, mixture = chart_program(atlas, pieces)
+flows_history = train_by_svi(model, guide, train, 2 * steps, 1e-3)
+plot_training_curve(flows_history, out / "chart_flows_by_hand_training.png")
+
+# %%
+# The packaged model
+# ~~~~~~~~~~~~~~~~~~
+#
+# :class:`~pyro_manifold.models.VQFlow` holds the same pieces under the same names: its
+# ``autoencoder`` is the atlas, ``chart_flow`` the conditional layers (built by the same
+# ``flow_stack`` call and started small in the same way), ``embedding`` the conditional
+# conformal embedding (its hypernetwork also shifts each chart to
+# :math:`\mathcal D(v_k)`) and ``chart_logits`` :math:`\ell`. Its ``model`` runs stage 1
+# until ``set_stage("flows", x)`` freezes the atlas and sets the chart weights from the
+# nearest-centre counts, as we did. Wiring our programs to its modules gives the same
+# loss in both stages, for charts of dimension :math:`d = 2` (with the reconstruction
+# term) and :math:`d = D = 3` (where :math:`c_k` is a similarity: rotation, scale and
+# shift). Stage 1 is compared in eval mode, where the class's loss leaves out its k-means
+# start and re-seeding (the steps we took by hand in the training loop).
+
+
+def same_loss(model_a, guide_a, model_b, guide_b, x):
+    torch.testing.assert_close(
+        Trace_ELBO().differentiable_loss(model_a, guide_a, x),
+        Trace_ELBO().differentiable_loss(model_b, guide_b, x),
+    )
+
+
+for latent_dim in (2, 3):
+    packaged = VQFlow(
+        D,
+        num_charts=K,
+        latent_dim=latent_dim,
+        code_dim=C,
+        flow="realnvp",
+        num_layers=4,
+        hidden_dims=[32],
+        autoencoder_hidden_dims=[64],
+        num_overlap=num_overlap,
+        epsilon=epsilon,
+        reconstruction_weight=reconstruction_weight,
+    )
+    packaged.eval()
+    same_loss(*atlas_program(packaged.autoencoder), packaged.model, packaged.guide, test)
+    packaged.train()
+    packaged.set_stage("flows", train)
+    with torch.no_grad():
+        nearest = torch.bincount(packaged.autoencoder.assign(train), minlength=K).float() + 1
+    torch.testing.assert_close(packaged.chart_logits.detach(), nearest.log())
+    wired = chart_pieces(packaged.chart_flow, packaged.embedding, packaged.chart_logits)
+    same_loss(*chart_program(packaged.autoencoder, wired)[:2], packaged.model, packaged.guide, test)
+print("VQFlow gives the same loss as the hand-written programs in both stages")
+
+# %%
+# Training
+# --------
+#
+# The packaged model trains with :func:`pyro_manifold.infer.fit`, one run per stage. As
+# in ``benchmarks/vq_flows.py`` we fit VQ-RealNVP with full-dimensional charts
+# (:math:`d = D`, the class's default) and compare it with a RealNVP of eight coupling
+# layers and at least as many parameters. Stage 1 learns the atlas;
+# ``set_stage("flows", x)`` freezes it and sets the chart weights :math:`p_k` to the
+# fraction of data nearest to each centre; stage 2 fits the chart flows by maximum
+# likelihood. The baseline gets the same total number of steps.
+
+torch.manual_seed(0)
 vq = VQFlow(
-    3,
-    num_charts=8,
+    D,
+    num_charts=K,
     flow="realnvp",
     num_layers=4,
     hidden_dims=[32],
     autoencoder_hidden_dims=[64],
-    num_overlap=1,
-    epsilon=0.2,
+    num_overlap=num_overlap,
+    epsilon=epsilon,
 )
 vq_params = sum(p.numel() for p in vq.parameters())
 width = 4
 while True:  # the smallest RealNVP(8) width with at least as many parameters
-    baseline = Flow(3, "realnvp", num_layers=8, hidden_dims=[width, width])
+    baseline = Flow(D, "realnvp", num_layers=8, hidden_dims=[width, width])
     if sum(p.numel() for p in baseline.parameters()) >= vq_params:
         break
     width += 1
 nf_params = sum(p.numel() for p in baseline.parameters())
 print(f"parameters: VQ-RealNVP {vq_params}, RealNVP {nf_params} (width {width})")
 
-# %% [markdown]
-# ## Training
-# Stage 1 learns the atlas; `set_stage("flows", x)` freezes it and sets the chart weights
-# p_k to the fraction of data nearest to each centre; stage 2 fits the chart flows by
-# maximum likelihood. The baseline gets the same total number of steps.
-
-# %%
 common = dict(batch_size=256, device="cpu", progress=False)
-atlas_history = fit(vq.model, vq.guide, train, num_steps=steps, lr=3e-3, **common).history
+fit_atlas = fit(vq.model, vq.guide, train, num_steps=steps, lr=3e-3, **common).history
 vq.set_stage("flows", train)
-flow_history = fit(
+fit_flows = fit(
     vq.model, vq.guide, train, num_steps=2 * steps, lr=1e-3, lr_schedule="cosine", **common
 ).history
-nf_history = fit(
+fit_baseline = fit(
     baseline.model, baseline.guide, train, num_steps=3 * steps, lr=1e-3, lr_schedule="cosine",
     **common,
 ).history  # fmt: skip
-plot_training_curve(atlas_history, out / "atlas_training.png")
-plot_training_curve(flow_history, out / "chart_flows_training.png")
-
-# %% [markdown]
-# ## Results
-# The atlas: data coloured by its nearest chart, the decoded centres D(v_k) as black
-# crosses, and the number of charts containing each point. Then data, RealNVP samples
-# and VQ-RealNVP samples side by side, and the scores: MMD² between samples and held-out
-# data and the mean distance of samples to the true manifold (both lower is better).
-#
-# A learned chart map can send part of its mass outside its region U_k, where eq. (2)
-# does not count it. `vq.sample(n, within_regions=True)` keeps only the draws of chart k
-# that land in U_k (rejection), which samples exactly the normalised density that
-# `log_prob` scores; the share of draws kept is the mass the charts hold in their regions.
+plot_training_curve(fit_atlas, out / "atlas_training.png")
+plot_training_curve(fit_flows, out / "chart_flows_training.png")
 
 # %%
-vq.eval()
-with torch.no_grad():
-    chart = vq.autoencoder.assign(train)
-    members = vq.autoencoder.chart_membership(train, vq.num_overlap, vq.epsilon).sum(-1)
-    centres = vq.autoencoder.decoder(vq.autoencoder.centres)
-    vq_samples = vq.sample(len(test))
-    vq_within = vq.sample(len(test), within_regions=True)
-    mixture = vq.distribution()
-    drawn, k = mixture.sample_with_charts((len(test),))
-    kept = float(mixture.region_mask(drawn)[torch.arange(len(test)), k].float().mean())
-    nf_samples = baseline.sample(len(test))
-    results = {
-        "manifold": name,
-        "parameters": {"vq_realnvp": vq_params, "realnvp": nf_params},
-        "charts_used": int(chart.unique().numel()),
-        "mean_charts_per_point": float(members.float().mean()),
-        "draws_inside_their_region": kept,
-    }
-    scored = (("vq_realnvp", vq_samples), ("vq_realnvp_within", vq_within), ("realnvp", nf_samples))
-    for key, samples in scored:
-        results[key] = {
-            "mmd2": float(maximum_mean_discrepancy(samples, test)),
-            "mean_manifold_distance": mean_manifold_distance(samples, manifold.distance),
-        }
+# Results
+# -------
+#
+# The atlas
+# ~~~~~~~~~
+#
+# Data coloured by its nearest chart with the decoded centres :math:`\mathcal D(v_k)` as
+# black crosses, the region :math:`U_k` of one chart (the chart of the first point), and
+# the number of charts containing each point: the overlaps, where :math:`\varepsilon`
+# lets a point belong to more than :math:`m` charts.
 
 
 def scatter3d(ax, points, color, title, cmap=None):
@@ -154,45 +426,110 @@ def scatter3d(ax, points, color, title, cmap=None):
     ax.set_title(title)
 
 
-fig = Figure(figsize=(10, 5))
-ax = fig.add_subplot(1, 2, 1, projection="3d")
-scatter3d(ax, train, chart.numpy(), "nearest chart", cmap="tab10")
-c = centres.detach()
-ax.scatter(c[:, 0], c[:, 1], c[:, 2], s=60, c="k", marker="x")
-ax = fig.add_subplot(1, 2, 2, projection="3d")
-scatter3d(ax, train, members.numpy(), "charts containing the point", cmap="viridis")
-fig.tight_layout()
-fig.savefig(out / "atlas.png")
+@torch.no_grad()
+def plot_atlas(autoencoder, x, path, title):
+    chart = autoencoder.assign(x)
+    inside = autoencoder.chart_membership(x, num_overlap, epsilon)  # (N, K)
+    k = int(chart[0])
+    centres = autoencoder.decoder(autoencoder.centres)
+    fig = Figure(figsize=(15, 5))
+    ax = fig.add_subplot(1, 3, 1, projection="3d")
+    scatter3d(ax, x, chart.numpy(), f"{title}: nearest chart", cmap="tab10")
+    ax.scatter(centres[:, 0], centres[:, 1], centres[:, 2], s=60, c="k", marker="x")
+    ax = fig.add_subplot(1, 3, 2, projection="3d")
+    scatter3d(ax, x, inside[:, k].float().numpy(), f"region U_{k}", cmap="coolwarm")
+    ax = fig.add_subplot(1, 3, 3, projection="3d")
+    scatter3d(ax, x, inside.sum(-1).numpy(), "charts containing the point", cmap="viridis")
+    fig.tight_layout()
+    fig.savefig(path)
+    return chart, inside
 
-fig = Figure(figsize=(20, 5))
-panels = [(test, "data"), (nf_samples, "RealNVP"), (vq_samples, "VQ-RealNVP"),
-          (vq_within, "VQ-RealNVP, within regions")]  # fmt: skip
+
+plot_atlas(atlas, train, out / "atlas_by_hand.png", "hand-written, SVI")
+vq.eval()
+chart, inside = plot_atlas(vq.autoencoder, train, out / "atlas.png", "VQFlow, fit")
+
+# %%
+# New points: ``Predictive``
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~
+#
+# Called with ``x=None``, our stage-2 model draws a chart :math:`k \sim p`, a latent
+# :math:`z \sim q` and returns :math:`g_k(z)` at the site ``"x"``; ``Predictive(model,
+# num_samples=1)`` returns one draw of a plate of new points. We draw from the
+# hand-written program trained by SVI (:math:`d = 2`: the points lie exactly on the
+# charts) and, wiring the same program to the fitted class's modules, from VQ-RealNVP (we
+# check first that the wired program and ``vq.model`` still give the same loss). The
+# baseline ``Flow``'s own model draws ``num_samples`` points with ``x=None``.
+#
+# A learned chart map can send part of its mass outside its region :math:`U_k`, where
+# eq. (2) does not count it. ``vq.sample(n, within_regions=True)`` keeps only the draws of
+# chart :math:`k` that land in :math:`U_k` (rejection), which samples exactly the
+# normalised density that ``log_prob`` scores; the share of draws kept is the mass the
+# charts hold in their regions. We score each sampler by the squared maximum mean
+# discrepancy (MMD²) between its samples and held-out data and by the mean distance of its
+# samples to the true manifold (both lower is better).
+
+vq_program = chart_program(
+    vq.autoencoder, chart_pieces(vq.chart_flow, vq.embedding, vq.chart_logits)
+)
+same_loss(vq_program[0], vq_program[1], vq.model, vq.guide, test)
+with torch.no_grad():
+    samples = {
+        "by_hand_d2": Predictive(model, num_samples=1)(num_points=len(test))["x"][0],
+        "vq_realnvp": Predictive(vq_program[0], num_samples=1)(num_points=len(test))["x"][0],
+        "vq_realnvp_within": vq.sample(len(test), within_regions=True),
+        "realnvp": Predictive(baseline.model, num_samples=1)(num_samples=len(test))["x"][0],
+    }
+    drawn, k = vq.distribution().sample_with_charts((len(test),))
+    kept = float(vq.distribution().region_mask(drawn)[torch.arange(len(test)), k].float().mean())
+results = {
+    "manifold": name,
+    "parameters": {"vq_realnvp": vq_params, "realnvp": nf_params},
+    "charts_used": int(chart.unique().numel()),
+    "mean_charts_per_point": float(inside.sum(-1).float().mean()),
+    "draws_inside_their_region": kept,
+}
+with torch.no_grad():
+    projection = mixture().reconstruct(test)  # sum_k p(k | x) g_k(f_k(x))
+results["by_hand_d2_reconstruction_mse"] = float((test - projection).pow(2).sum(-1).mean())
+for key, points in samples.items():
+    results[key] = {
+        "mmd2": float(maximum_mean_discrepancy(points, test)),
+        "mean_manifold_distance": mean_manifold_distance(points, manifold.distance),
+    }
+
+fig = Figure(figsize=(25, 5))
+panels = [(test, "data"), (samples["realnvp"], "RealNVP"), (samples["vq_realnvp"], "VQ-RealNVP"),
+          (samples["vq_realnvp_within"], "VQ-RealNVP, within regions"),
+          (samples["by_hand_d2"], "hand-written, d = 2")]  # fmt: skip
 for i, (points, title) in enumerate(panels):
-    scatter3d(fig.add_subplot(1, 4, i + 1, projection="3d"), points, "C0", title)
+    scatter3d(fig.add_subplot(1, 5, i + 1, projection="3d"), points, "C0", title)
 fig.tight_layout()
 fig.savefig(out / "samples.png")
 
 print("| model | MMD² | mean distance to the manifold |")
 print("|---|---|---|")
-for key in ("realnvp", "vq_realnvp", "vq_realnvp_within"):
+for key in ("realnvp", "vq_realnvp", "vq_realnvp_within", "by_hand_d2"):
     r = results[key]
     print(f"| {key} | {r['mmd2']:.2e} | {r['mean_manifold_distance']:.4f} |")
 print(f"draws of VQ-RealNVP inside their chart's region: {kept:.1%}")
-
-# %% [markdown]
-# ## MNIST (optional)
-# Only without `--smoke` and with `PYRO_MANIFOLD_DATA` set. Dequantized pixels in the
-# logit space (Papamakarios et al. 2017), K = 10 charts of dimension d = 64 embedded in
-# R^784 by the conformal embeddings, and the reconstruction term of conformal embedding
-# flows for the directions off the charts. Samples are mapped back to pixels.
+print(
+    "hand-written, d = 2: mean squared distance of a test point to its projection onto "
+    f"the charts {results['by_hand_d2_reconstruction_mse']:.4f}"
+)
 
 # %%
+# MNIST (optional)
+# ~~~~~~~~~~~~~~~~
+#
+# Only without ``--smoke`` and with ``PYRO_MANIFOLD_DATA`` set. Dequantized pixels in the
+# logit space (Papamakarios et al., 2017), :math:`K = 10` charts of dimension
+# :math:`d = 64` embedded in :math:`\mathbb R^{784}` by the conformal embeddings, and the
+# reconstruction term for the directions off the charts. Samples are mapped back to
+# pixels.
+
 if not args.smoke and os.environ.get("PYRO_MANIFOLD_DATA"):
-    from pyro_manifold.datasets import (
-        dequantize_logit,
-        inverse_logit_transform,
-        load_mnist,
-    )
+    from pyro_manifold.datasets import dequantize_logit, inverse_logit_transform, load_mnist
     from pyro_manifold.plotting import plot_image_grid
 
     device = resolve_device()
@@ -209,9 +546,9 @@ if not args.smoke and os.environ.get("PYRO_MANIFOLD_DATA"):
     mnist_vq.eval()
     with torch.no_grad():
         # a draw that overflowed is drawn black (plots take finite pixels)
-        samples = inverse_logit_transform(mnist_vq.sample(64).cpu()).nan_to_num(nan=0.0)
+        mnist_samples = inverse_logit_transform(mnist_vq.sample(64).cpu()).nan_to_num(nan=0.0)
         error = (mnist_vq.reconstruct(images[:1000]) - images[:1000]).pow(2).mean()
-    plot_image_grid(samples, out / "mnist_samples.png", title="VQ-RealNVP, d = 64")
+    plot_image_grid(mnist_samples, out / "mnist_samples.png", title="VQ-RealNVP, d = 64")
     results["mnist_reconstruction_mse_logit_space"] = float(error)
 
 (out / "results.json").write_text(json.dumps(results, indent=1))
