@@ -66,6 +66,7 @@ __all__ = [
     "train_run",
 ]
 
+#: The models of a run's ``"model"`` entry: a full-dimensional flow or a noisy injective flow.
 MODELS = ("flow", "nif")
 MIN_NUM_SAMPLES = 10
 """The fewest training points of a toy run: its validation and test splits (a fifth each)
@@ -75,6 +76,7 @@ EVAL_BATCH = 1000  # test points per call of model.log_prob in evaluate_run
 MMD_POINTS = 2000  # test points (the first) that the MMD compares with as many samples
 MAX_PLOTTED = 10_000  # draws shown in sample_run's figure
 
+#: A run's configuration when it sets nothing; :func:`train_run` completes a partial one from it.
 DEFAULT_CONFIG: dict[str, Any] = {
     "model": "flow",
     "latent_dim": None,

@@ -1,7 +1,11 @@
-"""Every tutorial runs headless in smoke mode and writes its figures."""
+"""Every tutorial runs headless in smoke mode and writes its figures.
 
-import subprocess
-import sys
+The tutorials run once per session, inside the documentation build (the ``docs_build``
+fixture of ``tests/conftest.py``): sphinx-gallery executes each script cell by cell with
+``--smoke --out DIR`` as its arguments, as ``python tutorials/NAME.py --smoke --out DIR``
+would, and the gallery shows the PNG files it writes into ``DIR``.
+"""
+
 from pathlib import Path
 
 import pytest
@@ -13,22 +17,18 @@ def test_there_are_tutorials():
     assert TUTORIALS
 
 
-def _failure_report(stderr: str) -> str:
+def _failure_report(log: str) -> str:
     """The lines that name an error (from any process the tutorial started), then the tail."""
     keys = ("Error", "error:", "what()", "terminate called", "Exception", "Traceback")
-    named = [line for line in stderr.splitlines() if any(k in line for k in keys)]
-    return "\n".join(named[:40]) + "\n--- last 3000 characters ---\n" + stderr[-3000:]
+    named = [line for line in log.splitlines() if any(k in line for k in keys)]
+    return "\n".join(named[:40]) + "\n--- last 3000 characters ---\n" + log[-3000:]
 
 
 @pytest.mark.parametrize("script", TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_smoke(script, tmp_path):
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"MPLBACKEND": "Agg", **__import__("os").environ},
+def test_tutorial_smoke(script, docs_build):
+    run = docs_build.tutorial_runs().get(script.stem)
+    assert run is not None, "the docs build did not run it:\n" + _failure_report(docs_build.log)
+    assert run["passed"], (
+        run["traceback"] + "\n--- build log ---\n" + _failure_report(docs_build.log)
     )
-    assert proc.returncode == 0, _failure_report(proc.stderr)
-    assert list(out.glob("*.png")), "the tutorial wrote no figure"
+    assert list(docs_build.tutorial_output(script.stem).rglob("*.png")), "it wrote no figure"

@@ -57,7 +57,9 @@ __all__ = [
     "static_binarize",
 ]
 
+#: The environment variable naming the folder that holds MNIST when no ``root`` is given.
 DATA_ENV_VAR = "PYRO_MANIFOLD_DATA"
+#: The ``split`` names :func:`load_mnist` accepts.
 MNIST_SPLITS = ("train", "validation", "test", "train+validation")
 _NUM_TRAIN = 60000
 _HOW = (

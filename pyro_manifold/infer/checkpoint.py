@@ -44,6 +44,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
+#: The format tag written into every checkpoint; loading refuses any other.
 CHECKPOINT_FORMAT = "pyro_manifold.checkpoint/2"
 _RESERVED = ("format", "digest")
 

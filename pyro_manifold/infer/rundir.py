@@ -27,6 +27,7 @@ from pyro_manifold.errors import RunDirectoryError, RunLockedError
 
 __all__ = ["LOCK_NAME", "RunLock", "check_run_dir"]
 
+#: The lock file a writer holds (``flock``) inside a run directory.
 LOCK_NAME = ".lock"
 
 

@@ -35,7 +35,9 @@ from pyro_manifold.transforms.pcp_map import conditional_pcp_map
 
 __all__ = ["ENCODER_FLOWS", "LIKELIHOODS", "FlowVAE"]
 
+#: The named flows of the encoder (``encoder_flow=``): IAF and PCP-Map.
 ENCODER_FLOWS = ("iaf", "pcp")
+#: The decoder's likelihoods (``likelihood=``): binary or continuous data.
 LIKELIHOODS = ("bernoulli", "gaussian")
 ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "elu": F.elu, "softplus": F.softplus}
 

@@ -56,6 +56,7 @@ from pyro_manifold.transforms import DEFAULT_FLOW, FlowFactory, check_flow, flow
 
 __all__ = ["MIXTURE_PRIORS", "VariationalMixtureOfFlows"]
 
+#: The priors over components that ``prior=`` names.
 MIXTURE_PRIORS = ("learned", "responsibilities", "uniform")
 
 

@@ -1,4 +1,4 @@
-"""Pyro ``TransformModule``s and ``ConditionalTransformModule``s, one family per module.
+"""Pyro transforms (``TransformModule`` and ``ConditionalTransformModule``), one family per module.
 
 Every transform maps base/latent to data (Pyro's direction) and says in its docstring
 which direction is one network pass.

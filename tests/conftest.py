@@ -1,0 +1,101 @@
+"""One documentation build per test session, shared by ``test_docs`` and ``test_tutorials``.
+
+The build (``sphinx-build -W --keep-going``, into a temporary folder) runs every tutorial in
+smoke mode through sphinx-gallery (``--smoke --out DIR``, see ``docs/gallery_hooks.py``),
+so the tutorials run once for both: the gallery's pages and the tutorial tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TUTORIALS = sorted((ROOT / "tutorials").glob("*.py"))
+
+
+@dataclass
+class DocsBuild:
+    """A finished documentation build: its exit status, log and folders."""
+
+    returncode: int
+    log: str = field(repr=False)
+    src: Path  # the copied source folder: generated gallery pages and the tutorials' --out
+    html: Path  # the built HTML
+    complete: bool  # every tutorial was run (False when the session selected some of them)
+
+    def tutorial_runs(self) -> dict[str, dict]:
+        """``{stem: {"passed": bool, "traceback": str | None}}`` of the tutorials that ran."""
+        status = self.src / "_tutorial_output" / "runs.json"
+        return json.loads(status.read_text()) if status.exists() else {}
+
+    def tutorial_output(self, stem: str) -> Path:
+        """The ``--out`` folder the tutorial ``stem`` wrote into."""
+        return self.src / "_tutorial_output" / stem
+
+    def problems(self, limit: int = 6000) -> str:
+        """The build's warnings and errors (with the lines that follow), else its last lines."""
+        lines = self.log.splitlines()
+        keep = [
+            i
+            for i, line in enumerate(lines)
+            if re.search(r"WARNING|ERROR|Error|Traceback|failed", line)
+        ]
+        text = "\n".join(lines[i] for i in keep) if keep else "\n".join(lines[-40:])
+        return text[-limit:]
+
+
+def _selected_tutorials(session: pytest.Session) -> list[str] | None:
+    """The tutorials this session's tests need run: ``None`` for all of them."""
+    needed = []
+    for item in session.items:
+        path = Path(str(item.path)).name
+        if path == "test_docs.py":
+            return None
+        match = re.fullmatch(r"test_tutorial_smoke\[(.+)\]", item.name)
+        if path == "test_tutorials.py" and match:
+            needed.append(match.group(1))
+    return needed
+
+
+@pytest.fixture(scope="session")
+def docs_build(tmp_path_factory, request) -> DocsBuild:
+    """Build the documentation once (tutorials run in smoke mode) and return the result."""
+    tmp = tmp_path_factory.mktemp("docs")
+    src, html = tmp / "src", tmp / "html"
+    shutil.copytree(
+        DOCS,
+        src,
+        ignore=shutil.ignore_patterns(
+            "_build", "_tutorial_output", "tutorials", "sg_execution_times.rst", "__pycache__"
+        ),
+    )
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    selected = _selected_tutorials(request.session)
+    if selected is not None:  # a session that runs only some tutorial tests runs only those
+        env["PYRO_MANIFOLD_DOCS_TUTORIALS"] = ",".join(selected)
+    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html"]
+    proc = subprocess.run(
+        [*cmd, "-c", str(DOCS), str(src), str(html)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+        cwd=ROOT,
+    )
+    return DocsBuild(
+        returncode=proc.returncode,
+        log=proc.stdout + proc.stderr,
+        src=src,
+        html=html,
+        complete=selected is None,
+    )
