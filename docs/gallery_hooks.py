@@ -20,8 +20,9 @@ ORDER = (
     "classic_flows",
     "noisy_injective_flows",
     "variational_mixture_of_flows",
-    "flow_vae",
     "vq_flows",
+    "flow_vae",
+    "own_model",
     "distributed_training",
 )
 
