@@ -28,8 +28,11 @@ Parts (``--part``, default ``toy``; ``all`` runs every part):
     and the mean Euclidean distance of the samples to the true manifold (lower is better
     for both). Claim (issue 5): on every manifold the VQ version has the lower mean of
     both. Mean ± std and per seed; the JSON records the command, commit and machine.
-  - Cost: 6 configurations x 3 seeds x 4 manifolds = 72 trainings of about 35-70 s each on
-    one CPU thread next to other jobs (from session 7's runs), about 1-1.5 hours in all.
+  - Cost: 6 configurations x 3 seeds x 4 manifolds = 72 trainings on one CPU thread. On
+    the Swiss roll, seed 0, next to about 6 busy processes on 2 cores: VQ K = 8 146 s,
+    K = 4 75 s, RealNVP(8) 129 s, RealNVP(4) 49 s, so about 10 minutes per manifold and
+    seed and about 2 hours in all (about 1 hour on a quiet core: session 7 timed 35-70 s
+    per model).
 
   ``--figures DIR`` saves ``vq_flows_toy.png``: rows of test points, RealNVP samples,
   VQ-RealNVP samples and the learned chart regions on the training data (the chosen
