@@ -42,13 +42,16 @@ Protocol (issue 21; fixed before any run under it):
   images; for VQ models also the sampler that keeps only draws inside their chart's region
   (a second figure, not the claim). Claim (issue 5): in each family the VQ version's mean
   test Fréchet distance is lower than the plain flow's. Mean ± std and per seed.
-* CPU budget (one thread per job; per-step times measured on this 2-core machine, under
+* CPU budget (one thread per job; per-step times measured on this 2-core machine under
   a load of about 10 runnable processes, divided by 3 as RealNVP's time under that load
-  compares with RESULTS.md's; next to other jobs allow up to twice): VQ-RealNVP about
-  0.5 h, VQ-MAF about 2.5 h, RealNVP (matched) about 0.3 h, MAF (matched) about 1.3 h per
-  job (MAF sampling, 784 sequential passes, costs about 10 minutes per evaluation).
-  Candidates: 6 VQ-RealNVP + 6 VQ-MAF jobs, about 18 CPU hours; baselines: 6 jobs, about
-  5; the test stage about 1.5 hours. About 12 hours of wall time with two workers.
+  compares with RESULTS.md's): VQ-RealNVP about 0.5 h, VQ-MAF about 2.5 h, RealNVP
+  (matched) about 0.3 h, MAF (matched) about 1.3 h per job (MAF sampling, 784 sequential
+  passes, costs about 10 minutes per evaluation). A full VQ-MAF job measured 1.5 s per
+  chart-flow step over its first 500 steps and 1.1 s over the next 500 (resumed) next to
+  4-5 busy processes, so next to other jobs allow up to twice. Candidates: 6 VQ-RealNVP
+  + 6 VQ-MAF jobs, about 18 CPU hours; baselines: 6 jobs, about 5; the test stage about
+  1.5 hours. About 12 hours of wall time with two workers. Each VQ-MAF job holds about
+  2.3 GB of memory and leaves about 0.3 GB of checkpoints in its run folder.
 
 Stages (``benchmarks/vq_protocol.sh`` is the queue):
 
