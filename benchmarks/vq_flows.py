@@ -3,24 +3,53 @@
 Parts (``--part``, default ``toy``; ``all`` runs every part):
 
 * ``toy``: the four toy manifolds of ``pyro_manifold.datasets`` (sphere with a non-uniform
-  density, torus, Swiss roll, linked rings), ``--train`` points on the manifold plus
-  isotropic noise ``--noise`` (seed 0), 2000 held-out points (seed 1). VQ-RealNVP
-  (``VQFlow``: K charts, stage 1 the VQ autoencoder for ``--steps`` steps, stage 2 the chart
-  flows for ``2 * --steps``) against RealNVP(8) whose width is the smallest giving at
-  least as many parameters, trained for ``3 * --steps`` steps. Scores over ``--seeds``
-  seeds (mean ± std): MMD² (multi-bandwidth Gaussian kernel, unbiased) between 2000
-  samples and the held-out points, and the mean Euclidean distance of the samples to the
-  true manifold (lower is better for both). ``--figures DIR`` saves the figure: rows of
-  data, RealNVP samples, VQ-RealNVP samples and the learned chart regions on the data.
-* ``mnist``: dequantized logit-space MNIST; RealNVP vs VQ-RealNVP and MAF vs VQ-MAF
-  (d = 784), Fréchet distance in the features of the package's MNIST classifier (not
-  FID) between 5000 samples and the test images, every ``--eval-every`` steps, over
-  ``--seeds`` seeds. Needs ``PYRO_MANIFOLD_DATA`` and a GPU for the full protocol.
+  density, torus, Swiss roll, linked rings): ``--train`` training points on the manifold
+  plus isotropic noise ``--noise`` (seed 0), ``--test`` validation points (seed 2) and
+  ``--test`` test points (seed 1). VQ-RealNVP (``VQFlow``: stage 1 the VQ autoencoder for
+  ``--steps`` steps, stage 2 the chart flows for ``2 * --steps``) against RealNVP whose
+  width is the smallest giving at least as many parameters as every VQ configuration tried,
+  trained for ``3 * --steps`` steps (the same total). Protocol (issue 21; fixed before any
+  run under it):
+
+  - Configurations tried (``configurations_tried`` in the JSON): VQ-RealNVP with K in
+    {8, 4} charts x region margin epsilon in {0.2, 0.1} (``TOY_VQ_CONFIGS``; session 1 ran
+    K = 8, epsilon = 0.2 without a validation split); RealNVP with 8 or 4 couplings
+    (``TOY_NF_LAYERS``). Fixed: VQ chart flows of 4 conditional couplings with one hidden
+    layer of 32, autoencoder hidden 64, code dimension 3, m = 1; Adam, batch 256 (VQ: lr
+    3e-3 for the atlas, then 1e-3 with a cosine decay; RealNVP: 1e-3 cosine).
+  - Seeds 0, 1, 2 (``--seeds``) for every configuration: initialisation, data order and
+    training randomness (``fit``'s seed).
+  - Selection, per manifold and family, on validation only: the lowest mean over seeds of
+    MMD² (multi-bandwidth Gaussian kernel, unbiased) between 2000 samples and the
+    validation points (``lowest_mean``). The distance to the true manifold chooses
+    nothing.
+  - Test, once, after the choice: the test points are drawn only then; the chosen VQ and
+    RealNVP configurations, every seed, 2000 fresh samples each: MMD² to the test points
+    and the mean Euclidean distance of the samples to the true manifold (lower is better
+    for both). Claim (issue 5): on every manifold the VQ version has the lower mean of
+    both. Mean ± std and per seed; the JSON records the command, commit and machine.
+  - Cost: 6 configurations x 3 seeds x 4 manifolds = 72 trainings on one CPU thread. On
+    the Swiss roll, seed 0, next to about 6 busy processes on 2 cores: VQ K = 8 146 s,
+    K = 4 75 s, RealNVP(8) 129 s, RealNVP(4) 49 s, so about 10 minutes per manifold and
+    seed and about 2 hours in all (about 1 hour on a quiet core: session 7 timed 35-70 s
+    per model).
+
+  ``--figures DIR`` saves ``vq_flows_toy.png``: rows of test points, RealNVP samples,
+  VQ-RealNVP samples and the learned chart regions on the training data (the chosen
+  configurations, seed 0).
+* ``mnist`` (the runs of sessions 4-8, made before issue 21's protocol; the MNIST claim
+  under the protocol is ``benchmarks/vq_protocol.py``): dequantized logit-space MNIST;
+  RealNVP vs VQ-RealNVP and MAF vs VQ-MAF (d = 784), Fréchet distance in the features of
+  the package's MNIST classifier (not FID) between 5000 samples and the test images,
+  every ``--eval-every`` steps, over ``--seeds`` seeds. Needs ``PYRO_MANIFOLD_DATA`` and a
+  GPU for the full protocol.
 * ``dimension``: VQ-RealNVP on MNIST with chart dimension d < 784 (``--latent-dims``),
   through the conformal embeddings: Fréchet distance and the pixel-space reconstruction
-  error of test images (projection onto the charts) against d.
+  error of test images (projection onto the charts) against d. A report for issue 5's
+  item 3, with no bar to meet: it chooses nothing and compares with no baseline.
 
-Run (CPU):   python benchmarks/vq_flows.py --part toy --device cpu --threads 1
+Run (CPU):   OMP_NUM_THREADS=1 python benchmarks/vq_flows.py --part toy --device cpu --threads 1
+                 --figures benchmarks/figures   (writes benchmarks/results/vq_flows_toy.json)
 GPU:         PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part mnist
              PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part dimension
 Smoke:       python benchmarks/vq_flows.py --part all --smoke --device cpu
@@ -40,6 +69,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from provenance import provenance  # benchmarks/ is the script's directory
 
 from pyro_manifold.datasets import (
     dequantize_logit,
@@ -80,6 +110,41 @@ def fmt(stat, spec=".4f"):
 
 
 # ----------------------------------------------------------------------------- toy manifolds
+TOY_PROTOCOL = (
+    "per manifold and model family, the configuration with the lowest mean over seeds of "
+    "the validation MMD² (2000 samples against the 2000 validation points, seed 2); the "
+    "test points (seed 1) are drawn and scored once, for the chosen configurations, after "
+    "the choice; every configuration has the same seeds and the same total steps"
+)
+# VQ-RealNVP configurations: K charts and region margin epsilon. Session 1 ran K = 8,
+# epsilon = 0.2 (VQFlow's default epsilon is 0.1) with no validation split; both are
+# chosen again here, on validation.
+TOY_VQ_CONFIGS = {
+    "K8_eps0.2": {"num_charts": 8, "epsilon": 0.2},
+    "K8_eps0.1": {"num_charts": 8, "epsilon": 0.1},
+    "K4_eps0.2": {"num_charts": 4, "epsilon": 0.2},
+    "K4_eps0.1": {"num_charts": 4, "epsilon": 0.1},
+}
+TOY_NF_LAYERS = (8, 4)  # RealNVP depths; session 1 ran 8
+TOY_VALIDATION_SEED, TOY_TEST_SEED = 2, 1  # of the points; the training points are seed 0
+TOY_SAMPLE_SEED = {"validation": 100, "test": 200}  # + the training seed
+
+
+def lowest_mean(scores):
+    """The name whose list of per-seed scores has the lowest mean (ties: the first listed).
+
+    The selection rule of both protocols here (lower is better: MMD², Fréchet distance).
+
+    Example:
+        >>> lowest_mean({"a": [3.0, 1.0], "b": [2.0, 1.0], "c": [1.5, 1.5]})
+        'b'
+    """
+    if not scores or any(not values for values in scores.values()):
+        raise ValueError(f"scores: expected a non-empty list per name, got {scores}")
+    means = {name: statistics.fmean(values) for name, values in scores.items()}
+    return min(means, key=lambda name: (means[name], list(means).index(name)))
+
+
 def matched_realnvp(num_params, layers=8):
     width = 4
     while True:
@@ -87,6 +152,19 @@ def matched_realnvp(num_params, layers=8):
         if count(flow) >= num_params:
             return flow
         width += 1
+
+
+def toy_vq(config):
+    """The toy VQ-RealNVP of configuration ``config`` (a key of ``TOY_VQ_CONFIGS``)."""
+    return VQFlow(
+        3, flow="realnvp", num_layers=4, hidden_dims=[32], autoencoder_hidden_dims=[64],
+        num_overlap=1, **TOY_VQ_CONFIGS[config],
+    )  # fmt: skip
+
+
+def toy_nf(layers, num_params):
+    """RealNVP of ``layers`` couplings, the narrowest [w, w] with at least ``num_params``."""
+    return matched_realnvp(num_params, layers)
 
 
 def curve_label(kind, commitment):
@@ -101,8 +179,9 @@ def curve_label(kind, commitment):
     return f"{kind.removesuffix(IN_REGIONS)}_beta{commitment:g}{regions}"
 
 
-def train_vq(model, data, steps, device, batch_size=256):
-    common = dict(batch_size=batch_size, device=device, progress=False)
+def train_vq(model, data, steps, device, batch_size=256, seed=0):
+    """Stage 1 (atlas) ``steps`` steps, stage 2 (chart flows) ``2 * steps``: 3 x steps in all."""
+    common = dict(batch_size=batch_size, device=device, progress=False, seed=seed)
     fit(model.model, model.guide, data, num_steps=steps, lr=3e-3, **common)
     model.set_stage("flows", data.to(device))
     fit(
@@ -112,71 +191,109 @@ def train_vq(model, data, steps, device, batch_size=256):
     return model
 
 
+def train_toy_nf(model, data, steps, device, seed=0):
+    """The plain flow's budget: ``3 * steps`` steps, the VQ model's two stages together."""
+    fit(
+        model.model, model.guide, data, num_steps=3 * steps, batch_size=256, lr=1e-3,
+        lr_schedule="cosine", device=device, progress=False, seed=seed,
+    )  # fmt: skip
+    model.eval()
+    return model
+
+
+def toy_samples(model, n, seed):
+    """``n`` samples drawn on a forked random stream seeded with ``seed``."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        return model.sample(n).cpu()
+
+
 def toy_part(args, device):
-    results, figure_rows = {}, []
+    """Train every configuration with every seed, choose on validation, then test once."""
+    seeds = list(range(args.seeds))
+    vq_configs = list(TOY_VQ_CONFIGS)[:1] if args.smoke else list(TOY_VQ_CONFIGS)
+    nf_configs = [f"realnvp{layers}" for layers in TOY_NF_LAYERS]
+    vq_params = max(count(toy_vq(c)) for c in vq_configs)  # baselines: at least every VQ
+    results = {
+        "protocol": TOY_PROTOCOL,
+        "configurations_tried": {"vq_realnvp": vq_configs, "realnvp": nf_configs},
+        "num_configurations": len(vq_configs) + len(nf_configs),
+        "seeds": seeds,
+        "budget": {
+            "steps_total": 3 * args.steps,
+            "vq_atlas_steps": args.steps,
+            "vq_chart_steps": 2 * args.steps,
+            "batch_size": 256,
+        },  # fmt: skip
+    }
+    figure_rows = []
     for name in args.manifolds:
         manifold = make_manifold(name)
         train = manifold.sample(args.train, noise=args.noise, seed=0).data
-        test = manifold.sample(args.test, noise=args.noise, seed=1).data
-        scores = {
-            "vq_realnvp": {"mmd2": [], "distance": []},
-            "realnvp": {"mmd2": [], "distance": []},
-        }
-        for seed in range(args.seeds):
-            pyro.set_rng_seed(seed)
-            vq = VQFlow(
-                3,
-                num_charts=args.num_charts,
-                flow="realnvp",
-                num_layers=4,
-                hidden_dims=[32],
-                autoencoder_hidden_dims=[64],
-                num_overlap=1,
-                epsilon=0.2,
-            )
-            nf = matched_realnvp(count(vq))
-            t0 = time.time()
-            train_vq(vq, train, args.steps, device)
-            t_vq = time.time() - t0
-            t0 = time.time()
-            fit(
-                nf.model, nf.guide, train, num_steps=3 * args.steps, batch_size=256, lr=1e-3,
-                lr_schedule="cosine", device=device, progress=False,
-            )  # fmt: skip
-            t_nf = time.time() - t0
-            with torch.no_grad():
-                pyro.set_rng_seed(100 + seed)
-                samples = {
-                    "vq_realnvp": vq.sample(len(test)).cpu(),
-                    "realnvp": nf.sample(len(test)).cpu(),
-                }
-            for key, s in samples.items():
-                scores[key]["mmd2"].append(float(maximum_mean_discrepancy(s, test)))
-                scores[key]["distance"].append(mean_manifold_distance(s, manifold.distance))
-            print(
-                f"{name} seed {seed}: VQ {scores['vq_realnvp']['mmd2'][-1]:.2e} / "
-                f"{scores['vq_realnvp']['distance'][-1]:.4f} ({t_vq:.0f}s), RealNVP "
-                f"{scores['realnvp']['mmd2'][-1]:.2e} / {scores['realnvp']['distance'][-1]:.4f} "
-                f"({t_nf:.0f}s)",
-                flush=True,
-            )
-            if seed == 0:
-                with torch.no_grad():
-                    chart = vq.autoencoder.assign(train.to(device)).cpu()
-                figure_rows.append(
-                    (name, test, samples["realnvp"], samples["vq_realnvp"], train, chart)
+        validation = manifold.sample(args.test, noise=args.noise, seed=TOY_VALIDATION_SEED).data
+        models, scores, seconds, params = {}, {}, {}, {}
+        for config in vq_configs + nf_configs:
+            for seed in seeds:
+                pyro.set_rng_seed(seed)
+                t0 = time.perf_counter()
+                if config in TOY_VQ_CONFIGS:
+                    model = train_vq(toy_vq(config), train, args.steps, device, seed=seed)
+                else:
+                    layers = int(config.removeprefix("realnvp"))
+                    model = train_toy_nf(toy_nf(layers, vq_params), train, args.steps, device, seed)
+                seconds.setdefault(config, []).append(time.perf_counter() - t0)
+                params[config] = count(model)
+                models[config, seed] = model
+                sample = toy_samples(model, len(validation), TOY_SAMPLE_SEED["validation"] + seed)
+                scores.setdefault(config, []).append(
+                    float(maximum_mean_discrepancy(sample, validation))
                 )
-        results[name] = {
-            "parameters": {"vq_realnvp": count(vq), "realnvp": count(nf)},
-            **{key: {metric: mean_std(v) for metric, v in s.items()} for key, s in scores.items()},
+                print(f"{name} {config} seed {seed}: validation MMD² {scores[config][-1]:.2e} "
+                      f"({seconds[config][-1]:.0f} s)", flush=True)  # fmt: skip
+        selected = {
+            "vq_realnvp": lowest_mean({c: scores[c] for c in vq_configs}),
+            "realnvp": lowest_mean({c: scores[c] for c in nf_configs}),
         }
-    print("\n| manifold | model | parameters | MMD² | mean distance to the manifold |")
+        # the choice is made: only now are the test points drawn and scored, once
+        test = manifold.sample(args.test, noise=args.noise, seed=TOY_TEST_SEED).data
+        tested, samples0 = {}, {}
+        for family, config in selected.items():
+            mmd2, distance = [], []
+            for seed in seeds:
+                sample = toy_samples(
+                    models[config, seed], len(test), TOY_SAMPLE_SEED["test"] + seed
+                )
+                mmd2.append(float(maximum_mean_discrepancy(sample, test)))
+                distance.append(mean_manifold_distance(sample, manifold.distance))
+                if seed == seeds[0]:
+                    samples0[family] = sample
+            tested[family] = {"configuration": config, "parameters": params[config],
+                              "mmd2": mean_std(mmd2), "distance": mean_std(distance)}  # fmt: skip
+        vq, nf = tested["vq_realnvp"], tested["realnvp"]
+        results[name] = {
+            "parameters": params,
+            "validation": {c: {"mmd2": mean_std(v)} for c, v in scores.items()},
+            "train_seconds": {c: mean_std(v) for c, v in seconds.items()},
+            "selected": selected,
+            "test": tested,
+            "claim_met": {m: vq[m]["mean"] < nf[m]["mean"] for m in ("mmd2", "distance")},
+            "vq_wins_per_seed": {
+                m: sum(a < b for a, b in zip(vq[m]["values"], nf[m]["values"], strict=True))
+                for m in ("mmd2", "distance")
+            },
+        }
+        with torch.no_grad():
+            chart = models[selected["vq_realnvp"], seeds[0]].autoencoder.assign(train.to(device))
+        figure_rows.append((name, test, samples0["realnvp"], samples0["vq_realnvp"], train,
+                            chart.cpu()))  # fmt: skip
+    print("\n| manifold | model (chosen on validation) | parameters | test MMD² | "
+          "test distance to the manifold |")  # fmt: skip
     print("|---|---|---|---|---|")
-    for name, r in results.items():
-        for key in ("realnvp", "vq_realnvp"):
+    for name in args.manifolds:
+        for family, r in results[name]["test"].items():
             print(
-                f"| {name} | {key} | {r['parameters'][key]} | {fmt(r[key]['mmd2'], '.2e')} "
-                f"| {fmt(r[key]['distance'])} |"
+                f"| {name} | {family} ({r['configuration']}) | {r['parameters']} | "
+                f"{fmt(r['mmd2'], '.2e')} | {fmt(r['distance'])} |"
             )
     if args.figures:
         toy_figure(figure_rows, Path(args.figures) / "vq_flows_toy.png")
@@ -187,7 +304,7 @@ def toy_figure(rows, path):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(16, 4 * len(rows)))
-    titles = ("data", "RealNVP", "VQ-RealNVP", "chart regions")
+    titles = ("test points", "RealNVP", "VQ-RealNVP", "chart regions")
     for i, (name, test, nf, vq, train, chart) in enumerate(rows):
         for j, points in enumerate((test, nf, vq, train)):
             ax = fig.add_subplot(len(rows), 4, 4 * i + j + 1, projection="3d")
@@ -472,7 +589,7 @@ def main():
     parser.add_argument(
         "--out",
         default=None,
-        help="default benchmarks/results/vq_flows.json (runs/smoke/ with --smoke)",
+        help="default benchmarks/results/vq_flows_PART.json (--smoke: runs/smoke/vq_flows.json)",
     )
     args = parser.parse_args()
     if args.threads:
@@ -482,7 +599,12 @@ def main():
         args.manifolds = args.manifolds[:2]
         args.mnist_steps, args.atlas_steps, args.eval_every = 4, 2, 4
         args.batch_size, args.latent_dims, args.maf_hidden = 32, [8, 16], [800]
-    args.out = args.out or f"{'runs/smoke' if args.smoke else 'benchmarks/results'}/vq_flows.json"
+    default = (
+        "runs/smoke/vq_flows.json"
+        if args.smoke
+        else f"benchmarks/results/vq_flows_{args.part}.json"
+    )
+    args.out = args.out or default
     if args.merge:
         results = {"merged": args.merge, "mnist": merge_mnist(args.merge, args.figures)}
         Path(args.out).write_text(json.dumps(results, indent=1))
@@ -490,7 +612,7 @@ def main():
     device = resolve_device(args.device)
     print(f"device: {device}")
     parts = ["toy", "mnist", "dimension"] if args.part == "all" else [args.part]
-    results = {"config": vars(args), "device": str(device)}
+    results = {"config": vars(args), "device": str(device), **provenance()}
     for part in parts:
         results[part] = {"toy": toy_part, "mnist": mnist_part, "dimension": dimension_part}[part](
             args, device

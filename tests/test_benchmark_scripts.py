@@ -477,13 +477,34 @@ def check_vmonf_mnist(tmp_path):
 def check_vq_flows(tmp_path, mnist_runs):
     # runs without MNIST too (random images, untrained classifier)
     _run("vq_flows.py", "--part", "all", "--smoke", "--device", "cpu", "--out", "vq.json",
-         cwd=tmp_path)  # fmt: skip
+         "--figures", "figures", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "vq.json").read_text())
+    assert len(report["commit"]) == 40 and "--smoke" in report["command"]
+    toy = report["toy"]
+    tried = toy["configurations_tried"]
+    assert tried == {"vq_realnvp": ["K8_eps0.2"], "realnvp": ["realnvp8", "realnvp4"]}
+    assert toy["num_configurations"] == 3 and toy["seeds"] == [0]
+    budget = toy["budget"]  # the same total steps: the VQ model's two stages together
+    assert budget["steps_total"] == budget["vq_atlas_steps"] + budget["vq_chart_steps"]
     for manifold in ("sphere", "torus"):
         row = report["toy"][manifold]
-        assert row["parameters"]["realnvp"] >= row["parameters"]["vq_realnvp"]  # matched
-        for model in ("realnvp", "vq_realnvp"):
-            assert _finite(row[model]["mmd2"]["mean"], row[model]["distance"]["mean"])
+        params = row["parameters"]
+        assert min(params[c] for c in tried["realnvp"]) >= max(
+            params[c] for c in tried["vq_realnvp"]
+        )
+        validation = row["validation"]
+        for family, configs in tried.items():  # the rule: lowest mean validation MMD²
+            means = {c: validation[c]["mmd2"]["mean"] for c in configs}
+            assert row["selected"][family] == min(means, key=means.get)
+        vq, nf = row["test"]["vq_realnvp"], row["test"]["realnvp"]
+        assert vq["configuration"] == row["selected"]["vq_realnvp"]
+        assert nf["configuration"] == row["selected"]["realnvp"]
+        for model in (vq, nf):
+            assert len(model["mmd2"]["values"]) == 1
+            assert _finite(model["mmd2"]["mean"], model["distance"]["mean"])
+        for metric in ("mmd2", "distance"):
+            assert row["claim_met"][metric] == (vq[metric]["mean"] < nf[metric]["mean"])
+    assert (tmp_path / "figures" / "vq_flows_toy.png").exists()
     mnist = report["mnist"]
     for kind in ("realnvp", "vq_realnvp", "maf", "vq_maf", "vq_maf_in_regions"):
         assert mnist[kind]["steps"] == [4] and _finite(mnist[kind]["frechet"][-1]["mean"])
@@ -494,6 +515,85 @@ def check_vq_flows(tmp_path, mnist_runs):
     assert set(report["dimension"]) == {"8", "16"}
     for row in report["dimension"].values():
         assert _finite(row["frechet"], row["reconstruction_mse"])
+
+
+def check_vq_protocol(tmp_path, mnist_runs):
+    """The queue trains, skips finished jobs and resumes an interrupted one exactly; the
+    training jobs and the selection run on a data folder without the test files."""
+    raw = Path(os.environ["PYRO_MANIFOLD_DATA"]) / "MNIST" / "raw"
+    no_test = tmp_path / "no_test"
+    (no_test / "MNIST" / "raw").mkdir(parents=True)
+    for f in raw.glob("train-*"):
+        (no_test / "MNIST" / "raw" / f.name).symlink_to(f)
+    env = dict(os.environ, MPLBACKEND="Agg", PYRO_MANIFOLD_CACHE=str(tmp_path / "cache"),
+               PYRO_MANIFOLD_DATA=str(no_test), PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
+                                          if p),
+               VQ_PROTOCOL_ARGS="--smoke", VQ_PROTOCOL_SEEDS="0",
+               VQ_PROTOCOL_FAMILIES="realnvp", VQ_PROTOCOL_RUNS=str(tmp_path / "runs"),
+               VQ_PROTOCOL_RESULTS=str(tmp_path / "results"))  # fmt: skip
+
+    def call(*command, rc=0, **overrides):
+        proc = subprocess.run(command, cwd=tmp_path, env={**env, **overrides},
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == rc, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    script, queue = str(BENCHMARKS / "vq_protocol.py"), str(BENCHMARKS / "vq_protocol.sh")
+    job = ("--stage", "train", "--kind", "vq_realnvp", "--commitment", "1", "--seed", "0")
+    # an interrupted job (after its atlas and the first chart-flow steps, before the
+    # evaluation); then the queue resumes it and trains the other two
+    call(sys.executable, script, "--smoke", *job, "--runs", "runs", "--results", "results",
+         "--interrupt-at", "3", rc=3)  # fmt: skip
+    out = call("bash", queue, "train")
+    assert "vq_realnvp_beta1 seed 0: training --resume" in out
+    assert "realnvp_matched seed 0: training" in out
+    out = call("bash", queue, "train")  # everything done: nothing trains
+    assert out.count(": done (") == 3 and "training" not in out
+    assert call("bash", queue, "status").count(": done") == 3
+    call(sys.executable, script, "--smoke", *job, "--runs", "ref", "--results", "ref")
+    runs = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")}
+    resumed, reference = (
+        runs["vq_realnvp_beta1_seed0"],
+        json.loads((tmp_path / "ref" / "vq_realnvp_beta1_seed0.json").read_text()),
+    )
+    assert resumed["sessions"] == 2 and reference["sessions"] == 1
+    assert resumed["curve"] == reference["curve"]  # the resumed run is the uninterrupted one
+    assert resumed["validation_in_regions"] == reference["validation_in_regions"]
+    plain, vq = runs["realnvp_matched_seed0"], runs["vq_realnvp_beta0.25_seed0"]
+    assert plain["parameters"] >= vq["parameters"] == resumed["parameters"]
+    assert plain["budget"]["total_steps"] == vq["budget"]["total_steps"]
+    assert plain["budget"]["flow_steps"] == vq["budget"]["atlas_steps"] + vq["budget"]["flow_steps"]
+    assert [p["step"] for p in plain["curve"]][-1] == [p["step"] for p in vq["curve"]][-1]
+    assert sum(vq["atlas_chart_shares"]) == pytest.approx(1.0)
+    assert all(run["split"] == "validation" and len(run["commit"]) == 40 for run in runs.values())
+
+    select = ("--smoke", "--seeds", "0", "--families", "realnvp", "--results", "results")
+    call(sys.executable, script, "--stage", "select", *select, "--out", "select.json")
+    selection = json.loads((tmp_path / "select.json").read_text())
+    assert selection["split"] == "validation"
+    assert selection["configurations_tried"] == {
+        "realnvp": ["vq_realnvp_beta0.25", "vq_realnvp_beta1", "realnvp_matched"]
+    }
+    ends = {b: runs[f"vq_realnvp_beta{b}_seed0"]["validation_frechet_end"] for b in ("0.25", "1")}
+    assert selection["chosen"]["realnvp"] == f"vq_realnvp_beta{min(ends, key=ends.get)}"
+    # the test stage, with the test files now
+    call(sys.executable, script, "--stage", "test", *select, "--selection", "select.json",
+         "--out", "test.json", "--figures", "figures",
+         PYRO_MANIFOLD_DATA=os.environ["PYRO_MANIFOLD_DATA"])  # fmt: skip
+    report = json.loads((tmp_path / "test.json").read_text())
+    family = report["families"]["realnvp"]
+    assert report["split"] == "test" and report["selection_commit"] == selection["commit"]
+    assert family["chosen"] == selection["chosen"]["realnvp"] and family["num_configurations"] == 3
+    test_figures = family["test_frechet"]
+    assert set(test_figures) == {family["chosen"], "realnvp_matched"}
+    for figure in test_figures.values():
+        assert len(figure["per_seed"]) == 1 and figure["mean"] == figure["per_seed"][0]
+    assert family["claim_met"] == (
+        test_figures[family["chosen"]]["mean"] < test_figures["realnvp_matched"]["mean"]
+    )
+    assert _finite(family["test_frechet_in_regions"]["mean"])
+    assert (tmp_path / "figures" / "vq_protocol_mnist.png").stat().st_size > 0
 
 
 def check_robustness(tmp_path, mnist_runs):
@@ -521,6 +621,7 @@ SMOKE = {
     "vae_protocol.py": (check_vae_protocol, "mnist", True),
     "vmonf.py": (check_vmonf, None, False),
     "vq_flows.py": (check_vq_flows, None, True),
+    "vq_protocol.py": (check_vq_protocol, "mnist", True),
     "robustness.py": (check_robustness, None, False),
 }
 
@@ -822,3 +923,37 @@ def test_chart_purity_known_answers(bench):
     assert vq_atlas_purity.purity(assign, digits, 2) == pytest.approx(4 / 6)
     # one chart for everything: the share of the most common digit
     assert vq_atlas_purity.purity(torch.zeros(6, dtype=torch.long), digits, 1) == 0.5
+
+
+def test_vq_protocol_rule(bench):
+    """The commitment with the lowest mean validation Fréchet distance, per VQ family."""
+    from vq_flows import lowest_mean
+    from vq_protocol import choose
+
+    validation = {
+        "maf": {0.25: [493.8, 352.5, 427.5], 1.0: [318.9, 357.0, 315.7]},  # 424.6 / 330.5
+        "realnvp": {0.25: [410.0, 420.0, 430.0], 1.0: [300.0, 600.0, 400.0]},  # 420 / 433.3
+    }
+    assert choose(validation) == {"maf": 1.0, "realnvp": 0.25}
+    # a tie goes to the smaller beta, whatever the order given
+    assert choose({"maf": {1.0: [2.0, 4.0], 0.25: [3.0, 3.0]}}) == {"maf": 0.25}
+    with pytest.raises(ValueError, match="same seeds"):
+        choose({"maf": {0.25: [1.0, 2.0, 3.0], 1.0: [1.0, 2.0]}})
+    # the toy rule: lowest mean, ties to the first listed
+    assert lowest_mean({"K8": [2.0, 4.0], "K4": [1.0, 4.5], "K2": [3.0, 3.0]}) == "K4"
+    assert lowest_mean({"a": [1.0, 3.0], "b": [2.0, 2.0]}) == "a"
+    with pytest.raises(ValueError):
+        lowest_mean({"a": []})
+
+
+def test_vq_protocol_matched_width(bench):
+    """The plain baseline is the narrowest flow with at least the VQ model's parameters."""
+    import vq_protocol
+
+    settings = vq_protocol.SMOKE
+    for family in vq_protocol.FAMILIES:
+        width, target = vq_protocol.matched_width(family, settings)
+        vq = vq_protocol.build(f"vq_{family}", settings, commitment=1.0)
+        assert target == vq_protocol.count(vq)  # beta does not change the count
+        assert vq_protocol.count(vq_protocol.build(family, settings, width=width)) >= target
+        assert vq_protocol.count(vq_protocol.build(family, settings, width=width - 1)) < target
