@@ -108,11 +108,13 @@ class VQFlow(PyroModule):
         autoencoder_hidden_dims: hidden widths of the encoder and decoder.
         num_overlap: :math:`m`.
         epsilon: :math:`\varepsilon`.
-        reconstruction_weight: :math:`w \ge 0` (used only when :math:`d < D`).
+        reconstruction_weight: :math:`w \ge 0` (used only when :math:`d < D`). On
+            low-noise data with :math:`d < D` the default 1 can be too weak to keep the
+            charts on the data (``tutorials/vq_flows.py`` uses 100 on a sphere).
         commitment: the VQ commitment weight :math:`\beta` (0.25, VQ-VAE's value, by
-            default). A larger :math:`\beta` ties the encoder to its codes and gives
-            purer charts; on MNIST :math:`\beta = 1` gave the better atlas and samples
-            (``benchmarks/RESULTS.md``, VQ-Flows on MNIST).
+            default). A larger :math:`\beta` ties the encoder to its codes; which value
+            gives the better samples on MNIST is being chosen on validation data
+            (``benchmarks/vq_protocol.py``; ``benchmarks/RESULTS.md``, claims table).
         restrict: eq. (2) over the charts containing :math:`x` (``False``: all charts).
         num_reflections: Householder reflections :math:`r` of the chart embeddings
             (default :math:`\min(d, D - 1, 64)`; :math:`r \ge \min(d, D-1)` reaches every
