@@ -457,9 +457,10 @@ chart, inside = plot_atlas(vq.autoencoder, train, out / "atlas.png", "VQFlow, fi
 # :math:`z \sim q` and returns :math:`g_k(z)` at the site ``"x"``; ``Predictive(model,
 # num_samples=1)`` returns one draw of a plate of new points. We draw from the
 # hand-written program trained by SVI (:math:`d = 2`: the points lie exactly on the
-# charts) and, wiring the same program to the fitted class's modules, from VQ-RealNVP (we
-# check first that the wired program and ``vq.model`` still give the same loss). The
-# baseline ``Flow``'s own model draws ``num_samples`` points with ``x=None``.
+# charts), and from the fitted VQ-RealNVP through ``vq.model``, which does the same with
+# ``x=None`` in its ``"flows"`` stage (we check first that our program wired to the
+# class's modules still gives ``vq.model``'s loss). The baseline ``Flow``'s own model
+# draws ``num_samples`` points with ``x=None`` too.
 #
 # A learned chart map can send part of its mass outside its region :math:`U_k`, where
 # eq. (2) does not count it. ``vq.sample(n, within_regions=True)`` keeps only the draws of
@@ -476,7 +477,7 @@ same_loss(vq_program[0], vq_program[1], vq.model, vq.guide, test)
 with torch.no_grad():
     samples = {
         "by_hand_d2": Predictive(model, num_samples=1)(num_points=len(test))["x"][0],
-        "vq_realnvp": Predictive(vq_program[0], num_samples=1)(num_points=len(test))["x"][0],
+        "vq_realnvp": Predictive(vq.model, num_samples=1)(None, len(test))["x"][0],
         "vq_realnvp_within": vq.sample(len(test), within_regions=True),
         "realnvp": Predictive(baseline.model, num_samples=1)(num_samples=len(test))["x"][0],
     }

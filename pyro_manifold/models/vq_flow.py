@@ -267,22 +267,46 @@ class VQFlow(PyroModule):
             self.restrict,
         )
 
-    def model(self, x: Tensor) -> None:
-        """Observe ``x`` :math:`(N, D)`: the stage's loss as Pyro sites in a data plate."""
-        register_parameters(self)
+    def model(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor | None:
+        r"""Observe ``x`` :math:`(N, D)`: the stage's loss as Pyro sites in a data plate.
+
+        With ``x=None`` (stage ``"flows"``), draw ``num_samples`` new points from the
+        atlas instead (site ``"x"``, :meth:`ChartMixture.sample`), so that
+        ``pyro.infer.Predictive`` samples the model as it does every other model's.
+        The atlas stage has no density to draw from and refuses ``x=None``.
+
+        Example:
+            >>> vq = VQFlow(3, num_charts=2, num_layers=1, hidden_dims=[8])
+            >>> vq.set_stage("flows")
+            >>> from pyro.infer import Predictive
+            >>> Predictive(vq.model, num_samples=2)(None, 5)["x"].shape
+            torch.Size([2, 5, 3])
+        """
+        if x is None:
+            if self.stage == "atlas":
+                raise ArgumentError(
+                    "x: the atlas stage only observes data (no density to sample); "
+                    "call set_stage('flows') first, got x=None in stage 'atlas'"
+                )
+            n = check_positive_int("num_samples", 1 if num_samples is None else num_samples)
+            register_parameters(self)
+            with pyro.plate("data", n):
+                return pyro.sample("x", self.distribution())
         self._check_x(x)
+        register_parameters(self)
         if self.stage == "atlas":
             with parameters_registered(False):  # registered above, under this model's name
                 self.autoencoder.model(x)
-            return
+            return None
         mixture = self.distribution()
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", mixture, obs=x)
+            observed = pyro.sample("x", mixture, obs=x)
             if self.latent_dim < self.data_dim and self.reconstruction_weight > 0:
                 error = (x - mixture.reconstruct(x)).pow(2).sum(-1)
                 pyro.factor("reconstruction", -self.reconstruction_weight * error)
+        return observed
 
-    def guide(self, x: Tensor) -> None:
+    def guide(self, x: Tensor | None = None, num_samples: int | None = None) -> None:
         """Empty guide: VQ-Flows has no latent sites."""
 
     def log_prob(self, x: Tensor) -> Tensor:

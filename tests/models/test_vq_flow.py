@@ -148,3 +148,26 @@ def test_save_load_and_copy():
         twin = copy.deepcopy(vq)
         assert twin.embedding.nn._owner is twin
         torch.testing.assert_close(twin.log_prob(x), vq.log_prob(x))
+
+
+def test_predictive_samples_the_atlas_as_its_distribution_does():
+    """``model(None, n)`` draws from the atlas: Predictive gives ChartMixture.sample's draws."""
+    import pyro
+    from pyro.infer import Predictive
+
+    from pyro_manifold.errors import ArgumentError
+
+    torch.manual_seed(0)
+    vq = VQFlow(3, num_charts=3, num_layers=1, hidden_dims=[8])
+    with pytest.raises(ArgumentError, match="x: the atlas stage"):
+        vq.model(None, 4)
+    vq.set_stage("flows")
+    pyro.set_rng_seed(1)
+    drawn = vq.model(None, 50)
+    pyro.set_rng_seed(1)
+    torch.testing.assert_close(drawn, vq.distribution().sample((50,)))
+    draws = Predictive(vq.model, num_samples=2)(None, 50)["x"]  # as every model is sampled
+    assert draws.shape == (2, 50, 3) and torch.isfinite(draws).all()
+    assert not torch.equal(draws[0], draws[1])
+    with pytest.raises(ValueError, match="num_samples"):
+        vq.model(None, 0)
