@@ -4,7 +4,7 @@ The data are never downloaded unless asked (``download=True``). The folder is fo
 :func:`data_root`: the ``root`` argument, else the environment variable
 ``PYRO_MANIFOLD_DATA``; it holds torchvision's layout ``MNIST/raw/*-ubyte``.
 
-:func:`load_mnist` returns raw pixels (uint8, 0..255, flattened to 784); the model's
+:func:`~pyro_manifold.datasets.load_mnist` returns raw pixels (uint8, 0..255, flattened to 784); the model's
 caller chooses the preprocessing:
 
 - binary models: :func:`dynamic_binarize` (a fresh Bernoulli draw every epoch) or
@@ -59,7 +59,7 @@ __all__ = [
 
 #: The environment variable naming the folder that holds MNIST when no ``root`` is given.
 DATA_ENV_VAR = "PYRO_MANIFOLD_DATA"
-#: The ``split`` names :func:`load_mnist` accepts.
+#: The ``split`` names :func:`~pyro_manifold.datasets.load_mnist` accepts.
 MNIST_SPLITS = ("train", "validation", "test", "train+validation")
 _NUM_TRAIN = 60000
 _HOW = (

@@ -88,7 +88,7 @@ class ChartMixture(FreshMemo, TorchDistribution):
     ``encode(x)`` and ``chart_posterior(x)`` on the same ``x`` share one pass through the
     chart maps, until ``x``, a parameter, buffer, module mode or the grad mode changes or
     a gradient has flowed back through it (the package's one cache rule,
-    :class:`~pyro_manifold._cache.FreshMemo`; nothing is kept in
+    ``FreshMemo`` (``pyro_manifold._cache``); nothing is kept in
     ``torch.inference_mode()``).
 
     **Normalisation.** Eq. (2) integrates to one over the manifold only when every chart

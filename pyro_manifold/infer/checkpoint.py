@@ -210,7 +210,7 @@ def _feed(h: Any, value: Any) -> None:
 
 
 def plain_data(value: Any, where: str) -> Any:
-    """``value`` with numpy scalars and paths made plain, or :class:`CheckpointError`.
+    """``value`` with numpy scalars and paths made plain, or :class:`~pyro_manifold.errors.CheckpointError`.
 
     What :func:`save_checkpoint` does to its ``state`` (``where`` names it in messages).
 

@@ -341,7 +341,7 @@ def fit(
     (for the first step, before anything changes). See :mod:`pyro_manifold.infer.schedule`.
 
     **The fast path** (``fast=True``, the default): ``Trace_ELBO`` and ``TraceEnum_ELBO``
-    are replaced by their twins from :mod:`pyro_manifold.infer.elbo` (same value and
+    are replaced by their twins from ``pyro_manifold.infer.elbo`` (same value and
     gradients, no host synchronisation), Pyro's validation is switched off inside the
     training steps (it stays as set for the first evaluation, which checks the programs'
     shapes and supports on the first batch, and for validation losses), the data stay on
@@ -356,7 +356,7 @@ def fit(
     the ``check_data(*batch, first_row=...)`` method of the module the programs are
     bound to, where it has one (every model of :mod:`pyro_manifold.models` does; a
     Bernoulli :class:`~pyro_manifold.models.FlowVAE` refuses a non-binary row). The
-    error names the data set and the row. See :mod:`pyro_manifold.infer._data_check`.
+    error names the data set and the row. See ``pyro_manifold.infer._data_check``.
 
     Parameters optimised: every parameter of the ``nn.Module`` that ``model`` and
     ``guide`` are bound methods of, of each module in ``modules``, and of every

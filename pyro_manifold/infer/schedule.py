@@ -30,7 +30,8 @@ from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["StepKwargs", "default_step_kwargs", "evaluate_step_kwargs", "resolve_step_kwargs"]
 
-#: A schedule: ``step_kwargs(step) -> {name: value}``, the keyword arguments of that step.
+#: The type of a schedule ``step_kwargs(step) -> {name: value}`` (the keyword arguments of
+#: that step).
 StepKwargs = Callable[[int], Mapping[str, Any]]
 
 

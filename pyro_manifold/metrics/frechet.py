@@ -2,7 +2,7 @@ r"""Fréchet distance between Gaussian fits of features, on a small MNIST classi
 
 This is *not* the Fréchet Inception Distance (FID): the features come from
 :class:`~pyro_manifold.nn.MNISTClassifier`, a small convolutional network trained here
-on MNIST, not from Inception-v3. Numbers from :func:`mnist_frechet_distance` compare
+on MNIST, not from Inception-v3. Numbers from :func:`~pyro_manifold.metrics.mnist_frechet_distance` compare
 models with each other within this package and are not comparable with FID values
 reported in papers.
 
@@ -288,7 +288,7 @@ def train_mnist_classifier(
 
     Raises:
         FileNotFoundError: no data root is given (see
-            :func:`pyro_manifold.datasets.mnist.data_root`) or the MNIST files are missing.
+            :func:`~pyro_manifold.datasets.data_root`) or the MNIST files are missing.
 
     Example:
         >>> import os

@@ -70,7 +70,7 @@ def pixel_log_likelihood(log_prob_logit: Tensor, logit_logdet: Tensor) -> Tensor
         \left[\log(1 - 2\lambda) - \log s_i - \log(1 - s_i)\right],
 
     with :math:`s = \lambda + (1 - 2\lambda) x`
-    (:func:`pyro_manifold.datasets.mnist.logit_transform` returns :math:`y` and this
+    (:func:`~pyro_manifold.datasets.logit_transform` returns :math:`y` and this
     log-determinant). Papers differ on which of the two they report: the MAF paper
     (Papamakarios et al. 2017) reports MNIST and CIFAR-10 *log-likelihoods in logit
     space* (:math:`\log p_y(y)`, e.g. about :math:`-1000` nats for MNIST), whereas

@@ -198,7 +198,7 @@ def flow_stack(
       ``.condition(h)``, :math:`h` of shape :math:`(*, C)`, gives a plain transform;
     * batched (``num_components=K``): :math:`K` independent flows, each with its own
       weights, acting on :math:`(*, K, D)` (row :math:`k` through flow :math:`k`) in one
-      pass of :math:`K`-stacked networks (:mod:`pyro_manifold.nn.batched`).
+      pass of :math:`K`-stacked networks (``pyro_manifold.nn.batched``).
 
     Layer families (``flow``, :data:`FLOWS`), layer :math:`l` alternating the kept half
     or reversing the autoregressive order:
