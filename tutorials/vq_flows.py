@@ -137,14 +137,12 @@ test = manifold.sample(max(n // 5, 200), noise=0.02, seed=1).data
 # Model and guide
 # ---------------
 #
-# Stage 1: the atlas, by hand
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Stage 1: the atlas
+# ~~~~~~~~~~~~~~~~~~
 #
 # ``models.VQAutoencoder`` holds :math:`E`, :math:`\mathcal D` (``DenseNN`` s) and the
 # codebook (its ``quantizer``, a ``VectorQuantizer``). Our model adds :math:`-\ell(x)` as
-# a ``pyro.factor`` in the data plate. As VQ-VAEs are, the codebook is started by k-means
-# on the encodings (``VectorQuantizer.initialize``), and codes that no point chose in the
-# last 100 steps are moved onto encodings of the batch (``reseed_dead_codes``).
+# a ``pyro.factor`` in the data plate.
 
 D, K, C = 3, 8, 3  # data dimension, charts, code dimension
 num_overlap, epsilon, reconstruction_weight = 1, 0.2, 100.0
@@ -166,52 +164,9 @@ def atlas_program(atlas):
     return model, guide
 
 
-def train_by_svi(model, guide, data, num_steps, lr, every_100=None):
-    """Pyro's SVI on mini-batches of 256 points; returns the loss history per point."""
-    pyro.clear_param_store()  # pyro.module reuses any stored parameter of the same name
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
-    batches = torch.Generator().manual_seed(0)
-    history = {"step": [], "loss": []}
-    for step in range(num_steps):
-        batch = data[torch.randint(len(data), (256,), generator=batches)]
-        loss = svi.step(batch) / len(batch)
-        history["step"].append(step + 1)
-        history["loss"].append(loss)
-        if every_100 is not None and (step + 1) % 100 == 0:
-            every_100(batch)
-        if step % max(num_steps // 4, 1) == 0 or step == num_steps - 1:
-            print(f"step {step + 1:5d}  loss per point {loss:.3f}")
-    return history
-
-
-torch.manual_seed(1)
-atlas = VQAutoencoder(D, code_dim=C, num_charts=K, hidden_dims=[64])
-with torch.no_grad():
-    atlas.quantizer.initialize(atlas.encoder(train))  # k-means start of the codebook
-
-
-@torch.no_grad()
-def reseed(batch):
-    atlas.quantizer.reseed_dead_codes(atlas.encoder(batch))
-
-
-atlas_model, atlas_guide = atlas_program(atlas)
-atlas_history = train_by_svi(atlas_model, atlas_guide, train, steps, 3e-3, every_100=reseed)
-plot_training_curve(atlas_history, out / "atlas_by_hand_training.png")
-
 # %%
-# The regions :math:`U_k` follow from the code distances; every point lies in at least
-# :math:`m` of them.
-
-atlas.requires_grad_(False)  # stage 2 keeps the atlas fixed
-atlas.eval()
-with torch.no_grad():
-    regions = chart_membership(atlas.chart_distances(train), num_overlap, epsilon)  # (N, K)
-assert regions.shape == (len(train), K) and bool((regions.sum(-1) >= num_overlap).all())
-
-# %%
-# Stage 2: the charts, by hand
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Stage 2: the charts
+# ~~~~~~~~~~~~~~~~~~~
 #
 # The pieces of the chart maps, for charts of dimension :math:`d = 2` (the sphere is a
 # surface, so the embeddings raise the dimension from 2 to 3):
@@ -266,6 +221,21 @@ def chart_pieces(chart_flow, embedding, chart_logits):
     return pieces
 
 
+def build_chart_pieces(atlas, d, x):
+    """The pieces for charts of dimension ``d``, started as described above on data ``x``."""
+    chart_flow = flow_stack(d, "realnvp", num_layers=4, hidden_dims=[32], context_dim=C)
+    for layer in chart_flow:
+        if not isinstance(layer, Reverse):  # Reverse permutes; it has no network
+            scale_output_layer(layer.nn)
+    r = min(d, D - 1)  # reflections: enough to reach every orientation of the chart plane
+    embedding = ConditionalConformalEmbedding(
+        d, D, ChartPlacement(atlas.decoder, r), r, context_dim=C
+    )
+    with torch.no_grad():
+        counts = torch.bincount(atlas.assign(x), minlength=K).float() + 1
+    return chart_pieces(chart_flow, embedding, torch.nn.Parameter(counts.log()))
+
+
 def chart_program(atlas, pieces):
     """Return ``model``, ``guide`` and ``mixture`` (the current p(x)) of stage 2."""
     latent_dim = pieces.embedding.latent_dim
@@ -298,23 +268,77 @@ def chart_program(atlas, pieces):
     return model, guide, mixture
 
 
-d = 2
-chart_flow = flow_stack(d, "realnvp", num_layers=4, hidden_dims=[32], context_dim=C)
-for layer in chart_flow:
-    if not isinstance(layer, Reverse):  # Reverse permutes; it has no network
-        scale_output_layer(layer.nn)
-r = min(d, D - 1)  # reflections: enough to reach every orientation of the chart plane
-embedding = ConditionalConformalEmbedding(d, D, ChartPlacement(atlas.decoder, r), r, context_dim=C)
+# %%
+# Training
+# --------
+#
+# Stage 1 by SVI
+# ~~~~~~~~~~~~~~
+#
+# Pyro's ``SVI`` with ``Trace_ELBO`` on mini-batches. As VQ-VAEs are, the codebook is
+# started by k-means on the encodings (``VectorQuantizer.initialize``), and codes that
+# no point chose in the last 100 steps are moved onto encodings of the batch
+# (``reseed_dead_codes``).
+
+
+def train_by_svi(model, guide, data, num_steps, lr, every_100=None):
+    """Pyro's SVI on mini-batches of 256 points; returns the loss history per point."""
+    pyro.clear_param_store()  # pyro.module reuses any stored parameter of the same name
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    batches = torch.Generator().manual_seed(0)
+    history = {"step": [], "loss": []}
+    for step in range(num_steps):
+        batch = data[torch.randint(len(data), (256,), generator=batches)]
+        loss = svi.step(batch) / len(batch)
+        history["step"].append(step + 1)
+        history["loss"].append(loss)
+        if every_100 is not None and (step + 1) % 100 == 0:
+            every_100(batch)
+        if step % max(num_steps // 4, 1) == 0 or step == num_steps - 1:
+            print(f"step {step + 1:5d}  loss per point {loss:.3f}")
+    return history
+
+
+torch.manual_seed(1)
+atlas = VQAutoencoder(D, code_dim=C, num_charts=K, hidden_dims=[64])
 with torch.no_grad():
-    counts = torch.bincount(atlas.assign(train), minlength=K).float() + 1
-pieces = chart_pieces(chart_flow, embedding, torch.nn.Parameter(counts.log()))
+    atlas.quantizer.initialize(atlas.encoder(train))  # k-means start of the codebook
+
+
+@torch.no_grad()
+def reseed(batch):
+    atlas.quantizer.reseed_dead_codes(atlas.encoder(batch))
+
+
+atlas_model, atlas_guide = atlas_program(atlas)
+atlas_history = train_by_svi(atlas_model, atlas_guide, train, steps, 3e-3, every_100=reseed)
+plot_training_curve(atlas_history, out / "atlas_by_hand_training.png")
+
+# %%
+# The regions :math:`U_k` follow from the code distances; every point lies in at least
+# :math:`m` of them.
+
+atlas.requires_grad_(False)  # stage 2 keeps the atlas fixed
+atlas.eval()
+with torch.no_grad():
+    regions = chart_membership(atlas.chart_distances(train), num_overlap, epsilon)  # (N, K)
+assert regions.shape == (len(train), K) and bool((regions.sum(-1) >= num_overlap).all())
+
+# %%
+# Stage 2 by SVI
+# ~~~~~~~~~~~~~~
+#
+# The pieces for charts of dimension :math:`d = 2`, started as described above, trained
+# with the atlas frozen.
+
+pieces = build_chart_pieces(atlas, 2, train)  # charts of dimension d = 2
 model, guide, mixture = chart_program(atlas, pieces)
 flows_history = train_by_svi(model, guide, train, 2 * steps, 1e-3)
 plot_training_curve(flows_history, out / "chart_flows_by_hand_training.png")
 
 # %%
-# The packaged model
-# ~~~~~~~~~~~~~~~~~~
+# The packaged model gives the same loss
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 #
 # :class:`~pyro_manifold.models.VQFlow` holds the same pieces under the same names: its
 # ``autoencoder`` is the atlas, ``chart_flow`` the conditional layers (built by the same
@@ -322,11 +346,15 @@ plot_training_curve(flows_history, out / "chart_flows_by_hand_training.png")
 # conformal embedding (its hypernetwork also shifts each chart to
 # :math:`\mathcal D(v_k)`) and ``chart_logits`` :math:`\ell`. Its ``model`` runs stage 1
 # until ``set_stage("flows", x)`` freezes the atlas and sets the chart weights from the
-# nearest-centre counts, as we did. Wiring our programs to its modules gives the same
-# loss in both stages, for charts of dimension :math:`d = 2` (with the reconstruction
-# term) and :math:`d = D = 3` (where :math:`c_k` is a similarity: rotation, scale and
-# shift). Stage 1 is compared in eval mode, where the class's loss leaves out its k-means
-# start and re-seeding (the steps we took by hand in the training loop).
+# nearest-centre counts, as we did. We build a ``VQFlow`` of the same shapes, load our
+# hand-trained parameters into it (the atlas under ``autoencoder.``, the stage-2 pieces
+# under their own names) and check that ``vq.model`` and ``vq.guide`` give the same
+# ``Trace_ELBO`` loss as our programs with the same parameters, in both stages: for the
+# trained charts of dimension :math:`d = 2` (with the reconstruction term), and for
+# freshly built charts of dimension :math:`d = D = 3` (where :math:`c_k` is a
+# similarity: rotation, scale and shift). The comparison runs in eval mode: in training
+# mode ``VQAutoencoder``'s model also starts the codebook by k-means on its first call and
+# re-seeds dead codes, side effects inside the model that our loop takes as separate steps.
 
 
 def same_loss(model_a, guide_a, model_b, guide_b, x):
@@ -336,11 +364,12 @@ def same_loss(model_a, guide_a, model_b, guide_b, x):
     )
 
 
-for latent_dim in (2, 3):
-    packaged = VQFlow(
+def vq_flow_like(pieces):
+    """A ``VQFlow`` whose modules have the shapes of our atlas and ``pieces``."""
+    return VQFlow(
         D,
         num_charts=K,
-        latent_dim=latent_dim,
+        latent_dim=pieces.embedding.latent_dim,
         code_dim=C,
         flow="realnvp",
         num_layers=4,
@@ -350,20 +379,31 @@ for latent_dim in (2, 3):
         epsilon=epsilon,
         reconstruction_weight=reconstruction_weight,
     )
+
+
+def hand_written_state(atlas, pieces):
+    """Our parameters under ``VQFlow``'s names."""
+    state = {f"autoencoder.{key}": value for key, value in atlas.state_dict().items()}
+    return state | pieces.state_dict()
+
+
+with torch.no_grad():
+    nearest = torch.bincount(atlas.assign(train), minlength=K).float() + 1
+for hand_pieces in (pieces, build_chart_pieces(atlas, 3, train)):
+    packaged = vq_flow_like(hand_pieces)
+    packaged.load_state_dict(hand_written_state(atlas, hand_pieces))  # strict: every name
     packaged.eval()
-    same_loss(*atlas_program(packaged.autoencoder), packaged.model, packaged.guide, test)
-    packaged.train()
+    same_loss(atlas_model, atlas_guide, packaged.model, packaged.guide, test)  # stage 1
     packaged.set_stage("flows", train)
-    with torch.no_grad():
-        nearest = torch.bincount(packaged.autoencoder.assign(train), minlength=K).float() + 1
     torch.testing.assert_close(packaged.chart_logits.detach(), nearest.log())
-    wired = chart_pieces(packaged.chart_flow, packaged.embedding, packaged.chart_logits)
-    same_loss(*chart_program(packaged.autoencoder, wired)[:2], packaged.model, packaged.guide, test)
-print("VQFlow gives the same loss as the hand-written programs in both stages")
+    packaged.load_state_dict(hand_written_state(atlas, hand_pieces))  # our trained logits
+    hand_model, hand_guide, _ = chart_program(atlas, hand_pieces)
+    same_loss(hand_model, hand_guide, packaged.model, packaged.guide, test)  # stage 2
+print("VQFlow with our parameters gives the same loss as the hand-written programs")
 
 # %%
-# Training
-# --------
+# Training with ``fit``
+# ~~~~~~~~~~~~~~~~~~~~~
 #
 # The packaged model trains with :func:`pyro_manifold.infer.fit`, one run per stage. As
 # in ``benchmarks/vq_flows.py`` we fit VQ-RealNVP with full-dimensional charts
