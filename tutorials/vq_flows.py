@@ -197,7 +197,8 @@ def atlas_program(atlas):
 # the atlas's codebook being the contexts :math:`v_k`; with ``x=None`` it draws
 # ``num_points`` new points (for ``Predictive``). The three trainable pieces sit in one
 # ``nn.Module`` so that one ``pyro.module`` call registers them; the frozen atlas is not
-# registered.
+# registered. ``build_chart_pieces(atlas, d, x)`` builds and starts the pieces for charts
+# of dimension :math:`d`.
 
 
 class ChartPlacement(torch.nn.Module):
