@@ -201,6 +201,12 @@ def mixture_program(flows, encoder, base_loc, base_scale, log_weights, label_wei
 
 
 # %%
+# Training
+# --------
+#
+# SVI on the hand-written program
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+#
 # We build the pieces for the pinwheel (five RealNVP components of four coupling layers,
 # a classifier with two hidden layers of 64) and train them with Pyro's own ``SVI`` on
 # mini-batches, passing the temperature of each step to both programs, as Pyro's own
@@ -234,8 +240,8 @@ for step in range(steps):
 plot_training_curve(svi_history, out / "pinwheel_by_hand_training.png")
 
 # %%
-# The packaged model
-# ~~~~~~~~~~~~~~~~~~
+# The packaged model gives the same loss
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 #
 # :class:`~pyro_manifold.models.VariationalMixtureOfFlows` holds the same pieces: its
 # ``layers`` are the batched flow (built by the same ``flow_stack`` call), its
@@ -293,8 +299,8 @@ torch.testing.assert_close(vmonf.log_prob(x_test), mixture().log_prob(x_test))
 print("VariationalMixtureOfFlows gives the same loss as the hand-written program")
 
 # %%
-# Training
-# --------
+# Training with ``fit``
+# ~~~~~~~~~~~~~~~~~~~~~
 #
 # The packaged model goes straight into :func:`pyro_manifold.infer.fit`, which draws the
 # mini-batches, evaluates ``step_kwargs`` before each step and keeps a history. Here the

@@ -137,14 +137,12 @@ test = manifold.sample(max(n // 5, 200), noise=0.02, seed=1).data
 # Model and guide
 # ---------------
 #
-# Stage 1: the atlas, by hand
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Stage 1: the atlas
+# ~~~~~~~~~~~~~~~~~~
 #
 # ``models.VQAutoencoder`` holds :math:`E`, :math:`\mathcal D` (``DenseNN`` s) and the
 # codebook (its ``quantizer``, a ``VectorQuantizer``). Our model adds :math:`-\ell(x)` as
-# a ``pyro.factor`` in the data plate. As VQ-VAEs are, the codebook is started by k-means
-# on the encodings (``VectorQuantizer.initialize``), and codes that no point chose in the
-# last 100 steps are moved onto encodings of the batch (``reseed_dead_codes``).
+# a ``pyro.factor`` in the data plate.
 
 D, K, C = 3, 8, 3  # data dimension, charts, code dimension
 num_overlap, epsilon, reconstruction_weight = 1, 0.2, 100.0
@@ -164,6 +162,124 @@ def atlas_program(atlas):
         pass  # no latent sites
 
     return model, guide
+
+
+# %%
+# Stage 2: the charts
+# ~~~~~~~~~~~~~~~~~~~
+#
+# The pieces of the chart maps, for charts of dimension :math:`d = 2` (the sphere is a
+# surface, so the embeddings raise the dimension from 2 to 3):
+#
+# * ``flow_stack(d, "realnvp", ..., context_dim=C)``: conditional coupling layers
+#   :math:`g^l(\cdot\,; v)` on :math:`\mathbb R^d`; their last network layers start
+#   small (``scale_output_layer``), so each chart starts near its embedding alone.
+# * ``ConditionalConformalEmbedding(d, D, hypernet, r)``: :math:`c_k`, whose scale,
+#   shift and reflections come from ``hypernet(v_k)``. Ours starts every chart at its
+#   decoded centre, shift :math:`\mathcal D(v_k) + b(v_k)` with :math:`b` small at
+#   first, so each chart starts where the autoencoder puts its part of the data. It
+#   holds the frozen decoder in a plain list, so that ``pyro.module`` neither registers
+#   nor trains it.
+# * chart weights :math:`p = \mathrm{softmax}(\ell)`, started at the share of points
+#   nearest to each centre.
+#
+# Because :math:`c_k` is affine, a chart of dimension :math:`d < D` lies in a
+# :math:`d`-plane (the flow moves mass only within it), so the atlas covers the sphere
+# with flat facets. The likelihood term alone also rewards a chart turned edge-on to its
+# data: the projections of the points then crowd onto a curve where the chart's density
+# is large, while the points themselves lie far from the chart. The reconstruction term
+# penalises that distance; for these toy data, whose noise is small, we give it a large
+# weight, :math:`w = 100` (``VQFlow``'s default is :math:`w = 1`, the value of the MNIST
+# part below). The Results print the mean squared distance of test points to their
+# projection onto the charts.
+#
+# The model observes ``x`` under ``ChartMixture(atlas, chart_flow, chart_logits, ...)``,
+# the atlas's codebook being the contexts :math:`v_k`; with ``x=None`` it draws
+# ``num_points`` new points (for ``Predictive``). The three trainable pieces sit in one
+# ``nn.Module`` so that one ``pyro.module`` call registers them; the frozen atlas is not
+# registered. ``build_chart_pieces(atlas, d, x)`` builds and starts the pieces for charts
+# of dimension :math:`d`.
+
+
+class ChartPlacement(torch.nn.Module):
+    """The hypernetwork of the embeddings: v -> (scale, D(v) + shift, reflections)."""
+
+    def __init__(self, decoder, num_reflections, hidden=32):
+        super().__init__()
+        self.net = DenseNN(C, [hidden], param_dims=[1, D, num_reflections * D])
+        scale_output_layer(self.net)  # start at scale 1, shift D(v), the base reflections
+        self.frozen = [decoder]  # a list: the frozen decoder is not one of our parameters
+
+    def forward(self, v):
+        s, b, dv = self.net(v)
+        return s, b + self.frozen[0](v), dv
+
+
+def chart_pieces(chart_flow, embedding, chart_logits):
+    """The trainable pieces of stage 2 in one module, for ``pyro.module``."""
+    pieces = torch.nn.Module()
+    pieces.chart_flow, pieces.embedding, pieces.chart_logits = chart_flow, embedding, chart_logits
+    return pieces
+
+
+def build_chart_pieces(atlas, d, x):
+    """The pieces for charts of dimension ``d``, started as described above on data ``x``."""
+    chart_flow = flow_stack(d, "realnvp", num_layers=4, hidden_dims=[32], context_dim=C)
+    for layer in chart_flow:
+        if not isinstance(layer, Reverse):  # Reverse permutes; it has no network
+            scale_output_layer(layer.nn)
+    r = min(d, D - 1)  # reflections: enough to reach every orientation of the chart plane
+    embedding = ConditionalConformalEmbedding(
+        d, D, ChartPlacement(atlas.decoder, r), r, context_dim=C
+    )
+    with torch.no_grad():
+        counts = torch.bincount(atlas.assign(x), minlength=K).float() + 1
+    return chart_pieces(chart_flow, embedding, torch.nn.Parameter(counts.log()))
+
+
+def chart_program(atlas, pieces):
+    """Return ``model``, ``guide`` and ``mixture`` (the current p(x)) of stage 2."""
+    latent_dim = pieces.embedding.latent_dim
+
+    def mixture():
+        return ChartMixture(
+            atlas,
+            list(pieces.chart_flow),
+            pieces.chart_logits,
+            data_dim=D,
+            latent_dim=latent_dim,
+            embedding=pieces.embedding,
+            num_overlap=num_overlap,
+            epsilon=epsilon,
+        )
+
+    def model(x=None, num_points=None):
+        pyro.module("charts", pieces)
+        p = mixture()
+        with pyro.plate("data", num_points if x is None else x.shape[0]):
+            drawn = pyro.sample("x", p, obs=x)
+            if x is not None and latent_dim < D:
+                error = (x - p.reconstruct(x)).pow(2).sum(-1)
+                pyro.factor("reconstruction", -reconstruction_weight * error)
+        return drawn
+
+    def guide(x=None, num_points=None):
+        pass  # no latent sites
+
+    return model, guide, mixture
+
+
+# %%
+# Training
+# --------
+#
+# Stage 1 by SVI
+# ~~~~~~~~~~~~~~
+#
+# Pyro's ``SVI`` with ``Trace_ELBO`` on mini-batches. As VQ-VAEs are, the codebook is
+# started by k-means on the encodings (``VectorQuantizer.initialize``), and codes that
+# no point chose in the last 100 steps are moved onto encodings of the batch
+# (``reseed_dead_codes``).
 
 
 def train_by_svi(model, guide, data, num_steps, lr, every_100=None):
@@ -210,111 +326,20 @@ with torch.no_grad():
 assert regions.shape == (len(train), K) and bool((regions.sum(-1) >= num_overlap).all())
 
 # %%
-# Stage 2: the charts, by hand
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Stage 2 by SVI
+# ~~~~~~~~~~~~~~
 #
-# The pieces of the chart maps, for charts of dimension :math:`d = 2` (the sphere is a
-# surface, so the embeddings raise the dimension from 2 to 3):
-#
-# * ``flow_stack(d, "realnvp", ..., context_dim=C)``: conditional coupling layers
-#   :math:`g^l(\cdot\,; v)` on :math:`\mathbb R^d`; their last network layers start
-#   small (``scale_output_layer``), so each chart starts near its embedding alone.
-# * ``ConditionalConformalEmbedding(d, D, hypernet, r)``: :math:`c_k`, whose scale,
-#   shift and reflections come from ``hypernet(v_k)``. Ours starts every chart at its
-#   decoded centre, shift :math:`\mathcal D(v_k) + b(v_k)` with :math:`b` small at
-#   first, so each chart starts where the autoencoder puts its part of the data. It
-#   holds the frozen decoder in a plain list, so that ``pyro.module`` neither registers
-#   nor trains it.
-# * chart weights :math:`p = \mathrm{softmax}(\ell)`, started at the share of points
-#   nearest to each centre.
-#
-# Because :math:`c_k` is affine, a chart of dimension :math:`d < D` lies in a
-# :math:`d`-plane (the flow moves mass only within it), so the atlas covers the sphere
-# with flat facets. The likelihood term alone also rewards a chart turned edge-on to its
-# data: the projections of the points then crowd onto a curve where the chart's density
-# is large, while the points themselves lie far from the chart. The reconstruction term
-# penalises that distance; for these toy data, whose noise is small, we give it a large
-# weight, :math:`w = 100` (``VQFlow``'s default is :math:`w = 1`, the value of the MNIST
-# part below). The Results print the mean squared distance of test points to their
-# projection onto the charts.
-#
-# The model observes ``x`` under ``ChartMixture(atlas, chart_flow, chart_logits, ...)``,
-# the atlas's codebook being the contexts :math:`v_k`; with ``x=None`` it draws
-# ``num_points`` new points (for ``Predictive``). The three trainable pieces sit in one
-# ``nn.Module`` so that one ``pyro.module`` call registers them; the frozen atlas is not
-# registered.
+# The pieces for charts of dimension :math:`d = 2`, started as described above, trained
+# with the atlas frozen.
 
-
-class ChartPlacement(torch.nn.Module):
-    """The hypernetwork of the embeddings: v -> (scale, D(v) + shift, reflections)."""
-
-    def __init__(self, decoder, num_reflections, hidden=32):
-        super().__init__()
-        self.net = DenseNN(C, [hidden], param_dims=[1, D, num_reflections * D])
-        scale_output_layer(self.net)  # start at scale 1, shift D(v), the base reflections
-        self.frozen = [decoder]  # a list: the frozen decoder is not one of our parameters
-
-    def forward(self, v):
-        s, b, dv = self.net(v)
-        return s, b + self.frozen[0](v), dv
-
-
-def chart_pieces(chart_flow, embedding, chart_logits):
-    """The trainable pieces of stage 2 in one module, for ``pyro.module``."""
-    pieces = torch.nn.Module()
-    pieces.chart_flow, pieces.embedding, pieces.chart_logits = chart_flow, embedding, chart_logits
-    return pieces
-
-
-def chart_program(atlas, pieces):
-    """Return ``model``, ``guide`` and ``mixture`` (the current p(x)) of stage 2."""
-    latent_dim = pieces.embedding.latent_dim
-
-    def mixture():
-        return ChartMixture(
-            atlas,
-            list(pieces.chart_flow),
-            pieces.chart_logits,
-            data_dim=D,
-            latent_dim=latent_dim,
-            embedding=pieces.embedding,
-            num_overlap=num_overlap,
-            epsilon=epsilon,
-        )
-
-    def model(x=None, num_points=None):
-        pyro.module("charts", pieces)
-        p = mixture()
-        with pyro.plate("data", num_points if x is None else x.shape[0]):
-            drawn = pyro.sample("x", p, obs=x)
-            if x is not None and latent_dim < D:
-                error = (x - p.reconstruct(x)).pow(2).sum(-1)
-                pyro.factor("reconstruction", -reconstruction_weight * error)
-        return drawn
-
-    def guide(x=None, num_points=None):
-        pass  # no latent sites
-
-    return model, guide, mixture
-
-
-d = 2
-chart_flow = flow_stack(d, "realnvp", num_layers=4, hidden_dims=[32], context_dim=C)
-for layer in chart_flow:
-    if not isinstance(layer, Reverse):  # Reverse permutes; it has no network
-        scale_output_layer(layer.nn)
-r = min(d, D - 1)  # reflections: enough to reach every orientation of the chart plane
-embedding = ConditionalConformalEmbedding(d, D, ChartPlacement(atlas.decoder, r), r, context_dim=C)
-with torch.no_grad():
-    counts = torch.bincount(atlas.assign(train), minlength=K).float() + 1
-pieces = chart_pieces(chart_flow, embedding, torch.nn.Parameter(counts.log()))
+pieces = build_chart_pieces(atlas, 2, train)  # charts of dimension d = 2
 model, guide, mixture = chart_program(atlas, pieces)
 flows_history = train_by_svi(model, guide, train, 2 * steps, 1e-3)
 plot_training_curve(flows_history, out / "chart_flows_by_hand_training.png")
 
 # %%
-# The packaged model
-# ~~~~~~~~~~~~~~~~~~
+# The packaged model gives the same loss
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 #
 # :class:`~pyro_manifold.models.VQFlow` holds the same pieces under the same names: its
 # ``autoencoder`` is the atlas, ``chart_flow`` the conditional layers (built by the same
@@ -322,11 +347,15 @@ plot_training_curve(flows_history, out / "chart_flows_by_hand_training.png")
 # conformal embedding (its hypernetwork also shifts each chart to
 # :math:`\mathcal D(v_k)`) and ``chart_logits`` :math:`\ell`. Its ``model`` runs stage 1
 # until ``set_stage("flows", x)`` freezes the atlas and sets the chart weights from the
-# nearest-centre counts, as we did. Wiring our programs to its modules gives the same
-# loss in both stages, for charts of dimension :math:`d = 2` (with the reconstruction
-# term) and :math:`d = D = 3` (where :math:`c_k` is a similarity: rotation, scale and
-# shift). Stage 1 is compared in eval mode, where the class's loss leaves out its k-means
-# start and re-seeding (the steps we took by hand in the training loop).
+# nearest-centre counts, as we did. We build a ``VQFlow`` of the same shapes, load our
+# hand-trained parameters into it (the atlas under ``autoencoder.``, the stage-2 pieces
+# under their own names) and check that ``vq.model`` and ``vq.guide`` give the same
+# ``Trace_ELBO`` loss as our programs with the same parameters, in both stages: for the
+# trained charts of dimension :math:`d = 2` (with the reconstruction term), and for
+# freshly built charts of dimension :math:`d = D = 3` (where :math:`c_k` is a
+# similarity: rotation, scale and shift). The comparison runs in eval mode: in training
+# mode ``VQAutoencoder``'s model also starts the codebook by k-means on its first call and
+# re-seeds dead codes, side effects inside the model that our loop takes as separate steps.
 
 
 def same_loss(model_a, guide_a, model_b, guide_b, x):
@@ -336,11 +365,12 @@ def same_loss(model_a, guide_a, model_b, guide_b, x):
     )
 
 
-for latent_dim in (2, 3):
-    packaged = VQFlow(
+def vq_flow_like(pieces):
+    """A ``VQFlow`` whose modules have the shapes of our atlas and ``pieces``."""
+    return VQFlow(
         D,
         num_charts=K,
-        latent_dim=latent_dim,
+        latent_dim=pieces.embedding.latent_dim,
         code_dim=C,
         flow="realnvp",
         num_layers=4,
@@ -350,20 +380,31 @@ for latent_dim in (2, 3):
         epsilon=epsilon,
         reconstruction_weight=reconstruction_weight,
     )
+
+
+def hand_written_state(atlas, pieces):
+    """Our parameters under ``VQFlow``'s names."""
+    state = {f"autoencoder.{key}": value for key, value in atlas.state_dict().items()}
+    return state | pieces.state_dict()
+
+
+with torch.no_grad():
+    nearest = torch.bincount(atlas.assign(train), minlength=K).float() + 1
+for hand_pieces in (pieces, build_chart_pieces(atlas, 3, train)):
+    packaged = vq_flow_like(hand_pieces)
+    packaged.load_state_dict(hand_written_state(atlas, hand_pieces))  # strict: every name
     packaged.eval()
-    same_loss(*atlas_program(packaged.autoencoder), packaged.model, packaged.guide, test)
-    packaged.train()
+    same_loss(atlas_model, atlas_guide, packaged.model, packaged.guide, test)  # stage 1
     packaged.set_stage("flows", train)
-    with torch.no_grad():
-        nearest = torch.bincount(packaged.autoencoder.assign(train), minlength=K).float() + 1
     torch.testing.assert_close(packaged.chart_logits.detach(), nearest.log())
-    wired = chart_pieces(packaged.chart_flow, packaged.embedding, packaged.chart_logits)
-    same_loss(*chart_program(packaged.autoencoder, wired)[:2], packaged.model, packaged.guide, test)
-print("VQFlow gives the same loss as the hand-written programs in both stages")
+    packaged.load_state_dict(hand_written_state(atlas, hand_pieces))  # our trained logits
+    hand_model, hand_guide, _ = chart_program(atlas, hand_pieces)
+    same_loss(hand_model, hand_guide, packaged.model, packaged.guide, test)  # stage 2
+print("VQFlow with our parameters gives the same loss as the hand-written programs")
 
 # %%
-# Training
-# --------
+# Training with ``fit``
+# ~~~~~~~~~~~~~~~~~~~~~
 #
 # The packaged model trains with :func:`pyro_manifold.infer.fit`, one run per stage. As
 # in ``benchmarks/vq_flows.py`` we fit VQ-RealNVP with full-dimensional charts
