@@ -139,6 +139,7 @@ def setup(app):
     app.connect("autodoc-process-docstring", _reexported_data_doc)
     app.connect("build-finished", write_run_status, priority=400)
 
+
 # every cross-reference must resolve (warnings are errors), except to the libraries this
 # one builds on, whose inventories the offline build does not have
 nitpicky = True
@@ -148,6 +149,9 @@ nitpick_ignore_regex = [
     (r"py:class", r"(dict|list|tuple)\[.*"),  # builtin generics in signatures
     # the plain transforms that condition() returns, and a private base: documented
     # through their public conditional classes
-    (r"py:class", r"pyro_manifold\.transforms\.(conformal\.ConditionedConformalEmbedding"
-                  r"|conformal\._Conformal|splines\._ConditionedSplineCoupling)"),
+    (
+        r"py:class",
+        r"pyro_manifold\.transforms\.(conformal\.ConditionedConformalEmbedding"
+        r"|conformal\._Conformal|splines\._ConditionedSplineCoupling)",
+    ),
 ]

@@ -4,8 +4,8 @@ The data are never downloaded unless asked (``download=True``). The folder is fo
 :func:`data_root`: the ``root`` argument, else the environment variable
 ``PYRO_MANIFOLD_DATA``; it holds torchvision's layout ``MNIST/raw/*-ubyte``.
 
-:func:`~pyro_manifold.datasets.load_mnist` returns raw pixels (uint8, 0..255, flattened to 784); the model's
-caller chooses the preprocessing:
+:func:`~pyro_manifold.datasets.load_mnist` returns raw pixels (uint8, 0..255, flattened
+to 784); the model's caller chooses the preprocessing:
 
 - binary models: :func:`dynamic_binarize` (a fresh Bernoulli draw every epoch) or
   :func:`static_binarize` (one fixed draw);

@@ -210,7 +210,9 @@ def _feed(h: Any, value: Any) -> None:
 
 
 def plain_data(value: Any, where: str) -> Any:
-    """``value`` with numpy scalars and paths made plain, or :class:`~pyro_manifold.errors.CheckpointError`.
+    """``value`` with numpy scalars and paths made plain, or a ``CheckpointError``.
+
+    Raises :class:`~pyro_manifold.errors.CheckpointError` on what a checkpoint cannot hold.
 
     What :func:`save_checkpoint` does to its ``state`` (``where`` names it in messages).
 

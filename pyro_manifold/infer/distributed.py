@@ -3,9 +3,10 @@ r"""Data-parallel training with ``torch.distributed``: what :func:`~pyro_manifol
 Every process (a *rank*) holds the same model, guide and data. Each step the ranks draw
 the same permutation (same seed), each takes its own slice of the global batch, runs
 the ELBO's backward pass on it, and the gradients are averaged across the ranks with
-one ``all_reduce`` per dtype before the optimiser step. Because :func:`~pyro_manifold.infer.fit`'s loss is
-the ELBO divided by the batch size, the average of the ranks' gradients is the
-gradient of one process holding the union of their batches (up to rounding):
+one ``all_reduce`` per dtype before the optimiser step. Because
+:func:`~pyro_manifold.infer.fit`'s loss is the ELBO divided by the batch size, the
+average of the ranks' gradients is the gradient of one process holding the union of
+their batches (up to rounding):
 
 .. math::
 
@@ -27,8 +28,9 @@ edit, and statistics that a layer gathers from its batch to update a buffer (VMo
 prior from the responsibilities) are summed over the ranks first, so the update is the
 one of the whole global batch (``pyro_manifold._parallel``).
 
-Backends: NCCL for CUDA tensors, gloo on the CPU. Under ``torchrun`` let :func:`~pyro_manifold.infer.fit`
-join the group, or hold it with :func:`torchrun_process_group` (the command line does).
+Backends: NCCL for CUDA tensors, gloo on the CPU. Under ``torchrun`` let
+:func:`~pyro_manifold.infer.fit` join the group, or hold it with
+:func:`torchrun_process_group` (the command line does).
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ def _unique(tensors: Iterable[Tensor]) -> list[Tensor]:
 
 
 class DataParallelGroup:
-    r"""The ranks that train one model together, and the collectives :func:`~pyro_manifold.infer.fit` runs.
+    r"""The ranks that train one model together, and the collectives ``fit`` runs.
 
     Built by :func:`data_parallel_group`. Outside a process group it is the trivial
     group of one process (rank 0 of 1) whose operations change nothing, so

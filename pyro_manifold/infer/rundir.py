@@ -115,7 +115,7 @@ class RunLock:
         return self._fd is not None
 
     def acquire(self) -> RunLock:
-        """Take the lock, or raise :class:`~pyro_manifold.errors.RunLockedError` naming its holder."""
+        """Take the lock, or raise :class:`~pyro_manifold.errors.RunLockedError` (the holder)."""
         if self._fd is not None:
             return self
         missing = [d for d in (self.path, *self.path.parents) if not d.exists()]

@@ -2,9 +2,9 @@ r"""Fréchet distance between Gaussian fits of features, on a small MNIST classi
 
 This is *not* the Fréchet Inception Distance (FID): the features come from
 :class:`~pyro_manifold.nn.MNISTClassifier`, a small convolutional network trained here
-on MNIST, not from Inception-v3. Numbers from :func:`~pyro_manifold.metrics.mnist_frechet_distance` compare
-models with each other within this package and are not comparable with FID values
-reported in papers.
+on MNIST, not from Inception-v3. Numbers from
+:func:`~pyro_manifold.metrics.mnist_frechet_distance` compare models with each other
+within this package and are not comparable with FID values reported in papers.
 
 The classifier's weights are cached in a file ``mnist_classifier.pt``, found in this
 order:

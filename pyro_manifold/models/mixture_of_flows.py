@@ -345,7 +345,10 @@ class VariationalMixtureOfFlows(PyroModule):
         return F.log_softmax(self.weights.logits, dim=-1)
 
     def distribution(self) -> MixtureOfFlows:
-        r"""Return :math:`p(x) = \sum_k \pi_k p_k(x)` as a :class:`~pyro_manifold.distributions.MixtureOfFlows`."""
+        r"""Return :math:`p(x) = \sum_k \pi_k p_k(x)` as a ``MixtureOfFlows``.
+
+        The :class:`~pyro_manifold.distributions.MixtureOfFlows` of the current parameters.
+        """
         return MixtureOfFlows(self.mixture_log_weights(), self.components())
 
     def encoder_logits(self, x: Tensor) -> Tensor:

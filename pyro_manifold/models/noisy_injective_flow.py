@@ -78,7 +78,8 @@ class NoisyInjectiveFlow(PyroModule):
             Gaussian-mixture prior (full covariances; not with ``prior_flow``). Fit it to
             the data with :meth:`fit_prior` (EM), or train it with the rest by SVI.
         batch_norm: batch norm between top-flow layers.
-        image_shape: ``(C, H, W)`` for the structured image NIF (see :class:`~pyro_manifold.distributions.GaussianNIF`).
+        image_shape: ``(C, H, W)`` for the structured image NIF (see
+            :class:`~pyro_manifold.distributions.GaussianNIF`).
         factor: upsampling factor of the image NIF.
         init_noise_scale: initial :math:`\sigma` of the NIF layer.
 

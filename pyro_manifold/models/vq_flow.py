@@ -271,7 +271,8 @@ class VQFlow(PyroModule):
         r"""Observe ``x`` :math:`(N, D)`: the stage's loss as Pyro sites in a data plate.
 
         With ``x=None`` (stage ``"flows"``), draw ``num_samples`` new points from the
-        atlas instead (site ``"x"``, :meth:`~pyro_manifold.distributions.ChartMixture.sample`), so that
+        atlas instead (site ``"x"``,
+        :meth:`~pyro_manifold.distributions.ChartMixture.sample`), so that
         ``pyro.infer.Predictive`` samples the model as it does every other model's.
         The atlas stage has no density to draw from and refuses ``x=None``.
 
@@ -318,7 +319,10 @@ class VQFlow(PyroModule):
         return self.distribution().chart_posterior(self._check_x(x))
 
     def encode(self, x: Tensor, stochastic: bool = False) -> Tensor:
-        r"""Latent codes :math:`(N, d)` (see :meth:`~pyro_manifold.distributions.ChartMixture.encode`)."""
+        r"""Latent codes :math:`(N, d)`.
+
+        See :meth:`~pyro_manifold.distributions.ChartMixture.encode`.
+        """
         return self.distribution().encode(self._check_x(x), stochastic)
 
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -333,7 +337,8 @@ class VQFlow(PyroModule):
 
         ``within_regions=True`` keeps only the draws of chart :math:`k` inside
         :math:`U_k`, so that the samples follow the normalised eq. (2) that
-        :meth:`log_prob` scores (see :meth:`~pyro_manifold.distributions.ChartMixture.sample_with_charts`).
+        :meth:`log_prob` scores (see
+        :meth:`~pyro_manifold.distributions.ChartMixture.sample_with_charts`).
         At most ``batch_size`` points are drawn at a time
         (:func:`~pyro_manifold.metrics.sample_in_batches`; the rejection runs per
         batch), so memory beyond the draws is that of one batch at any

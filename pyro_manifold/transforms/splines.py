@@ -69,7 +69,7 @@ def spline_param_dims(count_bins: int, moved: int = 1) -> list[int]:
 
 
 class FreshPyroSpline(FreshCache):
-    """``FreshCache`` (``pyro_manifold._cache``) for Pyro's spline layers, which keep their last log-determinant.
+    """The fresh cache for Pyro's spline layers, which keep their last log-determinant.
 
     Pyro's ``SplineCoupling`` and ``SplineAutoregressive`` leave the element-wise
     log-derivatives of their last pass in ``_cache_log_detJ``; it is reused only while
