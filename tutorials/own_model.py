@@ -179,14 +179,15 @@ def guide(x: torch.Tensor, site: torch.Tensor) -> None:
 # ~~~~~~~~
 #
 # SVI with ``Trace_ELBO`` on all points at once, with Pyro's ``ClippedAdam`` and a
-# learning rate decaying tenfold over the run (so that the final iterates sit still
-# enough to be compared with NUTS). The loss is the negative ELBO per point.
+# learning rate decaying a hundredfold over the run (so that the final iterates, noisy
+# from the guide's draws, sit still enough to be compared with the exact posterior). The
+# loss is the negative ELBO per point.
 
 site_steps = 1000 if args.smoke else 3000
 svi = SVI(
     site_model,
     guide,
-    pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.1 ** (1 / site_steps)}),
+    pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.01 ** (1 / site_steps)}),
     Trace_ELBO(),
 )
 for step in range(site_steps):
@@ -254,8 +255,11 @@ m_nuts = mcmc.get_samples()["m"]  # (num_draws, G)
 # * NUTS against the exact posterior, to four Monte Carlo standard errors (from the
 #   chain's effective sample size, for the mean and for the standard deviation);
 # * :math:`q(m)` against the exact posterior, to the bias predicted above plus a small
-#   slack for the optimisation's noise (and against the predicted, biased posterior to
-#   that slack alone);
+#   slack for the unfinished optimisation (the line and the noise are fitted jointly
+#   with :math:`q`, so :math:`q` lags a little behind its optimum for the final
+#   :math:`\hat\theta`): 0.2 posterior standard deviations in the mean and 0.1 in the
+#   ratio of standard deviations; and against the predicted, biased posterior to that
+#   slack alone;
 # * negative controls that both checks must reject: the exact posterior had the noise
 #   been :math:`\sigma = 0.5` (an error in the standard deviation of the size the
 #   guide's bias would have there; :math:`\sigma = 0.7` in the smoke run, whose short
@@ -267,7 +271,7 @@ m_nuts = mcmc.get_samples()["m"]  # (num_draws, G)
 # estimate. (The line's direction is learned only up to its sign, so the positions may
 # come out mirrored against the sites' true order; the exact posterior, with the same
 # line, agrees.) The smoke run's chain is short, so its Monte Carlo tolerances are
-# wider, and its SVI run is short, so its slack is looser; both are printed.
+# wider (they follow from its effective sample size, printed).
 
 with torch.no_grad():
     A = nif.linear.dense().double()  # (D, 1)
@@ -320,14 +324,13 @@ def nuts_agrees(mean: torch.Tensor, std: torch.Tensor) -> bool:
                 ((n_std - std).abs() <= 4 * se_std).all())  # fmt: skip
 
 
-full_slack = 0.1  # q(m) against the exact posterior: allowed beyond the predicted bias
-slack = 0.15 if args.smoke else full_slack
+mean_slack, std_slack = 0.2, 0.1  # q(m) against exact: allowed beyond the predicted bias
 
 
 def q_agrees(mean: torch.Tensor, std: torch.Tensor) -> bool:
     """Whether (mean, std) is within the guide's predicted bias plus the slack of exact."""
-    return bool(((mean - e_mean).abs() / e_std <= bias_mean + slack).all() and
-                ((std / e_std - 1).abs() <= bias_std + slack).all())  # fmt: skip
+    return bool(((mean - e_mean).abs() / e_std <= bias_mean + mean_slack).all() and
+                ((std / e_std - 1).abs() <= bias_std + std_slack).all())  # fmt: skip
 
 
 print("| site | exact mean | exact std | q(m) mean | q(m) std | NUTS mean | NUTS std "
@@ -346,8 +349,8 @@ print(
 q_mean_err = ((q_mean - e_mean).abs() / e_std).max()
 print(
     f"q(m) against exact: |mean difference| / exact std {q_mean_err:.4f},"
-    f" |std ratio - 1| {(q_std / e_std - 1).abs().max():.4f} (allowed: bias + {slack}; "
-    f"full run: bias + {full_slack})"
+    f" |std ratio - 1| {(q_std / e_std - 1).abs().max():.4f} (allowed: bias + "
+    f"{mean_slack} and bias + {std_slack})"
 )
 print(
     f"NUTS against exact: |mean difference| / MCSE {((n_mean - e_mean).abs() / se_mean).max():.2f},"
@@ -355,8 +358,8 @@ print(
 )
 assert nuts_agrees(e_mean, e_std), "NUTS disagrees with the exact posterior"
 assert q_agrees(q_mean, q_std), "q(m) is further from the exact posterior than its bias"
-assert bool(((q_mean - b_mean).abs() / e_std <= slack).all()), "q(m) misses its optimum"
-assert bool(((q_std / b_std - 1).abs() <= slack).all()), "q(m) misses its optimum"
+assert bool(((q_mean - b_mean).abs() / e_std <= mean_slack).all()), "q(m) misses its optimum"
+assert bool(((q_std / b_std - 1).abs() <= std_slack).all()), "q(m) misses its optimum"
 
 full_control_noise = 0.5
 control_noise = 0.7 if args.smoke else full_control_noise
@@ -510,8 +513,8 @@ mixture_guide = AutoDelta(mixture_model)
 # ~~~~~~~~
 #
 # SVI with ``Trace_ELBO``: with a point-mass guide and the component summed out, the
-# loss has no Monte Carlo noise. The learning rate decays tenfold over the run, as in
-# part 1.
+# loss has no Monte Carlo noise, so the learning rate decays only tenfold over the run
+# (a hundredfold in part 1, against the noise of its sampled guide).
 
 mixture_steps = 150 if args.smoke else 2000
 svi = SVI(
