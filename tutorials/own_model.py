@@ -424,7 +424,7 @@ for k in range(num_sites):
     exact = dist.Normal(e_mean[k], e_std[k]).log_prob(grid).exp()
     ax.plot(grid, exact, "k:", lw=1, label="exact" if k == 0 else None)
 ax.set_xlabel("site position m")
-ax.set_title("posterior of m: NUTS (histograms), autoguide (curves), exact (dotted)")
+ax.set_title("posterior of m: NUTS (bars), autoguide (lines), exact (dots)")
 ax.legend()
 fig.tight_layout()
 fig.savefig(out / "sites_posterior.png", dpi=100)
