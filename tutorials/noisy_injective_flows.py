@@ -334,6 +334,16 @@ with torch.no_grad():
     z_plus = nif2d.encode(line_test).unsqueeze(0)  # the pseudo-inverse, as one "draw"
     project = Predictive(nif2d.model, posterior_samples={"z": z_plus}, return_sites=["x"])
     projections = project(None, len(line_test), s=0.0)["x"][0]
+    # s = 0 samples lie on the learned manifold f({Az + b}): back through the top flow,
+    # y = f^-1(x) is exactly A z+ + b for its own pseudo-inverse z+
+    y_on = nif2d.top_inverse(on)
+    torch.testing.assert_close(
+        nif2d.nif.likelihood(nif2d.nif.pseudo_inverse(y_on)).mean, y_on, rtol=0, atol=1e-4
+    )
+    # encode(x) is z+, the mean of the stochastic inverse q(z | f^-1(x))
+    torch.testing.assert_close(
+        z_plus[0], nif2d.nif.stochastic_inverse(nif2d.top_inverse(line_test)).mean
+    )
 
     fig = Figure(figsize=(16, 4))
     axes = [fig.add_subplot(1, 4, i + 1) for i in range(4)]
