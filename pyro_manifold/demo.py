@@ -51,7 +51,7 @@ from pyro_manifold.metrics import (
 )
 from pyro_manifold.models import FlowVAE, VariationalMixtureOfFlows, VQFlow
 from pyro_manifold.nn import kmeans
-from pyro_manifold.plotting import plot_image_grid, plot_training_curve
+from pyro_manifold.plotting import plot_clusters_2d, plot_image_grid, plot_training_curve
 
 __all__ = ["DEMO_ENTRIES", "DEMO_RUNS", "run_demo"]
 
@@ -225,7 +225,13 @@ def _vmonf_entry(settings: _Settings) -> _Entry:
             torch.cdist(test.data.double(), centroids).argmin(-1), test.labels
         )
     out.mkdir(parents=True, exist_ok=True)
-    _plot_clusters(model, test.data, clusters, samples, components, out / "clusters.png")
+    with torch.no_grad():
+        plot_clusters_2d(
+            [(test.data, clusters, "test points by cluster"), (samples, components, "samples")],
+            out / "clusters.png",
+            classify=model.cluster,
+            grid_size=120,
+        )
     plot_training_curve(result.history, out / "training_curve.png")
     metrics = {
         "clustering_accuracy": accuracy,
@@ -257,45 +263,6 @@ def _vmonf_entry(settings: _Settings) -> _Entry:
             ("training curve", "training_curve.png"),
         ],
     )
-
-
-def _plot_clusters(
-    model: VariationalMixtureOfFlows,
-    points: Tensor,
-    clusters: Tensor,
-    samples: Tensor,
-    components: Tensor,
-    path: Path,
-    grid_size: int = 120,
-) -> None:
-    """Left: points coloured by cluster over the regions argmax q(k|x); right: samples."""
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-
-    lo, hi = points.min(0).values - 0.3, points.max(0).values + 0.3
-    xs = torch.linspace(float(lo[0]), float(hi[0]), grid_size)
-    ys = torch.linspace(float(lo[1]), float(hi[1]), grid_size)
-    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
-    regions = model.cluster(torch.stack([gx.reshape(-1), gy.reshape(-1)], -1))
-    colors = [f"C{k}" for k in range(model.num_components)]
-    fig = Figure(figsize=(9, 4.5), dpi=100)
-    for i, (x, k, title) in enumerate(
-        ((points, clusters, "test points by cluster"), (samples, components, "samples"))
-    ):
-        ax = fig.add_subplot(1, 2, i + 1)
-        ax.contourf(
-            gx.numpy(),
-            gy.numpy(),
-            regions.reshape(grid_size, grid_size).numpy(),
-            levels=[j - 0.5 for j in range(model.num_components + 1)],
-            cmap=ListedColormap(colors),
-            alpha=0.2,
-        )
-        ax.scatter(x[:, 0], x[:, 1], s=2, c=[colors[j] for j in k.tolist()])
-        ax.set_xlim(float(lo[0]), float(hi[0]))
-        ax.set_ylim(float(lo[1]), float(hi[1]))
-        ax.set_title(title)
-    _save(fig, path)
 
 
 # -- VQ-Flow ------------------------------------------------------------------------------

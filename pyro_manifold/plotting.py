@@ -1,4 +1,4 @@
-r"""Figures saved as PNG: 2D densities, samples over data, image grids, training curves.
+r"""Figures saved as PNG: 2D densities, clusters, samples over data, image grids, curves.
 
 Matplotlib is used headless (the Agg canvas); every function writes one PNG and returns
 its path. Arguments are checked before anything is drawn: points and images must be
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +19,13 @@ from torch import Tensor
 from pyro_manifold._validation import check_per_point, check_positive_int, check_tensor
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["plot_density_2d", "plot_image_grid", "plot_samples_3d", "plot_training_curve"]
+__all__ = [
+    "plot_clusters_2d",
+    "plot_density_2d",
+    "plot_image_grid",
+    "plot_samples_3d",
+    "plot_training_curve",
+]
 
 
 def _figure(
@@ -103,6 +109,114 @@ def plot_density_2d(
         axes[1].legend(loc="upper right", markerscale=4)
         axes[1].set_title("samples over data")
     return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_clusters_2d(
+    panels: Sequence[tuple[Tensor, Tensor, str]],
+    path: str | os.PathLike,
+    *,
+    classify: Callable[[Tensor], Tensor] | None = None,
+    grid_size: int = 150,
+) -> Path:
+    r"""Points coloured by an integer label, one panel each, over the regions of a classifier.
+
+    Panel :math:`i` scatters its points :math:`x_n` in colour ``C{label_n}``. With
+    ``classify`` (a map from :math:`(M, 2)` points to :math:`(M,)` integer labels, e.g. a
+    mixture's cluster rule :math:`\arg\max_k q(k \mid x)`), every panel's background
+    shows the regions :math:`\{x : \mathrm{classify}(x) = k\}` in the same colours on a
+    ``grid_size`` × ``grid_size`` grid. All panels share the bounding box of the first
+    panel's points (the data, say), so later panels (model samples) are drawn at the
+    same scale; points outside it are cut off.
+
+    Args:
+        panels: ``(points, labels, title)`` triples: :math:`(N, 2)` finite floating
+            points, :math:`(N,)` non-negative integer labels, a title.
+        path: the PNG to write.
+        classify: the region rule drawn under every panel; ``None`` draws no regions.
+        grid_size: grid points per axis for the regions.
+
+    Example:
+        >>> import tempfile, os
+        >>> x = torch.randn(40, 2)
+        >>> rule = lambda p: (p[:, 0] > 0).long()
+        >>> path = os.path.join(tempfile.mkdtemp(), "c.png")
+        >>> plot_clusters_2d([(x, rule(x), "by sign")], path, classify=rule).exists()
+        True
+    """
+    if isinstance(panels, (Tensor, str)) or not isinstance(panels, Sequence):
+        raise ArgumentTypeError(
+            f"panels: expected a sequence of (points, labels, title), got {type(panels).__name__}"
+        )
+    if not panels:
+        raise ArgumentError("panels: expected at least one (points, labels, title), got none")
+    checked = [_check_panel(i, panel) for i, panel in enumerate(panels)]
+    if classify is not None and not callable(classify):
+        raise ArgumentTypeError(f"classify: expected a callable, got {type(classify).__name__}")
+    check_positive_int("grid_size", grid_size, minimum=2)
+    x0, y0, x1, y1 = _bounds(checked[0][0])
+    fig, axes = _figure(len(checked), size=4.5)
+    if classify is not None:
+        gx, gy = torch.meshgrid(
+            torch.linspace(x0, x1, grid_size), torch.linspace(y0, y1, grid_size), indexing="xy"
+        )
+        grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+        regions = _grid_labels(classify, grid).reshape(grid_size, grid_size)
+    for ax, (points, labels, title) in zip(axes, checked, strict=True):
+        if classify is not None:
+            _draw_regions(ax, gx, gy, regions)
+        ax.scatter(points[:, 0], points[:, 1], s=2, c=[f"C{k}" for k in labels.tolist()])
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _check_panel(i: int, panel: object) -> tuple[Tensor, Tensor, str]:
+    name = f"panels[{i}]"
+    if not isinstance(panel, (tuple, list)) or len(panel) != 3:
+        raise ArgumentTypeError(
+            f"{name}: expected a (points, labels, title) triple, got {type(panel).__name__}"
+            + (f" of length {len(panel)}" if isinstance(panel, (tuple, list)) else "")
+        )
+    points, labels, title = panel
+    check_tensor(f"{name} points", points, event_shape=(2,), min_dim=2)
+    if points.dim() != 2:
+        raise ArgumentError(f"{name} points: expected shape (N, 2), got {tuple(points.shape)}")
+    labels = _check_labels(f"{name} labels", labels, points.shape[0])
+    if not isinstance(title, str):
+        raise ArgumentTypeError(f"{name} title: expected a str, got {type(title).__name__}")
+    return points.detach().cpu().float(), labels, title
+
+
+def _check_labels(name: str, labels: object, num_points: int) -> Tensor:
+    check_tensor(name, labels, floating=False)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ArgumentTypeError(f"{name}: expected an integer tensor, got {labels.dtype}")
+    if labels.shape != (num_points,):
+        raise ArgumentError(f"{name}: expected shape ({num_points},), got {tuple(labels.shape)}")
+    if (labels < 0).any():
+        raise ArgumentError(f"{name}: expected labels >= 0, got {int(labels.min())}")
+    return labels.detach().cpu()
+
+
+def _grid_labels(classify: Callable[[Tensor], Tensor], grid: Tensor) -> Tensor:
+    out = check_per_point("classify", classify(grid), grid)
+    return _check_labels("classify (on the plotting grid)", out, grid.shape[0])
+
+
+def _draw_regions(ax, gx: Tensor, gy: Tensor, regions: Tensor) -> None:
+    from matplotlib.colors import ListedColormap
+
+    num_labels = int(regions.max()) + 1
+    ax.contourf(
+        gx.numpy(),
+        gy.numpy(),
+        regions.numpy(),
+        levels=[k - 0.5 for k in range(num_labels + 1)],
+        cmap=ListedColormap([f"C{k}" for k in range(num_labels)]),
+        alpha=0.25,
+    )
 
 
 def _grid_log_prob(log_prob: Callable[[Tensor], Tensor], points: Tensor) -> Tensor:

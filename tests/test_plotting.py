@@ -11,6 +11,7 @@ from matplotlib.image import imread
 from pyro_manifold.__main__ import main
 from pyro_manifold.experiment import evaluate_run, sample_run
 from pyro_manifold.plotting import (
+    plot_clusters_2d,
     plot_density_2d,
     plot_image_grid,
     plot_samples_3d,
@@ -61,7 +62,69 @@ def test_density_and_scatter_plots_write_pngs(tmp_path):
     assert plot_training_curve(h, tmp_path / "c.png").exists()
 
 
+def test_clusters_colour_the_regions_of_the_rule_under_every_panel(tmp_path):
+    """Blue (C0) where the rule says 0, orange (C1) where it says 1, in both panels."""
+    rule = lambda x: (x[:, 0] > 0).long()  # noqa: E731
+    x = torch.rand(200, 2) * 2 - 1
+    path = plot_clusters_2d(
+        [(x, rule(x), "a"), (x / 2, rule(x), "b")], tmp_path / "c.png", classify=rule
+    )
+    png = torch.from_numpy(imread(path)[..., :3])
+    height, width = png.shape[:2]
+    for panel in (0, 1):  # a pixel a quarter into each half of each panel, near the top
+        left, right = (png[int(0.15 * height), int(width * (panel + f) / 2)] for f in (0.3, 0.75))
+        assert left[2] > left[0] and right[0] > right[2], (panel, left, right)
+    assert plot_clusters_2d([(x, rule(x), "no regions")], tmp_path / "n.png").exists()
+
+
 BAD = [
+    pytest.param(
+        lambda p: plot_clusters_2d([], p),
+        ValueError,
+        r"panels: expected at least one \(points, labels, title\), got none",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d(torch.rand(5, 2), p),
+        TypeError,
+        r"panels: expected a sequence of \(points, labels, title\), got Tensor",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(5).long())], p),
+        TypeError,
+        r"panels\[0\]: expected a \(points, labels, title\) triple, got tuple of length 2",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(5), "t")], p),
+        TypeError,
+        r"panels\[0\] labels: expected an integer tensor, got torch.float32",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(4).long(), "t")], p),
+        ValueError,
+        r"panels\[0\] labels: expected shape \(5,\), got \(4,\)",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d([(torch.rand(5, 2), -torch.ones(5).long(), "t")], p),
+        ValueError,
+        r"panels\[0\] labels: expected labels >= 0, got -1",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d([(with_nan(5, 2), torch.zeros(5).long(), "t")], p),
+        ValueError,
+        r"panels\[0\] points: expected finite values",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d(
+            [(torch.rand(5, 2), torch.zeros(5).long(), "t")], p, classify=lambda x: x[:, 0]
+        ),
+        TypeError,
+        r"classify \(on the plotting grid\): expected an integer tensor, got torch.float32",
+    ),
+    pytest.param(
+        lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(5).long(), "t")], p, classify=1),
+        TypeError,
+        r"classify: expected a callable, got int",
+    ),
     pytest.param(
         lambda p: plot_image_grid(torch.rand(2, 10), p),
         ValueError,

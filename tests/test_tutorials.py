@@ -6,6 +6,9 @@ fixture of ``tests/conftest.py``): sphinx-gallery executes each script cell by c
 would, and the gallery shows the PNG files it writes into ``DIR``.
 """
 
+import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,27 @@ def test_tutorial_smoke(script, docs_build):
         run["traceback"] + "\n--- build log ---\n" + _failure_report(docs_build.log)
     )
     assert list(docs_build.tutorial_output(script.stem).rglob("*.png")), "it wrote no figure"
+
+
+#: The result each tutorial's MNIST section records: (key, or the value of "data").
+MNIST_RESULTS = {
+    "noisy_injective_flows": "mnist_last_loss_per_image",
+    "variational_mixture_of_flows": "mnist/semi_supervised",
+    "vq_flows": "mnist_reconstruction_mse_logit_space",
+    "flow_vae": "MNIST",
+}
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PYRO_MANIFOLD_DATA"),
+    reason="needs the MNIST files: set PYRO_MANIFOLD_DATA to the data root (CI does)",
+)
+@pytest.mark.parametrize("stem", sorted(MNIST_RESULTS))
+def test_tutorial_mnist_section_runs_in_smoke_mode(stem, docs_build):
+    """The MNIST blocks a reader copies run in the suite too, at tiny sizes."""
+    results = json.loads((docs_build.tutorial_output(stem) / "results.json").read_text())
+    expected = MNIST_RESULTS[stem]
+    assert expected in results or results.get("data") == expected, sorted(results)
+    if expected in results and isinstance(results[expected], float):
+        assert math.isfinite(results[expected])
+    assert list(docs_build.tutorial_output(stem).glob("mnist*.png")) or stem == "flow_vae"

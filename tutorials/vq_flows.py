@@ -16,7 +16,8 @@ draw new points with ``pyro.infer.Predictive``.
 How to run: ``python tutorials/vq_flows.py [--smoke] [--out DIR] [--manifold NAME]``
 (headless; the figures are written as PNG files to ``DIR``, by default
 ``tutorial_output/vq_flows``). ``--smoke`` takes a few steps only. The MNIST part runs
-only without ``--smoke`` and when ``PYRO_MANIFOLD_DATA`` points at the MNIST folder.
+when ``PYRO_MANIFOLD_DATA`` points at the MNIST folder (with ``--smoke``, on 500 images
+with small networks for a few steps).
 """
 
 # %%
@@ -561,30 +562,32 @@ print(
 )
 
 # %%
-# MNIST (optional)
-# ~~~~~~~~~~~~~~~~
+# MNIST (when the data are there)
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 #
-# Only without ``--smoke`` and with ``PYRO_MANIFOLD_DATA`` set. Dequantized pixels in the
-# logit space (Papamakarios et al., 2017), :math:`K = 10` charts of dimension
-# :math:`d = 64` embedded in :math:`\mathbb R^{784}` by the conformal embeddings, and the
-# reconstruction term for the directions off the charts. Samples are mapped back to
-# pixels.
+# Only with ``PYRO_MANIFOLD_DATA`` set (``--smoke``: 500 images, small networks).
+# Dequantized pixels in the logit space (Papamakarios et al., 2017), :math:`K = 10`
+# charts of dimension :math:`d = 64` embedded in :math:`\mathbb R^{784}` by the conformal
+# embeddings, and the reconstruction term for the directions off the charts. Samples are
+# mapped back to pixels.
 
-if not args.smoke and os.environ.get("PYRO_MANIFOLD_DATA"):
+if os.environ.get("PYRO_MANIFOLD_DATA"):
     from pyro_manifold.datasets import dequantize_logit, inverse_logit_transform, load_mnist
     from pyro_manifold.plotting import plot_image_grid
 
     device = resolve_device()
-    pixels = load_mnist(split="train").data[:20000]
+    pixels = load_mnist(split="train").data[: 500 if args.smoke else 20000]
     images = dequantize_logit(pixels, 0)[0].to(device)
+    hidden = [32] if args.smoke else [256, 256]
     mnist_vq = VQFlow(
         784, num_charts=10, latent_dim=64, code_dim=16, flow="realnvp", num_layers=4,
-        hidden_dims=[256, 256], autoencoder_hidden_dims=[512], reconstruction_weight=1.0,
+        hidden_dims=hidden, autoencoder_hidden_dims=hidden[:1] if args.smoke else [512],
+        reconstruction_weight=1.0,
     )  # fmt: skip
-    mnist_fit = dict(lr=1e-3, batch_size=128, device=device)
-    fit(mnist_vq.model, mnist_vq.guide, images, num_steps=2000, **mnist_fit)
+    mnist_fit = dict(lr=1e-3, batch_size=128, device=device, progress=False)
+    fit(mnist_vq.model, mnist_vq.guide, images, num_steps=5 if args.smoke else 2000, **mnist_fit)
     mnist_vq.set_stage("flows", images[:5000])
-    fit(mnist_vq.model, mnist_vq.guide, images, num_steps=4000, **mnist_fit)
+    fit(mnist_vq.model, mnist_vq.guide, images, num_steps=5 if args.smoke else 4000, **mnist_fit)
     mnist_vq.eval()
     with torch.no_grad():
         # a draw that overflowed is drawn black (plots take finite pixels)

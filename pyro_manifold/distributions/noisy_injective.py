@@ -293,22 +293,27 @@ class StochasticInverse(TorchDistribution):
         bias: Tensor,
         noise_scale: Tensor,
         validate_args: bool | None = None,
-        _chol: Tensor | None = None,
     ) -> None:
         _check_common(linear, bias, noise_scale)
         check_input("x", x, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER)
-        self.x, self.linear, self.bias, self.noise_scale = x, linear, bias, noise_scale
-        self._chol = _chol if _chol is not None else _precision_cholesky(linear, noise_scale)
-        self._loc_blocks = _pseudo_inverse(linear, self._chol, bias, noise_scale, x)
+        self._set(x, linear, bias, noise_scale, _precision_cholesky(linear, noise_scale))
         super().__init__(x.shape[:-1], torch.Size([linear.latent_dim]), validate_args)
 
+    def _set(self, x, linear, bias, noise_scale, chol) -> None:
+        self.x, self.linear, self.bias, self.noise_scale, self._chol = (
+            x, linear, bias, noise_scale, chol
+        )  # fmt: skip
+        self._loc_blocks = _pseudo_inverse(linear, chol, bias, noise_scale, x)
+
     def expand(self, batch_shape, _instance=None):
-        """Expand the batch shape (``x`` is broadcast)."""
+        """Expand the batch shape (``x`` is broadcast; the factorisation is shared)."""
         batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(StochasticInverse, _instance)
         x = self.x.expand(batch_shape + (self.linear.data_dim,))
-        return type(self)(
-            x, self.linear, self.bias, self.noise_scale, validate_args=False, _chol=self._chol
-        )
+        new._set(x, self.linear, self.bias, self.noise_scale, self._chol)
+        super(StochasticInverse, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     @property
     def mean(self) -> Tensor:
