@@ -596,7 +596,9 @@ with torch.no_grad():
 #
 # A flow of your own is any callable ``flow(D)`` returning Pyro ``TransformModule`` s
 # that map base to data; the model classes take it as ``flow=``. Here it is Pyro's
-# affine coupling and Householder reflection around an element-wise sinh-arcsinh map
+# affine coupling (``pyro.distributions.transforms.affine_coupling``, not the function of
+# the same name in ``pyro_manifold.transforms`` that the classic-flows tutorial uses: any
+# ``TransformModule`` will do) and Householder reflection around an element-wise sinh-arcsinh map
 # written from scratch (Jones & Pewsey 2009), with a learned skew :math:`\epsilon` and
 # tail weight :math:`\delta > 0` per coordinate,
 #
