@@ -61,7 +61,9 @@ def _selected_tutorials(session: pytest.Session) -> list[str] | None:
         path = Path(str(item.path)).name
         if path == "test_docs.py":
             return None
-        match = re.fullmatch(r"test_tutorial_smoke\[(.+)\]", item.name)
+        match = re.fullmatch(
+            r"test_tutorial_(?:smoke|mnist_section_runs_in_smoke_mode)\[(.+)\]", item.name
+        )
         if path == "test_tutorials.py" and match:
             needed.append(match.group(1))
     return needed
