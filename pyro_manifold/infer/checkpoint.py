@@ -188,13 +188,15 @@ def content_digest(state: dict) -> str:
 def _feed(h: Any, value: Any) -> None:
     """Add a type-tagged, length-prefixed encoding of ``value`` to the hash ``h``."""
 
-    def chunk(tag: bytes, payload: bytes) -> None:
-        h.update(tag + struct.pack("<Q", len(payload)) + payload)
+    def chunk(tag: bytes, payload: bytes | memoryview) -> None:
+        h.update(tag + struct.pack("<Q", len(payload)))
+        h.update(payload)  # streamed: the same digest as hashing the concatenation
 
     if isinstance(value, torch.Tensor):
         t = value.detach().to("cpu").contiguous()
         chunk(b"T", f"{t.dtype}{tuple(t.shape)}".encode())
-        chunk(b"B", t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        raw = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else None
+        chunk(b"B", memoryview(raw) if raw is not None else b"")  # no copy of the bytes
     elif isinstance(value, dict):
         items = sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, str(kv[0])))
         chunk(b"D", struct.pack("<Q", len(items)))

@@ -110,3 +110,15 @@ def test_digest_ignores_device_and_order_but_not_dtype_or_shape():
     assert content_digest({"a": [1]}) != content_digest({"a": (1,)})
     assert content_digest({"a": 1}) != content_digest({"a": 1.0})
     assert content_digest({"a": w[::2]}) == content_digest({"a": w[::2].contiguous()})
+
+
+def test_digest_of_a_fixed_state_never_changes():
+    """Checkpoints written by earlier versions must keep loading: the encoding is fixed."""
+    state = {
+        "w": torch.arange(4, dtype=torch.float32),
+        "b": torch.tensor([True, False]),
+        "n": [1, "a", None, 2.5, True],
+        "d": {"k": torch.zeros(0, 3), 2: (torch.arange(3, dtype=torch.int64),)},
+    }
+    expected = "532c3c28c458fa3c590653f20a55c9341912b66251637534ef5afdd73796921c"
+    assert content_digest(state) == expected
