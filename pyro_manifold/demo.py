@@ -225,13 +225,12 @@ def _vmonf_entry(settings: _Settings) -> _Entry:
             torch.cdist(test.data.double(), centroids).argmin(-1), test.labels
         )
     out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        plot_clusters_2d(
-            [(test.data, clusters, "test points by cluster"), (samples, components, "samples")],
-            out / "clusters.png",
-            classify=model.cluster,
-            grid_size=120,
-        )
+    plot_clusters_2d(
+        [(test.data, clusters, "test points by cluster"), (samples, components, "samples")],
+        out / "clusters.png",
+        classify=model.cluster,
+        grid_size=120,
+    )
     plot_training_curve(result.history, out / "training_curve.png")
     metrics = {
         "clustering_accuracy": accuracy,

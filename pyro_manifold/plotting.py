@@ -48,7 +48,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def _bounds(points: Tensor, margin: float = 0.15) -> tuple[float, float, float, float]:
     lo, hi = points.min(0).values, points.max(0).values
-    pad = margin * (hi - lo)
+    pad = torch.where(hi > lo, margin * (hi - lo), 0.5)  # a flat axis gets +-0.5
     return (*(lo - pad).tolist(), *(hi + pad).tolist())  # x0, y0, x1, y1
 
 
@@ -121,19 +121,26 @@ def plot_clusters_2d(
 ) -> Path:
     r"""Points coloured by an integer label, one panel each, over the regions of a classifier.
 
-    Panel :math:`i` scatters its points :math:`x_n` in colour ``C{label_n}``. With
-    ``classify`` (a map from :math:`(M, 2)` points to :math:`(M,)` integer labels, e.g. a
-    mixture's cluster rule :math:`\arg\max_k q(k \mid x)`), every panel's background
-    shows the regions :math:`\{x : \mathrm{classify}(x) = k\}` in the same colours on a
-    ``grid_size`` × ``grid_size`` grid. All panels share the bounding box of the first
-    panel's points (the data, say), so later panels (model samples) are drawn at the
-    same scale; points outside it are cut off.
+    Panel :math:`i` scatters its points :math:`x_n` in the colour of label
+    :math:`k_n`. With ``classify`` (a map from :math:`(M, 2)` points to :math:`(M,)`
+    integer labels, e.g. a mixture's cluster rule :math:`\arg\max_k q(k \mid x)`),
+    every panel's background shows the regions :math:`\{x : \mathrm{classify}(x) = k\}`
+    in the same colours on a ``grid_size`` × ``grid_size`` grid. All panels share the
+    bounding box of the first panel's points (the data, say), so later panels (model
+    samples) are drawn at the same scale; points outside it are cut off.
+
+    Colours: matplotlib's ``C0``–``C9`` when every label is below 10, the 20 colours of
+    ``tab20`` when every label is below 20; labels from 20 on repeat the colour of
+    :math:`k \bmod 20`.
 
     Args:
-        panels: ``(points, labels, title)`` triples: :math:`(N, 2)` finite floating
-            points, :math:`(N,)` non-negative integer labels, a title.
+        panels: a list of ``(points, labels, title)`` triples: :math:`(N, 2)` finite
+            floating points, :math:`(N,)` non-negative integer (or bool) labels, a title.
         path: the PNG to write.
-        classify: the region rule drawn under every panel; ``None`` draws no regions.
+        classify: the region rule drawn under every panel; ``None`` draws no regions. It
+            is called under ``torch.no_grad()`` on chunks of at most 4096 grid points
+            with the dtype and device of the first panel's points (so a model on a GPU
+            classifies a grid on that GPU).
         grid_size: grid points per axis for the regions.
 
     Example:
@@ -148,6 +155,11 @@ def plot_clusters_2d(
         raise ArgumentTypeError(
             f"panels: expected a sequence of (points, labels, title), got {type(panels).__name__}"
         )
+    if isinstance(panels, tuple) and len(panels) == 3 and isinstance(panels[0], Tensor):
+        raise ArgumentTypeError(
+            "panels: expected a sequence of (points, labels, title), got one such triple "
+            "(wrap a single panel in a list)"
+        )
     if not panels:
         raise ArgumentError("panels: expected at least one (points, labels, title), got none")
     checked = [_check_panel(i, panel) for i, panel in enumerate(panels)]
@@ -155,17 +167,22 @@ def plot_clusters_2d(
         raise ArgumentTypeError(f"classify: expected a callable, got {type(classify).__name__}")
     check_positive_int("grid_size", grid_size, minimum=2)
     x0, y0, x1, y1 = _bounds(checked[0][0])
-    fig, axes = _figure(len(checked), size=4.5)
+    regions = None
     if classify is not None:
         gx, gy = torch.meshgrid(
             torch.linspace(x0, x1, grid_size), torch.linspace(y0, y1, grid_size), indexing="xy"
         )
         grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
-        regions = _grid_labels(classify, grid).reshape(grid_size, grid_size)
+        first = panels[0][0]
+        regions = _grid_labels(classify, grid.to(first.device, first.dtype))
+        regions = regions.reshape(grid_size, grid_size)
+    largest = max(int(labels.max()) for _, labels, _ in checked)
+    colours = _label_colours(max(largest, -1 if regions is None else int(regions.max())) + 1)
+    fig, axes = _figure(len(checked), size=4.5)
     for ax, (points, labels, title) in zip(axes, checked, strict=True):
-        if classify is not None:
-            _draw_regions(ax, gx, gy, regions)
-        ax.scatter(points[:, 0], points[:, 1], s=2, c=[f"C{k}" for k in labels.tolist()])
+        if regions is not None:
+            _draw_regions(ax, gx, gy, regions, colours)
+        ax.scatter(points[:, 0], points[:, 1], s=2, c=[colours[k] for k in labels.tolist()])
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
         ax.set_title(title)
@@ -191,21 +208,34 @@ def _check_panel(i: int, panel: object) -> tuple[Tensor, Tensor, str]:
 
 def _check_labels(name: str, labels: object, num_points: int) -> Tensor:
     check_tensor(name, labels, floating=False)
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ArgumentTypeError(f"{name}: expected an integer tensor, got {labels.dtype}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise ArgumentTypeError(f"{name}: expected an integer or bool tensor, got {labels.dtype}")
     if labels.shape != (num_points,):
         raise ArgumentError(f"{name}: expected shape ({num_points},), got {tuple(labels.shape)}")
+    labels = labels.detach().cpu().long()
     if (labels < 0).any():
         raise ArgumentError(f"{name}: expected labels >= 0, got {int(labels.min())}")
-    return labels.detach().cpu()
+    return labels
 
 
 def _grid_labels(classify: Callable[[Tensor], Tensor], grid: Tensor) -> Tensor:
-    out = check_per_point("classify", classify(grid), grid)
-    return _check_labels("classify (on the plotting grid)", out, grid.shape[0])
+    chunks = []
+    for chunk in grid.split(4096):
+        out = check_per_point("classify", classify(chunk), chunk)
+        chunks.append(_check_labels("classify (on the plotting grid)", out, chunk.shape[0]))
+    return torch.cat(chunks)
 
 
-def _draw_regions(ax, gx: Tensor, gy: Tensor, regions: Tensor) -> None:
+def _label_colours(num_labels: int) -> list:
+    """One colour per label: C0-C9 up to 10 labels, tab20 beyond (repeating after 20)."""
+    if num_labels <= 10:
+        return [f"C{k}" for k in range(num_labels)]
+    from matplotlib import colormaps
+
+    return [colormaps["tab20"](k % 20) for k in range(num_labels)]
+
+
+def _draw_regions(ax, gx: Tensor, gy: Tensor, regions: Tensor, colours: list) -> None:
     from matplotlib.colors import ListedColormap
 
     num_labels = int(regions.max()) + 1
@@ -214,7 +244,7 @@ def _draw_regions(ax, gx: Tensor, gy: Tensor, regions: Tensor) -> None:
         gy.numpy(),
         regions.numpy(),
         levels=[k - 0.5 for k in range(num_labels + 1)],
-        cmap=ListedColormap([f"C{k}" for k in range(num_labels)]),
+        cmap=ListedColormap(colours[:num_labels]),
         alpha=0.25,
     )
 

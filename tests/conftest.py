@@ -1,8 +1,10 @@
-"""One documentation build per test session, shared by ``test_docs`` and ``test_tutorials``.
+"""Shared fixtures: the MNIST folder, and one documentation build per test session.
 
-The build (``sphinx-build -W --keep-going``, into a temporary folder) runs every tutorial in
-smoke mode through sphinx-gallery (``--smoke --out DIR``, see ``docs/gallery_hooks.py``),
-so the tutorials run once for both: the gallery's pages and the tutorial tests.
+``mnist_root`` skips a test, saying why, when the MNIST files are not where
+``PYRO_MANIFOLD_DATA`` points. The documentation build (``sphinx-build -W --keep-going``,
+into a temporary folder) runs every tutorial in smoke mode through sphinx-gallery
+(``--smoke --out DIR``, see ``docs/gallery_hooks.py``), so the tutorials run once for
+both: the gallery's pages and the tutorial tests.
 """
 
 from __future__ import annotations
@@ -21,6 +23,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.py"))
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@pytest.fixture
+def mnist_root() -> Path:
+    """The MNIST data folder; skips the test, saying why, when it is unavailable."""
+    root = os.environ.get("PYRO_MANIFOLD_DATA")
+    if not root:
+        pytest.skip(
+            "PYRO_MANIFOLD_DATA is not set (point it at a folder holding MNIST/raw/*-ubyte)"
+        )
+    raw = Path(root) / "MNIST" / "raw"
+    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
+    if missing:
+        pytest.skip(
+            f"PYRO_MANIFOLD_DATA={root} lacks the MNIST files {', '.join(missing)} in {raw}"
+        )
+    return Path(root)
 
 
 @dataclass

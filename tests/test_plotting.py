@@ -77,7 +77,36 @@ def test_clusters_colour_the_regions_of_the_rule_under_every_panel(tmp_path):
     assert plot_clusters_2d([(x, rule(x), "no regions")], tmp_path / "n.png").exists()
 
 
+def test_clusters_classify_sees_chunks_in_the_points_dtype_and_bools_are_labels(tmp_path):
+    seen = []
+
+    def rule(grid):
+        seen.append((grid.shape[0], grid.dtype))
+        return grid[:, 0] > 0  # bool labels, as a comparison gives
+
+    x = torch.randn(50, 2, dtype=torch.float64)
+    plot_clusters_2d([(x, x[:, 1] > 0, "t")], tmp_path / "c.png", classify=rule, grid_size=100)
+    assert sum(n for n, _ in seen) == 100 * 100 and max(n for n, _ in seen) <= 4096
+    assert {dtype for _, dtype in seen} == {torch.float64}
+
+
+def test_clusters_give_eleven_labels_eleven_colours(tmp_path):
+    """Past ten labels the colours come from tab20, so label 10 is not label 0's colour."""
+    x = torch.stack([torch.arange(11.0).repeat_interleave(200), torch.rand(2200)], -1)
+    labels = torch.arange(11).repeat_interleave(200)
+    path = plot_clusters_2d([(x, labels, "")], tmp_path / "c.png")
+    png = torch.from_numpy(imread(path)[..., :3]).reshape(-1, 3)
+    coloured = png[(png.max(-1).values - png.min(-1).values) > 0.1]  # not grey or white
+    found, counts = torch.unique((coloured * 255).round(), dim=0, return_counts=True)
+    assert int((counts >= 100).sum()) >= 11, found[counts >= 100]  # blends of edges are rare
+
+
 BAD = [
+    pytest.param(
+        lambda p: plot_clusters_2d((torch.rand(5, 2), torch.zeros(5).long(), "t"), p),
+        TypeError,
+        r"got one such triple \(wrap a single panel in a list\)",
+    ),
     pytest.param(
         lambda p: plot_clusters_2d([], p),
         ValueError,
@@ -96,7 +125,7 @@ BAD = [
     pytest.param(
         lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(5), "t")], p),
         TypeError,
-        r"panels\[0\] labels: expected an integer tensor, got torch.float32",
+        r"panels\[0\] labels: expected an integer or bool tensor, got torch.float32",
     ),
     pytest.param(
         lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(4).long(), "t")], p),
@@ -118,7 +147,7 @@ BAD = [
             [(torch.rand(5, 2), torch.zeros(5).long(), "t")], p, classify=lambda x: x[:, 0]
         ),
         TypeError,
-        r"classify \(on the plotting grid\): expected an integer tensor, got torch.float32",
+        r"classify \(on the plotting grid\): expected an integer or bool tensor, got torch.float32",
     ),
     pytest.param(
         lambda p: plot_clusters_2d([(torch.rand(5, 2), torch.zeros(5).long(), "t")], p, classify=1),

@@ -8,7 +8,6 @@ would, and the gallery shows the PNG files it writes into ``DIR``.
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -46,16 +45,16 @@ MNIST_RESULTS = {
 }
 
 
-@pytest.mark.skipif(
-    not os.environ.get("PYRO_MANIFOLD_DATA"),
-    reason="needs the MNIST files: set PYRO_MANIFOLD_DATA to the data root (CI does)",
-)
+@pytest.mark.mnist
 @pytest.mark.parametrize("stem", sorted(MNIST_RESULTS))
-def test_tutorial_mnist_section_runs_in_smoke_mode(stem, docs_build):
+def test_tutorial_mnist_section_runs_in_smoke_mode(stem, mnist_root, docs_build):
     """The MNIST blocks a reader copies run in the suite too, at tiny sizes."""
+    run = docs_build.tutorial_runs().get(stem)
+    assert run is not None and run["passed"], run and run["traceback"]
     results = json.loads((docs_build.tutorial_output(stem) / "results.json").read_text())
     expected = MNIST_RESULTS[stem]
     assert expected in results or results.get("data") == expected, sorted(results)
     if expected in results and isinstance(results[expected], float):
         assert math.isfinite(results[expected])
-    assert list(docs_build.tutorial_output(stem).glob("mnist*.png")) or stem == "flow_vae"
+    figures = list(docs_build.tutorial_output(stem).glob("mnist*.png"))
+    assert figures or stem == "flow_vae", f"{stem} wrote no mnist*.png figure"

@@ -523,7 +523,8 @@ plt.close(fig)
 # last test negative ELBO beside it. The hand-written programs were trained for fewer
 # steps than the classes, so their column is not a comparison of the methods.
 
-assert svi_steps < steps  # the hand-written programs had fewer steps (the prose above)
+# the hand-written programs had fewer steps than the classes (the prose above)
+assert all(h["step"][-1] == steps > svi_steps for h in histories.values())
 results = {}
 for name in flows:
     programs, vae = by_hand[name], models[name]

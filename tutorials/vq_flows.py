@@ -54,7 +54,9 @@ from pyro_manifold.plotting import plot_training_curve
 from pyro_manifold.transforms import ConditionalConformalEmbedding, Reverse, flow_stack
 
 parser = argparse.ArgumentParser(description="VQ-Flows tutorial")
-parser.add_argument("--smoke", action="store_true", help="a few steps only, no MNIST")
+parser.add_argument(
+    "--smoke", action="store_true", help="a few steps only (MNIST, when present, at tiny sizes)"
+)
 parser.add_argument("--out", default="tutorial_output/vq_flows")
 parser.add_argument("--manifold", default="sphere", help="sphere, torus, swiss_roll, rings")
 args = parser.parse_args()
@@ -578,11 +580,10 @@ if os.environ.get("PYRO_MANIFOLD_DATA"):
     device = resolve_device()
     pixels = load_mnist(split="train").data[: 500 if args.smoke else 20000]
     images = dequantize_logit(pixels, 0)[0].to(device)
-    hidden = [32] if args.smoke else [256, 256]
+    hidden, autoencoder_hidden = ([32], [32]) if args.smoke else ([256, 256], [512])
     mnist_vq = VQFlow(
         784, num_charts=10, latent_dim=64, code_dim=16, flow="realnvp", num_layers=4,
-        hidden_dims=hidden, autoencoder_hidden_dims=hidden[:1] if args.smoke else [512],
-        reconstruction_weight=1.0,
+        hidden_dims=hidden, autoencoder_hidden_dims=autoencoder_hidden, reconstruction_weight=1.0,
     )  # fmt: skip
     mnist_fit = dict(lr=1e-3, batch_size=128, device=device, progress=False)
     fit(mnist_vq.model, mnist_vq.guide, images, num_steps=5 if args.smoke else 2000, **mnist_fit)

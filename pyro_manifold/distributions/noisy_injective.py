@@ -203,17 +203,16 @@ class NoisyInjective(TorchDistribution):
         super().__init__(latent.shape[:-1], torch.Size([linear.data_dim]), validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        """Expand the batch shape (the latent is broadcast)."""
+        """Expand the batch shape (the latent and the mean are broadcast)."""
         batch_shape = torch.Size(batch_shape)
-        latent = self.latent.expand(batch_shape + (self.linear.latent_dim,))
-        return type(self)(
-            latent,
-            self.linear,
-            self.bias,
-            self.noise_scale,
-            self.noise_multiplier,
-            validate_args=False,
-        )
+        new = self._get_checked_instance(NoisyInjective, _instance)
+        new.latent = self.latent.expand(batch_shape + (self.linear.latent_dim,))
+        new.linear, new.bias, new.noise_scale = self.linear, self.bias, self.noise_scale
+        new.noise_multiplier = self.noise_multiplier
+        new.loc = self.loc.expand(batch_shape + (self.linear.data_dim,))
+        super(NoisyInjective, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     @property
     def mean(self) -> Tensor:
@@ -296,21 +295,22 @@ class StochasticInverse(TorchDistribution):
     ) -> None:
         _check_common(linear, bias, noise_scale)
         check_input("x", x, linear.weight, event_shape=(linear.data_dim,), owner=_OWNER)
-        self._set(x, linear, bias, noise_scale, _precision_cholesky(linear, noise_scale))
+        self.x, self.linear, self.bias, self.noise_scale = x, linear, bias, noise_scale
+        self._chol = _precision_cholesky(linear, noise_scale)
+        self._loc_blocks = _pseudo_inverse(linear, self._chol, bias, noise_scale, x)
         super().__init__(x.shape[:-1], torch.Size([linear.latent_dim]), validate_args)
 
-    def _set(self, x, linear, bias, noise_scale, chol) -> None:
-        self.x, self.linear, self.bias, self.noise_scale, self._chol = (
-            x, linear, bias, noise_scale, chol
-        )  # fmt: skip
-        self._loc_blocks = _pseudo_inverse(linear, chol, bias, noise_scale, x)
-
     def expand(self, batch_shape, _instance=None):
-        """Expand the batch shape (``x`` is broadcast; the factorisation is shared)."""
+        r"""Expand the batch shape; the factorisation of :math:`\Lambda` is shared.
+
+        ``x`` and the pseudo-inverse are broadcast, not recomputed.
+        """
         batch_shape = torch.Size(batch_shape)
         new = self._get_checked_instance(StochasticInverse, _instance)
-        x = self.x.expand(batch_shape + (self.linear.data_dim,))
-        new._set(x, self.linear, self.bias, self.noise_scale, self._chol)
+        new.x = self.x.expand(batch_shape + (self.linear.data_dim,))
+        new.linear, new.bias, new.noise_scale = self.linear, self.bias, self.noise_scale
+        new._chol = self._chol
+        new._loc_blocks = self._loc_blocks.expand(batch_shape + self._loc_blocks.shape[-2:])
         super(StochasticInverse, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new

@@ -1,4 +1,3 @@
-import os
 import pathlib
 
 import pytest
@@ -17,29 +16,6 @@ from pyro_manifold.datasets import (
 )
 
 F64 = torch.float64
-MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-
-
-@pytest.fixture
-def mnist_root() -> pathlib.Path:
-    """The MNIST data folder; skips the test, saying why, when it is unavailable."""
-    root = os.environ.get("PYRO_MANIFOLD_DATA")
-    if not root:
-        pytest.skip(
-            "PYRO_MANIFOLD_DATA is not set (point it at a folder holding MNIST/raw/*-ubyte)"
-        )
-    raw = pathlib.Path(root) / "MNIST" / "raw"
-    missing = [f for f in MNIST_FILES if not (raw / f).is_file()]
-    if missing:
-        pytest.skip(
-            f"PYRO_MANIFOLD_DATA={root} lacks the MNIST files {', '.join(missing)} in {raw}"
-        )
-    return pathlib.Path(root)
 
 
 def _row_keys(x):

@@ -180,6 +180,33 @@ def test_shapes_and_expand(batch_shape):
     assert p.expand((3, *batch_shape)).sample().shape == (3, *batch_shape, 4)
 
 
+@pytest.mark.parametrize("validate", [True, False])
+def test_expand_keeps_validation_and_shares_the_factorisation(validate):
+    """An expanded distribution checks values as the original does and recomputes nothing."""
+    nif = _nif(2, 4)
+    x, z = torch.randn(3, 4), torch.randn(3, 2)
+    q = StochasticInverse(x, nif.linear, nif.bias, nif.noise_scale, validate_args=validate)
+    p = NoisyInjective(z, nif.linear, nif.bias, nif.noise_scale, validate_args=validate)
+    qe, pe = q.expand((5, 3)), p.expand((5, 3))
+    assert qe._validate_args == pe._validate_args == validate
+    assert qe._chol is q._chol  # the Cholesky factor of Lambda, not a new one
+    torch.testing.assert_close(qe.log_prob(q.mean), q.log_prob(q.mean).expand(5, 3))
+    torch.testing.assert_close(pe.log_prob(p.mean), p.log_prob(p.mean).expand(5, 3))
+    nan_z, nan_x = torch.full((2,), float("nan")), torch.full((4,), float("nan"))
+    for d, value in ((qe, nan_z), (pe, nan_x)):
+        if validate:
+            with pytest.raises(ValueError, match="value"):
+                d.log_prob(value)
+        else:
+            assert torch.isnan(d.log_prob(value)).all()
+
+    class Sub(StochasticInverse):
+        pass
+
+    sub = Sub(x, nif.linear, nif.bias, nif.noise_scale)
+    assert type(sub.expand((2, 3))) is Sub  # _instance: the subclass is kept
+
+
 def test_zero_noise_samples_lie_on_the_manifold():
     nif = _nif(2, 5)
     x = nif.likelihood(torch.randn(10, 2), s=0.0).sample()
