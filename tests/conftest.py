@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -46,6 +47,40 @@ def mnist_root() -> Path:
             f"PYRO_MANIFOLD_DATA={root} lacks the MNIST files {', '.join(missing)} in {raw}"
         )
     return Path(root)
+
+
+def _write_idx(path: Path, array, magic: int) -> None:
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic))
+        for size in array.shape:
+            f.write(struct.pack(">I", size))
+        f.write(array.numpy().astype("uint8").tobytes())
+
+
+@pytest.fixture
+def fake_mnist():
+    """``make(root, num_train=200, num_test=50)``: a tiny synthetic MNIST under ``root``.
+
+    Digit :math:`k` is drawn as a bright horizontal bar on row :math:`3 + 2k` over
+    uniform noise, in torchvision's file layout (``root/MNIST/raw/*-ubyte``); returns
+    ``root``.
+    """
+
+    def make(root: Path, num_train: int = 200, num_test: int = 50) -> Path:
+        import torch
+
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        g = torch.Generator().manual_seed(0)
+        for split, n in (("train", num_train), ("t10k", num_test)):
+            labels = torch.randint(0, 10, (n,), generator=g)
+            images = torch.randint(0, 60, (n, 28, 28), generator=g)
+            images[torch.arange(n), 3 + 2 * labels] = 255
+            _write_idx(raw / f"{split}-images-idx3-ubyte", images, 0x803)
+            _write_idx(raw / f"{split}-labels-idx1-ubyte", labels, 0x801)
+        return Path(root)
+
+    return make
 
 
 @dataclass

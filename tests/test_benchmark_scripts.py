@@ -607,9 +607,31 @@ def check_robustness(tmp_path, mnist_runs):
         assert _finite(row["final_loss"], row["test_log_likelihood"])
 
 
-# script -> (check, what it needs: "runs" (the mnist_runs fixture), "mnist" or None,
+def check_mnist_classifier(tmp_path, fake_mnist):
+    """Each seed trained and scored once; seed 0 cached where the metrics look."""
+    data = fake_mnist(tmp_path / "data")
+    _run("mnist_classifier.py", "--smoke", "--data", str(data), "--cache",
+         "--out", "res/mnist_classifier.json", cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "res" / "mnist_classifier.json").read_text())
+    assert report["smoke"] and report["seeds"] == [0, 1] and len(report["commit"]) == 40
+    assert report["recipe"]["epochs"] == 1 and not report["recipe"]["augment"]
+    accuracies = [report["runs"][s]["test_accuracy"] for s in ("0", "1")]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    assert report["test_accuracy"]["min"] == min(accuracies)
+    assert report["test_accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert report["met"] == (min(accuracies) >= 0.99)
+    from pyro_manifold.metrics import load_mnist_classifier
+
+    cached = load_mnist_classifier(data)  # the data root's cache: seed 0's network
+    assert report["cached_seed0"] == str(data / "pyro_manifold" / "mnist_classifier.pt")
+    assert cached.test_accuracy == report["runs"]["0"]["test_accuracy"]
+
+
+# script -> (check, what it needs: "runs" (the mnist_runs fixture), "mnist", "fake_mnist"
+#            (a tiny synthetic MNIST: the fake_mnist fixture) or None,
 #            slow: more than about 10 s on one thread)
 SMOKE = {
+    "mnist_classifier.py": (check_mnist_classifier, "fake_mnist", False),
     "mnist_flows.py": (check_mnist_flows, "runs", False),
     "nif_mnist_eval.py": (check_nif_mnist_eval, "runs", True),
     "nif_prior_gap.py": (check_nif_prior_gap, "runs", True),
@@ -644,7 +666,8 @@ def test_every_benchmark_script_is_smoke_tested():
 
 def _params():
     for script, (_, needs, slow) in SMOKE.items():
-        marks = ([NEEDS_MNIST, pytest.mark.mnist] if needs else []) + (
+        real_mnist = needs in ("runs", "mnist")
+        marks = ([NEEDS_MNIST, pytest.mark.mnist] if real_mnist else []) + (
             [pytest.mark.slow] if slow else []
         )
         yield pytest.param(script, marks=marks, id=script.removesuffix(".py"))
@@ -653,7 +676,8 @@ def _params():
 @pytest.mark.parametrize("script", list(_params()))
 def test_smoke(script, tmp_path, request):
     check, needs, _ = SMOKE[script]
-    check(tmp_path, request.getfixturevalue("mnist_runs") if needs == "runs" else None)
+    fixture = {"runs": "mnist_runs", "fake_mnist": "fake_mnist"}.get(needs)
+    check(tmp_path, request.getfixturevalue(fixture) if fixture else None)
 
 
 # ------------------------------------------------------- known answers of the metrics code

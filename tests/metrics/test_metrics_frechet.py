@@ -1,5 +1,3 @@
-import struct
-
 import pytest
 import torch
 
@@ -104,32 +102,9 @@ def test_classifier_shapes():
 # --- training and the weight cache, on a tiny synthetic MNIST -----------------------------
 
 
-def _write_idx(path, array, magic):
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", magic))
-        for size in array.shape:
-            f.write(struct.pack(">I", size))
-        f.write(array.numpy().astype("uint8").tobytes())
-
-
-def _fake_mnist(root, num_train=200, num_test=50):
-    """Digits 0-9 drawn as a bright horizontal bar at a class-dependent row."""
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", num_train), ("t10k", num_test)):
-        labels = torch.randint(0, 10, (n,), generator=g)
-        images = torch.randint(0, 60, (n, 28, 28), generator=g)
-        rows = 3 + 2 * labels
-        images[torch.arange(n), rows] = 255
-        _write_idx(raw / f"{split}-images-idx3-ubyte", images, 0x803)
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels, 0x801)
-
-
 @pytest.fixture
-def fake_root(tmp_path, monkeypatch):
-    root = tmp_path / "data"
-    _fake_mnist(root)
+def fake_root(tmp_path, monkeypatch, fake_mnist):
+    root = fake_mnist(tmp_path / "data")
     monkeypatch.setenv("PYRO_MANIFOLD_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("PYRO_MANIFOLD_DATA", raising=False)
     return root
