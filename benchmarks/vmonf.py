@@ -1174,7 +1174,7 @@ def main():
     args = p.parse_args()
     if args.smoke:
         args.seeds, args.steps, args.timing_steps, args.mnist_steps = [0, 1], 20, 3, 4
-        args.validate_every, args.mnist_validate_every = 10, 2
+        args.validate_every, args.mnist_validate_every = 10, 4  # one validation, one checkpoint
         args.timing_rounds = 1
         args.mnist_hidden, args.mnist_encoder_steps = 800, 5  # MADE widths >= 784
     if args.part == "mnist":
