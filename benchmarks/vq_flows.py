@@ -28,6 +28,11 @@ Parts (``--part``, default ``toy``; ``all`` runs every part):
     and the mean Euclidean distance of the samples to the true manifold (lower is better
     for both). Claim (issue 5): on every manifold the VQ version has the lower mean of
     both. Mean ± std and per seed; the JSON records the command, commit and machine.
+  - Each training is a job: its weights, training time and commit are saved to
+    ``--toy-runs DIR/MANIFOLD_CONFIG_seedS.pt`` when it ends; run again with ``--resume``
+    and the finished jobs are loaded instead of trained (refused if the file was trained
+    with other ``--train``/``--test``/``--noise``/``--steps``), so the 72 trainings may
+    span several sessions. The JSON lists the commits that trained its jobs.
   - Cost: 6 configurations x 3 seeds x 4 manifolds = 72 trainings on one CPU thread. On
     the Swiss roll, seed 0, next to about 6 busy processes on 2 cores: VQ K = 8 146 s,
     K = 4 75 s, RealNVP(8) 129 s, RealNVP(4) 49 s, so about 10 minutes per manifold and
@@ -49,7 +54,9 @@ Parts (``--part``, default ``toy``; ``all`` runs every part):
   item 3, with no bar to meet: it chooses nothing and compares with no baseline.
 
 Run (CPU):   OMP_NUM_THREADS=1 python benchmarks/vq_flows.py --part toy --device cpu --threads 1
-                 --figures benchmarks/figures   (writes benchmarks/results/vq_flows_toy.json)
+                 --figures benchmarks/figures --resume
+             (writes benchmarks/results/vq_flows_toy.json; interrupted, the same command
+             goes on from the finished jobs under runs/vq_flows_toy)
 GPU:         PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part mnist
              PYRO_MANIFOLD_DATA=../shared/data python benchmarks/vq_flows.py --part dimension
 Smoke:       python benchmarks/vq_flows.py --part all --smoke --device cpu
@@ -208,6 +215,44 @@ def toy_samples(model, n, seed):
         return model.sample(n).cpu()
 
 
+TOY_JOB_SETTINGS = ("train", "test", "noise", "steps")  # what a saved toy job depends on
+
+
+def toy_job(args, name, config, seed, train, vq_params, device):
+    """One toy training: ``(model, seconds, commit, loaded)``.
+
+    With ``--resume`` a finished job (``--toy-runs``/NAME_CONFIG_seedS.pt) is loaded
+    instead of trained; a job is saved, atomically, as soon as it has trained.
+    """
+    vq = config in TOY_VQ_CONFIGS
+    model = toy_vq(config) if vq else toy_nf(int(config.removeprefix("realnvp")), vq_params)
+    path = Path(args.toy_runs) / f"{name}_{config}_seed{seed}.pt"
+    settings = {**{k: getattr(args, k) for k in TOY_JOB_SETTINGS}, "vq_params": vq_params}
+    if args.resume and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["settings"] != settings:
+            raise SystemExit(f"{path}: trained with {saved['settings']}, this run asks for "
+                             f"{settings}; remove the file or run without --resume")  # fmt: skip
+        if vq:
+            model.set_stage("flows", train)  # a trained VQ model's structure, then its weights
+        model.load_state_dict(saved["state_dict"])
+        return model.to(device).eval(), saved["seconds"], saved["commit"], True
+    pyro.set_rng_seed(seed)
+    t0 = time.perf_counter()
+    if vq:
+        model = train_vq(model, train, args.steps, device, seed=seed)
+    else:
+        model = train_toy_nf(model, train, args.steps, device, seed)
+    seconds, commit = time.perf_counter() - t0, provenance()["commit"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        torch.save({"settings": settings, "state_dict": model.state_dict(), "seconds": seconds,
+                    "commit": commit}, f)  # fmt: skip
+    os.replace(tmp, path)
+    return model, seconds, commit, False
+
+
 def toy_part(args, device):
     """Train every configuration with every seed, choose on validation, then test once."""
     seeds = list(range(args.seeds))
@@ -226,7 +271,7 @@ def toy_part(args, device):
             "batch_size": 256,
         },  # fmt: skip
     }
-    figure_rows = []
+    figure_rows, job_commits, jobs_loaded = [], set(), 0
     for name in args.manifolds:
         manifold = make_manifold(name)
         train = manifold.sample(args.train, noise=args.noise, seed=0).data
@@ -234,14 +279,12 @@ def toy_part(args, device):
         models, scores, seconds, params = {}, {}, {}, {}
         for config in vq_configs + nf_configs:
             for seed in seeds:
-                pyro.set_rng_seed(seed)
-                t0 = time.perf_counter()
-                if config in TOY_VQ_CONFIGS:
-                    model = train_vq(toy_vq(config), train, args.steps, device, seed=seed)
-                else:
-                    layers = int(config.removeprefix("realnvp"))
-                    model = train_toy_nf(toy_nf(layers, vq_params), train, args.steps, device, seed)
-                seconds.setdefault(config, []).append(time.perf_counter() - t0)
+                model, took, commit, loaded = toy_job(
+                    args, name, config, seed, train, vq_params, device
+                )
+                job_commits.add(commit)
+                jobs_loaded += loaded
+                seconds.setdefault(config, []).append(took)
                 params[config] = count(model)
                 models[config, seed] = model
                 sample = toy_samples(model, len(validation), TOY_SAMPLE_SEED["validation"] + seed)
@@ -249,7 +292,7 @@ def toy_part(args, device):
                     float(maximum_mean_discrepancy(sample, validation))
                 )
                 print(f"{name} {config} seed {seed}: validation MMD² {scores[config][-1]:.2e} "
-                      f"({seconds[config][-1]:.0f} s)", flush=True)  # fmt: skip
+                      f"({took:.0f} s{', loaded' if loaded else ''})", flush=True)  # fmt: skip
         selected = {
             "vq_realnvp": lowest_mean({c: scores[c] for c in vq_configs}),
             "realnvp": lowest_mean({c: scores[c] for c in nf_configs}),
@@ -297,6 +340,8 @@ def toy_part(args, device):
             )
     if args.figures:
         toy_figure(figure_rows, Path(args.figures) / "vq_flows_toy.png")
+    results["jobs"] = {"folder": args.toy_runs, "loaded": jobs_loaded,
+                       "commits": sorted(job_commits)}  # fmt: skip
     return results
 
 
@@ -586,6 +631,8 @@ def main():
     parser.add_argument("--merge", nargs="+", default=None, help="combine mnist output files")
     parser.add_argument("--figures", default=None)
     parser.add_argument("--save-models", default=None, help="directory for the trained weights")
+    parser.add_argument("--toy-runs", default=None, help="toy jobs' folder (runs/vq_flows_toy)")
+    parser.add_argument("--resume", action="store_true", help="load the finished toy jobs")
     parser.add_argument(
         "--out",
         default=None,
@@ -605,6 +652,7 @@ def main():
         else f"benchmarks/results/vq_flows_{args.part}.json"
     )
     args.out = args.out or default
+    args.toy_runs = args.toy_runs or f"runs/{'smoke/' if args.smoke else ''}vq_flows_toy"
     if args.merge:
         results = {"merged": args.merge, "mnist": merge_mnist(args.merge, args.figures)}
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -515,6 +515,28 @@ def check_vq_flows(tmp_path, mnist_runs):
     assert set(report["dimension"]) == {"8", "16"}
     for row in report["dimension"].values():
         assert _finite(row["frechet"], row["reconstruction_mse"])
+    # the toy jobs were saved as they ended: --resume loads them, and scores the same
+    assert toy["jobs"]["loaded"] == 0 and toy["jobs"]["commits"] == [report["commit"]]
+    jobs = sorted(p.name for p in (tmp_path / "runs" / "smoke" / "vq_flows_toy").iterdir())
+    assert len(jobs) == 2 * 3 and all(j.endswith("_seed0.pt") for j in jobs)
+    resumed = _run("vq_flows.py", "--part", "toy", "--smoke", "--device", "cpu", "--resume",
+                   "--out", "vq_resumed.json", cwd=tmp_path)  # fmt: skip
+    assert resumed.stdout.count(", loaded)") == 6
+    again = json.loads((tmp_path / "vq_resumed.json").read_text())["toy"]
+    assert again["jobs"]["loaded"] == 6
+    for manifold in ("sphere", "torus"):
+        for key in ("validation", "selected", "test", "parameters"):
+            assert again[manifold][key] == toy[manifold][key], (manifold, key)
+    # a job trained with other settings is refused by name, not silently reused
+    refused = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "vq_flows.py"), "--part", "toy", "--smoke",
+         "--device", "cpu", "--resume", "--noise", "0.05", "--out", "x.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)},
+    )  # fmt: skip
+    assert refused.returncode != 0 and "remove the file or run without --resume" in refused.stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 def check_vq_protocol(tmp_path, mnist_runs):
