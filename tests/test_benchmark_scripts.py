@@ -629,6 +629,20 @@ def check_robustness(tmp_path, mnist_runs):
         assert _finite(row["final_loss"], row["test_log_likelihood"])
 
 
+def check_validation_curves(tmp_path, mnist_runs):
+    run, _ = mnist_runs["maf"]
+    _run("validation_curves.py", "--smoke", str(run), "--figure", "fig/curves.png",
+         "--out", "res/curves.json", cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "res" / "curves.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    batch = json.loads((run / "config.json").read_text())["batch_size"]
+    c = report["runs"][run.name]
+    assert c["step"] == history["val_step"] and c["validation_nll"] == history["val_loss"]
+    assert c["epoch"] == [s * batch / 50_000 for s in c["step"]]
+    assert c["best_validation_nll"] == min(history["val_loss"]) and len(report["commit"]) == 40
+    assert (tmp_path / "fig" / "curves.png").stat().st_size > 0
+
+
 def check_mnist_classifier(tmp_path, fake_mnist):
     """Each seed trained and scored once; seed 0 cached where the metrics look."""
     data = fake_mnist(tmp_path / "data")
@@ -654,6 +668,7 @@ def check_mnist_classifier(tmp_path, fake_mnist):
 #            slow: more than about 10 s on one thread)
 SMOKE = {
     "mnist_classifier.py": (check_mnist_classifier, "fake_mnist", False),
+    "validation_curves.py": (check_validation_curves, "runs", False),
     "mnist_flows.py": (check_mnist_flows, "runs", False),
     "nif_mnist_eval.py": (check_nif_mnist_eval, "runs", True),
     "nif_prior_gap.py": (check_nif_prior_gap, "runs", True),
