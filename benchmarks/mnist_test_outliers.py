@@ -2,8 +2,9 @@
 
 A mean bits/dim can be moved by a single test image that a model puts far off its
 density; this prints, for each run of `mnist_flows.py` (best checkpoint, the same
-dequantization as its test figure), the mean and median bits/dim, the mean without the
-worst image, and that image's index and log-likelihood (logit space).
+dequantization as its test figure), the mean and median bits/dim and log-likelihood
+(logit space, nats), the means without the worst image, and that image's index and
+log-likelihood. The JSON records the command, commit and machine.
 
 Run:  PYRO_MANIFOLD_DATA=../shared/data python benchmarks/mnist_test_outliers.py \
           runs/mnist_maf runs/mnist_nif64
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from mnist_flows import SMOKE_TEST_IMAGES, per_image  # benchmarks/ is the script's directory
 from nif_mnist_eval import load_run
+from provenance import provenance
 
 from pyro_manifold.datasets import load_mnist
 
@@ -39,10 +41,14 @@ def main():
         lp, bpd = per_image(load_run(run), test)
         worst = int(lp.argmin())
         rest = torch.cat([bpd[:worst], bpd[worst + 1 :]])
+        lp_rest = torch.cat([lp[:worst], lp[worst + 1 :]])
         report[run] = {
             "bits_per_dim_mean": bpd.mean().item(),
             "bits_per_dim_median": bpd.median().item(),
             "bits_per_dim_mean_without_worst": rest.mean().item(),
+            "log_likelihood_logit_mean": lp.mean().item(),
+            "log_likelihood_logit_median": lp.median().item(),
+            "log_likelihood_logit_mean_without_worst": lp_rest.mean().item(),
             "worst_index": worst,
             "worst_log_likelihood_logit": lp[worst].item(),
         }
@@ -52,7 +58,8 @@ def main():
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"test_images": len(test), "runs": report}, indent=2))
+        report = {**provenance(), "test_images": len(test), "runs": report}
+        Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

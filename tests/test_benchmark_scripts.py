@@ -135,7 +135,12 @@ def check_mnist_test_outliers(tmp_path, mnist_runs):
         assert 0 <= row["worst_index"] < 256 and _finite(row["worst_log_likelihood_logit"])
         # dropping the worst image cannot raise the mean
         assert row["bits_per_dim_mean_without_worst"] <= row["bits_per_dim_mean"]
-        assert _finite(row["bits_per_dim_median"])
+        assert row["log_likelihood_logit_mean_without_worst"] >= row["log_likelihood_logit_mean"]
+        assert row["log_likelihood_logit_mean"] == pytest.approx(
+            mnist_runs[name][1]["test_log_likelihood_logit"], rel=1e-5
+        )
+        assert _finite(row["bits_per_dim_median"], row["log_likelihood_logit_median"])
+    assert len(report["commit"]) == 40 and "--smoke" in report["command"]
 
 
 def check_nif_protocol(tmp_path, mnist_runs):
