@@ -229,10 +229,15 @@ def toy_job(args, name, config, seed, train, vq_params, device):
     path = Path(args.toy_runs) / f"{name}_{config}_seed{seed}.pt"
     settings = {**{k: getattr(args, k) for k in TOY_JOB_SETTINGS}, "vq_params": vq_params}
     if args.resume and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved["settings"] != settings:
-            raise SystemExit(f"{path}: trained with {saved['settings']}, this run asks for "
-                             f"{settings}; remove the file or run without --resume")  # fmt: skip
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file: say which, and what to do
+            raise SystemExit(f"{path}: unreadable ({type(e).__name__}: {e}); remove it "
+                             "to train that job again") from None  # fmt: skip
+        if not isinstance(saved, dict) or saved.get("settings") != settings:
+            got = saved.get("settings") if isinstance(saved, dict) else type(saved).__name__
+            raise SystemExit(f"{path}: trained with {got}, this run asks for {settings}; "
+                             "remove the file or run without --resume")  # fmt: skip
         if vq:
             model.set_stage("flows", train)  # a trained VQ model's structure, then its weights
         model.load_state_dict(saved["state_dict"])

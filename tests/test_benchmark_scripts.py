@@ -532,16 +532,20 @@ def check_vq_flows(tmp_path, mnist_runs):
     for manifold in ("sphere", "torus"):
         for key in ("validation", "selected", "test", "parameters"):
             assert again[manifold][key] == toy[manifold][key], (manifold, key)
-    # a job trained with other settings is refused by name, not silently reused
-    refused = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "vq_flows.py"), "--part", "toy", "--smoke",
-         "--device", "cpu", "--resume", "--noise", "0.05", "--out", "x.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)},
-    )  # fmt: skip
-    assert refused.returncode != 0 and "remove the file or run without --resume" in refused.stderr
-    assert not (tmp_path / "x.json").exists()
+    # a job trained with other settings, or damaged, is refused by name, not reused
+
+    def refused(*extra):
+        command = [sys.executable, str(BENCHMARKS / "vq_flows.py"), "--part", "toy", "--smoke",
+                   "--device", "cpu", "--resume", "--out", "x.json", *extra]  # fmt: skip
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+        assert proc.returncode != 0 and not (tmp_path / "x.json").exists()
+        return proc.stderr
+
+    assert "remove the file or run without --resume" in refused("--noise", "0.05")
+    (tmp_path / "runs" / "smoke" / "vq_flows_toy" / jobs[0]).write_bytes(b"not a checkpoint")
+    assert f"{jobs[0]}: unreadable" in refused()
 
 
 def check_vq_protocol(tmp_path, mnist_runs):
