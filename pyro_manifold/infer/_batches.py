@@ -16,8 +16,12 @@ __all__ = ["MiniBatches", "as_tensors", "evaluation_batches"]
 BatchTransform = Callable[..., Sequence[Tensor]]
 
 
-def as_tensors(name: str, data: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+def as_tensors(
+    name: str, data: Tensor | Sequence[Tensor], finite: bool = True
+) -> tuple[Tensor, ...]:
     """Return ``data`` as a non-empty tuple of tensors with the same number of rows.
+
+    ``finite``: also refuse a floating tensor with a NaN or infinite entry.
 
     Example:
         >>> [tuple(t.shape) for t in as_tensors("data", (torch.zeros(3, 2), torch.zeros(3)))]
@@ -30,7 +34,7 @@ def as_tensors(name: str, data: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]
         )
     for i, t in enumerate(tensors):
         label = name if len(tensors) == 1 else f"{name}[{i}]"
-        check_tensor(label, t, min_dim=1, floating=False)
+        check_tensor(label, t, min_dim=1, floating=False, finite=finite)
         if t.shape[0] != tensors[0].shape[0]:
             raise ArgumentError(
                 f"{label}: expected {tensors[0].shape[0]} rows like {name}[0], got shape "

@@ -23,6 +23,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
 from pyro_manifold._validation import check_bool, check_choice, check_positive, check_positive_int
@@ -135,14 +136,22 @@ def _discover_param_sites(
     return param_sites(capture.trace.nodes, modules)
 
 
-def _data_tensors(name: str, data: object) -> tuple[Tensor, ...]:
-    """``data`` as tensors with the same rows, on a device that holds values."""
+def _data_tensors(
+    name: str, data: object, transform_batch: BatchTransform | None
+) -> tuple[Tensor, ...]:
+    """``data`` as tensors with the same rows, on a device that holds values.
+
+    Their finiteness is checked here only when the whole-data check will not read these
+    very tensors (it does, row by row and naming the row, under Pyro's validation
+    without a ``transform_batch``), so that no pass over the data is made twice.
+    """
     if not isinstance(data, Tensor | list | tuple):
         raise ArgumentTypeError(
             f"{name}: expected a tensor or a tuple of tensors with the same number of rows, "
             f"got {type(data).__name__}"
         )
-    tensors = as_tensors(name, data)
+    rows_checked_later = is_validation_enabled() and transform_batch is None
+    tensors = as_tensors(name, data, finite=not rows_checked_later)
     for i, t in enumerate(tensors):
         if t.is_meta:
             label = name if len(tensors) == 1 else f"{name}[{i}]"
@@ -155,10 +164,10 @@ def _check_data(
     validation_data: Tensor | Sequence[Tensor] | None,
     transform_batch: BatchTransform | None = None,
 ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None]:
-    data = _data_tensors("data", data)
+    data = _data_tensors("data", data, transform_batch)
     if validation_data is None:
         return data, None
-    val = _data_tensors("validation_data", validation_data)
+    val = _data_tensors("validation_data", validation_data, transform_batch)
     if len(data) != len(val):
         raise ArgumentError(
             f"validation_data: expected {len(data)} tensors like data, got {len(val)}"

@@ -27,6 +27,7 @@ from pyro_manifold._validation import (
     check_positive_int,
     check_tensor,
     check_widths,
+    is_binary,
 )
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.metrics import SAMPLE_BATCH, sample_in_batches
@@ -342,16 +343,15 @@ class FlowVAE(PyroModule):
             raise ArgumentError(
                 f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}"
             )
-        if self.likelihood == "bernoulli" and is_validation_enabled():
+        if self.likelihood == "bernoulli" and is_validation_enabled() and not is_binary(x):
             bad = (x != 0) & (x != 1)
-            if bool(bad.any()):
-                rows = bad.any(-1).nonzero().flatten()
-                raise ArgumentError(
-                    f"x: the Bernoulli likelihood expects binary data (0.0 or 1.0), got "
-                    f"{int(bad.sum())} other values (e.g. {x[bad][0].item():g}) in "
-                    f"{len(rows)} rows (first: row {first_row + int(rows[0])}); binarise the "
-                    "data (pyro_manifold.datasets.dynamic_binarize) or use likelihood='gaussian'"
-                )
+            rows = bad.any(-1).nonzero().flatten()
+            raise ArgumentError(
+                f"x: the Bernoulli likelihood expects binary data (0.0 or 1.0), got "
+                f"{int(bad.sum())} other values (e.g. {x[bad][0].item():g}) in "
+                f"{len(rows)} rows (first: row {first_row + int(rows[0])}); binarise the "
+                "data (pyro_manifold.datasets.dynamic_binarize) or use likelihood='gaussian'"
+            )
         return x
 
     def check_data(self, x: Tensor, num_samples: int | None = None, *, first_row: int = 0) -> None:

@@ -14,11 +14,19 @@ import pytest
 import torch
 from torch import nn
 
+from pyro_manifold._validation import is_binary
 from pyro_manifold.datasets import dynamic_binarize
 from pyro_manifold.errors import ArgumentError, CheckpointError
 from pyro_manifold.infer import NonFiniteLossError, fit, load_checkpoint
 from pyro_manifold.infer import _data_check as data_check
-from pyro_manifold.models import FlowVAE
+from pyro_manifold.models import (
+    Flow,
+    FlowVAE,
+    NoisyInjectiveFlow,
+    VariationalMixtureOfFlows,
+    VQAutoencoder,
+    VQFlow,
+)
 
 needs_sigkill = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
@@ -298,3 +306,74 @@ def test_non_finite_raw_data_is_refused_with_validation_off_too():
     x[63, 2] = float("nan")
     with pyro.validation_enabled(False), pytest.raises(ArgumentError, match="data"):
         fit(vae.model, vae.guide, x, num_steps=2, batch_size=16, device="cpu", progress=False)
+
+
+CHECKERS = {  # every model of pyro_manifold.models, 3-d data
+    "Flow": lambda: Flow(3, "realnvp", num_layers=1, hidden_dims=[8]),
+    "FlowVAE": lambda: FlowVAE(2, 3, hidden_dims=[8], likelihood="gaussian"),
+    "NoisyInjectiveFlow": lambda: NoisyInjectiveFlow(3, 1, top_layers=1, top_hidden_dims=[8]),
+    "VariationalMixtureOfFlows": lambda: VariationalMixtureOfFlows(3, 2, "realnvp"),
+    "VQFlow": lambda: VQFlow(3, num_charts=2, latent_dim=2, num_layers=1, hidden_dims=[8]),
+    "VQAutoencoder": lambda: VQAutoencoder(3, 2, 2, hidden_dims=[8]),
+}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", sorted(CHECKERS))
+def test_every_models_check_data_names_the_first_non_finite_row(name, value):
+    x = torch.zeros(10, 3)
+    x[4, 1] = x[7, 0] = value
+    with pyro.validation_enabled(False), pytest.raises(ArgumentError) as info:
+        CHECKERS[name]().check_data(x, first_row=50)  # values checked whatever the setting
+    assert str(info.value).startswith("x: expected finite values in every row, got 2 rows")
+    assert "(first: row 54, value" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_check_data_names_a_non_finite_row_before_the_models_other_refusals():
+    flow = CHECKERS["Flow"]()
+    x = torch.zeros(10, 3, dtype=torch.float64)  # the model is float32
+    with pytest.raises(ArgumentError, match=r"dtype"):
+        flow.check_data(x)
+    x[6, 2] = float("nan")
+    with pytest.raises(ArgumentError, match=r"expected finite values in every row.*first: row 6"):
+        flow.check_data(x)
+    with pytest.raises(TypeError, match=r"x: expected a torch.Tensor, got list"):
+        flow.check_data([[0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("which", ["data", "validation_data"])
+def test_fit_names_the_first_non_finite_row_of_raw_data_under_validation(which):
+    flow = CHECKERS["Flow"]()
+    sets = {"data": torch.randn(300, 3), "validation_data": torch.randn(90, 3)}
+    sets[which][77, 1] = float("inf")
+    before = [p.detach().clone() for p in flow.parameters()]
+    with pyro.validation_enabled(True), pytest.raises(ArgumentError) as info:
+        fit(flow.model, flow.guide, sets["data"], validation_data=sets["validation_data"],
+            num_steps=2, batch_size=32, device="cpu", progress=False)  # fmt: skip
+    assert str(info.value).startswith(f"{which}: expected finite values in every row, got 1 rows")
+    assert "(first: row 77, value inf)" in str(info.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "x, expected",
+    [
+        (torch.tensor([0.0, 1.0, -0.0, 1.0]), True),
+        (torch.zeros(0), True),
+        (torch.tensor([0.0, 0.5]), False),
+        (torch.tensor([0.0, 1.0 + 2**-23]), False),
+        (torch.tensor([1e-30, 1.0]), False),
+        (torch.tensor([0.0, 2.0]), False),
+        (torch.tensor([-1.0, 1.0]), False),
+        (torch.tensor([0.0, float("nan")]), False),
+        (torch.tensor([0.0, float("inf")]), False),
+        (torch.tensor([[0, 1], [1, 0]]), True),
+        (torch.tensor([0, 2]), False),
+        (torch.tensor([True, False]), True),
+    ],
+)
+def test_is_binary_against_comparing_every_entry(x, expected):
+    assert is_binary(x) is expected
+    if x.is_floating_point():
+        assert bool(((x == 0) | (x == 1)).all()) is expected
