@@ -113,3 +113,28 @@ def test_streaming_memory_smoke_writes_peaks(tmp_path):
         assert row["seconds"] > 0 and math.isfinite(row["mean_value"])
         if case.startswith("cli"):
             assert row["peak_before_mib"] == baseline
+
+
+def test_results_cpu_speed_table_is_the_committed_json():
+    """RESULTS.md's CPU speed table prints speed_cpu.json: its commit, times and ratios."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    section = text.split("### CPU: the 2-core machine, one thread, idle")[1].split("\n### ")[0]
+    result = json.loads((ROOT / "benchmarks" / "results" / "speed_cpu.json").read_text())
+    assert f"commit {result['info']['commit'][:7]}," in section
+    assert result["info"]["threads"] == 1 and not result["info"]["dirty"]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and
+            line[2:4] in ("VA", "MA", "NI", "VM", "VQ")]  # fmt: skip
+    assert len(rows) == len(result["rows"]) == 9
+    for cells, (name, row) in zip(rows, result["rows"].items(), strict=True):
+        spread = row["ours_over_torch"]
+        assert cells[1:5] == [
+            str(row["steps_per_round"]),
+            f"{row['torch']['median']:.3f}",
+            f"{row['ours']['median']:.3f}",
+            f"{row['pyro']['median']:.3f}",
+        ], name
+        assert cells[5] == f"{spread['median']:.2f} [{spread['min']:.2f}–{spread['max']:.2f}]"
+        assert (cells[7] == "yes") == (spread["median"] <= 1.05), name
+        small = row["batch"] <= 128
+        met = row["pyro_over_ours"]["median"] >= 1.2
+        assert cells[8].rstrip(" |") == (("yes" if met else "**no**") if small else "—"), name
