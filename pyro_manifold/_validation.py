@@ -183,8 +183,8 @@ def is_binary(x: Tensor) -> bool:
 
     For floating ``x``: :math:`0 \le \min x`, :math:`\max x \le 1` and no fractional
     part, decided by one min/max reduction and one pass of :func:`torch.frac` (NaN fails
-    both, an infinity the first), at about half the cost of comparing every entry with 0
-    and with 1. ``-0.0`` counts as 0, as ``-0.0 == 0`` does.
+    both, an infinity the first): no boolean temporaries, unlike comparing every entry
+    with 0 and with 1. ``-0.0`` counts as 0, as ``-0.0 == 0`` does.
 
     Example:
         >>> is_binary(torch.tensor([0.0, 1.0, -0.0])), is_binary(torch.tensor([0.0, 0.5]))
@@ -204,11 +204,12 @@ def check_data_rows(check_x: Callable[[Tensor], object], x: object, first_row: i
     """The body of a model's ``check_data``: ``check_x(x)`` with values, rows named.
 
     Runs the model's own check ``check_x`` with Pyro's validation on, so that its value
-    checks (finiteness among them) run whatever the global setting. When it refuses
-    ``x``, a non-finite entry is reported first, naming its row (as row
-    ``first_row + i``); any other refusal is raised as ``check_x`` made it. The values
-    are thus read once on the happy path (by ``check_x``), and again only to name a bad
-    row. See :mod:`pyro_manifold.infer._data_check` for the protocol.
+    checks run whatever the global setting; ``check_x`` must refuse non-finite values
+    itself (as :func:`check_input` does under validation). When it refuses a tensor of
+    rows (at least two dimensions), a non-finite entry is reported first, naming its row
+    (as row ``first_row + i``); any other refusal is raised as ``check_x`` made it. The
+    values are thus read once on the happy path (by ``check_x``), and again only to name
+    a bad row. See :mod:`pyro_manifold.infer._data_check` for the protocol.
 
     Example:
         >>> check_data_rows(lambda x: check_input("x", x, event_shape=(2,)), torch.zeros(3, 2))
@@ -221,10 +222,11 @@ def check_data_rows(check_x: Callable[[Tensor], object], x: object, first_row: i
         with pyro.validation_enabled(True):
             check_x(x)  # type: ignore[arg-type]
     except Exception:
-        try:
-            check_finite_rows("x", x, first_row)
-        except ArgumentError as named:  # a non-finite row is reported first, by its row
-            raise named from None
+        if isinstance(x, Tensor) and x.dim() >= 2:
+            try:
+                check_finite_rows("x", x, first_row)
+            except ArgumentError as named:  # a non-finite row is reported first, by its row
+                raise named from None
         raise
 
 

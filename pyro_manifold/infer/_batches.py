@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pyro_manifold._validation import check_tensor
+from pyro_manifold._validation import check_finite_rows, check_tensor
 from pyro_manifold.errors import ArgumentError
 
 __all__ = ["MiniBatches", "as_tensors", "evaluation_batches"]
@@ -21,7 +21,8 @@ def as_tensors(
 ) -> tuple[Tensor, ...]:
     """Return ``data`` as a non-empty tuple of tensors with the same number of rows.
 
-    ``finite``: also refuse a floating tensor with a NaN or infinite entry.
+    ``finite``: also refuse a floating tensor with a NaN or infinite entry, naming its
+    first such row.
 
     Example:
         >>> [tuple(t.shape) for t in as_tensors("data", (torch.zeros(3, 2), torch.zeros(3)))]
@@ -34,7 +35,9 @@ def as_tensors(
         )
     for i, t in enumerate(tensors):
         label = name if len(tensors) == 1 else f"{name}[{i}]"
-        check_tensor(label, t, min_dim=1, floating=False, finite=finite)
+        check_tensor(label, t, min_dim=1, floating=False, finite=False)
+        if finite:
+            check_finite_rows(label, t)
         if t.shape[0] != tensors[0].shape[0]:
             raise ArgumentError(
                 f"{label}: expected {tensors[0].shape[0]} rows like {name}[0], got shape "

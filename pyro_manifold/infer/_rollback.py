@@ -1,4 +1,4 @@
-r"""Undo ``fit``'s set-up when it fails: modules, the param store and a new run directory."""
+r"""Undo ``fit``'s set-up when it fails: modules, param store, generators, run directory."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pyro
 import torch
 from torch import nn
 
+from pyro_manifold.infer._state import rng_state, set_rng_state
 from pyro_manifold.infer.rundir import RunLock
 
 __all__ = ["SetUpRollback"]
@@ -20,7 +21,8 @@ class SetUpRollback:
     Restored in place: every parameter and buffer of ``modules`` (values, devices and
     dtypes; a parameter stays the same object, so an optimiser or the param store that
     holds it is not cut off) and their train/eval modes; the ``pyro.param`` sites
-    (values put back, sites created by the block removed); and, through ``lock``, a run
+    (values put back, sites created by the block removed); the global random generators
+    (torch's, numpy's and Python's, which the set-up seeds); and, through ``lock``, a run
     directory the block created (removed while it holds nothing but the lock file).
     After :meth:`done` a failure changes nothing here: training keeps its last good step.
 
@@ -49,6 +51,7 @@ class SetUpRollback:
         self._modes = [(owner, owner.training) for owner in owners]
         self._store = pyro.get_param_store().get_state()  # the tensor objects, and values:
         self._values = {k: v.detach().clone() for k, v in self._store["params"].items()}
+        self._rng: dict | None = rng_state()
         self._lock = lock
         self.finished = False
 
@@ -59,6 +62,7 @@ class SetUpRollback:
         """
         self.finished = True
         self._tensors, self._modes, self._store, self._values = [], [], {}, {}
+        self._rng = None
 
     def __enter__(self) -> SetUpRollback:
         return self
@@ -82,5 +86,7 @@ class SetUpRollback:
                     table[name] = value
         for owner, training in self._modes:
             owner.training = training
+        if self._rng is not None:
+            set_rng_state(self._rng)
         if self._lock is not None:
             self._lock.abandon()

@@ -22,8 +22,8 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO
-from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
 from pyro_manifold._validation import check_bool, check_choice, check_positive, check_positive_int
@@ -142,8 +142,9 @@ def _data_tensors(
     """``data`` as tensors with the same rows, on a device that holds values.
 
     Their finiteness is checked here only when the whole-data check will not read these
-    very tensors (it does, row by row and naming the row, under Pyro's validation
-    without a ``transform_batch``), so that no pass over the data is made twice.
+    very tensors (it does, row by row, under the validation flag it reads itself, without
+    a ``transform_batch``), so that no pass over the data is made twice. Either check
+    names the first bad row.
     """
     if not isinstance(data, Tensor | list | tuple):
         raise ArgumentTypeError(

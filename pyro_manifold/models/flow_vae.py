@@ -22,6 +22,7 @@ from pyro_manifold._validation import (
     check_bool,
     check_choice,
     check_data_rows,
+    check_finite,
     check_input,
     check_positive,
     check_positive_int,
@@ -338,12 +339,15 @@ class FlowVAE(PyroModule):
 
     # -- checks ----------------------------------------------------------------------
     def _check_x(self, x: Tensor, first_row: int = 0) -> Tensor:
-        check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2)
+        bernoulli = self.likelihood == "bernoulli"  # is_binary below refuses NaN and inf
+        check_input("x", x, self.prior_loc, event_shape=(self.data_dim,), min_dim=2,
+                    finite=not bernoulli)  # fmt: skip
         if x.dim() != 2:
             raise ArgumentError(
                 f"x: expected shape (N, {self.data_dim}), got shape {tuple(x.shape)}"
             )
-        if self.likelihood == "bernoulli" and is_validation_enabled() and not is_binary(x):
+        if bernoulli and is_validation_enabled() and not is_binary(x):
+            check_finite("x", x)  # a non-finite entry is reported as such
             bad = (x != 0) & (x != 1)
             rows = bad.any(-1).nonzero().flatten()
             raise ArgumentError(

@@ -318,6 +318,13 @@ CHECKERS = {  # every model of pyro_manifold.models, 3-d data
 }
 
 
+def test_the_checkers_above_are_every_model_of_the_package():
+    import pyro_manifold.models as models
+
+    exported = {n for n in models.__all__ if callable(getattr(getattr(models, n), "check_data", 0))}
+    assert set(CHECKERS) == exported
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("name", sorted(CHECKERS))
 def test_every_models_check_data_names_the_first_non_finite_row(name, value):
@@ -340,20 +347,48 @@ def test_check_data_names_a_non_finite_row_before_the_models_other_refusals():
         flow.check_data(x)
     with pytest.raises(TypeError, match=r"x: expected a torch.Tensor, got list"):
         flow.check_data([[0.0, 0.0, 0.0]])
+    for rowless in (torch.full((3,), float("nan")), torch.tensor(float("nan"))):  # no rows
+        with pytest.raises(ArgumentError, match=r"x: expected shape \(\*, 3\)"):
+            flow.check_data(rowless)
 
 
+def test_a_bernoulli_vaes_check_names_a_non_finite_entry_as_such():
+    vae = FlowVAE(2, 3, hidden_dims=[8])
+    x = (torch.rand(10, 3) < 0.5).float()
+    x[5, 1] = float("nan")
+    with pytest.raises(ArgumentError, match=r"expected finite values in every row.*row 5"):
+        vae.check_data(x)
+    with pyro.validation_enabled(True), pytest.raises(ArgumentError, match=r"^x: expected finite"):
+        vae.model(x)
+    x[5, 1] = 0.25
+    with pytest.raises(ArgumentError, match=r"Bernoulli likelihood expects binary data.*row 5"):
+        vae.check_data(x)
+
+
+@pytest.mark.parametrize("flags", ["both on", "both off", "distributions off", "infer off"])
 @pytest.mark.parametrize("which", ["data", "validation_data"])
-def test_fit_names_the_first_non_finite_row_of_raw_data_under_validation(which):
+def test_fit_names_the_first_non_finite_row_of_raw_data_whatever_the_validation(which, flags):
     flow = CHECKERS["Flow"]()
     sets = {"data": torch.randn(300, 3), "validation_data": torch.randn(90, 3)}
     sets[which][77, 1] = float("inf")
     before = [p.detach().clone() for p in flow.parameters()]
-    with pyro.validation_enabled(True), pytest.raises(ArgumentError) as info:
-        fit(flow.model, flow.guide, sets["data"], validation_data=sets["validation_data"],
-            num_steps=2, batch_size=32, device="cpu", progress=False)  # fmt: skip
+    rng = torch.get_rng_state()
+    on = {"both on": (True, True), "both off": (False, False),
+          "distributions off": (False, True), "infer off": (True, False)}[flags]  # fmt: skip
+    was = pyro.distributions.is_validation_enabled(), pyro.infer.util.is_validation_enabled()
+    pyro.distributions.enable_validation(on[0])
+    pyro.infer.enable_validation(on[1])
+    try:
+        with pytest.raises(ArgumentError) as info:
+            fit(flow.model, flow.guide, sets["data"], validation_data=sets["validation_data"],
+                num_steps=2, batch_size=32, device="cpu", progress=False, seed=5)  # fmt: skip
+    finally:
+        pyro.distributions.enable_validation(was[0])
+        pyro.infer.enable_validation(was[1])
     assert str(info.value).startswith(f"{which}: expected finite values in every row, got 1 rows")
     assert "(first: row 77, value inf)" in str(info.value)
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+    assert torch.equal(torch.get_rng_state(), rng)  # the seeding of the set-up undone
 
 
 @pytest.mark.parametrize(
