@@ -140,3 +140,22 @@ def test_results_cpu_speed_table_is_the_committed_json():
         small = row["batch"] <= 128
         met = pyro["median"] >= 1.2
         assert cells[8].rstrip(" |") == (("yes" if met else "**no**") if small else "—"), name
+
+
+def test_results_gpu_speed_table_is_the_device_runs_json():
+    """RESULTS.md's GPU speed table prints the device run's speed_cuda.json, as it came back."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    section = text.split("### GPU: one NVIDIA H200 (session 12)")[1].split("\n### ")[0]
+    folder = ROOT / "benchmarks" / "results" / "device_check_h200"
+    result = json.loads((folder / "speed_cuda.json").read_text())
+    assert f"commit {result['info']['commit'][:7]}" in section
+    assert result["info"]["device"] == "NVIDIA H200" and not result["info"]["dirty"]
+    table = section.split("| job | hand-written |")[1].split("\n\n")[0].splitlines()[2:]
+    rows = [line.split(" | ") for line in table]
+    assert len(rows) == len(result["rows"]) == 9
+    for cells, (name, row) in zip(rows, result["rows"].items(), strict=True):
+        ratios = [row[k] for k in ("ours_over_torch", "pyro_over_ours")]
+        expected = [f"{row[r]['median']:.3f}" for r in ("torch", "ours", "pyro")]
+        expected += [f"{d['median']:.2f} [{d['min']:.2f}–{d['max']:.2f}]" for d in ratios]
+        expected.append(f"{row['ours']['peak_extra_mib']:,.0f} |")
+        assert cells[1:] == expected, name
