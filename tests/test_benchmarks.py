@@ -159,3 +159,32 @@ def test_results_gpu_speed_table_is_the_device_runs_json():
         expected += [f"{d['median']:.2f} [{d['min']:.2f}–{d['max']:.2f}]" for d in ratios]
         expected.append(f"{row['ours']['peak_extra_mib']:,.0f} |")
         assert cells[1:] == expected, name
+
+
+def _signed(x: float, digits: int = 1) -> str:
+    """A number as RESULTS.md prints it (a true minus sign)."""
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
+def test_results_maf_ablation_table_is_the_runs_json():
+    """RESULTS.md's MAF ablation table prints mnist_maf_*.json and the outliers' JSON."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| run (`benchmarks/results/NAME.json`) | differs from ours in |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    results = ROOT / "benchmarks" / "results"
+    outliers = json.loads((results / "mnist_test_outliers_maf_ablation.json").read_text())["runs"]
+    assert len(table) == len(outliers) == 5
+    for line in table:
+        cells = [c.strip().strip("*") for c in line.strip("| ").split(" | ")]
+        name = cells[0].strip("`")
+        run = json.loads((results / f"{name}.json").read_text())
+        out = outliers[f"runs/{name}"]
+        assert cells[2].split()[0] == f"{run['epochs_run']:.0f}", name
+        assert cells[3].split()[0] == f"{run['best_validation_nll_logit']:.1f}", name
+        mean, se = run["test_log_likelihood_logit"], run["test_log_likelihood_logit_stderr"]
+        assert out["log_likelihood_logit_mean"] == pytest.approx(mean, abs=0.05), name
+        assert cells[4] == f"{_signed(mean)} ± {se:.1f}", name
+        assert cells[5] == _signed(out["log_likelihood_logit_mean_without_worst"]), name
+        assert cells[6] == _signed(out["log_likelihood_logit_median"]), name
+        bits = f"{out['bits_per_dim_mean']:.3f} ({out['bits_per_dim_median']:.3f})"
+        assert cells[7] == bits, name
