@@ -188,3 +188,21 @@ def test_results_maf_ablation_table_is_the_runs_json():
         assert cells[6] == _signed(out["log_likelihood_logit_median"]), name
         bits = f"{out['bits_per_dim_mean']:.3f} ({out['bits_per_dim_median']:.3f})"
         assert cells[7] == bits, name
+
+
+def test_results_maf_seed_rows_are_the_seeds_json():
+    """RESULTS.md's MAF rows per seed print mnist_maf_seed{0,1,2}.json (one commit)."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    results = ROOT / "benchmarks" / "results"
+    commits = set()
+    for seed in (0, 1, 2):
+        run = json.loads((results / f"mnist_maf_seed{seed}.json").read_text())
+        commits.add(run["commit"])
+        line = next(x for x in text.splitlines() if x.startswith(f"| MAF(5), ours, seed {seed} |"))
+        cells = [c.strip().strip("*") for c in line.strip("| ").split(" | ")]
+        mean, se = run["test_log_likelihood_logit"], run["test_log_likelihood_logit_stderr"]
+        assert cells[1] == f"{_signed(mean)} ± {se:.1f}", seed
+        bits, bits_se = run["test_bits_per_dim"], run["test_bits_per_dim_stderr"]
+        assert cells[2] == f"{bits:.3f} ± {bits_se:.3f}", seed
+        assert f"seed {seed} {_signed(mean)} ± {se:.1f}" in text.replace(",", ""), seed
+    assert len(commits) == 1 and f"(all at commit {commits.pop()[:7]})" in text
