@@ -206,3 +206,24 @@ def test_results_maf_seed_rows_are_the_seeds_json():
         assert cells[2] == f"{bits:.3f} ± {bits_se:.3f}", seed
         assert f"seed {seed} {_signed(mean)} ± {se:.1f}" in text.replace(",", ""), seed
     assert len(commits) == 1 and f"(all at commit {commits.pop()[:7]})" in text
+
+
+def test_results_vq_toy_table_is_the_toy_json():
+    """RESULTS.md's VQ-Flows 3D toy table prints vq_flows_toy.json's test scores."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| manifold | model (chosen on validation) | parameters | test MMD² ↓ |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    toy = json.loads((ROOT / "benchmarks" / "results" / "vq_flows_toy.json").read_text())["toy"]
+    names = {"sphere": "sphere", "torus": "torus", "Swiss roll": "swiss_roll",
+             "linked rings": "linked_rings"}  # fmt: skip
+    families = {"RealNVP": "realnvp", "VQ-RealNVP": "vq_realnvp"}
+    assert len(table) == 2 * len(names)
+    for line in table:
+        manifold, model, parameters, mmd2, distance = line.strip("| ").split(" | ")
+        family, configuration = model.rstrip(")").split(" (")
+        test = toy[names[manifold]]["test"][families[family]]
+        assert configuration == test["configuration"] == toy[names[manifold]]["selected"][
+            families[family]], line  # fmt: skip
+        assert parameters == str(test["parameters"]), line
+        assert mmd2 == f"{test['mmd2']['mean']:.2e} ± {test['mmd2']['std']:.2e}", line
+        assert distance == f"{test['distance']['mean']:.4f} ± {test['distance']['std']:.4f}", line
