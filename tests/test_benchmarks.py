@@ -227,3 +227,33 @@ def test_results_vq_toy_table_is_the_toy_json():
         assert parameters == str(test["parameters"]), line
         assert mmd2 == f"{test['mmd2']['mean']:.2e} ± {test['mmd2']['std']:.2e}", line
         assert distance == f"{test['distance']['mean']:.4f} ± {test['distance']['std']:.4f}", line
+
+
+def _check_stats_cell(cell: str, stats: dict, label: str) -> None:
+    """A 'mean ± std (per seed, ...)' cell of RESULTS.md against the JSON's statistics."""
+    cell = cell.replace("**", "")
+    assert cell.startswith(f"{_signed(stats['mean'], 3)} ± {stats['std']:.3f}"), label
+    inside = cell.partition("(")[2].rstrip(")")
+    if inside and inside[0] in "−0123456789":  # the seeds' values, in order
+        assert inside == ", ".join(_signed(v, 3) for v in stats["per_seed"]), label
+
+
+def test_results_vmonf_pinwheel_test_table_is_the_json():
+    """RESULTS.md's pinwheel test table prints vmonf_pinwheel.json's test scores."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| pinwheel, 5 wings | parameters | clustering accuracy | test log-likelihood (nats) |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    test = json.loads((ROOT / "benchmarks" / "results" / "vmonf_pinwheel.json").read_text())
+    test = test["pinwheel"]["test"]
+    rows = {"VMoNF, k-means start": "VMoNF (kmeans)", "single RealNVP": "single flow (8 layers)",
+            "k-means alone": "k-means", "Gaussian mixture": "Gaussian mixture (EM)"}  # fmt: skip
+    assert len(table) == len(rows) == len(test)
+    for line in table:
+        label, parameters, accuracy, log_likelihood = line.strip("| ").split(" | ")
+        entry = test[next(v for k, v in rows.items() if label.startswith(k))]
+        assert parameters.replace(",", "") == str(entry.get("parameters", "—")), label
+        for cell, key in ((accuracy, "accuracy"), (log_likelihood, "test_log_likelihood")):
+            if key in entry:
+                _check_stats_cell(cell, entry[key], f"{label}: {key}")
+            else:
+                assert cell == "—", label
