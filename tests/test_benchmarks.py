@@ -257,3 +257,39 @@ def test_results_vmonf_pinwheel_test_table_is_the_json():
                 _check_stats_cell(cell, entry[key], f"{label}: {key}")
             else:
                 assert cell == "—", label
+
+
+def test_results_vmonf_circles_test_table_is_the_json():
+    """RESULTS.md's two-circles test table prints vmonf_circles.json's test scores."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| two circles | parameters | clustering accuracy | test log-likelihood (nats) |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    circles = json.loads((ROOT / "benchmarks" / "results" / "vmonf_circles.json").read_text())
+    circles = circles["circles"]
+    semi = "semi-supervised (64 labels)"
+    rows = {
+        "unsupervised: VMoNF `paper`": ("unsupervised", "VMoNF (paper)"),
+        "unsupervised: k-means": ("unsupervised", "k-means"),
+        "unsupervised: Gaussian mixture": ("unsupervised", "Gaussian mixture (EM)"),
+        "64 labels: VMoNF `paper+anneal`": (semi, "VMoNF (paper+anneal)"),
+        "64 labels: k-means": (semi, "k-means seeded by the labels"),
+        "64 labels: Gaussian mixture": (semi, "Gaussian mixture (EM), labels fixed"),
+        "64 labels: nearest labelled point": (semi, "1-NN on the 64 labels"),
+    }
+    assert len(table) == len(rows)
+    assert (
+        sum(len(circles[s]["test"]) for s in ("unsupervised", "semi-supervised (64 labels)")) == 7
+    )
+    for line in table:
+        label, parameters, accuracy, log_likelihood = line.strip("| ").split(" | ")
+        setting, name = next(v for k, v in rows.items() if label.startswith(k))
+        entry = circles[setting]["test"][name]
+        assert parameters.replace(",", "") == str(entry.get("parameters", "—")), label
+        if not entry["seeds"]:  # deterministic: one value, no spread
+            assert accuracy.replace("**", "") == f"{entry['accuracy']['mean']:.3f}", label
+        else:
+            _check_stats_cell(accuracy, entry["accuracy"], label)
+        if "test_log_likelihood" in entry:
+            _check_stats_cell(log_likelihood, entry["test_log_likelihood"], label)
+        else:
+            assert log_likelihood == "—", label
