@@ -293,3 +293,17 @@ def test_results_vmonf_circles_test_table_is_the_json():
             _check_stats_cell(log_likelihood, entry["test_log_likelihood"], label)
         else:
             assert log_likelihood == "—", label
+
+
+def test_results_classifier_figures_are_the_json():
+    """RESULTS.md's classifier figures (claims row and section) print mnist_classifier.json."""
+    text = " ".join((ROOT / "benchmarks" / "RESULTS.md").read_text().split())
+    result = json.loads((ROOT / "benchmarks" / "results" / "mnist_classifier.json").read_text())
+    seeds = [f"{100 * result['runs'][str(s)]['test_accuracy']:.2f}%" for s in (0, 1, 2)]
+    mean, std = 100 * result["test_accuracy"]["mean"], 100 * result["test_accuracy"]["std"]
+    assert result["seeds"] == [0, 1, 2] and result["met"] and not result["uncommitted_changes"]
+    assert f"{mean:.2f}% ± {std:.2f} (seeds: {', '.join(seeds)})" in text
+    assert (
+        f"seeds 0, 1, 2 give {', '.join(seeds[:2])}, {seeds[2]}, mean {mean:.2f}% ± {std:.2f}"
+        in text
+    )
