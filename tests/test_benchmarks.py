@@ -307,3 +307,25 @@ def test_results_classifier_figures_are_the_json():
         f"seeds 0, 1, 2 give {', '.join(seeds[:2])}, {seeds[2]}, mean {mean:.2f}% ± {std:.2f}"
         in text
     )
+
+
+def test_results_protocol_runs_figures_are_the_runs_json():
+    """The figures of finished protocol jobs in RESULTS.md's "Protocol runs" table."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| NIF claims 1, 2, 4 |"))
+    results = ROOT / "benchmarks" / "results"
+    for noise in ("1", "04", "01"):
+        run = json.loads((results / "nif_protocol_runs" / f"nif64_image_noise{noise}_seed0.json")
+                         .read_text())  # fmt: skip
+        assert "test_log_likelihood_logit" not in run  # validation only
+        figure = (f"{_signed(run['validation_log_likelihood_logit'])} ± "
+                  f"{run['validation_log_likelihood_logit_stderr']:.1f}")  # fmt: skip
+        assert figure in row and f"{run['validation_bits_per_dim']:.3f}" in row, noise
+    row = next(x for x in text.splitlines() if x.startswith("| VMoNF MNIST 0–4 |"))
+    run = json.loads((results / "vmonf_mnist_runs" / "unsupervised_paper_seed0.json").read_text())
+    validation = run["mnist"]["validation"]
+    assert run["mnist"]["split"] == "validation" and run["commit"][:7] in row
+    assert f"validation log-likelihood {_signed(validation['log_likelihood'])} nats" in row
+    assert (
+        f"clustering accuracy {validation['accuracy']:.3f} with NMI {validation['nmi']:.1f}" in row
+    )
