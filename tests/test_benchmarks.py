@@ -329,3 +329,50 @@ def test_results_protocol_runs_figures_are_the_runs_json():
     assert (
         f"clustering accuracy {validation['accuracy']:.3f} with NMI {validation['nmi']:.1f}" in row
     )
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def _claims_row(text: str, claim: str) -> str:
+    return next(x for x in text.splitlines() if x.startswith(f"| {claim}"))
+
+
+def test_results_claims_rows_print_their_json():
+    """Each headline figure of RESULTS.md's claims table is in the JSON its row names."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    nif = _load("nif_mnist_eval_nif64_dense_noise04_gmm10.json")
+    vq = _load("vq_flows_mnist_cpu.json")["mnist"]
+    unsupervised = _load("vmonf_mnist_cpu_kmeans_encoder.json")["mnist"]["unsupervised"]
+    semi = _load("vmonf_mnist_cpu_semi_6000.json")["mnist"]["semi-supervised (100 labels)"]
+    vae = {e: _load(f"flow_vae_mnist_cpu_{e}{n}/results.json")["runs"][e]
+           for e, n in (("gaussian", 1200), ("iaf", 1200), ("pcp", 120))}  # fmt: skip
+
+    def end(name: str) -> str:  # the Fréchet distance after the last step, mean ± std
+        last = vq[name]["frechet"][-1]
+        return f"{last['mean']:.1f} ± {last['std']:.1f}"
+
+    expected = {
+        "NIF claim 1": [f"{nif['bits_per_dim']['NIF-64']:.4f}"],
+        "NIF claim 2": [f"{nif['frechet']['NIF-64 s=0']:.1f}"],
+        "NIF claim 4": [f"{nif['embedding']['NIF-64']['knn10_accuracy']:.3f} (linear probe "
+                        f"{nif['embedding']['NIF-64']['linear_probe_accuracy']:.3f})"],
+        "VMoNF MNIST 0–4, unsupervised": [
+            f"{unsupervised['accuracy']:.3f} by q(k\\|x) (exact posterior "
+            f"{unsupervised['exact_posterior_accuracy']:.3f}; NMI {unsupervised['nmi']:.3f})"],
+        "VMoNF MNIST 0–4, 100 labels": [
+            f"{semi['accuracy']:.3f} by q(k\\|x), {semi['exact_posterior_accuracy']:.3f} by the "
+            "exact posterior"],
+        "VQ-RealNVP vs RealNVP on MNIST": [f"β = 1.0: {end('vq_realnvp_beta1')}",
+                                           f"default β = 0.25: {end('vq_realnvp')}"],
+        "VQ-MAF vs MAF on MNIST": [f"β = 1.0: {end('vq_maf_beta1')}",
+                                   f"default β = 0.25: {end('vq_maf')}"],
+        **{f"VAE, {label} encoder": [f"{vae[e]['test_nll_iwae']:.2f} ± "
+                                     f"{vae[e]['test_nll_iwae_stderr']:.2f}"]
+           for e, label in (("gaussian", "Gaussian"), ("iaf", "IAF"), ("pcp", "PCP-Map"))},
+    }  # fmt: skip
+    for claim, figures in expected.items():
+        row = _claims_row(text, claim)
+        for figure in figures:
+            assert figure in row.split(" | ")[1], (claim, figure)
