@@ -376,3 +376,41 @@ def test_results_claims_rows_print_their_json():
         row = _claims_row(text, claim)
         for figure in figures:
             assert figure in row.split(" | ")[1], (claim, figure)
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    """'mean ± sample std' as RESULTS.md prints the seeds of a configuration."""
+    import statistics
+
+    return f"{_signed(statistics.mean(values), digits)} ± {statistics.stdev(values):.{digits}f}"
+
+
+def test_results_vmonf_validation_tables_are_the_json():
+    """The pinwheel and circles tables of every configuration tried, on validation."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    pinwheel = _load("vmonf_pinwheel.json")["pinwheel"]["validation"]
+    header = "| pinwheel configuration | validation log-likelihood (the rule) |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    names = {"VMoNF `paper`": "paper", "VMoNF `paper+anneal`": "paper+anneal",
+             "VMoNF `kmeans`": "kmeans", "single flow, 4 layers": "flow (4 layers)",
+             "single flow, 8 layers": "flow (8 layers)"}  # fmt: skip
+    assert len(table) == len(names) == len(pinwheel)
+    for line in table:
+        label, log_likelihood, accuracy, steps = line.strip("| ").split(" | ")
+        entry = pinwheel[next(v for k, v in names.items() if label.startswith(k))]
+        assert log_likelihood.strip("*") == _mean_sd(entry["val_log_likelihood"]), label
+        want = _mean_sd(entry["val_accuracy"]) if entry["val_accuracy"] else "—"
+        assert accuracy == want, label
+        assert steps == f"{min(entry['best_step'])}–{max(entry['best_step'])}", label
+    circles = _load("vmonf_circles.json")["circles"]
+    header = "| circles configuration | validation log-likelihood (the rule) |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    assert len(table) == 6
+    for line in table:
+        label, log_likelihood, accuracy = line.strip("| ").split(" | ")
+        setting, config = label.split(" `")
+        setting = {"unsupervised": "unsupervised", "64 labels": "semi-supervised (64 labels)"}[
+            setting]  # fmt: skip
+        entry = circles[setting]["validation"][config.strip("`")]
+        assert log_likelihood.strip("*") == _mean_sd(entry["val_log_likelihood"]), label
+        assert accuracy == _mean_sd(entry["val_accuracy"]), label
