@@ -414,3 +414,43 @@ def test_results_vmonf_validation_tables_are_the_json():
         entry = circles[setting]["validation"][config.strip("`")]
         assert log_likelihood.strip("*") == _mean_sd(entry["val_log_likelihood"]), label
         assert accuracy == _mean_sd(entry["val_accuracy"]), label
+
+
+def test_results_vae_table_is_the_runs_json():
+    """RESULTS.md's Flow-VAE table prints each run's results.json (epochs, IWAE NLL)."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| encoder | epochs | test NLL (nats) | target |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    folders = {("Gaussian", "500"): "gaussian", ("Gaussian", "1200"): "gaussian1200",
+               ("IAF (2 layers)", "350"): "iaf", ("IAF (2 layers)", "1200"): "iaf1200",
+               ("Gaussian", "120"): "gaussian120",
+               ("PCP-Map (2 layers, PICNN 64-64)", "120"): "pcp120"}  # fmt: skip
+    assert len(table) == len(folders)
+    for line in table:
+        encoder, epochs, nll = line.strip("| ").split(" | ")[:3]
+        runs = _load(f"flow_vae_mnist_cpu_{folders[encoder, epochs]}/results.json")["runs"]
+        (run,) = runs.values()
+        assert f"{run['epochs']:.0f}" == epochs, line
+        assert nll.replace("**", "").startswith(
+            f"{run['test_nll_iwae']:.2f} ± {run['test_nll_iwae_stderr']:.2f}"), line  # fmt: skip
+
+
+def test_results_vq_mnist_table_is_the_json():
+    """RESULTS.md's VQ-Flows MNIST table prints vq_flows_mnist_cpu.json's Fréchet distances."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = (
+        "| model | commitment β | parameters | seeds | step 1000 | step 2000 | step 3000 (end) |"
+    )
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    runs = _load("vq_flows_mnist_cpu.json")["mnist"]
+    names = {("RealNVP", ""): "realnvp", ("VQ-RealNVP", "0.25"): "vq_realnvp",
+             ("VQ-RealNVP", "1.0"): "vq_realnvp_beta1", ("MAF", ""): "maf",
+             ("VQ-MAF", "0.25"): "vq_maf", ("VQ-MAF", "1.0"): "vq_maf_beta1"}  # fmt: skip
+    assert len(table) == len(names)
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        run = runs[names[cells[0], cells[1]]]
+        assert run["steps"] == [1000, 2000, 3000] and cells[3] == str(len(run["seeds"])), line
+        for cell, at in zip(cells[4:7], run["frechet"], strict=True):
+            assert cell.strip("*") == f"{at['mean']:.1f} ± {at['std']:.1f}", line
+        assert cells[7] == ", ".join(f"{v:.1f}" for v in run["frechet"][-1]["values"]), line
