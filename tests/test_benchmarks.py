@@ -454,3 +454,26 @@ def test_results_vq_mnist_table_is_the_json():
         for cell, at in zip(cells[4:7], run["frechet"], strict=True):
             assert cell.strip("*") == f"{at['mean']:.1f} ± {at['std']:.1f}", line
         assert cells[7] == ", ".join(f"{v:.1f}" for v in run["frechet"][-1]["values"]), line
+
+
+def test_results_nif_headline_table_is_the_json():
+    """RESULTS.md's NIF headline table prints the evaluation JSONs of the NIF and the NF."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = (
+        "| | bits/dim (exact) | Fréchet s = 0 | s = 0.5 | s = 1 | 10-NN on latents | linear probe |"
+    )
+    nif_row, nf_row = text.split(header)[1].split("\n\n")[0].splitlines()[2:4]
+    nif = _load("nif_mnist_eval_nif64_dense_noise04_gmm10.json")
+    se = nif["prior_flow"]["NIF-64"]["iwae_bits_per_dim_stderr"]
+    embedding = nif["embedding"]["NIF-64"]
+    want = [f"{nif['bits_per_dim']['NIF-64']:.4f} ± {se:.3f}",
+            *(f"{nif['frechet'][f'NIF-64 s={s}']:.1f}" for s in ("0", "0.5", "1")),
+            f"{embedding['knn10_accuracy']:.3f}",
+            f"{embedding['linear_probe_accuracy']:.3f}"]  # fmt: skip
+    assert [c.strip("* ") for c in nif_row.strip("| ").split(" | ")[1:]] == want
+    nf, maf = _load("nif_mnist_eval.json"), _load("mnist_maf.json")
+    cells = [c.strip() for c in nf_row.strip("|").split("|")]
+    assert cells[1] == f"{maf['test_bits_per_dim']:.3f} ± {maf['test_bits_per_dim_stderr']:.3f}"
+    assert cells[2] == f"{nf['frechet']['NF t=1']:.1f} (t = 1)"
+    assert cells[5:] == [f"{nf['embedding']['NF'][k]:.3f}"
+                         for k in ("knn10_accuracy", "linear_probe_accuracy")]  # fmt: skip
