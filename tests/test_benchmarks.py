@@ -477,3 +477,35 @@ def test_results_nif_headline_table_is_the_json():
     assert cells[2] == f"{nf['frechet']['NF t=1']:.1f} (t = 1)"
     assert cells[5:] == [f"{nf['embedding']['NF'][k]:.3f}"
                          for k in ("knn10_accuracy", "linear_probe_accuracy")]  # fmt: skip
+
+
+def _numbers(obj) -> list[float]:
+    """Every number in a JSON document (nested dicts and lists)."""
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return [obj] if isinstance(obj, int | float) and not isinstance(obj, bool) else []
+
+
+def test_results_nif_configurations_table_figures_are_in_the_named_json():
+    """Every decimal figure of "Every NIF configuration tried" is in the JSONs its row names."""
+    import re
+
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| latent, A, initial noise | prior | bits/dim | Fréchet s = 0 |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    checked = 0
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        names = re.findall(r"`([^`]+\.json)`", cells[-1])
+        if not names:
+            continue  # a run stopped early, no JSON kept (the row says so)
+        values = [x for name in names for x in _numbers(_load(name))]
+        # a median in parentheses is mnist_test_outliers.py's printout (the text below says so)
+        figures = re.sub(r"\(median [\d.]+\)", "", " ".join(cells[2:-1]))
+        for token in re.findall(r"\d+\.\d+", figures):
+            digits = len(token.split(".")[1])
+            assert any(round(abs(v), digits) == float(token) for v in values), (line, token)
+            checked += 1
+    assert checked > 80
