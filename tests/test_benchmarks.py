@@ -509,3 +509,63 @@ def test_results_nif_configurations_table_figures_are_in_the_named_json():
             assert any(round(abs(v), digits) == float(token) for v in values), (line, token)
             checked += 1
     assert checked > 80
+
+
+# tables whose every decimal figure must be in the JSON their text names: a table's header
+# (its first cells), the JSON files (None: those named in the row's last cell), the columns
+# checked (from the second)
+NAMED_JSON_TABLES = {
+    "NF controls": ("| NF (MAF(5), the run above) | test bits/dim (exact) |",
+                    ["nf_mixture_base.json", "mnist_maf.json", "nif_mnist_eval.json"]),
+    "NIF prior gap": ("| dense NIF-64, initial noise | Fréchet s = 0, z ~ N(0, I) |",
+                      ["nif_prior_gap.json"]),
+    "VMoNF MNIST, pre-protocol": ("| MNIST 0–4 | start | accuracy, q(k\\|x) |", None),
+    "VQ-MNIST draws in their regions": ("| model | Fréchet, draws inside their region |",
+                                        ["vq_flows_mnist_cpu.json"]),
+    "VQ-MNIST dimension": ("| d | Fréchet distance (1000 samples) |",
+                           ["vq_flows_dimension_cpu.json", "vq_flows_mnist_cpu.json"]),
+    "robustness": ("| model | data (5,000 points) | steps | final loss |", ["robustness.json"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("table", sorted(NAMED_JSON_TABLES))
+def test_results_table_figures_are_in_the_named_json(table):
+    """Every decimal figure of these RESULTS.md tables is a value of the JSON named for it."""
+    import re
+
+    header, names = NAMED_JSON_TABLES[table]
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    assert text.count(header) == 1, table
+    rows = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    checked = 0
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        files = names or re.findall(r"`([^`]+\.json)`", cells[-1])
+        documents = [_load(name) for name in files]
+        for merged in [d["merged"] for d in documents if "merged" in d]:  # and their parts
+            documents += [_load(Path(part).name) for part in merged]
+        values = [x for document in documents for x in _numbers(document)]
+        figures = re.sub(r"[≥≤] [\d.]+", "", " ".join(cells[1:]))  # an issue's bar, not a figure
+        for token in re.findall(r"\d[\d,]*\.\d+", figures):
+            digits = len(token.split(".")[1])
+            number = float(token.replace(",", ""))
+            assert any(round(abs(v), digits) == number for v in values), (line, token)
+            checked += 1
+    assert checked >= len(rows), table
+
+
+def test_results_vq_in_regions_table_is_the_json():
+    """The Fréchet distances of draws kept in their regions: vq_flows_mnist_cpu.json's."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| model | Fréchet, draws inside their region | per seed |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    runs = _load("vq_flows_mnist_cpu.json")["mnist"]
+    names = {"VQ-MAF, β = 0.25": "vq_maf_in_regions", "VQ-MAF, β = 1.0": "vq_maf_beta1_in_regions",
+             "VQ-RealNVP, β = 1.0": "vq_realnvp_beta1_in_regions"}  # fmt: skip
+    assert len(table) == len(names)
+    for line in table:
+        label, frechet, per_seed, _ = [c.strip() for c in line.strip("|").split("|")]
+        end = runs[names[label]]["frechet"][-1]
+        assert runs[names[label]]["steps"][-1] == 3000
+        assert frechet == f"{end['mean']:.1f} ± {end['std']:.1f}", label
+        assert per_seed == ", ".join(f"{v:.1f}" for v in end["values"]), label
