@@ -569,3 +569,19 @@ def test_results_vq_in_regions_table_is_the_json():
         assert runs[names[label]]["steps"][-1] == 3000
         assert frechet == f"{end['mean']:.1f} ± {end['std']:.1f}", label
         assert per_seed == ", ".join(f"{v:.1f}" for v in end["values"]), label
+
+
+def test_results_gpu_vmonf_k_table_is_the_device_runs_json():
+    """The GPU table of VMoNF against K prints device_check.json's vmonf_k section."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    header = "| K | ours | hand-written | ours / hand-written | ours / ours at K = 1 | peak MiB |"
+    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    section = _load("device_check_h200/device_check.json")["sections"]["vmonf_k"]
+    assert section["status"] == "ok" and len(table) == len(section["result"]) == 5
+    for line in table:
+        k, ours, torch_, ratio, over_k1, peak = [c.strip() for c in line.strip("|").split("|")]
+        row = section["result"][f"K={k}"]
+        assert ours == f"{1000 * row['seconds_per_step_ours']:.2f}", k
+        assert torch_ == f"{1000 * row['seconds_per_step_torch']:.2f}", k
+        assert (ratio, over_k1) == (f"{row['ours_over_torch']:.2f}", f"{row['over_K1']:.2f}"), k
+        assert peak == f"{row['peak_mib']:,.0f}", k
