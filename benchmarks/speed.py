@@ -36,6 +36,10 @@ timed round. Every time is seconds per step times the steps in one epoch of ``--
 ratios are taken within each round (paired) and reported as median [min, max]. On CUDA
 the peak of extra device memory during a runner's rounds is recorded too.
 
+``--setup-rounds K`` adds, after the rounds, K measures of fit's per-call set-up
+(``2 T(n) - T(2n)`` from one ``fit`` call of the round's n steps and one of 2n, on the
+warm module): ``ours_setup_seconds`` and its median's share of a round of ours.
+
 Targets (issue 23): ours/torch <= 1.05 (median) on every job; pyro/ours >= 1.2 at batch
 <= 128 on the CPU, >= 3 at batch 128 on a GPU.
 
@@ -323,8 +327,18 @@ def zuko_available() -> bool:
     return True
 
 
+def setup_seconds(run: Callable[[int], None], steps: int, device: torch.device) -> float:
+    r"""fit's per-call set-up: :math:`2\,T(n) - T(2n)` from one call of n steps and one of 2n.
+
+    ``run`` is ``ours_runner``'s (one whole ``fit`` call per run); a call of n steps costs
+    the set-up :math:`S` plus n steps, so :math:`2T(n) - T(2n) = S`.
+    """
+    return 2 * timed(run, steps, device)[0] - timed(run, 2 * steps, device)[0]
+
+
 def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
-             round_seconds: float, epoch_size: int, runners=RUNNERS) -> dict:  # fmt: skip
+             round_seconds: float, epoch_size: int, runners=RUNNERS,
+             setup_rounds: int = 0) -> dict:  # fmt: skip
     """Interleaved rounds of ``runners`` on one job; seconds per epoch and paired ratios."""
     names = [
         r
@@ -350,6 +364,11 @@ def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
         row[r] = spread(seconds[r]) | {"rounds": seconds[r]}
         if device.type == "cuda":
             row[r]["peak_extra_mib"] = max(peaks[r])
+    if setup_rounds:  # after the interleaved rounds, so that they are timed as before
+        setups = [setup_seconds(runs["ours"], steps, device) for _ in range(setup_rounds)]
+        row["ours_setup_seconds"] = spread(setups) | {"rounds": setups}
+        round_seconds_ours = row["ours"]["median"] / math.ceil(epoch_size / job.batch) * steps
+        row["ours_setup_share_of_round"] = statistics.median(setups) / round_seconds_ours
     if "graph" in runs:  # why fit ran the step eagerly, if it did
         row["graph_notes"] = sorted(runs["graph"].notes)
     pairs = {"ours_over_torch": ("ours", "torch"), "pyro_over_ours": ("pyro", "ours"),
@@ -416,6 +435,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="target seconds of one runner's round (default 3 on CPU, 1 on CUDA)",
     )
     p.add_argument("--epoch-size", type=int, default=60_000)
+    p.add_argument(
+        "--setup-rounds",
+        type=int,
+        default=0,
+        help="after the rounds, this many measures of fit's per-call set-up (2 T(n) - T(2n))",
+    )
     p.add_argument("--jobs", nargs="+", default=None, help="a subset of the job names")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 rounds of 2 steps")
     p.add_argument("--out", default=None, help="default benchmarks/results/speed_DEVICE.json")
@@ -436,8 +461,12 @@ def main(argv: list[str] | None = None) -> dict:
         if args.jobs and name not in args.jobs:
             continue
         rows[name] = time_job(job, device, args.rounds, args.steps, round_seconds,
-                              args.epoch_size)  # fmt: skip
+                              args.epoch_size, setup_rounds=args.setup_rounds)  # fmt: skip
         print_row(name, rows[name])
+        if "ours_setup_seconds" in rows[name]:
+            setup = rows[name]["ours_setup_seconds"]
+            print(f"{'':<21}fit's set-up per call: {fmt(setup)} s, "
+                  f"{rows[name]['ours_setup_share_of_round']:.1%} of a round of ours")  # fmt: skip
     result = {"info": info, "args": vars(args), "rows": rows}
     out = Path(args.out or f"benchmarks/results/speed_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 def test_speed_smoke_writes_interleaved_rounds(tmp_path):
     out = tmp_path / "speed.json"
     proc = _run("speed.py", "--device", "cpu", "--smoke", "--jobs", "VAE gaussian b128",
-                "VMoNF K=1 b128", "--out", str(out))  # fmt: skip
+                "VMoNF K=1 b128", "--setup-rounds", "2", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["info"]["commit"] and result["info"]["device"] == "cpu"
@@ -31,6 +31,29 @@ def test_speed_smoke_writes_interleaved_rounds(tmp_path):
         ratio = row["ours_over_torch"]
         pairs = [o / t for o, t in zip(row["ours"]["rounds"], row["torch"]["rounds"], strict=True)]
         assert ratio["median"] == pytest.approx(sorted(pairs)[0] / 2 + sorted(pairs)[1] / 2)
+        assert len(row["ours_setup_seconds"]["rounds"]) == 2
+        assert row["ours_setup_share_of_round"] == pytest.approx(
+            row["ours_setup_seconds"]["median"]
+            / (row["ours"]["median"] / math.ceil(60_000 / row["batch"]) * 2))  # fmt: skip
+    assert "fit's set-up per call" in proc.stdout
+
+
+def test_setup_seconds_recovers_a_known_set_up(monkeypatch):
+    """2 T(n) - T(2n) is the per-call set-up of a runner that costs S + n t."""
+    import time
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import speed
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def run(steps):  # a set-up of 0.25 s and 0.125 s a step, on a fake clock
+        clock[0] += 0.25 + 0.125 * steps
+
+    assert speed.setup_seconds(run, 10, torch.device("cpu")) == pytest.approx(0.25)
 
 
 def test_speed_refuses_an_unknown_job(tmp_path):
