@@ -608,3 +608,17 @@ def test_results_gpu_vmonf_k_table_is_the_device_runs_json():
         assert torch_ == f"{1000 * row['seconds_per_step_torch']:.2f}", k
         assert (ratio, over_k1) == (f"{row['ours_over_torch']:.2f}", f"{row['over_K1']:.2f}"), k
         assert peak == f"{row['peak_mib']:,.0f}", k
+
+
+def test_results_setup_figures_are_the_setup_json():
+    """The per-call set-up figures of RESULTS.md's speed section print speed_cpu_setup.json."""
+    text = " ".join((ROOT / "benchmarks" / "RESULTS.md").read_text().split())
+    result = _load("speed_cpu_setup.json")
+    assert result["args"]["setup_rounds"] == 3 and not result["info"]["dirty"]
+    assert f"(commit {result['info']['commit'][:7]}, the trainings paused;" in text
+    for row in result["rows"].values():
+        setup = row["ours_setup_seconds"]
+        low, high = _signed(setup["min"], 2), _signed(setup["max"], 2)
+        assert f"{setup['median']:.2f} s [{low}–{high}]" in text
+    shares = [row["ours_setup_share_of_round"] for row in result["rows"].values()]
+    assert f"{100 * min(shares):.1f}–{100 * max(shares):.1f}% of a round of ours" in text
