@@ -518,48 +518,58 @@ def test_results_nif_configurations_table_figures_are_in_the_named_json():
     text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     header = "| latent, A, initial noise | prior | bits/dim | Fréchet s = 0 |"
     table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
-    checked = 0
+    checked = skipped = 0
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
         names = re.findall(r"`([^`]+\.json)`", cells[-1])
         if not names:
+            skipped += 1
             continue  # a run stopped early, no JSON kept (the row says so)
         values = [x for name in names for x in _numbers(_load(name))]
         # a median in parentheses is mnist_test_outliers.py's printout (the text below says so)
         figures = re.sub(r"\(median [\d.]+\)", "", " ".join(cells[2:-1]))
-        for token in re.findall(r"\d+\.\d+", figures):
-            digits = len(token.split(".")[1])
-            assert any(round(abs(v), digits) == float(token) for v in values), (line, token)
+        for token in re.findall(r"−?\d+\.\d+", figures):
+            assert _found_in(token, values), (line, token)
             checked += 1
-    assert checked > 80
+    assert len(table) == 21 and skipped == 2 and checked > 80
 
 
 # tables whose every decimal figure must be in the JSON their text names: a table's header
-# (its first cells), the JSON files (None: those named in the row's last cell), the columns
-# checked (from the second)
+# (its first cells), the JSON files (None: those named in the row's last cell), its rows
 NAMED_JSON_TABLES = {
     "NF controls": ("| NF (MAF(5), the run above) | test bits/dim (exact) |",
-                    ["nf_mixture_base.json", "mnist_maf.json", "nif_mnist_eval.json"]),
+                    ["nf_mixture_base.json", "mnist_maf.json", "nif_mnist_eval.json"], 2),
     "NIF prior gap": ("| dense NIF-64, initial noise | Fréchet s = 0, z ~ N(0, I) |",
-                      ["nif_prior_gap.json"]),
-    "VMoNF MNIST, pre-protocol": ("| MNIST 0–4 | start | accuracy, q(k\\|x) |", None),
+                      ["nif_prior_gap.json"], 3),
+    "VMoNF MNIST, pre-protocol": ("| MNIST 0–4 | start | accuracy, q(k\\|x) |", None, 5),
     "VQ-MNIST draws in their regions": ("| model | Fréchet, draws inside their region |",
-                                        ["vq_flows_mnist_cpu.json"]),
+                                        ["vq_flows_mnist_cpu.json"], 3),
     "VQ-MNIST dimension": ("| d | Fréchet distance (1000 samples) |",
-                           ["vq_flows_dimension_cpu.json", "vq_flows_mnist_cpu.json"]),
-    "robustness": ("| model | data (5,000 points) | steps | final loss |", ["robustness.json"]),
+                           ["vq_flows_dimension_cpu.json", "vq_flows_mnist_cpu.json"], 4),
+    "robustness": ("| model | data (5,000 points) | steps | final loss |", ["robustness.json"],
+                   9),
 }  # fmt: skip
+
+
+def _found_in(token: str, values: list[float]) -> bool:
+    """Whether the printed decimal ``token`` (true minus sign, thousands commas) is a value."""
+    digits = len(token.split(".")[1])
+    number = float(token.replace("−", "-").replace(",", ""))
+    return any(round(v, digits) == number for v in values)
 
 
 @pytest.mark.parametrize("table", sorted(NAMED_JSON_TABLES))
 def test_results_table_figures_are_in_the_named_json(table):
-    """Every decimal figure of these RESULTS.md tables is a value of the JSON named for it."""
+    """Every decimal figure of these tables is a value (sign and rounding included) of the
+    JSON named for it: a mistyped figure fails, one copied from another cell of the same
+    JSON would not (these JSONs' layouts differ from the tables')."""
     import re
 
-    header, names = NAMED_JSON_TABLES[table]
+    header, names, num_rows = NAMED_JSON_TABLES[table]
     text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     assert text.count(header) == 1, table
     rows = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    assert len(rows) == num_rows, table
     checked = 0
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -569,10 +579,8 @@ def test_results_table_figures_are_in_the_named_json(table):
             documents += [_load(Path(part).name) for part in merged]
         values = [x for document in documents for x in _numbers(document)]
         figures = re.sub(r"[≥≤] [\d.]+", "", " ".join(cells[1:]))  # an issue's bar, not a figure
-        for token in re.findall(r"\d[\d,]*\.\d+", figures):
-            digits = len(token.split(".")[1])
-            number = float(token.replace(",", ""))
-            assert any(round(abs(v), digits) == number for v in values), (line, token)
+        for token in re.findall(r"−?\d[\d,]*\.\d+", figures):
+            assert _found_in(token, values), (line, token)
             checked += 1
     assert checked >= len(rows), table
 
@@ -614,11 +622,21 @@ def test_results_setup_figures_are_the_setup_json():
     """The per-call set-up figures of RESULTS.md's speed section print speed_cpu_setup.json."""
     text = " ".join((ROOT / "benchmarks" / "RESULTS.md").read_text().split())
     result = _load("speed_cpu_setup.json")
-    assert result["args"]["setup_rounds"] == 3 and not result["info"]["dirty"]
+    args = result["args"]
+    assert not result["info"]["dirty"]
     assert f"(commit {result['info']['commit'][:7]}, the trainings paused;" in text
-    for row in result["rows"].values():
-        setup = row["ours_setup_seconds"]
+    assert (f"(median [min–max] of {args['setup_rounds']}, on the warm module, after "
+            f"{args['rounds']} interleaved rounds)") in text  # fmt: skip
+
+    def figure(job: str) -> str:
+        setup = result["rows"][job]["ours_setup_seconds"]
         low, high = _signed(setup["min"], 2), _signed(setup["max"], 2)
-        assert f"{setup['median']:.2f} s [{low}–{high}]" in text
+        return f"{setup['median']:.2f} s [{low}, {high}]"
+
     shares = [row["ours_setup_share_of_round"] for row in result["rows"].values()]
-    assert f"{100 * min(shares):.1f}–{100 * max(shares):.1f}% of a round of ours" in text
+    assert list(result["rows"]) == ["VAE gaussian b1024", "VAE iaf b1024", "MAF(5) 784-d b256",
+                                    "NIF 784->64 b256"]  # fmt: skip
+    share = f"{100 * min(shares):.1f}–{100 * max(shares):.1f}% of a round of ours"
+    assert (f"the batch-1024 VAEs {figure('VAE gaussian b1024')} and {figure('VAE iaf b1024')}, "
+            f"the MAF {figure('MAF(5) 784-d b256')}, the NIF {figure('NIF 784->64 b256')}: "
+            f"{share}") in text  # fmt: skip
