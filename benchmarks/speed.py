@@ -339,7 +339,11 @@ def setup_seconds(run: Callable[[int], None], steps: int, device: torch.device) 
 def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
              round_seconds: float, epoch_size: int, runners=RUNNERS,
              setup_rounds: int = 0) -> dict:  # fmt: skip
-    """Interleaved rounds of ``runners`` on one job; seconds per epoch and paired ratios."""
+    """Interleaved rounds of ``runners`` on one job; seconds per epoch and paired ratios.
+
+    ``setup_rounds``: then that many measures of fit's per-call fixed cost
+    (:func:`setup_seconds`), with the ``ours`` runner.
+    """
     names = [
         r
         for r in runners
@@ -364,11 +368,11 @@ def time_job(job: Job, device: torch.device, rounds: int, steps: int | None,
         row[r] = spread(seconds[r]) | {"rounds": seconds[r]}
         if device.type == "cuda":
             row[r]["peak_extra_mib"] = max(peaks[r])
-    if setup_rounds:  # after the interleaved rounds, so that they are timed as before
+    if setup_rounds and "ours" in runs:  # after the rounds, so that they are timed as before
         setups = [setup_seconds(runs["ours"], steps, device) for _ in range(setup_rounds)]
         row["ours_setup_seconds"] = spread(setups) | {"rounds": setups}
-        round_seconds_ours = row["ours"]["median"] / math.ceil(epoch_size / job.batch) * steps
-        row["ours_setup_share_of_round"] = statistics.median(setups) / round_seconds_ours
+        ours_round = row["ours"]["median"] / math.ceil(epoch_size / job.batch) * steps
+        row["ours_setup_share_of_round"] = statistics.median(setups) / ours_round
     if "graph" in runs:  # why fit ran the step eagerly, if it did
         row["graph_notes"] = sorted(runs["graph"].notes)
     pairs = {"ours_over_torch": ("ours", "torch"), "pyro_over_ours": ("pyro", "ours"),

@@ -138,6 +138,19 @@ def test_streaming_memory_smoke_writes_peaks(tmp_path):
             assert row["peak_before_mib"] == baseline
 
 
+SPEED_LABELS = {  # RESULTS.md's job labels, by speed.py's job names
+    "VAE gaussian b128": "VAE 784-400-50, Gaussian encoder, batch 128",
+    "VAE gaussian b1024": "VAE, Gaussian encoder, batch 1024",
+    "VAE iaf b1024": "VAE, 2 IAF layers, batch 1024",
+    "VAE pcp b1024": "VAE, PCP-Map encoder, batch 1024",
+    "MAF(5) 784-d b256": "MAF(5), 1024 hidden, 784-d, batch 256",
+    "NIF 784->64 b256": "NIF 784→64 (top MAF(2)), batch 256",
+    "VMoNF K=1 b128": "VMoNF K = 1, RealNVP(4), pinwheel, batch 128",
+    "VMoNF K=10 b128": "VMoNF K = 10, batch 128",
+    "VQ-Flow 784->64 b256": "VQ-Flow 784→64, K = 10 charts, stage 2, batch 256",
+}
+
+
 def test_results_cpu_speed_table_is_the_committed_json():
     """RESULTS.md's CPU speed table prints speed_cpu.json: its commit, times and ratios."""
     text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
@@ -149,6 +162,7 @@ def test_results_cpu_speed_table_is_the_committed_json():
             line[2:4] in ("VA", "MA", "NI", "VM", "VQ")]  # fmt: skip
     assert len(rows) == len(result["rows"]) == 9
     for cells, (name, row) in zip(rows, result["rows"].items(), strict=True):
+        assert cells[0] == f"| {SPEED_LABELS[name]}", name
         spread = row["ours_over_torch"]
         assert cells[1:5] == [
             str(row["steps_per_round"]),
@@ -177,6 +191,7 @@ def test_results_gpu_speed_table_is_the_device_runs_json():
     rows = [line.split(" | ") for line in table]
     assert len(rows) == len(result["rows"]) == 9
     for cells, (name, row) in zip(rows, result["rows"].items(), strict=True):
+        assert cells[0] == f"| {SPEED_LABELS[name]}", name
         ratios = [row[k] for k in ("ours_over_torch", "pyro_over_ours")]
         expected = [f"{row[r]['median']:.3f}" for r in ("torch", "ours", "pyro")]
         expected += [f"{d['median']:.2f} [{d['min']:.2f}–{d['max']:.2f}]" for d in ratios]
