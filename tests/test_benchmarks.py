@@ -16,6 +16,33 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
+def _results_text() -> str:
+    return (ROOT / "benchmarks" / "RESULTS.md").read_text()
+
+
+def _table_rows(text: str, header: str) -> list[str]:
+    """The rows of the markdown table that starts with ``header`` (up to its blank line)."""
+    return text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+
+
+def _signed(x: float, digits: int = 1) -> str:
+    """A number as RESULTS.md prints it (a true minus sign)."""
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def _numbers(obj) -> list[float]:
+    """Every number in a JSON document (nested dicts and lists)."""
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return [obj] if isinstance(obj, int | float) and not isinstance(obj, bool) else []
+
+
 def test_speed_smoke_writes_interleaved_rounds(tmp_path):
     out = tmp_path / "speed.json"
     proc = _run("speed.py", "--device", "cpu", "--smoke", "--jobs", "VAE gaussian b128",
@@ -153,9 +180,9 @@ SPEED_LABELS = {  # RESULTS.md's job labels, by speed.py's job names
 
 def test_results_cpu_speed_table_is_the_committed_json():
     """RESULTS.md's CPU speed table prints speed_cpu.json: its commit, times and ratios."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     section = text.split("### CPU: the 2-core machine, one thread, idle")[1].split("\n### ")[0]
-    result = json.loads((ROOT / "benchmarks" / "results" / "speed_cpu.json").read_text())
+    result = _load("speed_cpu.json")
     assert f"commit {result['info']['commit'][:7]}," in section
     assert result["info"]["threads"] == 1 and not result["info"]["dirty"]
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and
@@ -181,13 +208,13 @@ def test_results_cpu_speed_table_is_the_committed_json():
 
 def test_results_gpu_speed_table_is_the_device_runs_json():
     """RESULTS.md's GPU speed table prints the device run's speed_cuda.json, as it came back."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     section = text.split("### GPU: one NVIDIA H200 (session 12)")[1].split("\n### ")[0]
     folder = ROOT / "benchmarks" / "results" / "device_check_h200"
     result = json.loads((folder / "speed_cuda.json").read_text())
     assert f"commit {result['info']['commit'][:7]}" in section
     assert result["info"]["device"] == "NVIDIA H200" and not result["info"]["dirty"]
-    table = section.split("| job | hand-written |")[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(section, "| job | hand-written |")
     rows = [line.split(" | ") for line in table]
     assert len(rows) == len(result["rows"]) == 9
     for cells, (name, row) in zip(rows, result["rows"].items(), strict=True):
@@ -199,23 +226,17 @@ def test_results_gpu_speed_table_is_the_device_runs_json():
         assert cells[1:] == expected, name
 
 
-def _signed(x: float, digits: int = 1) -> str:
-    """A number as RESULTS.md prints it (a true minus sign)."""
-    return f"{x:.{digits}f}".replace("-", "−")
-
-
 def test_results_maf_ablation_table_is_the_runs_json():
     """RESULTS.md's MAF ablation table prints mnist_maf_*.json and the outliers' JSON."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| run (`benchmarks/results/NAME.json`) | differs from ours in |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
-    results = ROOT / "benchmarks" / "results"
-    outliers = json.loads((results / "mnist_test_outliers_maf_ablation.json").read_text())["runs"]
+    table = _table_rows(text, header)
+    outliers = _load("mnist_test_outliers_maf_ablation.json")["runs"]
     assert len(table) == len(outliers) == 5
     for line in table:
         cells = [c.strip().strip("*") for c in line.strip("| ").split(" | ")]
         name = cells[0].strip("`")
-        run = json.loads((results / f"{name}.json").read_text())
+        run = _load(f"{name}.json")
         out = outliers[f"runs/{name}"]
         assert cells[2].split()[0] == f"{run['epochs_run']:.0f}", name
         assert cells[3].split()[0] == f"{run['best_validation_nll_logit']:.1f}", name
@@ -230,11 +251,10 @@ def test_results_maf_ablation_table_is_the_runs_json():
 
 def test_results_maf_seed_rows_are_the_seeds_json():
     """RESULTS.md's MAF rows per seed print mnist_maf_seed{0,1,2}.json (one commit)."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
-    results = ROOT / "benchmarks" / "results"
+    text = _results_text()
     commits = set()
     for seed in (0, 1, 2):
-        run = json.loads((results / f"mnist_maf_seed{seed}.json").read_text())
+        run = _load(f"mnist_maf_seed{seed}.json")
         commits.add(run["commit"])
         line = next(x for x in text.splitlines() if x.startswith(f"| MAF(5), ours, seed {seed} |"))
         cells = [c.strip().strip("*") for c in line.strip("| ").split(" | ")]
@@ -248,10 +268,10 @@ def test_results_maf_seed_rows_are_the_seeds_json():
 
 def test_results_vq_toy_table_is_the_toy_json():
     """RESULTS.md's VQ-Flows 3D toy table prints vq_flows_toy.json's test scores."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| manifold | model (chosen on validation) | parameters | test MMD² ↓ |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
-    toy = json.loads((ROOT / "benchmarks" / "results" / "vq_flows_toy.json").read_text())["toy"]
+    table = _table_rows(text, header)
+    toy = _load("vq_flows_toy.json")["toy"]
     names = {"sphere": "sphere", "torus": "torus", "Swiss roll": "swiss_roll",
              "linked rings": "linked_rings"}  # fmt: skip
     families = {"RealNVP": "realnvp", "VQ-RealNVP": "vq_realnvp"}
@@ -278,10 +298,10 @@ def _check_stats_cell(cell: str, stats: dict, label: str) -> None:
 
 def test_results_vmonf_pinwheel_test_table_is_the_json():
     """RESULTS.md's pinwheel test table prints vmonf_pinwheel.json's test scores."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| pinwheel, 5 wings | parameters | clustering accuracy | test log-likelihood (nats) |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
-    test = json.loads((ROOT / "benchmarks" / "results" / "vmonf_pinwheel.json").read_text())
+    table = _table_rows(text, header)
+    test = _load("vmonf_pinwheel.json")
     test = test["pinwheel"]["test"]
     rows = {"VMoNF, k-means start": "VMoNF (kmeans)", "single RealNVP": "single flow (8 layers)",
             "k-means alone": "k-means", "Gaussian mixture": "Gaussian mixture (EM)"}  # fmt: skip
@@ -299,10 +319,10 @@ def test_results_vmonf_pinwheel_test_table_is_the_json():
 
 def test_results_vmonf_circles_test_table_is_the_json():
     """RESULTS.md's two-circles test table prints vmonf_circles.json's test scores."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| two circles | parameters | clustering accuracy | test log-likelihood (nats) |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
-    circles = json.loads((ROOT / "benchmarks" / "results" / "vmonf_circles.json").read_text())
+    table = _table_rows(text, header)
+    circles = _load("vmonf_circles.json")
     circles = circles["circles"]
     semi = "semi-supervised (64 labels)"
     rows = {
@@ -335,8 +355,8 @@ def test_results_vmonf_circles_test_table_is_the_json():
 
 def test_results_classifier_figures_are_the_json():
     """RESULTS.md's classifier figures (claims row and section) print mnist_classifier.json."""
-    text = " ".join((ROOT / "benchmarks" / "RESULTS.md").read_text().split())
-    result = json.loads((ROOT / "benchmarks" / "results" / "mnist_classifier.json").read_text())
+    text = " ".join(_results_text().split())
+    result = _load("mnist_classifier.json")
     seeds = [f"{100 * result['runs'][str(s)]['test_accuracy']:.2f}%" for s in (0, 1, 2)]
     mean, std = 100 * result["test_accuracy"]["mean"], 100 * result["test_accuracy"]["std"]
     assert result["seeds"] == [0, 1, 2] and result["met"] and not result["uncommitted_changes"]
@@ -349,18 +369,16 @@ def test_results_classifier_figures_are_the_json():
 
 def test_results_protocol_runs_figures_are_the_runs_json():
     """The figures of finished protocol jobs in RESULTS.md's "Protocol runs" table."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     row = next(x for x in text.splitlines() if x.startswith("| NIF claims 1, 2, 4 |"))
-    results = ROOT / "benchmarks" / "results"
     for noise in ("1", "04", "01"):
-        run = json.loads((results / "nif_protocol_runs" / f"nif64_image_noise{noise}_seed0.json")
-                         .read_text())  # fmt: skip
+        run = _load(f"nif_protocol_runs/nif64_image_noise{noise}_seed0.json")
         assert "test_log_likelihood_logit" not in run  # validation only
         figure = (f"{_signed(run['validation_log_likelihood_logit'])} ± "
                   f"{run['validation_log_likelihood_logit_stderr']:.1f}")  # fmt: skip
         assert figure in row and f"{run['validation_bits_per_dim']:.3f}" in row, noise
     row = next(x for x in text.splitlines() if x.startswith("| VMoNF MNIST 0–4 |"))
-    run = json.loads((results / "vmonf_mnist_runs" / "unsupervised_paper_seed0.json").read_text())
+    run = _load("vmonf_mnist_runs/unsupervised_paper_seed0.json")
     validation = run["mnist"]["validation"]
     assert run["mnist"]["split"] == "validation" and run["commit"][:7] in row
     assert f"validation log-likelihood {_signed(validation['log_likelihood'])} nats" in row
@@ -369,17 +387,13 @@ def test_results_protocol_runs_figures_are_the_runs_json():
     )
 
 
-def _load(name: str) -> dict:
-    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
-
-
 def _claims_row(text: str, claim: str) -> str:
     return next(x for x in text.splitlines() if x.startswith(f"| {claim}"))
 
 
 def test_results_claims_rows_print_their_json():
     """Each headline figure of RESULTS.md's claims table is in the JSON its row names."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     nif = _load("nif_mnist_eval_nif64_dense_noise04_gmm10.json")
     vq = _load("vq_flows_mnist_cpu.json")["mnist"]
     unsupervised = _load("vmonf_mnist_cpu_kmeans_encoder.json")["mnist"]["unsupervised"]
@@ -425,10 +439,10 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
 
 def test_results_vmonf_validation_tables_are_the_json():
     """The pinwheel and circles tables of every configuration tried, on validation."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     pinwheel = _load("vmonf_pinwheel.json")["pinwheel"]["validation"]
     header = "| pinwheel configuration | validation log-likelihood (the rule) |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     names = {"VMoNF `paper`": "paper", "VMoNF `paper+anneal`": "paper+anneal",
              "VMoNF `kmeans`": "kmeans", "single flow, 4 layers": "flow (4 layers)",
              "single flow, 8 layers": "flow (8 layers)"}  # fmt: skip
@@ -442,7 +456,7 @@ def test_results_vmonf_validation_tables_are_the_json():
         assert steps == f"{min(entry['best_step'])}–{max(entry['best_step'])}", label
     circles = _load("vmonf_circles.json")["circles"]
     header = "| circles configuration | validation log-likelihood (the rule) |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     assert len(table) == 6
     for line in table:
         label, log_likelihood, accuracy = line.strip("| ").split(" | ")
@@ -456,9 +470,9 @@ def test_results_vmonf_validation_tables_are_the_json():
 
 def test_results_vae_table_is_the_runs_json():
     """RESULTS.md's Flow-VAE table prints each run's results.json (epochs, IWAE NLL)."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| encoder | epochs | test NLL (nats) | target |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     folders = {("Gaussian", "500"): "gaussian", ("Gaussian", "1200"): "gaussian1200",
                ("IAF (2 layers)", "350"): "iaf", ("IAF (2 layers)", "1200"): "iaf1200",
                ("Gaussian", "120"): "gaussian120",
@@ -475,11 +489,11 @@ def test_results_vae_table_is_the_runs_json():
 
 def test_results_vq_mnist_table_is_the_json():
     """RESULTS.md's VQ-Flows MNIST table prints vq_flows_mnist_cpu.json's Fréchet distances."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = (
         "| model | commitment β | parameters | seeds | step 1000 | step 2000 | step 3000 (end) |"
     )
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     runs = _load("vq_flows_mnist_cpu.json")["mnist"]
     names = {("RealNVP", ""): "realnvp", ("VQ-RealNVP", "0.25"): "vq_realnvp",
              ("VQ-RealNVP", "1.0"): "vq_realnvp_beta1", ("MAF", ""): "maf",
@@ -496,11 +510,11 @@ def test_results_vq_mnist_table_is_the_json():
 
 def test_results_nif_headline_table_is_the_json():
     """RESULTS.md's NIF headline table prints the evaluation JSONs of the NIF and the NF."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = (
         "| | bits/dim (exact) | Fréchet s = 0 | s = 0.5 | s = 1 | 10-NN on latents | linear probe |"
     )
-    nif_row, nf_row = text.split(header)[1].split("\n\n")[0].splitlines()[2:4]
+    nif_row, nf_row = _table_rows(text, header)[:2]
     nif = _load("nif_mnist_eval_nif64_dense_noise04_gmm10.json")
     se = nif["prior_flow"]["NIF-64"]["iwae_bits_per_dim_stderr"]
     embedding = nif["embedding"]["NIF-64"]
@@ -517,22 +531,13 @@ def test_results_nif_headline_table_is_the_json():
                          for k in ("knn10_accuracy", "linear_probe_accuracy")]  # fmt: skip
 
 
-def _numbers(obj) -> list[float]:
-    """Every number in a JSON document (nested dicts and lists)."""
-    if isinstance(obj, dict):
-        return [x for v in obj.values() for x in _numbers(v)]
-    if isinstance(obj, list):
-        return [x for v in obj for x in _numbers(v)]
-    return [obj] if isinstance(obj, int | float) and not isinstance(obj, bool) else []
-
-
 def test_results_nif_configurations_table_figures_are_in_the_named_json():
     """Every decimal figure of "Every NIF configuration tried" is in the JSONs its row names."""
     import re
 
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| latent, A, initial noise | prior | bits/dim | Fréchet s = 0 |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     checked = skipped = 0
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -581,9 +586,9 @@ def test_results_table_figures_are_in_the_named_json(table):
     import re
 
     header, names, num_rows = NAMED_JSON_TABLES[table]
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     assert text.count(header) == 1, table
-    rows = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    rows = _table_rows(text, header)
     assert len(rows) == num_rows, table
     checked = 0
     for line in rows:
@@ -602,9 +607,9 @@ def test_results_table_figures_are_in_the_named_json(table):
 
 def test_results_vq_in_regions_table_is_the_json():
     """The Fréchet distances of draws kept in their regions: vq_flows_mnist_cpu.json's."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| model | Fréchet, draws inside their region | per seed |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     runs = _load("vq_flows_mnist_cpu.json")["mnist"]
     names = {"VQ-MAF, β = 0.25": "vq_maf_in_regions", "VQ-MAF, β = 1.0": "vq_maf_beta1_in_regions",
              "VQ-RealNVP, β = 1.0": "vq_realnvp_beta1_in_regions"}  # fmt: skip
@@ -619,9 +624,9 @@ def test_results_vq_in_regions_table_is_the_json():
 
 def test_results_gpu_vmonf_k_table_is_the_device_runs_json():
     """The GPU table of VMoNF against K prints device_check.json's vmonf_k section."""
-    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    text = _results_text()
     header = "| K | ours | hand-written | ours / hand-written | ours / ours at K = 1 | peak MiB |"
-    table = text.split(header)[1].split("\n\n")[0].splitlines()[2:]
+    table = _table_rows(text, header)
     section = _load("device_check_h200/device_check.json")["sections"]["vmonf_k"]
     assert section["status"] == "ok" and len(table) == len(section["result"]) == 5
     for line in table:
@@ -635,7 +640,7 @@ def test_results_gpu_vmonf_k_table_is_the_device_runs_json():
 
 def test_results_setup_figures_are_the_setup_json():
     """The per-call set-up figures of RESULTS.md's speed section print speed_cpu_setup.json."""
-    text = " ".join((ROOT / "benchmarks" / "RESULTS.md").read_text().split())
+    text = " ".join(_results_text().split())
     result = _load("speed_cpu_setup.json")
     args = result["args"]
     assert not result["info"]["dirty"]
