@@ -606,20 +606,27 @@ def test_results_table_figures_are_in_the_named_json(table):
 
 
 def test_results_vq_in_regions_table_is_the_json():
-    """The Fréchet distances of draws kept in their regions: vq_flows_mnist_cpu.json's."""
+    """The draws kept in their regions at step 3000, per row from vq_flows_mnist_cpu.json: the
+    Fréchet distance (mean ± std, per seed) of the row's in-region curve and each seed's share
+    of draws inside their chart's region (``acceptance``, under the row's curve label)."""
     text = _results_text()
     header = "| model | Fréchet, draws inside their region | per seed |"
     table = _table_rows(text, header)
     runs = _load("vq_flows_mnist_cpu.json")["mnist"]
-    names = {"VQ-MAF, β = 0.25": "vq_maf_in_regions", "VQ-MAF, β = 1.0": "vq_maf_beta1_in_regions",
-             "VQ-RealNVP, β = 1.0": "vq_realnvp_beta1_in_regions"}  # fmt: skip
-    assert len(table) == len(names)
+    names = {"VQ-MAF, β = 0.25": "vq_maf", "VQ-MAF, β = 1.0": "vq_maf_beta1",
+             "VQ-RealNVP, β = 1.0": "vq_realnvp_beta1"}  # fmt: skip
+    assert [line.split(" | ")[0] for line in table] == [f"| {label}" for label in names]
     for line in table:
-        label, frechet, per_seed, _ = [c.strip() for c in line.strip("|").split("|")]
-        end = runs[names[label]]["frechet"][-1]
-        assert runs[names[label]]["steps"][-1] == 3000
+        label, frechet, per_seed, shares = [c.strip() for c in line.strip("|").split("|")]
+        run = runs[f"{names[label]}_in_regions"]
+        end = run["frechet"][-1]
+        assert run["steps"][-1] == 3000
         assert frechet == f"{end['mean']:.1f} ± {end['std']:.1f}", label
         assert per_seed == ", ".join(f"{v:.1f}" for v in end["values"]), label
+        accepted = runs["acceptance"][names[label]]
+        assert list(accepted) == run["seeds"], label
+        assert all(curve[-1][0] == 3000 for curve in accepted.values()), label
+        assert shares == ", ".join(f"{curve[-1][1]:.3f}" for curve in accepted.values()), label
 
 
 def test_results_gpu_vmonf_k_table_is_the_device_runs_json():
