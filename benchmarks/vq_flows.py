@@ -564,14 +564,23 @@ def summarize_mnist(curves, figures=None):
 
 
 def merge_mnist(paths, figures=None):
-    """Combine the ``mnist`` curves of several output files (e.g. one process per seed)."""
-    curves = {}
+    """Combine the ``mnist`` results of several output files (e.g. one process per seed).
+
+    Each file's curves and in-region shares (``acceptance``: per seed, the share of the draws
+    inside their chart's region at each evaluation step) are filed under
+    ``curve_label(kind, commitment)``, the commitment β read from the file's config (the
+    default where it records none). A file that ran at β = 1 and named its curves by kind
+    alone (``vq_maf``) therefore lands under ``vq_maf_beta1``, apart from β = 0.25.
+    """
+    curves, acceptance = {}, {}
     for path in paths:
         run = json.loads(Path(path).read_text())
         commitment = run.get("config", {}).get("commitment", DEFAULT_COMMITMENT)
         for kind, per_seed in run["mnist"]["curves"].items():
             curves.setdefault(curve_label(kind, commitment), {}).update(per_seed)
-    return summarize_mnist(curves, figures)
+        for kind, per_seed in run["mnist"].get("acceptance", {}).items():
+            acceptance.setdefault(curve_label(kind, commitment), {}).update(per_seed)
+    return {**summarize_mnist(curves, figures), "acceptance": acceptance}
 
 
 def dimension_part(args, device):

@@ -1016,6 +1016,42 @@ def test_vq_protocol_rule(bench):
         lowest_mean({"a": []})
 
 
+def test_merge_mnist_files_curves_and_shares_under_their_commitment(bench, tmp_path):
+    """merge_mnist keeps each part's curves and in-region shares under curve_label(kind, β),
+    β from the part's config: β = 1 parts that named their kind alone (``vq_maf``) and those
+    that named it with its β land together, apart from the default β = 0.25."""
+    from vq_flows import merge_mnist
+
+    def part(name, commitment, kind, seed, frechet, share):
+        mnist = {"curves": {kind: {seed: [[2, frechet + 10.0], [4, frechet]]}}}
+        if kind.startswith("vq_"):
+            mnist["curves"][f"{kind}_in_regions"] = {seed: [[2, frechet + 5.0], [4, frechet - 1]]}
+            mnist["acceptance"] = {kind: {seed: [[2, share / 2], [4, share]]}}
+        run = {"mnist": mnist}
+        if commitment is not None:  # the older parts record no commitment: the default
+            run["config"] = {"commitment": commitment}
+        (tmp_path / name).write_text(json.dumps(run))
+        return str(tmp_path / name)
+
+    paths = [
+        part("plain.json", None, "maf", "0", 400.0, None),
+        part("default.json", None, "vq_maf", "0", 300.0, 0.5),
+        part("beta1_by_kind.json", 1.0, "vq_maf", "0", 200.0, 0.9),
+        part("beta1_by_label.json", 1.0, "vq_maf_beta1", "1", 100.0, 0.8),
+    ]
+    merged = merge_mnist(paths)
+    assert merged["acceptance"] == {
+        "vq_maf": {"0": [[2, 0.25], [4, 0.5]]},
+        "vq_maf_beta1": {"0": [[2, 0.45], [4, 0.9]], "1": [[2, 0.4], [4, 0.8]]},
+    }
+    assert set(merged["curves"]) == {"maf", "vq_maf", "vq_maf_in_regions", "vq_maf_beta1",
+                                     "vq_maf_beta1_in_regions"}  # fmt: skip
+    assert merged["vq_maf_beta1"]["seeds"] == ["0", "1"]
+    assert merged["vq_maf_beta1"]["frechet"][-1]["values"] == [200.0, 100.0]
+    assert merged["vq_maf"]["frechet"][-1]["values"] == [300.0]
+    assert merged["vq_maf_beta1_in_regions"]["frechet"][-1]["values"] == [199.0, 99.0]
+
+
 def test_vq_protocol_matched_width(bench):
     """The plain baseline is the narrowest flow with at least the VQ model's parameters."""
     import vq_protocol
