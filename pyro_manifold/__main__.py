@@ -22,6 +22,7 @@ from pyro_manifold.datasets import DATASETS
 from pyro_manifold.demo import run_demo
 from pyro_manifold.errors import PyroManifoldError
 from pyro_manifold.experiment import DEFAULT_CONFIG, MODELS, evaluate_run, sample_run, train_run
+from pyro_manifold.infer import resolve_device
 from pyro_manifold.infer.distributed import is_main_process, torchrun_process_group
 from pyro_manifold.metrics import load_mnist_classifier
 from pyro_manifold.transforms import FLOWS
@@ -104,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "train-classifier", help="train the MNIST classifier behind the Fréchet distance"
     )
     c.add_argument("--data", default=None, help="MNIST root (default: $PYRO_MANIFOLD_DATA)")
-    c.add_argument("--device", default=None)
+    c.add_argument("--device", default=None, help="where to train it (default: cpu)")
     return p
 
 
@@ -156,7 +157,9 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "demo":
         print(f"report written to {run_demo(args.out, smoke=args.smoke)}")
     else:
-        clf = load_mnist_classifier(args.data, train_if_missing=True)
+        # refused before anything is trained or written, as fit refuses it
+        device = None if args.device is None else resolve_device(args.device)
+        clf = load_mnist_classifier(args.data, train_if_missing=True, device=device)
         print(f"MNIST classifier ready (test accuracy {clf.test_accuracy:.4f})")
 
 

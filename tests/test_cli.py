@@ -34,6 +34,9 @@ def test_fit_evaluate_sample(tmp_path, model, dataset, capsys):
     assert main(["fit", model, "--dataset", dataset, "--run-dir", str(run), *SMALL, *extra]) == 0
     for name in ["config.json", "checkpoint.pt", "history.json", "metrics.json"]:
         assert (run / name).exists(), name
+    # README: "Each run directory holds ... PNG figures": the training curve, the density
+    figure = "density.png" if dataset == "two_moons" else "samples.png"
+    assert {"training_curve.png", figure} <= {p.name for p in run.glob("*.png")}
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"] == dataset and metrics["mmd2"] == metrics["mmd2"]
     if dataset != "two_moons":
@@ -89,3 +92,67 @@ def test_bad_arguments_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "flow", "--dataset", "nope"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_fit_reads_mnist_from_the_data_option(tmp_path, monkeypatch, capsys):
+    """README: "Point the package at MNIST with ... ``--data`` on the command line": the
+    folder given is the one read (a missing one is named in the one-line error, and the
+    run directory is not created), not ``$PYRO_MANIFOLD_DATA``."""
+    monkeypatch.setenv("PYRO_MANIFOLD_DATA", str(tmp_path / "from_the_environment"))
+    given, run = tmp_path / "from_the_option", tmp_path / "run"
+    argv = ["fit", "flow", "--dataset", "mnist", "--data", str(given), "--run-dir", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert f"data folder '{given}' (from the argument root) does not exist" in err
+    assert not run.exists()
+
+
+@pytest.fixture
+def quick_classifier(monkeypatch):
+    """Stands in for training the MNIST classifier; records its root and device."""
+    from pyro_manifold.metrics import frechet
+    from pyro_manifold.nn import MNISTClassifier
+
+    calls = []
+
+    def quick_train(root, **kwargs):
+        calls.append((root, kwargs.get("device")))
+        net = MNISTClassifier()
+        net.test_accuracy = 0.5
+        return net.eval()
+
+    monkeypatch.setattr(frechet, "train_mnist_classifier", quick_train)
+    return calls
+
+
+def test_train_classifier_reads_the_data_option_and_caches_beside_it(
+    tmp_path, monkeypatch, fake_mnist, quick_classifier
+):
+    """``train-classifier --data ROOT`` trains on ROOT's MNIST (not ``$PYRO_MANIFOLD_DATA``),
+    on the device asked for, and caches the network in ``ROOT/pyro_manifold``."""
+    root = fake_mnist(tmp_path / "data")
+    monkeypatch.setenv("PYRO_MANIFOLD_DATA", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("PYRO_MANIFOLD_CACHE", str(tmp_path / "cache"))
+    assert main(["train-classifier", "--data", str(root), "--device", "cpu:0"]) == 0
+    assert quick_classifier == [(str(root), torch.device("cpu", 0))]  # not the default "cpu"
+    assert (root / "pyro_manifold" / "mnist_classifier.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "device, match",
+    [("meta", "expected a device that holds data"), ("nope", "expected a torch device")],
+)
+def test_train_classifier_refuses_a_bad_device_before_training_or_writing(
+    tmp_path, monkeypatch, fake_mnist, quick_classifier, capsys, device, match
+):
+    """README: the command line checks "the devices (``meta`` or an absent CUDA device is
+    refused)" before anything is written: ``train-classifier --device meta`` was accepted,
+    trained on the CPU and wrote its cache."""
+    root = fake_mnist(tmp_path / "data")
+    monkeypatch.setenv("PYRO_MANIFOLD_CACHE", str(tmp_path / "cache"))
+    assert main(["train-classifier", "--data", str(root), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device: ") and match in err and err.count("\n") == 1
+    assert quick_classifier == [] and not (root / "pyro_manifold").exists()
+    assert not (tmp_path / "cache").exists()

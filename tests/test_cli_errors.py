@@ -63,6 +63,41 @@ def test_resume_may_train_longer_and_records_the_new_config(trained, tmp_path):
     assert '"steps": 8' in (run / "config.json").read_text()
 
 
+def test_resume_may_change_the_device(trained, tmp_path):
+    """README: "``fit ... --resume`` ... may change only ``--steps`` and ``--device``": the run
+    trained with ``--device cpu`` resumes with the default device, recorded in its config."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    at = FIT.index("--device")
+    default_device = FIT[:at] + FIT[at + 2 :]
+    assert main([*default_device, "--run-dir", str(run), "--resume", "--steps", "6"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["device"] is None and config["steps"] == 6
+
+
+def test_a_run_saved_with_the_old_spline_name_still_evaluates_and_samples(trained, tmp_path):
+    """README: "Run directories saved with ``"flow": "spline"`` still load (``evaluate``,
+    ``sample``) as ``"spline_coupling"``" (the flow the CLI trains by default)."""
+    import json
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["flow"] == "spline_coupling"
+    (run / "config.json").write_text(json.dumps({**config, "flow": "spline"}))
+    want = json.loads((trained / "metrics.json").read_text())["test_log_likelihood"]
+    assert main(["evaluate", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["test_log_likelihood"] == want
+    assert main(["sample", str(run), "-n", "5"]) == 0
+    assert torch.load(run / "samples.pt", weights_only=True).shape == (5, 2)
+
+
 def test_a_bad_option_creates_no_run_directory(tmp_path, capsys):
     run = tmp_path / "new"
     assert main([*FIT, "--run-dir", str(run), "--hidden", "0"]) == 2

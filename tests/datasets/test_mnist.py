@@ -104,6 +104,24 @@ def test_unknown_root_raises_file_not_found(tmp_path):
     assert str(tmp_path) in str(info.value) and "download=True" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "where, reason",
+    [(None, "PYRO_MANIFOLD_DATA is not set"), ("empty", "lacks the MNIST files train-images")],
+)
+def test_mnist_tests_are_skipped_with_the_reason_without_the_data(
+    request, tmp_path, monkeypatch, where, reason
+):
+    """README: "Tests that need MNIST read it from ``$PYRO_MANIFOLD_DATA`` ... and are
+    skipped, with the reason, when it is not set": the ``mnist_root`` fixture skips, naming
+    the variable, or the files missing under the folder it names."""
+    if where is None:
+        monkeypatch.delenv("PYRO_MANIFOLD_DATA", raising=False)
+    else:
+        monkeypatch.setenv("PYRO_MANIFOLD_DATA", str(tmp_path))
+    with pytest.raises(pytest.skip.Exception, match=reason):
+        request.getfixturevalue("mnist_root")
+
+
 def test_data_root_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("PYRO_MANIFOLD_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match="PYRO_MANIFOLD_DATA") as info:

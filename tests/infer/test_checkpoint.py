@@ -122,3 +122,40 @@ def test_digest_of_a_fixed_state_never_changes():
     }
     expected = "532c3c28c458fa3c590653f20a55c9341912b66251637534ef5afdd73796921c"
     assert content_digest(state) == expected
+
+
+def test_written_to_a_temporary_file_fsynced_whole_then_renamed(tmp_path, monkeypatch):
+    """README: "Written atomically (a temporary file, fsync, rename ...)": the new content
+    reaches the disk, whole, under a temporary name before it replaces the old checkpoint,
+    and the folder's entry is synced after the rename."""
+    import os
+    import stat
+
+    path = save_checkpoint({"step": 1}, tmp_path / "c.pt")  # the previous checkpoint
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else "file"
+        events.append(("fsync", kind, info.st_size if kind == "file" else None))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", pathlib.Path(src).parent, pathlib.Path(dst)))
+        assert load_checkpoint(src)["step"] == 2  # the temporary file holds the whole state
+        assert load_checkpoint(dst)["step"] == 1  # and the old checkpoint is still there
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint({"step": 2, "w": torch.ones(1000)}, path)
+    monkeypatch.undo()
+    size = path.stat().st_size
+    assert events == [
+        ("fsync", "file", size),  # the whole new content, on disk under its temporary name
+        ("replace", tmp_path, path),
+        ("fsync", "folder", None),
+    ]
+    assert load_checkpoint(path)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temporary left

@@ -306,3 +306,37 @@ def test_fast_elbo_keeps_other_estimators_and_refuses_non_elbos():
         fast_elbo("elbo")
     with pytest.raises(TypeError, match="loss: expected a pyro.infer.ELBO"):
         fit(lambda x: None, lambda x: None, torch.zeros(4, 2), loss=object(), device="cpu")
+
+
+@pytest.mark.parametrize("enumerated", [False, True], ids=["Trace_ELBO", "TraceEnum_ELBO"])
+def test_fit_swaps_in_the_fast_elbo_and_fast_false_runs_the_one_given(monkeypatch, enumerated):
+    """README: by default ``Trace_ELBO`` and ``TraceEnum_ELBO`` are swapped for
+    ``FastTrace_ELBO`` / ``FastTraceEnum_ELBO``; ``fast=False`` runs the ELBO exactly as
+    given. Counts which object's ``differentiable_loss`` fit's steps call."""
+    x = torch.randn(32, 2, dtype=torch.float64)
+    fast_type = FastTraceEnum_ELBO if enumerated else FastTrace_ELBO
+    for fast in (True, False):
+        torch.manual_seed(0)
+        if enumerated:
+            module = VariationalMixtureOfFlows(2, 2, "realnvp", num_layers=1, hidden_dims=[8])
+            stock = TraceEnum_ELBO(max_plate_nesting=1)
+        else:
+            module = NoisyInjectiveFlow(2, 1, top_flow="realnvp", top_layers=1)
+            stock = Trace_ELBO()
+        module.double()
+        calls = {"stock": 0, "fast": 0}
+
+        def counted(original, key, calls=calls):
+            def wrapper(*args, **kwargs):
+                calls[key] += 1
+                return original(*args, **kwargs)
+
+            return wrapper
+
+        for cls, key in ((type(stock), "stock"), (fast_type, "fast")):  # the twin overrides
+            monkeypatch.setattr(cls, "differentiable_loss", counted(cls.differentiable_loss, key))
+        fit(module.model, module.guide, x, loss=stock, num_steps=4, batch_size=16,
+            device="cpu", progress=False, fast=fast)  # fmt: skip
+        monkeypatch.undo()
+        used, unused = ("fast", "stock") if fast else ("stock", "fast")
+        assert calls[used] >= 4 and calls[unused] == 0, (fast, calls)

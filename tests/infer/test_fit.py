@@ -568,3 +568,95 @@ class Counting(nn.Module):
 
     def guide(self, x):
         pass
+
+
+@pytest.mark.parametrize("progress, shown", [(True, True), (False, False), (None, False)])
+def test_the_progress_bar_shows_when_asked_and_the_default_stays_quiet_off_a_terminal(
+    capsys, progress, shown
+):
+    """``progress=True`` draws the bar on stderr; ``progress=False``, and the default when
+    stderr is not a terminal (here pytest's capture), write nothing at all."""
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=3, batch_size=32, device="cpu",
+        progress=progress)  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert ("3/3" in err) == shown and (err == "") == (not shown)
+
+
+class Coins(nn.Module):
+    """A user's program without a ``check_data``: three coins with learnt logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(3))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Bernoulli(logits=self.logits).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_pyros_validation_checks_the_first_evaluation_of_the_fast_path(tmp_path):
+    """README: "Pyro's validation is on for the first evaluation and off inside the training
+    steps": an observation outside its distribution's support (0.75 under a Bernoulli) is
+    refused by Pyro's own check before any step, change or file; with validation switched
+    off by the user, fit trains on it as Pyro's SVI would."""
+    coins = Coins()
+    x = torch.full((32, 3), 0.75)
+    options = dict(num_steps=3, batch_size=8, device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"site 'x'(.|\n)*support"):
+        fit(coins.model, coins.guide, x, run_dir=tmp_path / "run", **options)
+    assert torch.equal(coins.logits, torch.zeros(3)) and not (tmp_path / "run").exists()
+    with pyro.validation_enabled(False):
+        assert fit(coins.model, coins.guide, x, **options).step == 3
+    assert not torch.equal(coins.logits, torch.zeros(3))
+
+
+class Marked(nn.Module):
+    """Its loss is NaN at the steps whose keyword argument ``bad`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(()))
+
+    def model(self, x, bad=0.0):
+        loc = self.loc * (math.nan if bad else 1.0)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, 1.0, validate_args=False), obs=x)
+
+    def guide(self, x, bad=0.0):
+        pass
+
+
+@pytest.mark.parametrize(
+    "trigger, read_at",
+    [("sync_every", 7), ("log", 3), ("validation", 4), ("checkpoint", 6)],
+)
+def test_deferred_flags_are_read_every_n_steps_and_before_each_log_validation_checkpoint(
+    tmp_path, trigger, read_at
+):
+    """README: with ``sync_every=N`` "the flags are read every N steps and before every log,
+    validation and checkpoint": a bad step 2 is reported when the first of those comes
+    (here N = 7, and one log, validation or checkpoint at its step), not later."""
+    options = dict(sync_every=7, log_every=100, validate_every=100, checkpoint_every=100)
+    options.update({
+        "sync_every": {},
+        "log": {"log_every": 3},
+        "validation": {"validation_data": torch.randn(8), "validate_every": 4},
+        "checkpoint": {"run_dir": tmp_path / "run", "checkpoint_every": 6},
+    }[trigger])  # fmt: skip
+    started = []
+
+    def hook(t):
+        started.append(t)
+        return {"bad": float(t == 1)}  # step 2
+
+    m = Marked()
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        fit(m.model, m.guide, torch.randn(32), num_steps=20, batch_size=8, device="cpu",
+            progress=False, step_kwargs=hook, **options)  # fmt: skip
+    assert max(started) + 1 == read_at  # the steps taken when the flags were read
+    assert torch.isfinite(m.loc) and not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -103,6 +103,35 @@ def test_log_leaves_bad_steps_out_of_the_mean_and_keeps_its_history():
     assert again.history == log.history and again.elapsed > 0
 
 
+def test_the_bar_shows_on_request_or_on_a_terminal_and_never_off_rank_zero(monkeypatch):
+    """README: "Process 0 ... shows the progress bar": a log built with ``show=False`` (every
+    other rank) writes nothing even when asked and on a terminal; rank 0's bar shows with
+    ``progress=True``, and by default only on a terminal."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    def bar_text(stream, progress, show):
+        monkeypatch.setattr(sys, "stderr", stream)
+        log = TrainingLog(2, torch.device("cpu"), progress=progress, show=show)
+        with log.running(0):
+            for step in (1, 2):
+                log.record(torch.tensor(1.0), torch.tensor(False))
+                log.log(step, lr=0.1)
+                log.advance(0)
+        return stream.getvalue()
+
+    for stream in (io.StringIO, Terminal):
+        assert "2/2" in bar_text(stream(), progress=True, show=True)
+        assert bar_text(stream(), progress=True, show=False) == ""
+        assert bar_text(stream(), progress=False, show=True) == ""
+    assert "2/2" in bar_text(Terminal(), progress=None, show=True)
+    assert bar_text(io.StringIO(), progress=None, show=True) == ""
+
+
 def test_the_set_up_rollback_holds_its_copies_only_until_done():
     import gc
     import weakref

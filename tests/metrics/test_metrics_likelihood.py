@@ -79,6 +79,21 @@ def test_mean_log_likelihood_no_grad_and_errors():
         mean_log_likelihood(fn, torch.ones(4, 2), batch_size=0)
 
 
+def test_mean_log_likelihood_scores_one_batch_at_a_time():
+    """README: the evaluation helpers "stream over the data in batches with bounded memory":
+    ``log_prob_fn`` sees consecutive batches of at most ``batch_size`` rows, in order."""
+    data = torch.arange(103.0).unsqueeze(-1)
+    seen = []
+
+    def fn(x):
+        seen.append(x[:, 0].clone())
+        return x[:, 0]
+
+    mean_log_likelihood(fn, data, batch_size=10)
+    assert [len(b) for b in seen] == [10] * 10 + [3]
+    assert torch.equal(torch.cat(seen), data[:, 0])
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 1000, 5000])
 def test_mean_log_likelihood_streams_exact_statistics(batch_size):
     """Merging batch statistics gives the one-shot mean and standard error (float64)."""

@@ -170,6 +170,24 @@ def test_responsibilities_cluster_and_temperature_schedule():
     assert torch.equal(exact, (m.component_log_prob(x) + m.mixture_log_weights()).argmax(-1))
 
 
+def test_validation_losses_use_the_final_temperature():
+    """README: "validation losses use the models' defaults (the final temperature, ...)":
+    the programs called without ``temperature`` run at ``final_temperature`` (here 2, not
+    1), and fit's validation loss is the exact enumerated ELBO per point there."""
+    m = _random_mixture(initial_temperature=5.0, final_temperature=2.0, temperature_decay=0.5)
+    x, val = torch.randn(32, D, dtype=torch.float64), torch.randn(12, D, dtype=torch.float64)
+    guide = poutine.trace(m.guide).get_trace(val)
+    torch.testing.assert_close(guide.nodes["component"]["fn"].logits,
+                               torch.log_softmax(m.encoder_logits(val) / 2.0, -1))  # fmt: skip
+    result = fit(m.model, m.guide, x, loss=ELBO, validation_data=val, validate_every=3,
+                 num_steps=3, batch_size=16, device="cpu", progress=False,
+                 restore_best=False)  # fmt: skip
+    with torch.no_grad():
+        at = {t: ELBO.loss(m.model, m.guide, val, temperature=t) / len(val) for t in (1.0, 2.0)}
+    assert result.history["val_loss"] == [pytest.approx(at[2.0], rel=1e-9)]
+    assert abs(at[2.0] - at[1.0]) > 1e-3
+
+
 def test_predictive_draws_posterior_components_and_new_data():
     m = _random_mixture()
     x = torch.randn(5, D, dtype=torch.float64)

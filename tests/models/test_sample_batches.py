@@ -78,6 +78,27 @@ def test_sample_draws_in_batches(name):
     assert max(shape[0] for _, shape in watcher.outputs if shape[0] < N) <= max(BATCH, widest)
 
 
+@pytest.mark.parametrize("name", ["flow", "nif", "vmonf", "vq_flow", "flow_vae"])
+def test_sample_draws_8192_points_per_call_by_default(name):
+    """README: every model's ``sample`` draws "``batch_size`` points per call of the model
+    (default 8192)": a draw of 8192 + 10 points without a batch size passes through the
+    model as one batch of 8192 and one of 10."""
+    from pyro_manifold.metrics import SAMPLE_BATCH
+
+    assert SAMPLE_BATCH == 8192
+    make, kwargs, dim = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    n = SAMPLE_BATCH + 10
+    watcher = RowWatcher()
+    with watcher, torch.no_grad():
+        out = model.sample(n, **kwargs)
+    x = out[0] if isinstance(out, tuple) else out
+    assert x.shape == (n, dim)
+    rows = {shape[0] for op, shape in watcher.outputs if op is not torch.ops.aten.empty}
+    assert max(r for r in rows if r < n) == SAMPLE_BATCH and 10 in rows
+
+
 def test_batched_flow_draw_equals_one_call_for_a_fixed_seed():
     flow = Flow(2, "realnvp", num_layers=2, hidden_dims=[8]).eval()
     torch.manual_seed(3)

@@ -325,6 +325,26 @@ def test_an_entry_follows_the_module_mode():
         )
 
 
+def test_an_entry_follows_the_layers_buffers():
+    """README: an entry is reused only "with the same parameter and buffer versions": an
+    autoregressive layer's masks are buffers, and a mask refilled in place (here emptied,
+    so the network no longer sees its inputs) gives a new value for the same input tensor,
+    in either direction."""
+    for direction in ("forward", "inverse"):
+        t = masked_autoregressive(3, [8])
+        x = torch.randn(16, 3)
+        call = t if direction == "forward" else t.inv
+        with torch.no_grad():
+            before = call(x)  # the entry, looked up by x
+            masks = [b for name, b in t.named_buffers() if name.endswith("mask")]
+            assert masks and not any(isinstance(b, torch.nn.Parameter) for b in masks)
+            for mask in masks:
+                mask.zero_()
+            after = call(x)
+            assert not torch.allclose(after, before), direction
+            torch.testing.assert_close(after, call(x.clone()))
+
+
 @pytest.mark.parametrize(
     "build",
     [

@@ -83,6 +83,12 @@ def test_one_default_and_honest_names():
     plain = {f: {type(t).__name__ for t in T.flow_stack(3, f, 2, [8])} for f in T.FLOWS}
     assert plain["spline_coupling"] == {"FreshSplineCoupling", "Reverse"}
     assert plain["spline_autoregressive"] == {"FreshSplineAutoregressive"}
+    # README: FLOWS = ("maf", "realnvp", "spline_autoregressive", "spline_coupling"),
+    # default DEFAULT_FLOW = "realnvp" (flow_stack's default)
+    assert T.FLOWS == ("maf", "realnvp", "spline_autoregressive", "spline_coupling")
+    assert T.DEFAULT_FLOW == "realnvp"
+    assert plain["realnvp"] == {type(t).__name__ for t in T.flow_stack(3, num_layers=2)}
+    assert plain["realnvp"] != plain["maf"]
 
 
 def test_checking_a_user_flow_leaves_its_modes_alone():
