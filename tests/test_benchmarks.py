@@ -389,44 +389,50 @@ def _protocol_state(claim: str) -> str:
 
 def test_results_protocol_runs_figures_are_the_runs_json():
     """The figures of finished protocol jobs in RESULTS.md's "Protocol runs" table, each
-    against its own run: the NIF candidates listed by initial noise, figure i of each list
-    from the run (image A, latent 64, seed 0) of noise i; the VMoNF candidate's figures from
-    its run. The state's wording around them is free; every finished NIF run is listed."""
+    against its own run: the NIF candidates listed by A map and initial noise, figure i of
+    each list from the run (that A, latent 64, seed 0) of noise i; each VMoNF candidate's
+    figures from the run of its configuration. The state's wording around them is free;
+    every finished run is listed."""
     state = _protocol_state("NIF claims 1, 2, 4")
     folder = ROOT / "benchmarks" / "results" / "nif_protocol_runs"
     runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    listed = re.search(r"(image|dense) NIF-64 at initial noise ([\d., ]+): validation (.+?) "
-                       r"nats \((.+?) bits/dim\)", state)  # fmt: skip
-    assert listed, state
-    nif_map = listed.group(1)
-    noises, log_likelihoods, bits = (group.split(", ") for group in listed.groups()[1:])
-    assert len(noises) == len(runs), "every finished NIF run is listed"
-    for noise, log_likelihood, bits_per_dim in zip(noises, log_likelihoods, bits, strict=True):
-        (run,) = [r for r in runs if (r["args"]["nif_map"], r["args"]["init_noise"]) == (
-            nif_map, float(noise))]  # fmt: skip
-        args = run["args"]
-        assert (args["latent"], args["seed"]) == (64, 0), noise
-        assert args["evaluate"] == "validation" and "test_log_likelihood_logit" not in run
-        assert f"(commit {run['commit'][:7]};" in state, noise
-        assert log_likelihood == (
-            f"{_signed(run['validation_log_likelihood_logit'])} ± "
-            f"{run['validation_log_likelihood_logit_stderr']:.1f}"
-        ), noise
-        assert bits_per_dim == f"{run['validation_bits_per_dim']:.3f}", noise
-    state = _protocol_state("VMoNF MNIST 0–4")
-    run = _load("vmonf_mnist_runs/unsupervised_paper_seed0.json")
-    mnist = run["mnist"]
-    validation, job = mnist["validation"], mnist["job"]
-    assert mnist["split"] == "validation" and f"(commit {run['commit'][:7]};" in state
-    assert f"{job['setting']}, seed {job['seed']}, all {mnist['steps']} steps" in state
-    figures = re.search(r"validation log-likelihood (\S+) nats, clustering accuracy (\S+) "
-                        r"with NMI ([\d.]+)", state)  # fmt: skip
-    assert figures, state
-    assert figures.groups() == (
-        _signed(validation["log_likelihood"]),
-        f"{validation['accuracy']:.3f}",
-        f"{validation['nmi']:.1f}",
+    listed = re.findall(r"(image|dense) NIF-64 at initial noise ([\d., ]+): validation (.+?) "
+                        r"nats \((.+?) bits/dim\)", state)  # fmt: skip
+    assert sum(len(group[1].split(", ")) for group in listed) == len(runs) > 0, (
+        "every finished NIF run is listed"
     )
+    for nif_map, *columns in listed:
+        noises, log_likelihoods, bits = (column.split(", ") for column in columns)
+        for noise, log_likelihood, bits_per_dim in zip(noises, log_likelihoods, bits, strict=True):
+            (run,) = [r for r in runs if (r["args"]["nif_map"], r["args"]["init_noise"]) == (
+                nif_map, float(noise))]  # fmt: skip
+            args = run["args"]
+            assert (args["latent"], args["seed"]) == (64, 0), noise
+            assert args["evaluate"] == "validation" and "test_log_likelihood_logit" not in run
+            assert f"(commit {run['commit'][:7]};" in state, noise
+            assert log_likelihood == (
+                f"{_signed(run['validation_log_likelihood_logit'])} ± "
+                f"{run['validation_log_likelihood_logit_stderr']:.1f}"
+            ), noise
+            assert bits_per_dim == f"{run['validation_bits_per_dim']:.3f}", noise
+    state = _protocol_state("VMoNF MNIST 0–4")
+    folder = ROOT / "benchmarks" / "results" / "vmonf_mnist_runs"
+    runs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    listed = re.findall(r"`(\w+)`[^:`]*: validation log-likelihood (\S+) nats, clustering "
+                        r"accuracy (\S+) with NMI ([\d.]+)", state)  # fmt: skip
+    assert len(listed) == len(runs) > 0, "every finished VMoNF run is listed"
+    for config, log_likelihood, accuracy, nmi in listed:
+        (run,) = [r for r in runs if r["mnist"]["job"]["configuration"] == config]
+        mnist = run["mnist"]
+        validation, job = mnist["validation"], mnist["job"]
+        assert mnist["split"] == "validation" and f"(commit {run['commit'][:7]};" in state
+        assert f"{job['setting']}, seed {job['seed']}, all {mnist['steps']} steps" in state
+        assert mnist["best_step"] == mnist["steps"], config  # "best ... at the last step"
+        assert (log_likelihood, accuracy, nmi) == (
+            _signed(validation["log_likelihood"]),
+            f"{validation['accuracy']:.3f}",
+            f"{validation['nmi']:.3f}",
+        ), config
 
 
 VQ_MNIST_PARAMETERS = {"RealNVP": "2,598,192", "VQ-RealNVP": "6,807,691", "MAF": "7,233,120",
