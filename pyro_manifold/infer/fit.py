@@ -35,7 +35,14 @@ from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, param
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
 from pyro_manifold.infer._progress import TrainingLog, write_json
 from pyro_manifold.infer._rollback import SetUpRollback
-from pyro_manifold.infer._state import RunState, check_resume, param_sites, rng_state, set_rng_state
+from pyro_manifold.infer._state import (
+    RunState,
+    check_resume,
+    fit_options,
+    param_sites,
+    rng_state,
+    set_rng_state,
+)
 from pyro_manifold.infer._step import TrainingStep, check_graphable
 from pyro_manifold.infer.checkpoint import plain_data
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
@@ -430,7 +437,12 @@ def fit(
         seed: seeds Pyro, torch and Python RNGs and the data order.
         run_dir: where to write ``checkpoint.pt``, ``best.pt`` and ``history.json``.
         checkpoint_every: steps between checkpoints.
-        resume: a checkpoint to continue from.
+        resume: a checkpoint to continue from. Its ``optimizer``, ``lr``,
+            ``weight_decay``, ``lr_schedule`` and ``seed`` (and, with ``"cosine"``,
+            ``num_steps``) must be given again, as loading it would override them, and
+            ``num_steps`` may not be below its step: a resume that differs is refused
+            (:class:`~pyro_manifold.errors.CheckpointError` naming the option) before
+            anything changes. Other options (``batch_size``, ``sync_every``, ...) may change.
         log_every: steps between loss read-backs (history and progress bar).
         progress: show a tqdm bar; default only on a terminal.
         config: plain data describing the run, stored in checkpoints and, with a
@@ -500,9 +512,10 @@ def fit(
         raise ArgumentTypeError(f"loss: expected a pyro.infer.ELBO, got {type(elbo).__name__}")
     elbo = fast_elbo(elbo) if fast else elbo
     mods = _owner_modules(model, guide, extra=modules)
+    options = fit_options(optimizer, lr, weight_decay, lr_schedule, num_steps, seed)
     if state is not None:
         kind = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr, weight_decay)
-        check_resume(state, resume, mods, data[0].shape[0], kind)
+        check_resume(state, resume, mods, data[0].shape[0], kind, options)
     schedule = resolve_step_kwargs(step_kwargs, model, guide)
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)
 
@@ -532,7 +545,9 @@ def fit(
         guard = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
         log = TrainingLog(num_steps, device, progress, show=group.is_main)
         stopping = EarlyStopping(patience, params=sites)
-        run = RunState(mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites)
+        run = RunState(
+            mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites, options
+        )
         step = run.load_state_dict(state, seed) if state is not None else 0
         group.broadcast_state_(mods, params)
         trainer = TrainingStep(

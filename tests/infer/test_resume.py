@@ -307,3 +307,69 @@ def test_a_failed_set_up_in_an_existing_run_directory_leaves_its_files_byte_iden
         fit(flow.model, flow.guide, x, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
             **ARGS)  # fmt: skip
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_a_scheduler_that_adds_settings_to_the_optimizer_resumes_exactly(tmp_path):
+    """OneCycleLR adds max_lr, base_momentum, ... to each group: still this run's optimiser."""
+    x, _ = _data()
+
+    def one_cycle(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=20)
+
+    args = {**ARGS, "lr_schedule": one_cycle}
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path / "a", **args)
+    want = _state(flow)
+    flow = _flow()
+    with pytest.raises(Killed):
+        fit(flow.model, flow.guide, x, run_dir=tmp_path / "b", step_kwargs=_killed_at(9), **args)
+    flow = _flow()
+    fit(flow.model, flow.guide, x, resume=tmp_path / "b" / "checkpoint.pt", **args)
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), want, strict=True))
+
+
+@pytest.mark.parametrize(
+    "first, second, match",
+    [
+        ({}, {"lr": 5e-2}, r"lr: expected 0\.005 as in checkpoint .*, got 0\.05"),
+        ({}, {"weight_decay": 0.1}, r"weight_decay: expected 0\.0 as in checkpoint .*, got 0\.1"),
+        ({}, {"optimizer": "adamw"}, r"optimizer: expected 'adam' as in .*, got 'adamw'"),
+        ({"optimizer": "adamw"}, {"optimizer": "adam"}, r"optimizer: expected 'adamw'"),
+        ({}, {"lr_schedule": "cosine"}, r"lr_schedule: expected None as in .*, got 'cosine'"),
+        ({"lr_schedule": "cosine"}, {"lr_schedule": None}, r"expected 'cosine' as in .*, got None"),
+        ({"lr_schedule": "cosine"}, {"lr_schedule": lambda o: None}, r"got 'callable'"),
+        ({"lr_schedule": "cosine"}, {"num_steps": 40},
+         r"num_steps: expected 20 as in checkpoint .* \(lr_schedule='cosine' anneals over "
+         r"num_steps\), got 40"),
+        ({}, {"seed": 4}, r"seed: expected 3 as in checkpoint .*, got 4"),
+        ({}, {"num_steps": 5}, r"num_steps: expected at least the 6 steps of checkpoint .*, got 5"),
+    ],
+)  # fmt: skip
+def test_a_resume_that_changes_what_the_checkpoint_fixes_is_refused_before_anything_changes(
+    tmp_path, first, second, match
+):
+    """Loading the checkpoint would silently override these (or break its schedule)."""
+    x, _ = _data()
+    flow = _flow()
+    with pytest.raises(Killed):  # the checkpoint of step 6 of a 20-step run
+        fit(flow.model, flow.guide, x, run_dir=tmp_path, step_kwargs=_killed_at(7),
+            **{**ARGS, **first})  # fmt: skip
+    files = _files(tmp_path)
+    other = _flow()
+    before = _state(other)
+    with pytest.raises(CheckpointError, match=match):
+        fit(other.model, other.guide, x, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
+            **{**ARGS, **first, **second})  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(other), before, strict=True))
+    assert _files(tmp_path) == files
+
+
+def test_a_resume_may_change_what_the_checkpoint_does_not_fix(tmp_path):
+    x, _ = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    again = _flow()
+    result = fit(again.model, again.guide, x, resume=tmp_path / "checkpoint.pt",
+                 **{**ARGS, "num_steps": 30, "batch_size": 16, "clip_norm": 1.0, "sync_every": 2,
+                    "checkpoint_every": 7, "log_every": 5})  # fmt: skip
+    assert result.step == 30
