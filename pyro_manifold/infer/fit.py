@@ -393,7 +393,11 @@ def fit(
     module buffers such as batch-norm statistics are restored, and so are parameters a
     layer edited in place during the step, such as a re-seeded VQ code), counted in
     :attr:`FitResult.skipped_steps` and reported with a warning at the end; more than
-    ``max_consecutive_skips`` in a row still raise.
+    ``max_consecutive_skips`` in a row still raise. An update can overflow although its
+    loss and gradient are finite (a huge ``lr``): the trained values are checked before
+    every checkpoint and at the end (one read-back each), and non-finite ones raise
+    :class:`NonFiniteLossError` naming the parameters (``nonfinite_values``), with that
+    checkpoint unwritten.
 
     The finiteness check costs one device-to-host read per step (of the loss plus the
     global gradient norm together). With ``sync_every=N > 1`` it stays on the device:
@@ -589,12 +593,15 @@ def fit(
                     v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
                     log.validation(step, v)
                     if stopping.update(v, mods) and run_dir is not None:
+                        trainer.check_values(step)  # never a checkpoint of overflowed values
                         run.save(run_dir / "best.pt", step)
                 if run_dir is not None and (save_now or stopping.stop):
+                    trainer.check_values(step)
                     checkpoint = run.save(run_dir / "checkpoint.pt", step)
                     log.write(history_dir)
                 if stopping.stop:
                     break
+            trainer.check_values(step)  # nor a model of them
         if restore_best and val is not None:
             stopping.restore_best(mods)
         for m in mods:
