@@ -6,7 +6,7 @@ import torch
 from pyro_manifold.errors import CheckpointError, RunLockedError
 from pyro_manifold.infer import fit, load_checkpoint
 from pyro_manifold.infer.rundir import RunLock
-from pyro_manifold.models import Flow
+from pyro_manifold.models import Flow, FlowVAE
 
 ARGS = dict(num_steps=20, batch_size=32, device="cpu", progress=False, seed=3, lr=5e-3,
             validate_every=4, checkpoint_every=6, log_every=4)  # fmt: skip
@@ -373,3 +373,99 @@ def test_a_resume_may_change_what_the_checkpoint_does_not_fix(tmp_path):
                  **{**ARGS, "num_steps": 30, "batch_size": 16, "clip_norm": 1.0, "sync_every": 2,
                     "checkpoint_every": 7, "log_every": 5})  # fmt: skip
     assert result.step == 30
+
+
+class SpoiledVAE(FlowVAE):
+    """A Bernoulli FlowVAE whose loss is NaN at the steps ``bad`` (KL warm-up as its own)."""
+
+    bad = {5, 10, 14}  # steps 6, 11 and 15: before, between and after the resume points
+
+    def model(self, x, spoil=0.0, **kwargs):
+        return super().model(x * float("nan") if spoil else x, **kwargs)
+
+    def guide(self, x, spoil=0.0, **kwargs):
+        return super().guide(x, **kwargs)
+
+    def step_kwargs(self, step):
+        return {**super().step_kwargs(step), "spoil": float(step in self.bad)}
+
+
+def _binarize_with_every_generator(x):
+    """Dynamic binarisation (torch), flipped when numpy's and Python's draws say so."""
+    import random
+
+    import numpy as np
+
+    from pyro_manifold.datasets import dynamic_binarize
+
+    b = dynamic_binarize(x)
+    return (1 - b if np.random.rand() + random.random() > 1.2 else b,)
+
+
+def _plain(state):
+    """A checkpoint without what a clock decides (the times) and its digest."""
+    state = {k: v for k, v in state.items() if k not in ("elapsed", "digest")}
+    state["history"] = {k: v for k, v in state["history"].items() if k != "time"}
+    return state
+
+
+def _assert_identical(a, b, where="checkpoint"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()), where
+        assert torch.equal(a.isnan(), b.isnan()), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("kill", [11, 13])
+def test_a_sampling_model_resumes_bit_for_bit_with_every_option_at_once(tmp_path, kill):
+    """Latent draws, a transform drawing from torch, numpy and Python, device-side flags
+    read every 3 steps, checkpoints every 4 (not dividing the kill), skipped NaN steps on
+    both sides of the resume point, validation and early stopping: the last checkpoint, the
+    history and the model end as the uninterrupted run's."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (160, 6), dtype=torch.uint8, generator=g)
+    x, val = pixels[:128], _binarize_with_every_generator(pixels[128:])[0]
+    args = dict(num_steps=20, batch_size=16, device="cpu", progress=False, seed=3, lr=1e-2,
+                sync_every=3, checkpoint_every=4, log_every=5, on_nonfinite="skip",
+                validate_every=3, patience=4,
+                transform_batch=_binarize_with_every_generator)  # fmt: skip
+
+    def vae():
+        torch.manual_seed(1)
+        return SpoiledVAE(2, 6, hidden_dims=[8], kl_warmup_steps=8)
+
+    def kill_at(model, t_kill):
+        def schedule(t):
+            if t == t_kill:
+                raise Killed
+            return model.step_kwargs(t)
+
+        return schedule
+
+    straight = vae()
+    with pytest.warns(RuntimeWarning, match="skipped 3 of 20"):
+        fit(straight.model, straight.guide, x, validation_data=val, run_dir=tmp_path / "a",
+            **args)  # fmt: skip
+    first = vae()
+    with pytest.raises(Killed):
+        fit(first.model, first.guide, x, validation_data=val, run_dir=tmp_path / "b",
+            step_kwargs=kill_at(first, kill), **args)  # fmt: skip
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == kill // 4 * 4
+    resumed = vae()
+    with pytest.warns(RuntimeWarning, match="skipped 3 of 20"):
+        fit(resumed.model, resumed.guide, x, validation_data=val, run_dir=tmp_path / "b",
+            resume=tmp_path / "b" / "checkpoint.pt", **args)  # fmt: skip
+    want, got = (_plain(load_checkpoint(tmp_path / d / "checkpoint.pt")) for d in "ab")
+    assert want["skipped_steps"] == [6, 11, 15] and len(want["history"]["val_loss"]) == 7
+    _assert_identical(want, got)
+    _assert_identical(straight.state_dict(), resumed.state_dict(), "model")
