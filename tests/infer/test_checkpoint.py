@@ -122,3 +122,9 @@ def test_digest_of_a_fixed_state_never_changes():
     }
     expected = "532c3c28c458fa3c590653f20a55c9341912b66251637534ef5afdd73796921c"
     assert content_digest(state) == expected
+
+
+def test_a_directory_is_refused_naming_the_checkpoint_inside(tmp_path):
+    save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointNotFoundError, match=r"found a directory \(its checkpoint\.pt"):
+        load_checkpoint(tmp_path)  # resume=run_dir instead of run_dir / "checkpoint.pt"
