@@ -348,7 +348,8 @@ class RunState:
         if saved_counts != counts:
             raise CheckpointError(
                 f"resume: expected optimiser groups of {counts} tensors as in this run, "
-                f"the checkpoint has {saved_counts}"
+                f"the checkpoint has {saved_counts} (it trained other parameters: another "
+                f"model, or one in another stage, as a VQFlow before set_stage)"
             )
         for m, saved in zip(self.modules, state["modules"], strict=True):
             m.load_state_dict(saved)

@@ -469,3 +469,30 @@ def test_a_sampling_model_resumes_bit_for_bit_with_every_option_at_once(tmp_path
     assert want["skipped_steps"] == [6, 11, 15] and len(want["history"]["val_loss"]) == 7
     _assert_identical(want, got)
     _assert_identical(straight.state_dict(), resumed.state_dict(), "model")
+
+
+def test_a_vq_flow_resumed_in_another_stage_is_refused_by_name(tmp_path):
+    """The stage is not module state: a flows-stage checkpoint needs set_stage("flows") first."""
+    from pyro_manifold.models import VQFlow
+
+    x = torch.randn(64, 3)
+
+    def vq_flow():
+        torch.manual_seed(0)
+        return VQFlow(3, num_charts=2, latent_dim=2, num_layers=1, hidden_dims=[8])
+
+    args = dict(batch_size=32, device="cpu", progress=False)
+    first = vq_flow()
+    first.set_stage("flows", x)
+    fit(first.model, first.guide, x, num_steps=2, run_dir=tmp_path, **args)
+    files = _files(tmp_path)
+    again = vq_flow()  # stage "atlas": the autoencoder trains too
+    before = _state(again)
+    with pytest.raises(CheckpointError, match=r"\[\d+\] tensors.*has \[\d+\].*another stage"):
+        fit(again.model, again.guide, x, num_steps=4, run_dir=tmp_path,
+            resume=tmp_path / "checkpoint.pt", **args)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(again), before, strict=True))
+    assert _files(tmp_path) == files
+    again.set_stage("flows")
+    assert fit(again.model, again.guide, x, num_steps=4, run_dir=tmp_path,
+               resume=tmp_path / "checkpoint.pt", **args).step == 4  # fmt: skip
