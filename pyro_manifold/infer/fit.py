@@ -421,7 +421,7 @@ def fit(
         lr: learning rate for the named optimisers.
         weight_decay: weight decay for the named optimisers.
         lr_schedule: ``"cosine"`` or a callable ``optimizer -> LRScheduler`` (stepped
-            once per step).
+            once per step, without arguments: ``ReduceLROnPlateau`` is refused).
         clip_norm: clip the global gradient norm to this value.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``, what to do with a step whose
             loss or gradient is not finite.
