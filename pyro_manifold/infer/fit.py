@@ -431,7 +431,9 @@ def fit(
             than 1 needs ``optimizer="adam"`` or ``"adamw"`` (made fused).
         validation_data: held-out data with the same structure as ``data``.
         validate_every: steps between validation losses.
-        patience: stop after this many validations without improvement.
+        patience: stop after this many validations without improvement (a resumed run
+            counts on from its checkpoint, with this patience: more lets a stopped run
+            train on).
         restore_best: with validation data, end with the parameters of the best
             validation loss.
         transform_batch: applied to each batch (e.g. dequantisation, binarisation),

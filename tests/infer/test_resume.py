@@ -78,6 +78,20 @@ def test_an_early_stopped_run_resumed_stays_stopped(tmp_path):
     assert again.stopped_early and again.step == first.step
 
 
+@pytest.mark.parametrize("patience", [None, 5])
+def test_an_early_stopped_run_resumed_with_more_patience_trains_on(tmp_path, patience):
+    x, val = _data()
+    flow = _flow()
+    args = {**ARGS, "num_steps": 200, "validate_every": 2, "checkpoint_every": 2}
+    first = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path, patience=1,
+                **args)  # fmt: skip
+    assert first.stopped_early
+    again = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path,
+                resume=tmp_path / "checkpoint.pt", patience=patience,
+                **{**args, "num_steps": first.step + 4})  # fmt: skip
+    assert again.step == first.step + 4 and not again.stopped_early
+
+
 def _files(run_dir):
     return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
 
