@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from pyro_manifold.errors import RunDirectoryError, RunLockedError
@@ -33,15 +34,19 @@ __all__ = ["LOCK_NAME", "RunLock", "check_run_dir"]
 LOCK_NAME = ".lock"
 
 
-def check_run_dir(run_dir: str | os.PathLike, name: str = "run_dir") -> Path:
+def check_run_dir(
+    run_dir: str | os.PathLike, name: str = "run_dir", files: Sequence[str] = ()
+) -> Path:
     """Check that ``run_dir`` can be a run directory, creating and changing nothing.
 
     It must be a directory that this process can write to, or a path whose nearest
-    existing ancestor is such a directory (so that it can be created).
+    existing ancestor is such a directory (so that it can be created), and none of
+    ``files``, the files a writer will replace in it, may be a directory there.
 
     Args:
         run_dir: the path given.
         name: the argument's name, used in the message.
+        files: names of files the run will write in it (e.g. ``"checkpoint.pt"``).
 
     Returns:
         ``run_dir`` as a :class:`~pathlib.Path`.
@@ -75,6 +80,12 @@ def check_run_dir(run_dir: str | os.PathLike, name: str = "run_dir") -> Path:
         raise RunDirectoryError(
             f"{name}: expected a writable directory for {str(path)!r}, but {what} is read-only"
         )
+    for file in files:
+        if (path / file).is_dir():
+            raise RunDirectoryError(
+                f"{name}: expected {file} in {str(path)!r} to be a file it can replace, got a "
+                "directory"
+            )
     return path
 
 

@@ -511,3 +511,23 @@ def test_a_vq_flow_resumed_in_another_stage_is_refused_by_name(tmp_path):
     again.set_stage("flows")
     assert fit(again.model, again.guide, x, num_steps=4, run_dir=tmp_path,
                resume=tmp_path / "checkpoint.pt", **args).step == 4  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "best.pt", "history.json", "config.json"])
+def test_a_run_directory_whose_files_are_directories_is_refused_before_training(tmp_path, name):
+    """Else the first write fails after training (and leaves its temporary file)."""
+    x, val = _data()
+    (tmp_path / name).mkdir()
+    files = _files_and_dirs(tmp_path)
+    flow = _flow()
+    before = _state(flow)
+    match = f"run_dir: expected {name} in .* to be a file it can replace, got a directory"
+    with pytest.raises(OSError, match=match):
+        fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path, config={"a": 1},
+            step_kwargs=_killed_at(0), **ARGS)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+    assert _files_and_dirs(tmp_path) == files
+
+
+def _files_and_dirs(run_dir):
+    return sorted(p.name for p in run_dir.iterdir())
