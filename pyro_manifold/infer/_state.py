@@ -104,6 +104,10 @@ def param_sites(names: Iterable[str], modules: Sequence[nn.Module]) -> dict[str,
     }
 
 
+#: The keys every checkpoint of ``fit`` holds (a resume reads them all).
+_REQUIRED = ("modules", "params", "optimizer", "step", "rng", "history", "position", "perm",
+             "order_generator")  # fmt: skip
+
 #: Keys of an optimizer's parameter group that are not its settings: the parameters, and
 #: ``initial_lr``, which a learning-rate scheduler adds to every group it drives (so a
 #: checkpoint of a scheduled run holds it and a fresh optimizer does not, yet).
@@ -180,7 +184,8 @@ def check_resume(
     """Refuse a checkpoint that does not fit this run, before anything is changed.
 
     Checked: the number of modules and, for each, the names, shapes and dtypes of its
-    state (as ``load_state_dict`` would need them), the number of data rows (the saved
+    state (as ``load_state_dict`` would need them), that it holds every other part of a
+    ``fit`` checkpoint, the number of data rows (the saved
     data order indexes them), the optimiser's kind (the hyper-parameters it needs, e.g.
     Adam's ``betas`` against SGD's ``momentum``; a learning-rate scheduler may have added
     others, such as ``OneCycleLR``'s ``max_lr``) and, given ``options``, that
@@ -225,6 +230,12 @@ def check_resume(
                 f"resume: checkpoint {source} does not fit module {i} ({type(m).__name__}): "
                 f"{problem}"
             )
+    missing = sorted(k for k in _REQUIRED if k not in state)
+    if missing:
+        raise CheckpointError(
+            f"resume: checkpoint {source} lacks {missing}, expected a checkpoint written by "
+            f"fit (weights alone load with load_state_dict)"
+        )
     perm = state.get("perm")
     if isinstance(perm, Tensor) and perm.shape[0] != num_rows:
         raise CheckpointError(

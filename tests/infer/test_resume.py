@@ -531,3 +531,17 @@ def test_a_run_directory_whose_files_are_directories_is_refused_before_training(
 
 def _files_and_dirs(run_dir):
     return sorted(p.name for p in run_dir.iterdir())
+
+
+def test_a_checkpoint_not_written_by_fit_is_refused_naming_what_it_lacks(tmp_path):
+    from pyro_manifold.infer import save_checkpoint
+
+    x, _ = _data()
+    flow = _flow()
+    weights = save_checkpoint({"modules": [flow.state_dict()]}, tmp_path / "weights.pt")
+    before = _state(flow)
+    match = r"resume: checkpoint .*weights\.pt lacks \['history', 'optimizer', .*'step'\]"
+    with pytest.raises(CheckpointError, match=match):
+        fit(flow.model, flow.guide, x, run_dir=tmp_path / "run", resume=weights, **ARGS)
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+    assert not (tmp_path / "run").exists()
