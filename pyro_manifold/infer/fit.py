@@ -136,14 +136,25 @@ def _discover_param_sites(
     elbo: ELBO, model: Callable, guide: Callable, batch: tuple, kwargs: dict,
     modules: Sequence[nn.Module],
 ) -> dict[str, Tensor]:  # fmt: skip
-    """The ``pyro.param`` sites of one evaluation that leaves RNGs and modules as they were."""
+    """The ``pyro.param`` sites of one evaluation that leaves RNGs and modules as they were.
+
+    A site that ``pyro.module`` declared for a parameter of ``modules`` (its initial
+    value is that parameter) is the module's, saved with it, even where the param store
+    still holds an earlier instance's tensor under that name (no ``clear_param_store``).
+    """
     rng = rng_state()
     for m in modules:
         m.eval()
     with poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, *batch, **kwargs)
     set_rng_state(rng)
-    return param_sites(capture.trace.nodes, modules)
+    owned = {id(p) for m in modules for p in m.parameters()}
+    names = [
+        name
+        for name, site in capture.trace.nodes.items()
+        if not (len(site["args"]) > 1 and id(site["args"][1]) in owned)
+    ]
+    return param_sites(names, modules)
 
 
 def _data_tensors(

@@ -545,3 +545,22 @@ def test_a_checkpoint_not_written_by_fit_is_refused_naming_what_it_lacks(tmp_pat
         fit(flow.model, flow.guide, x, run_dir=tmp_path / "run", resume=weights, **ARGS)
     assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stale_pyro_module_registration_is_not_saved_as_a_param_site(tmp_path):
+    """pyro.module keeps an earlier instance's tensor in the param store under the same
+    name (no clear_param_store): it is not this module's parameter, nor a pyro.param
+    site, or the checkpoint could not be resumed in a fresh process."""
+    import pyro
+
+    x, _ = _data()
+    pyro.clear_param_store()
+    earlier = WithSite(site=False)
+    fit(earlier.model, earlier.guide, x, **{**ARGS, "num_steps": 2})
+    assert "with_site$$$loc" in pyro.get_param_store()
+    m = WithSite(site=False)
+    fit(m.model, m.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["params"] == {}
+    pyro.clear_param_store()  # as a fresh process has it
+    again = WithSite(site=False)
+    assert fit(again.model, again.guide, x, resume=tmp_path / "checkpoint.pt", **ARGS).step == 20
