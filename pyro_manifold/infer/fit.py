@@ -435,7 +435,9 @@ def fit(
         lr: learning rate for the named optimisers.
         weight_decay: weight decay for the named optimisers.
         lr_schedule: ``"cosine"`` or a callable ``optimizer -> LRScheduler`` (stepped
-            once per step, without arguments: ``ReduceLROnPlateau`` is refused).
+            once per step, without arguments: ``ReduceLROnPlateau`` is refused). With a
+            ``run_dir``, its ``state_dict()`` (and a callable optimizer's) must hold what a
+            checkpoint can; checked before the first step.
         clip_norm: clip the global gradient norm to this value.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``, what to do with a step whose
             loss or gradient is not finite.
@@ -562,6 +564,10 @@ def fit(
             optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph
         )
         scheduler = make_scheduler(lr_schedule, opt, num_steps)
+        if run_dir is not None:  # refused now, not at the first checkpoint
+            for name, part in (("optimizer", opt), ("lr_schedule", scheduler)):
+                if part is not None:
+                    plain_data(part.state_dict(), f"{name}'s state")
         guard = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
         log = TrainingLog(num_steps, device, progress, show=group.is_main)
         stopping = EarlyStopping(patience, params=sites)

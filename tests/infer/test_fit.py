@@ -400,6 +400,32 @@ def test_a_callable_optimizer_or_schedule_that_returns_the_wrong_thing_is_refuse
     assert not (tmp_path / "run").exists()
 
 
+class _WarmUp:
+    """A learning-rate factor whose state (its __dict__, in LambdaLR's) holds a function."""
+
+    def __init__(self):
+        self.shape = lambda t: min(1.0, (t + 1) / 5)
+
+    def __call__(self, t):
+        return self.shape(t)
+
+
+def test_a_schedule_whose_state_no_checkpoint_can_hold_is_refused_before_training(tmp_path):
+    """Else the first checkpoint fails after checkpoint_every steps trained for nothing."""
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    with pytest.raises(ValueError, match=r"lr_schedule's state\['lr_lambdas'\]\[0\]\['shape'\]"):
+        fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=6, batch_size=32,
+            device="cpu", progress=False, run_dir=tmp_path / "run", checkpoint_every=3,
+            lr_schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp()))  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+    assert not (tmp_path / "run").exists()
+    # without a run directory nothing is saved, so such a schedule is fine
+    fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=2, batch_size=32, device="cpu",
+        progress=False,
+        lr_schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp()))  # fmt: skip
+
+
 def test_checkpoint_refuses_pickled_objects_and_corrupt_files(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "pyro_manifold.checkpoint/1", "obj": pickle.PickleError()}, evil)
