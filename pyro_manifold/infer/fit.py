@@ -53,7 +53,7 @@ from pyro_manifold.infer.schedule import StepKwargs, evaluate_step_kwargs, resol
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
 
 #: The files ``fit`` writes (atomically, by replacing them) in its ``run_dir``.
-RUN_FILES = ("checkpoint.pt", "best.pt", "history.json", "config.json")
+_RUN_FILES = ("checkpoint.pt", "best.pt", "history.json", "config.json")
 
 
 @dataclass
@@ -527,7 +527,7 @@ def fit(
     device = group.device
     if cuda_graph:
         check_graphable(optimizer, lr_schedule, device, group.distributed)
-    run_dir = check_run_dir(run_dir, files=RUN_FILES) if run_dir is not None else None
+    run_dir = check_run_dir(run_dir, files=_RUN_FILES) if run_dir is not None else None
     state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
     if not isinstance(elbo, ELBO):
