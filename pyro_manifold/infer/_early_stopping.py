@@ -126,9 +126,13 @@ class EarlyStopping:
                 "stopped": self.stop}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint's counters and best states."""
+        """Continue from a checkpoint's counters and best states.
+
+        Whether to stop is decided again with this run's ``patience``: a run that stopped
+        early stays stopped with the same patience, and trains on with more (or none).
+        """
         self.best = float(state.get("best_validation_loss", math.inf))
         self.bad_validations = int(state.get("bad_validations", 0))
         self.best_states = state.get("best_states")
         self.best_params = state.get("best_params")
-        self.stop = bool(state.get("stopped", False))
+        self.stop = self.patience is not None and self.bad_validations >= self.patience

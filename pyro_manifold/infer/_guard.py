@@ -27,6 +27,7 @@ __all__ = [
     "NonFiniteLossError",
     "nonfinite_parameters",
     "nonfinite_sites",
+    "nonfinite_values",
     "total_norm_of",
 ]
 
@@ -45,6 +46,9 @@ class NonFiniteLossError(ComputationError):
             counts as the largest), e.g. ``"Flow.layers.0.weight"`` or ``"param:loc"``.
         grad_norm: that parameter's gradient norm.
         nonfinite_parameters: every parameter whose gradient was not finite.
+        nonfinite_values: every parameter whose value was not finite when it was about to
+            be checkpointed or returned (an update that overflowed although its loss and
+            gradient were finite, e.g. with a huge ``lr``); empty otherwise.
 
     Example:
         >>> err = NonFiniteLossError(7, ["model:obs"], float("nan"), parameter="param:loc")
@@ -61,11 +65,24 @@ class NonFiniteLossError(ComputationError):
         parameter: str | None = None,
         grad_norm: float | None = None,
         nonfinite_parameters: Sequence[str] = (),
+        nonfinite_values: Sequence[str] = (),
         note: str = "",
     ) -> None:
         self.step, self.sites, self.loss = step, sites, loss
         self.parameter, self.grad_norm = parameter, grad_norm
         self.nonfinite_parameters = list(nonfinite_parameters)
+        self.nonfinite_values = list(nonfinite_values)
+        if self.nonfinite_values:
+            shown = ", ".join(self.nonfinite_values[:5])
+            more = len(self.nonfinite_values) - 5
+            super().__init__(
+                f"non-finite values at step {step} in: {shown}"
+                + (f" (+{more} more)" if more > 0 else "")
+                + " (an update overflowed although its loss and gradient were finite: lower "
+                "lr); they were not checkpointed. Training stopped; the last good checkpoint "
+                "(if any) is unchanged."
+            )
+            return
         what = f"non-finite loss {loss}" if not math.isfinite(loss) else "non-finite gradient"
         where = ", ".join(sites) if sites else "no single site (check the parameters)"
         msg = f"{what} at step {step}; non-finite log-probability at: {where}"
@@ -214,6 +231,22 @@ def parameter_names(modules: Sequence[nn.Module], param_sites: dict[str, Tensor]
         for name, p in m.named_parameters():
             names.setdefault(id(p), f"{type(m).__name__}.{name}")
     return names
+
+
+def nonfinite_values(params: Sequence[Tensor], names: dict[int, str]) -> list[str]:
+    """The names of the parameters holding a value that is not finite (one read-back).
+
+    Example:
+        >>> p, q = torch.ones(2), torch.tensor([1.0, float("inf")])
+        >>> nonfinite_values([p, q], {id(p): "p", id(q): "q"})
+        ['q']
+    """
+    if not params:
+        return []
+    with torch.no_grad():
+        flags = torch.stack([torch.isfinite(p).all() for p in params]).tolist()
+    pairs = enumerate(zip(params, flags, strict=True))
+    return [names.get(id(p), f"parameter {i}") for i, (p, finite) in pairs if not finite]
 
 
 def gradient_report(params: list[Tensor], names: dict) -> tuple[str | None, float, list[str]]:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pyro_manifold._validation import check_choice
+from pyro_manifold.errors import ArgumentTypeError
 
 __all__ = ["OPTIMIZERS", "load_optimizer_state", "make_optimizer", "make_scheduler"]
 
@@ -31,7 +32,13 @@ def make_optimizer(
         SGD (...
     """
     if callable(optimizer):
-        return optimizer(params)
+        made = optimizer(params)
+        if not isinstance(made, torch.optim.Optimizer):
+            raise ArgumentTypeError(
+                f"optimizer: expected a callable params -> torch.optim.Optimizer, got one that "
+                f"returned {type(made).__name__} {made!r:.80}"
+            )
+        return made
     name = check_choice("optimizer", optimizer, OPTIMIZERS)
     flags = {"fused": True} if fused or all(p.is_cuda for p in params) else {}
     if capturable:
@@ -65,10 +72,34 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state_dict: dict) -> None:
 
 
 def make_scheduler(lr_schedule: str | Callable | None, opt: torch.optim.Optimizer, num_steps: int):
-    """``None``, cosine annealing over ``num_steps``, or ``lr_schedule(opt)``."""
+    """``None``, cosine annealing over ``num_steps``, or ``lr_schedule(opt)``.
+
+    What ``lr_schedule(opt)`` returns must be a ``torch.optim.lr_scheduler.LRScheduler``
+    that ``fit`` can step without arguments once per step (not ``ReduceLROnPlateau``,
+    which needs a metric); anything else is refused here, before the first step.
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> make_scheduler(lambda o: None, opt, 10)
+        Traceback (most recent call last):
+        ...
+        pyro_manifold.errors.ArgumentTypeError: lr_schedule: expected a callable ...
+    """
     if lr_schedule is None:
         return None
     if callable(lr_schedule):
-        return lr_schedule(opt)
+        made = lr_schedule(opt)
+        if isinstance(made, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ArgumentTypeError(
+                "lr_schedule: expected a scheduler stepped without arguments once per step, "
+                "got ReduceLROnPlateau (it needs a metric)"
+            )
+        if not isinstance(made, torch.optim.lr_scheduler.LRScheduler):
+            raise ArgumentTypeError(
+                f"lr_schedule: expected a callable optimizer -> "
+                f"torch.optim.lr_scheduler.LRScheduler, got one that returned "
+                f"{type(made).__name__} {made!r:.80}"
+            )
+        return made
     check_choice("lr_schedule", lr_schedule, ("cosine",))
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=num_steps)

@@ -5,9 +5,11 @@ A checkpoint is one flat dictionary of tensors and plain data (see
 (the ``pyro.param`` sites that are not module parameters, unconstrained), ``optimizer``,
 ``scheduler``, ``step``, ``rng``, ``config``, the data order (``position``, ``perm``,
 ``order_generator``), the log (``history``, ``elapsed``), early stopping
-(``best_validation_loss``, ``bad_validations``), ``skipped_steps`` and, in a
-data-parallel run, ``world_size`` and ``rank_rng``. The step is the whole state of a
-``step_kwargs`` schedule, so a resumed run continues it exactly.
+(``best_validation_loss``, ``bad_validations``), ``skipped_steps``, ``fit_options``
+(the options of :func:`~pyro_manifold.infer.fit` that a resumed run must keep, see
+:func:`fit_options`) and, in a data-parallel run, ``world_size`` and ``rank_rng``. The
+step is the whole state of a ``step_kwargs`` schedule, so a resumed run continues it
+exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from pyro_manifold.errors import CheckpointError
 from pyro_manifold.infer._optim import load_optimizer_state
 from pyro_manifold.infer.distributed import DataParallelGroup
 
-__all__ = ["RunState", "check_resume", "param_sites", "rng_state", "set_rng_state"]
+__all__ = [
+    "RunState",
+    "check_resume",
+    "fit_options",
+    "param_sites",
+    "rng_state",
+    "set_rng_state",
+]
 
 
 class _Stateful(Protocol):
@@ -95,10 +104,73 @@ def param_sites(names: Iterable[str], modules: Sequence[nn.Module]) -> dict[str,
     }
 
 
+#: The keys every checkpoint of ``fit`` holds (a resume reads them all).
+_REQUIRED = ("modules", "params", "optimizer", "step", "rng", "history", "position", "perm",
+             "order_generator")  # fmt: skip
+
 #: Keys of an optimizer's parameter group that are not its settings: the parameters, and
 #: ``initial_lr``, which a learning-rate scheduler adds to every group it drives (so a
 #: checkpoint of a scheduled run holds it and a fresh optimizer does not, yet).
 _NOT_SETTINGS = frozenset({"params", "initial_lr"})
+
+
+def fit_options(
+    optimizer: object, lr: float, weight_decay: float, lr_schedule: object, num_steps: int,
+    seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The options of ``fit`` that a checkpoint fixes, as plain data (its ``fit_options``).
+
+    Loading a checkpoint replaces the optimiser's settings (``lr``, ``weight_decay``, Adam
+    against AdamW), the schedule's state (a cosine schedule's length is ``num_steps``) and
+    the generators that ``seed`` seeds, so a resumed run given others would silently
+    train with the checkpoint's: :func:`check_resume` refuses it. A callable optimiser or
+    schedule is recorded as ``"callable"`` (its own settings are not compared).
+
+    Example:
+        >>> fit_options("adam", 1e-3, 0, "cosine", 100, 0)["lr_schedule"]
+        'cosine'
+    """
+    named = isinstance(optimizer, str)
+    return {
+        "optimizer": optimizer if named else "callable",
+        "lr": float(lr) if named else None,
+        "weight_decay": float(weight_decay) if named else None,
+        "lr_schedule": lr_schedule if lr_schedule is None or isinstance(lr_schedule, str)
+        else "callable",
+        "num_steps": int(num_steps),
+        "seed": int(seed),
+    }  # fmt: skip
+
+
+def _check_options(state: dict[str, Any], source: object, options: dict[str, Any]) -> None:
+    """Refuse a resumed run whose ``fit`` options differ from those its checkpoint fixes."""
+    step = state.get("step")
+    if isinstance(step, int) and step > options["num_steps"]:
+        raise CheckpointError(
+            f"num_steps: expected at least the {step} steps of checkpoint {source} "
+            f"(num_steps counts the resumed ones), got {options['num_steps']}"
+        )
+    saved = state.get("fit_options")
+    if not isinstance(saved, dict):  # a checkpoint written before they were kept
+        return
+    keys = ["optimizer", "lr_schedule", "seed"]
+    if saved.get("optimizer") == options["optimizer"] != "callable":
+        keys[1:1] = ["lr", "weight_decay"]
+    why = {"optimizer": "its optimiser state replaces this run's",
+           "lr": "its optimiser state replaces this run's",
+           "weight_decay": "its optimiser state replaces this run's",
+           "lr_schedule": "its schedule continues", "seed": "its generators continue"}  # fmt: skip
+    for key in keys:
+        if saved.get(key) != options[key]:
+            raise CheckpointError(
+                f"{key}: expected {saved.get(key)!r} as in checkpoint {source} ({why[key]}), "
+                f"got {options[key]!r}"
+            )
+    if options["lr_schedule"] == "cosine" and saved.get("num_steps") != options["num_steps"]:
+        raise CheckpointError(
+            f"num_steps: expected {saved.get('num_steps')!r} as in checkpoint {source} "
+            f"(lr_schedule='cosine' anneals over num_steps), got {options['num_steps']}"
+        )
 
 
 def check_resume(
@@ -107,13 +179,20 @@ def check_resume(
     modules: Sequence[nn.Module],
     num_rows: int,
     optimizer: torch.optim.Optimizer,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """Refuse a checkpoint that does not fit this run, before anything is changed.
 
     Checked: the number of modules and, for each, the names, shapes and dtypes of its
-    state (as ``load_state_dict`` would need them), the number of data rows (the saved
-    data order indexes them), and the optimiser's kind (its hyper-parameter names, e.g.
-    Adam's ``betas`` against SGD's ``momentum``).
+    state (as ``load_state_dict`` would need them), that it holds every other part of a
+    ``fit`` checkpoint, the number of data rows (the saved
+    data order indexes them), the optimiser's kind (the hyper-parameters it needs, e.g.
+    Adam's ``betas`` against SGD's ``momentum``; a learning-rate scheduler may have added
+    others, such as ``OneCycleLR``'s ``max_lr``) and, given ``options``, that
+    ``num_steps`` is no less than the checkpoint's step and that the options of
+    :func:`fit_options` are the checkpoint's (``num_steps`` too with
+    ``lr_schedule="cosine"``). The message names the option, the saved and the given
+    value.
 
     Args:
         state: the loaded checkpoint.
@@ -121,6 +200,7 @@ def check_resume(
         modules: this run's modules.
         num_rows: the rows of this run's training data.
         optimizer: an optimiser of this run's kind (any parameters).
+        options: this run's :func:`fit_options`; ``None``: not checked.
 
     Raises:
         CheckpointError: naming the checkpoint, the expected and the found.
@@ -150,6 +230,12 @@ def check_resume(
                 f"resume: checkpoint {source} does not fit module {i} ({type(m).__name__}): "
                 f"{problem}"
             )
+    missing = sorted(k for k in _REQUIRED if k not in state)
+    if missing:
+        raise CheckpointError(
+            f"resume: checkpoint {source} lacks {missing}, expected a checkpoint written by "
+            f"fit (weights alone load with load_state_dict)"
+        )
     perm = state.get("perm")
     if isinstance(perm, Tensor) and perm.shape[0] != num_rows:
         raise CheckpointError(
@@ -160,11 +246,13 @@ def check_resume(
     want = {k for k in optimizer.param_groups[0] if k not in _NOT_SETTINGS}
     for group in groups:
         have = {k for k in group if k not in _NOT_SETTINGS}
-        if have - want or want - have:
+        if want - have:  # more than want: what a learning-rate scheduler added
             raise CheckpointError(
                 f"resume: checkpoint {source} holds the state of another optimizer "
                 f"(expected the settings {sorted(want)}, found {sorted(have)})"
             )
+    if options is not None:
+        _check_options(state, source, options)
 
 
 def _state_mismatch(mine: dict[str, Any], saved: object) -> str | None:
@@ -206,6 +294,8 @@ class RunState:
             early stopping, the non-finite guard).
         group: the data-parallel group (its extra keys; rank RNG states).
         config: plain data describing the run.
+        params: the ``pyro.param`` sites trained beside the modules.
+        options: the run's :func:`fit_options`, saved for :func:`check_resume`.
 
     Example:
         >>> lin = torch.nn.Linear(1, 1)
@@ -224,10 +314,11 @@ class RunState:
         group: DataParallelGroup,
         config: dict[str, Any] | None = None,
         params: dict[str, Tensor] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.modules, self.optimizer, self.scheduler = list(modules), optimizer, scheduler
         self.parts, self.group, self.config = list(parts), group, dict(config or {})
-        self.params = dict(params or {})
+        self.params, self.options = dict(params or {}), options
 
     def state_dict(self, step: int) -> dict[str, Any]:
         """The checkpoint dictionary at ``step`` (a collective in a data-parallel run)."""
@@ -240,6 +331,8 @@ class RunState:
             "rng": rng_state(),
             "config": self.config,
         }
+        if self.options is not None:
+            state["fit_options"] = dict(self.options)
         for part in self.parts:
             state.update(part.state_dict())
         state.update(self.group.checkpoint_extras(rng_state()))
@@ -266,7 +359,8 @@ class RunState:
         if saved_counts != counts:
             raise CheckpointError(
                 f"resume: expected optimiser groups of {counts} tensors as in this run, "
-                f"the checkpoint has {saved_counts}"
+                f"the checkpoint has {saved_counts} (it trained other parameters: another "
+                f"model, or one in another stage, as a VQFlow before set_stage)"
             )
         for m, saved in zip(self.modules, state["modules"], strict=True):
             m.load_state_dict(saved)

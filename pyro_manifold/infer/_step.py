@@ -38,6 +38,7 @@ from pyro_manifold.infer._guard import (
     NonFiniteLossError,
     gradient_report,
     nonfinite_sites,
+    nonfinite_values,
     total_norm_of,
 )
 from pyro_manifold.infer.distributed import DataParallelGroup
@@ -241,6 +242,16 @@ class TrainingStep:
         if entry is not None:
             bad_batch = batches.rows(entry.rows)
             raise self.nonfinite_error(entry.step, bad_batch, entry.kwargs, math.nan, rerun=True)
+
+    def check_values(self, step: int) -> None:
+        """Raise if a trained value is not finite (before a checkpoint, and at the end).
+
+        A step's loss and gradient norm are checked every step; an update can still
+        overflow (a finite gradient times a huge ``lr``), which only the values show.
+        """
+        bad = nonfinite_values(self.params, self.names)
+        if bad:
+            raise NonFiniteLossError(step, [], math.nan, nonfinite_values=bad)
 
     def nonfinite_error(
         self, step: int, batch: tuple, kwargs: dict, loss: float, rerun: bool

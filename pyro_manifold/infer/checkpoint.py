@@ -125,7 +125,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         map_location: where to put the tensors (default CPU).
 
     Raises:
-        CheckpointNotFoundError: there is no file at ``path`` (a ``FileNotFoundError``).
+        CheckpointNotFoundError: there is no file at ``path`` (a ``FileNotFoundError``);
+            for a run directory, the message names the ``checkpoint.pt`` in it.
         CheckpointError: the file is refused, for the reason the message gives.
 
     Example:
@@ -136,6 +137,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ['digest', 'format', 'step']
     """
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        hint = f" (its checkpoint.pt: {inside})" if inside.is_file() else ""
+        raise CheckpointNotFoundError(
+            f"checkpoint: expected a file at {path}, found a directory{hint}"
+        )
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint: expected a file at {path}, found none")
     try:

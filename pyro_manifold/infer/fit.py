@@ -35,7 +35,14 @@ from pyro_manifold.infer._guard import NonFiniteGuard, NonFiniteLossError, param
 from pyro_manifold.infer._optim import OPTIMIZERS, OptimizerChoice, make_optimizer, make_scheduler
 from pyro_manifold.infer._progress import TrainingLog, write_json
 from pyro_manifold.infer._rollback import SetUpRollback
-from pyro_manifold.infer._state import RunState, check_resume, param_sites, rng_state, set_rng_state
+from pyro_manifold.infer._state import (
+    RunState,
+    check_resume,
+    fit_options,
+    param_sites,
+    rng_state,
+    set_rng_state,
+)
 from pyro_manifold.infer._step import TrainingStep, check_graphable
 from pyro_manifold.infer.checkpoint import plain_data
 from pyro_manifold.infer.distributed import DataParallelGroup, data_parallel_group
@@ -44,6 +51,9 @@ from pyro_manifold.infer.rundir import RunLock, check_run_dir
 from pyro_manifold.infer.schedule import StepKwargs, evaluate_step_kwargs, resolve_step_kwargs
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit", "resolve_device"]
+
+#: The files ``fit`` writes (atomically, by replacing them) in its ``run_dir``.
+_RUN_FILES = ("checkpoint.pt", "best.pt", "history.json", "config.json")
 
 
 @dataclass
@@ -126,14 +136,25 @@ def _discover_param_sites(
     elbo: ELBO, model: Callable, guide: Callable, batch: tuple, kwargs: dict,
     modules: Sequence[nn.Module],
 ) -> dict[str, Tensor]:  # fmt: skip
-    """The ``pyro.param`` sites of one evaluation that leaves RNGs and modules as they were."""
+    """The ``pyro.param`` sites of one evaluation that leaves RNGs and modules as they were.
+
+    A site that ``pyro.module`` declared for a parameter of ``modules`` (its initial
+    value is that parameter) is the module's, saved with it, even where the param store
+    still holds an earlier instance's tensor under that name (no ``clear_param_store``).
+    """
     rng = rng_state()
     for m in modules:
         m.eval()
     with poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, *batch, **kwargs)
     set_rng_state(rng)
-    return param_sites(capture.trace.nodes, modules)
+    owned = {id(p) for m in modules for p in m.parameters()}
+    names = [
+        name
+        for name, site in capture.trace.nodes.items()
+        if not (len(site["args"]) > 1 and id(site["args"][1]) in owned)
+    ]
+    return param_sites(names, modules)
 
 
 def _data_tensors(
@@ -386,7 +407,11 @@ def fit(
     module buffers such as batch-norm statistics are restored, and so are parameters a
     layer edited in place during the step, such as a re-seeded VQ code), counted in
     :attr:`FitResult.skipped_steps` and reported with a warning at the end; more than
-    ``max_consecutive_skips`` in a row still raise.
+    ``max_consecutive_skips`` in a row still raise. An update can overflow although its
+    loss and gradient are finite (a huge ``lr``): the trained values are checked before
+    every checkpoint and at the end (one read-back each), and non-finite ones raise
+    :class:`NonFiniteLossError` naming the parameters (``nonfinite_values``), with that
+    checkpoint unwritten.
 
     The finiteness check costs one device-to-host read per step (of the loss plus the
     global gradient norm together). With ``sync_every=N > 1`` it stays on the device:
@@ -410,7 +435,9 @@ def fit(
         lr: learning rate for the named optimisers.
         weight_decay: weight decay for the named optimisers.
         lr_schedule: ``"cosine"`` or a callable ``optimizer -> LRScheduler`` (stepped
-            once per step).
+            once per step, without arguments: ``ReduceLROnPlateau`` is refused). With a
+            ``run_dir``, its ``state_dict()`` (and a callable optimizer's) must hold what a
+            checkpoint can; checked before the first step.
         clip_norm: clip the global gradient norm to this value.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``, what to do with a step whose
             loss or gradient is not finite.
@@ -420,7 +447,9 @@ def fit(
             than 1 needs ``optimizer="adam"`` or ``"adamw"`` (made fused).
         validation_data: held-out data with the same structure as ``data``.
         validate_every: steps between validation losses.
-        patience: stop after this many validations without improvement.
+        patience: stop after this many validations without improvement (a resumed run
+            counts on from its checkpoint, with this patience: more lets a stopped run
+            train on).
         restore_best: with validation data, end with the parameters of the best
             validation loss.
         transform_batch: applied to each batch (e.g. dequantisation, binarisation),
@@ -430,7 +459,12 @@ def fit(
         seed: seeds Pyro, torch and Python RNGs and the data order.
         run_dir: where to write ``checkpoint.pt``, ``best.pt`` and ``history.json``.
         checkpoint_every: steps between checkpoints.
-        resume: a checkpoint to continue from.
+        resume: a checkpoint to continue from. Its ``optimizer``, ``lr``,
+            ``weight_decay``, ``lr_schedule`` and ``seed`` (and, with ``"cosine"``,
+            ``num_steps``) must be given again, as loading it would override them, and
+            ``num_steps`` may not be below its step: a resume that differs is refused
+            (:class:`~pyro_manifold.errors.CheckpointError` naming the option) before
+            anything changes. Other options (``batch_size``, ``sync_every``, ...) may change.
         log_every: steps between loss read-backs (history and progress bar).
         progress: show a tqdm bar; default only on a terminal.
         config: plain data describing the run, stored in checkpoints and, with a
@@ -493,16 +527,17 @@ def fit(
     device = group.device
     if cuda_graph:
         check_graphable(optimizer, lr_schedule, device, group.distributed)
-    run_dir = check_run_dir(run_dir) if run_dir is not None else None
+    run_dir = check_run_dir(run_dir, files=_RUN_FILES) if run_dir is not None else None
     state = group.load_checkpoint(resume) if resume is not None else None
     elbo = loss if loss is not None else Trace_ELBO()
     if not isinstance(elbo, ELBO):
         raise ArgumentTypeError(f"loss: expected a pyro.infer.ELBO, got {type(elbo).__name__}")
     elbo = fast_elbo(elbo) if fast else elbo
     mods = _owner_modules(model, guide, extra=modules)
+    options = fit_options(optimizer, lr, weight_decay, lr_schedule, num_steps, seed)
     if state is not None:
         kind = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr, weight_decay)
-        check_resume(state, resume, mods, data[0].shape[0], kind)
+        check_resume(state, resume, mods, data[0].shape[0], kind, options)
     schedule = resolve_step_kwargs(step_kwargs, model, guide)
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)
 
@@ -529,10 +564,16 @@ def fit(
             optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph
         )
         scheduler = make_scheduler(lr_schedule, opt, num_steps)
+        if run_dir is not None:  # refused now, not at the first checkpoint
+            for name, part in (("optimizer", opt), ("lr_schedule", scheduler)):
+                if part is not None:
+                    plain_data(part.state_dict(), f"{name}'s state")
         guard = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
         log = TrainingLog(num_steps, device, progress, show=group.is_main)
         stopping = EarlyStopping(patience, params=sites)
-        run = RunState(mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites)
+        run = RunState(
+            mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites, options
+        )
         step = run.load_state_dict(state, seed) if state is not None else 0
         group.broadcast_state_(mods, params)
         trainer = TrainingStep(
@@ -574,12 +615,15 @@ def fit(
                     v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
                     log.validation(step, v)
                     if stopping.update(v, mods) and run_dir is not None:
+                        trainer.check_values(step)  # never a checkpoint of overflowed values
                         run.save(run_dir / "best.pt", step)
                 if run_dir is not None and (save_now or stopping.stop):
+                    trainer.check_values(step)
                     checkpoint = run.save(run_dir / "checkpoint.pt", step)
                     log.write(history_dir)
                 if stopping.stop:
                     break
+            trainer.check_values(step)  # nor a model of them
         if restore_best and val is not None:
             stopping.restore_best(mods)
         for m in mods:

@@ -6,7 +6,9 @@ caller can refuse a bad ``run_dir`` before it trains. :class:`RunLock` then hold
 directory for one writer: it takes an exclusive ``flock`` on the file ``.lock`` inside it
 and writes the owner's pid, host and start time there. The operating system releases the
 lock when its process ends, however it ends (a ``SIGKILL`` included), so a lock left by a
-dead process is taken over by the next writer with no clean-up and no race; a second
+dead process is taken over by the next writer with no clean-up and no race (a lock taken
+on a file that a writer abandoning the directory deleted meanwhile is dropped and taken
+again on the file there now); a second
 live writer is refused with :class:`~pyro_manifold.errors.RunLockedError` naming the
 holder, and the refusal changes no file. Two writers in one process are refused too.
 
@@ -21,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from pyro_manifold.errors import RunDirectoryError, RunLockedError
@@ -31,15 +34,19 @@ __all__ = ["LOCK_NAME", "RunLock", "check_run_dir"]
 LOCK_NAME = ".lock"
 
 
-def check_run_dir(run_dir: str | os.PathLike, name: str = "run_dir") -> Path:
+def check_run_dir(
+    run_dir: str | os.PathLike, name: str = "run_dir", files: Sequence[str] = ()
+) -> Path:
     """Check that ``run_dir`` can be a run directory, creating and changing nothing.
 
     It must be a directory that this process can write to, or a path whose nearest
-    existing ancestor is such a directory (so that it can be created).
+    existing ancestor is such a directory (so that it can be created), and none of
+    ``files``, the files a writer will replace in it, may be a directory there.
 
     Args:
         run_dir: the path given.
         name: the argument's name, used in the message.
+        files: names of files the run will write in it (e.g. ``"checkpoint.pt"``).
 
     Returns:
         ``run_dir`` as a :class:`~pathlib.Path`.
@@ -73,6 +80,12 @@ def check_run_dir(run_dir: str | os.PathLike, name: str = "run_dir") -> Path:
         raise RunDirectoryError(
             f"{name}: expected a writable directory for {str(path)!r}, but {what} is read-only"
         )
+    for file in files:
+        if (path / file).is_dir():
+            raise RunDirectoryError(
+                f"{name}: expected {file} in {str(path)!r} to be a file it can replace, got a "
+                "directory"
+            )
     return path
 
 
@@ -121,9 +134,28 @@ class RunLock:
         missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
         lock_file = self.path / LOCK_NAME
         previous = lock_file.read_bytes() if lock_file.is_file() else None
+        while True:
+            fd = self._open_and_lock(lock_file)
+            if _is_file_at(fd, lock_file):
+                break
+            # a writer that abandoned the directory deleted the file between our open and
+            # our lock: holding that orphan would let the next writer in beside us
+            os.close(fd)
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd, self._created, self._previous = fd, missing, previous
+        return self
+
+    def _open_and_lock(self, lock_file: Path) -> int:
+        """Open (creating) ``lock_file`` and lock it, or raise naming the holder."""
         self.path.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RunDirectoryError(
                 f"run_dir {str(self.path)!r}: expected to open its lock file {LOCK_NAME}, "
@@ -139,15 +171,7 @@ class RunLock:
                 f"{_describe(holder)}; wait for that run to finish or choose another run_dir",
                 holder,
             ) from None
-        holder = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-        self._fd, self._created, self._previous = fd, missing, previous
-        return self
+        return fd
 
     def release(self) -> None:
         """Give the lock up (closing the file releases it); a no-op when not held."""
@@ -184,6 +208,16 @@ class RunLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the one at ``path`` now (not deleted or replaced)."""
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _read_holder(fd: int) -> dict:

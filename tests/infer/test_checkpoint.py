@@ -159,3 +159,9 @@ def test_written_to_a_temporary_file_fsynced_whole_then_renamed(tmp_path, monkey
     ]
     assert load_checkpoint(path)["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temporary left
+
+
+def test_a_directory_is_refused_naming_the_checkpoint_inside(tmp_path):
+    save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointNotFoundError, match=r"found a directory \(its checkpoint\.pt"):
+        load_checkpoint(tmp_path)  # resume=run_dir instead of run_dir / "checkpoint.pt"

@@ -412,3 +412,49 @@ def test_is_binary_against_comparing_every_entry(x, expected):
     assert is_binary(x) is expected
     if x.is_floating_point():
         assert bool(((x == 0) | (x == 1)).all()) is expected
+
+
+# -- an update that overflows: finite loss and gradient, non-finite parameter -------------
+class Pushed(nn.Module):
+    """A gradient ``push`` on ``w`` at the steps that ask for it, none at the others."""
+
+    def __init__(self, start=1.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((1,), start))
+
+    def model(self, x, push=0.0):
+        pyro.module("pushed", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+            pyro.factor("push", -push * self.w.expand(x.shape[0]))
+
+    def guide(self, x, push=0.0):
+        pass
+
+
+OVERFLOWS = [  # w becomes -inf at step 4 (3 for Adam) with finite losses and gradients
+    dict(optimizer="sgd", lr=1e10, push=1e30, at=3),  # w - lr * grad
+    dict(optimizer="sgd", lr=1e10, push=1e30, at=3, on_nonfinite="skip"),
+    dict(lr=1e37, push=1e-6, at=2, start=-3.35e38, on_nonfinite="skip", sync_every=3),  # fused
+]
+
+
+@pytest.mark.parametrize("options", OVERFLOWS)
+def test_an_overflowed_parameter_is_never_checkpointed(tmp_path, options):
+    push, at, start = options.pop("push"), options.pop("at"), options.pop("start", 1.0)
+    m = Pushed(start)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite values at step 4 in: Pushed\.w"):
+        fit(m.model, m.guide, torch.randn(32), num_steps=8, batch_size=32, device="cpu",
+            progress=False, run_dir=tmp_path, checkpoint_every=2,
+            step_kwargs=lambda t: {"push": push * (t == at)}, **options)  # fmt: skip
+    assert not torch.isfinite(m.w).all()  # an update overflowed ...
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 2 and torch.equal(state["modules"][0]["w"], torch.full((1,), start))
+
+
+def test_an_overflowed_parameter_at_the_last_step_is_not_returned_silently():
+    m = Pushed()
+    with pytest.raises(NonFiniteLossError, match=r"non-finite values at step 3 in: Pushed\.w"):
+        fit(m.model, m.guide, torch.randn(32), num_steps=3, batch_size=32, optimizer="sgd",
+            lr=1e10, device="cpu", progress=False,
+            step_kwargs=lambda t: {"push": 1e30 * (t == 2)})  # fmt: skip

@@ -375,6 +375,57 @@ def test_bad_input_is_refused_before_any_change(kwargs, match):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr_schedule=lambda opt: 3), r"lr_schedule: expected a callable optimizer -> "
+         r"torch\.optim\.lr_scheduler\.LRScheduler, got one that returned int 3"),
+        (dict(lr_schedule=lambda opt: None), "got one that returned NoneType None"),
+        (dict(lr_schedule=torch.optim.lr_scheduler.ReduceLROnPlateau),
+         r"lr_schedule: expected a scheduler stepped without arguments once per step, got "
+         r"ReduceLROnPlateau \(it needs a metric\)"),
+        (dict(optimizer=lambda params: None), r"optimizer: expected a callable params -> "
+         r"torch\.optim\.Optimizer, got one that returned NoneType None"),
+    ],
+)  # fmt: skip
+def test_a_callable_optimizer_or_schedule_that_returns_the_wrong_thing_is_refused_by_name(
+    tmp_path, kwargs, match
+):
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    with pytest.raises(TypeError, match=match):
+        fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=3, batch_size=32,
+            device="cpu", progress=False, run_dir=tmp_path / "run", **kwargs)  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+    assert not (tmp_path / "run").exists()
+
+
+class _WarmUp:
+    """A learning-rate factor whose state (its __dict__, in LambdaLR's) holds a function."""
+
+    def __init__(self):
+        self.shape = lambda t: min(1.0, (t + 1) / 5)
+
+    def __call__(self, t):
+        return self.shape(t)
+
+
+def test_a_schedule_whose_state_no_checkpoint_can_hold_is_refused_before_training(tmp_path):
+    """Else the first checkpoint fails after checkpoint_every steps trained for nothing."""
+    flow = Flow(2, "realnvp", num_layers=1, hidden_dims=[8])
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    with pytest.raises(ValueError, match=r"lr_schedule's state\['lr_lambdas'\]\[0\]\['shape'\]"):
+        fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=6, batch_size=32,
+            device="cpu", progress=False, run_dir=tmp_path / "run", checkpoint_every=3,
+            lr_schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp()))  # fmt: skip
+    assert all(torch.equal(before[k], v) for k, v in flow.state_dict().items())
+    assert not (tmp_path / "run").exists()
+    # without a run directory nothing is saved, so such a schedule is fine
+    fit(flow.model, flow.guide, torch.randn(64, 2), num_steps=2, batch_size=32, device="cpu",
+        progress=False,
+        lr_schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp()))  # fmt: skip
+
+
 def test_checkpoint_refuses_pickled_objects_and_corrupt_files(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"format": "pyro_manifold.checkpoint/1", "obj": pickle.PickleError()}, evil)

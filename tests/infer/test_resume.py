@@ -6,7 +6,7 @@ import torch
 from pyro_manifold.errors import CheckpointError, RunLockedError
 from pyro_manifold.infer import fit, load_checkpoint
 from pyro_manifold.infer.rundir import RunLock
-from pyro_manifold.models import Flow
+from pyro_manifold.models import Flow, FlowVAE
 
 ARGS = dict(num_steps=20, batch_size=32, device="cpu", progress=False, seed=3, lr=5e-3,
             validate_every=4, checkpoint_every=6, log_every=4)  # fmt: skip
@@ -76,6 +76,20 @@ def test_an_early_stopped_run_resumed_stays_stopped(tmp_path):
     again = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path,
                 resume=tmp_path / "checkpoint.pt", **args)  # fmt: skip
     assert again.stopped_early and again.step == first.step
+
+
+@pytest.mark.parametrize("patience", [None, 5])
+def test_an_early_stopped_run_resumed_with_more_patience_trains_on(tmp_path, patience):
+    x, val = _data()
+    flow = _flow()
+    args = {**ARGS, "num_steps": 200, "validate_every": 2, "checkpoint_every": 2}
+    first = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path, patience=1,
+                **args)  # fmt: skip
+    assert first.stopped_early
+    again = fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path,
+                resume=tmp_path / "checkpoint.pt", patience=patience,
+                **{**args, "num_steps": first.step + 4})  # fmt: skip
+    assert again.step == first.step + 4 and not again.stopped_early
 
 
 def _files(run_dir):
@@ -307,3 +321,246 @@ def test_a_failed_set_up_in_an_existing_run_directory_leaves_its_files_byte_iden
         fit(flow.model, flow.guide, x, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
             **ARGS)  # fmt: skip
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_a_scheduler_that_adds_settings_to_the_optimizer_resumes_exactly(tmp_path):
+    """OneCycleLR adds max_lr, base_momentum, ... to each group: still this run's optimiser."""
+    x, _ = _data()
+
+    def one_cycle(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=20)
+
+    args = {**ARGS, "lr_schedule": one_cycle}
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path / "a", **args)
+    want = _state(flow)
+    flow = _flow()
+    with pytest.raises(Killed):
+        fit(flow.model, flow.guide, x, run_dir=tmp_path / "b", step_kwargs=_killed_at(9), **args)
+    flow = _flow()
+    fit(flow.model, flow.guide, x, resume=tmp_path / "b" / "checkpoint.pt", **args)
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), want, strict=True))
+
+
+@pytest.mark.parametrize(
+    "first, second, match",
+    [
+        ({}, {"lr": 5e-2}, r"lr: expected 0\.005 as in checkpoint .*, got 0\.05"),
+        ({}, {"weight_decay": 0.1}, r"weight_decay: expected 0\.0 as in checkpoint .*, got 0\.1"),
+        ({}, {"optimizer": "adamw"}, r"optimizer: expected 'adam' as in .*, got 'adamw'"),
+        ({"optimizer": "adamw"}, {"optimizer": "adam"}, r"optimizer: expected 'adamw'"),
+        ({}, {"lr_schedule": "cosine"}, r"lr_schedule: expected None as in .*, got 'cosine'"),
+        ({"lr_schedule": "cosine"}, {"lr_schedule": None}, r"expected 'cosine' as in .*, got None"),
+        ({"lr_schedule": "cosine"}, {"lr_schedule": torch.optim.lr_scheduler.ConstantLR},
+         r"got 'callable'"),
+        ({"lr_schedule": "cosine"}, {"num_steps": 40},
+         r"num_steps: expected 20 as in checkpoint .* \(lr_schedule='cosine' anneals over "
+         r"num_steps\), got 40"),
+        ({}, {"seed": 4}, r"seed: expected 3 as in checkpoint .*, got 4"),
+        ({}, {"num_steps": 5}, r"num_steps: expected at least the 6 steps of checkpoint .*, got 5"),
+    ],
+)  # fmt: skip
+def test_a_resume_that_changes_what_the_checkpoint_fixes_is_refused_before_anything_changes(
+    tmp_path, first, second, match
+):
+    """Loading the checkpoint would silently override these (or break its schedule)."""
+    x, _ = _data()
+    flow = _flow()
+    with pytest.raises(Killed):  # the checkpoint of step 6 of a 20-step run
+        fit(flow.model, flow.guide, x, run_dir=tmp_path, step_kwargs=_killed_at(7),
+            **{**ARGS, **first})  # fmt: skip
+    files = _files(tmp_path)
+    other = _flow()
+    before = _state(other)
+    with pytest.raises(CheckpointError, match=match):
+        fit(other.model, other.guide, x, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
+            **{**ARGS, **first, **second})  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(other), before, strict=True))
+    assert _files(tmp_path) == files
+
+
+def test_a_resume_may_change_what_the_checkpoint_does_not_fix(tmp_path):
+    x, _ = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    again = _flow()
+    result = fit(again.model, again.guide, x, resume=tmp_path / "checkpoint.pt",
+                 **{**ARGS, "num_steps": 30, "batch_size": 16, "clip_norm": 1.0, "sync_every": 2,
+                    "checkpoint_every": 7, "log_every": 5})  # fmt: skip
+    assert result.step == 30
+
+
+class SpoiledVAE(FlowVAE):
+    """A Bernoulli FlowVAE whose loss is NaN at the steps ``bad`` (KL warm-up as its own)."""
+
+    bad = {5, 10, 14}  # steps 6, 11 and 15: before, between and after the resume points
+
+    def model(self, x, spoil=0.0, **kwargs):
+        return super().model(x * float("nan") if spoil else x, **kwargs)
+
+    def guide(self, x, spoil=0.0, **kwargs):
+        return super().guide(x, **kwargs)
+
+    def step_kwargs(self, step):
+        return {**super().step_kwargs(step), "spoil": float(step in self.bad)}
+
+
+def _binarize_with_every_generator(x):
+    """Dynamic binarisation (torch), flipped when numpy's and Python's draws say so."""
+    import random
+
+    import numpy as np
+
+    from pyro_manifold.datasets import dynamic_binarize
+
+    b = dynamic_binarize(x)
+    return (1 - b if np.random.rand() + random.random() > 1.2 else b,)
+
+
+def _plain(state):
+    """A checkpoint without what a clock decides (the times) and its digest."""
+    state = {k: v for k, v in state.items() if k not in ("elapsed", "digest")}
+    state["history"] = {k: v for k, v in state["history"].items() if k != "time"}
+    return state
+
+
+def _assert_identical(a, b, where="checkpoint"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        assert torch.equal(a.nan_to_num(), b.nan_to_num()), where
+        assert torch.equal(a.isnan(), b.isnan()), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b or (a != a and b != b), f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("kill", [11, 13])
+def test_a_sampling_model_resumes_bit_for_bit_with_every_option_at_once(tmp_path, kill):
+    """Latent draws, a transform drawing from torch, numpy and Python, device-side flags
+    read every 3 steps, checkpoints every 4 (not dividing the kill), skipped NaN steps on
+    both sides of the resume point, validation and early stopping: the last checkpoint, the
+    history and the model end as the uninterrupted run's."""
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (160, 6), dtype=torch.uint8, generator=g)
+    x, val = pixels[:128], _binarize_with_every_generator(pixels[128:])[0]
+    args = dict(num_steps=20, batch_size=16, device="cpu", progress=False, seed=3, lr=1e-2,
+                sync_every=3, checkpoint_every=4, log_every=5, on_nonfinite="skip",
+                validate_every=3, patience=4,
+                transform_batch=_binarize_with_every_generator)  # fmt: skip
+
+    def vae():
+        torch.manual_seed(1)
+        return SpoiledVAE(2, 6, hidden_dims=[8], kl_warmup_steps=8)
+
+    def kill_at(model, t_kill):
+        def schedule(t):
+            if t == t_kill:
+                raise Killed
+            return model.step_kwargs(t)
+
+        return schedule
+
+    straight = vae()
+    with pytest.warns(RuntimeWarning, match="skipped 3 of 20"):
+        fit(straight.model, straight.guide, x, validation_data=val, run_dir=tmp_path / "a",
+            **args)  # fmt: skip
+    first = vae()
+    with pytest.raises(Killed):
+        fit(first.model, first.guide, x, validation_data=val, run_dir=tmp_path / "b",
+            step_kwargs=kill_at(first, kill), **args)  # fmt: skip
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == kill // 4 * 4
+    resumed = vae()
+    with pytest.warns(RuntimeWarning, match="skipped 3 of 20"):
+        fit(resumed.model, resumed.guide, x, validation_data=val, run_dir=tmp_path / "b",
+            resume=tmp_path / "b" / "checkpoint.pt", **args)  # fmt: skip
+    want, got = (_plain(load_checkpoint(tmp_path / d / "checkpoint.pt")) for d in "ab")
+    assert want["skipped_steps"] == [6, 11, 15] and len(want["history"]["val_loss"]) == 7
+    _assert_identical(want, got)
+    _assert_identical(straight.state_dict(), resumed.state_dict(), "model")
+
+
+def test_a_vq_flow_resumed_in_another_stage_is_refused_by_name(tmp_path):
+    """The stage is not module state: a flows-stage checkpoint needs set_stage("flows") first."""
+    from pyro_manifold.models import VQFlow
+
+    x = torch.randn(64, 3)
+
+    def vq_flow():
+        torch.manual_seed(0)
+        return VQFlow(3, num_charts=2, latent_dim=2, num_layers=1, hidden_dims=[8])
+
+    args = dict(batch_size=32, device="cpu", progress=False)
+    first = vq_flow()
+    first.set_stage("flows", x)
+    fit(first.model, first.guide, x, num_steps=2, run_dir=tmp_path, **args)
+    files = _files(tmp_path)
+    again = vq_flow()  # stage "atlas": the autoencoder trains too
+    before = _state(again)
+    with pytest.raises(CheckpointError, match=r"\[\d+\] tensors.*has \[\d+\].*another stage"):
+        fit(again.model, again.guide, x, num_steps=4, run_dir=tmp_path,
+            resume=tmp_path / "checkpoint.pt", **args)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(again), before, strict=True))
+    assert _files(tmp_path) == files
+    again.set_stage("flows")
+    assert fit(again.model, again.guide, x, num_steps=4, run_dir=tmp_path,
+               resume=tmp_path / "checkpoint.pt", **args).step == 4  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "best.pt", "history.json", "config.json"])
+def test_a_run_directory_whose_files_are_directories_is_refused_before_training(tmp_path, name):
+    """Else the first write fails after training (and leaves its temporary file)."""
+    x, val = _data()
+    (tmp_path / name).mkdir()
+    files = _files_and_dirs(tmp_path)
+    flow = _flow()
+    before = _state(flow)
+    match = f"run_dir: expected {name} in .* to be a file it can replace, got a directory"
+    with pytest.raises(OSError, match=match):
+        fit(flow.model, flow.guide, x, validation_data=val, run_dir=tmp_path, config={"a": 1},
+            step_kwargs=_killed_at(0), **ARGS)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+    assert _files_and_dirs(tmp_path) == files
+
+
+def _files_and_dirs(run_dir):
+    return sorted(p.name for p in run_dir.iterdir())
+
+
+def test_a_checkpoint_not_written_by_fit_is_refused_naming_what_it_lacks(tmp_path):
+    from pyro_manifold.infer import save_checkpoint
+
+    x, _ = _data()
+    flow = _flow()
+    weights = save_checkpoint({"modules": [flow.state_dict()]}, tmp_path / "weights.pt")
+    before = _state(flow)
+    match = r"resume: checkpoint .*weights\.pt lacks \['history', 'optimizer', .*'step'\]"
+    with pytest.raises(CheckpointError, match=match):
+        fit(flow.model, flow.guide, x, run_dir=tmp_path / "run", resume=weights, **ARGS)
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stale_pyro_module_registration_is_not_saved_as_a_param_site(tmp_path):
+    """pyro.module keeps an earlier instance's tensor in the param store under the same
+    name (no clear_param_store): it is not this module's parameter, nor a pyro.param
+    site, or the checkpoint could not be resumed in a fresh process."""
+    import pyro
+
+    x, _ = _data()
+    pyro.clear_param_store()
+    earlier = WithSite(site=False)
+    fit(earlier.model, earlier.guide, x, **{**ARGS, "num_steps": 2})
+    assert "with_site$$$loc" in pyro.get_param_store()
+    m = WithSite(site=False)
+    fit(m.model, m.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["params"] == {}
+    pyro.clear_param_store()  # as a fresh process has it
+    again = WithSite(site=False)
+    assert fit(again.model, again.guide, x, resume=tmp_path / "checkpoint.pt", **ARGS).step == 20

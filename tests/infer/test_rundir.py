@@ -102,3 +102,25 @@ def test_a_lock_file_that_cannot_be_opened_is_our_error(tmp_path):
     (tmp_path / LOCK_NAME).mkdir()  # a directory where the lock file goes
     with pytest.raises(RunDirectoryError, match="expected to open its lock file"):
         RunLock(tmp_path).acquire()
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_not_taken(tmp_path, monkeypatch):
+    """A writer abandoning a new run directory deletes its lock file: a writer that had
+    opened that file and locks it after must not hold the directory beside the next one."""
+    import pyro_manifold.infer.rundir as rundir
+
+    real_flock, other = rundir.fcntl.flock, RunLock(tmp_path)
+
+    def flock_after_a_swap(fd, operation):
+        # between our open and our lock: the file goes, and another writer takes a new one
+        (tmp_path / LOCK_NAME).unlink()
+        monkeypatch.setattr(rundir.fcntl, "flock", real_flock)
+        other.acquire()
+        return real_flock(fd, operation)
+
+    first = RunLock(tmp_path).acquire()
+    first.abandon()  # as a fit that fails in its set-up leaves it: no lock file
+    monkeypatch.setattr(rundir.fcntl, "flock", flock_after_a_swap)
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        RunLock(tmp_path).acquire()
+    assert other.held
