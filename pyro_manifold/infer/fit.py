@@ -11,6 +11,7 @@ stopping (``_early_stopping``) and the history and progress bar (``_progress``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -447,7 +448,8 @@ def fit(
             than 1 needs ``optimizer="adam"`` or ``"adamw"`` (made fused).
         validation_data: held-out data with the same structure as ``data``.
         validate_every: steps between validation losses.
-        patience: stop after this many validations without improvement (a resumed run
+        patience: stop after this many validations without improvement (a non-finite
+            validation loss counts as none, with a ``RuntimeWarning``; a resumed run
             counts on from its checkpoint, with this patience: more lets a stopped run
             train on).
         restore_best: with validation data, end with the parameters of the best
@@ -614,6 +616,14 @@ def fit(
                     trainer.refresh_versions()
                     v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
                     log.validation(step, v)
+                    if not math.isfinite(v):
+                        warnings.warn(
+                            f"fit: the validation loss at step {step} is {v}, not finite: the "
+                            "programs give some validation rows a non-finite log-density; it "
+                            "counts as no improvement",
+                            RuntimeWarning,
+                            stacklevel=2,
+                        )
                     if stopping.update(v, mods) and run_dir is not None:
                         trainer.check_values(step)  # never a checkpoint of overflowed values
                         run.save(run_dir / "best.pt", step)
