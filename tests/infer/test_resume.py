@@ -109,16 +109,21 @@ def test_a_resume_that_does_not_fit_is_refused_before_anything_changes(tmp_path,
     x, val = _data()
     flow = _flow()
     fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
-    files = _files(tmp_path)
     other = change.get("flow", _flow)()
-    before = _state(other)
     data = torch.randn(change.get("rows", 192), other.data_dim)
     args = {**ARGS, "optimizer": change.get("optimizer", "adam")}
+    _assert_resume_refused(other, data, tmp_path, match, args)
+
+
+def _assert_resume_refused(flow, data, run_dir, match, args):
+    """Resuming run_dir's checkpoint with these arguments raises CheckpointError matching
+    ``match`` and changes neither ``flow`` nor a file of ``run_dir``."""
+    files, before = _files(run_dir), _state(flow)
     with pytest.raises(CheckpointError, match=match):
-        fit(other.model, other.guide, data, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
+        fit(flow.model, flow.guide, data, run_dir=run_dir, resume=run_dir / "checkpoint.pt",
             **args)  # fmt: skip
-    assert all(torch.equal(a, b) for a, b in zip(_state(other), before, strict=True))
-    assert _files(tmp_path) == files
+    assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
+    assert _files(run_dir) == files
 
 
 def test_a_second_writer_is_refused_and_nothing_changes(tmp_path):
@@ -369,14 +374,7 @@ def test_a_resume_that_changes_what_the_checkpoint_fixes_is_refused_before_anyth
     with pytest.raises(Killed):  # the checkpoint of step 6 of a 20-step run
         fit(flow.model, flow.guide, x, run_dir=tmp_path, step_kwargs=_killed_at(7),
             **{**ARGS, **first})  # fmt: skip
-    files = _files(tmp_path)
-    other = _flow()
-    before = _state(other)
-    with pytest.raises(CheckpointError, match=match):
-        fit(other.model, other.guide, x, run_dir=tmp_path, resume=tmp_path / "checkpoint.pt",
-            **{**ARGS, **first, **second})  # fmt: skip
-    assert all(torch.equal(a, b) for a, b in zip(_state(other), before, strict=True))
-    assert _files(tmp_path) == files
+    _assert_resume_refused(_flow(), x, tmp_path, match, {**ARGS, **first, **second})
 
 
 def test_a_resume_may_change_what_the_checkpoint_does_not_fix(tmp_path):
