@@ -98,8 +98,11 @@ class EarlyStopping:
         self.stop = False
 
     def update(self, loss: float, modules: Sequence[nn.Module]) -> bool:
-        """Count a validation loss; whether it is a new best (its states are then kept)."""
-        improved = loss < self.best
+        """Count a validation loss; whether it is a new best (its states are then kept).
+
+        A loss that is not finite (NaN, or -inf from a log-density of +inf) is never a best.
+        """
+        improved = math.isfinite(loss) and loss < self.best
         if improved:
             self.best, self.bad_validations = loss, 0
             self.best_states = [copy.deepcopy(m.state_dict()) for m in modules]

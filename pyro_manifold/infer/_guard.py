@@ -76,11 +76,13 @@ class NonFiniteLossError(ComputationError):
             shown = ", ".join(self.nonfinite_values[:5])
             more = len(self.nonfinite_values) - 5
             super().__init__(
-                f"non-finite values at step {step} in: {shown}"
+                f"non-finite values in: {shown}"
                 + (f" (+{more} more)" if more > 0 else "")
-                + " (an update overflowed although its loss and gradient were finite: lower "
-                "lr); they were not checkpointed. Training stopped; the last good checkpoint "
-                "(if any) is unchanged."
+                + f", found at step {step}: an update overflowed although its loss and "
+                "gradient were finite (lower lr); the values are checked before each "
+                "checkpoint and at the end, so it was one of the updates since the previous "
+                "check. They were not checkpointed; the last good checkpoint (if any) is "
+                "unchanged."
             )
             return
         what = f"non-finite loss {loss}" if not math.isfinite(loss) else "non-finite gradient"

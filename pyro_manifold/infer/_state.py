@@ -187,8 +187,9 @@ def check_resume(
     state (as ``load_state_dict`` would need them), that it holds every other part of a
     ``fit`` checkpoint, the number of data rows (the saved
     data order indexes them), the optimiser's kind (the hyper-parameters it needs, e.g.
-    Adam's ``betas`` against SGD's ``momentum``; a learning-rate scheduler may have added
-    others, such as ``OneCycleLR``'s ``max_lr``) and, given ``options``, that
+    Adam's ``betas`` against SGD's ``momentum``, or Adam's against Adamax's: the same
+    settings as ``optimizer``'s, which carries those its scheduler adds, such as
+    ``OneCycleLR``'s ``max_lr``) and, given ``options``, that
     ``num_steps`` is no less than the checkpoint's step and that the options of
     :func:`fit_options` are the checkpoint's (``num_steps`` too with
     ``lr_schedule="cosine"``). The message names the option, the saved and the given
@@ -199,7 +200,7 @@ def check_resume(
         source: its path, for the message.
         modules: this run's modules.
         num_rows: the rows of this run's training data.
-        optimizer: an optimiser of this run's kind (any parameters).
+        optimizer: an optimiser of this run's kind (any parameters), with its scheduler made.
         options: this run's :func:`fit_options`; ``None``: not checked.
 
     Raises:
@@ -246,7 +247,7 @@ def check_resume(
     want = {k for k in optimizer.param_groups[0] if k not in _NOT_SETTINGS}
     for group in groups:
         have = {k for k in group if k not in _NOT_SETTINGS}
-        if want - have:  # more than want: what a learning-rate scheduler added
+        if have != want:
             raise CheckpointError(
                 f"resume: checkpoint {source} holds the state of another optimizer "
                 f"(expected the settings {sorted(want)}, found {sorted(have)})"

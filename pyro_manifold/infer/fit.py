@@ -23,6 +23,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
@@ -139,9 +140,11 @@ def _discover_param_sites(
 ) -> dict[str, Tensor]:  # fmt: skip
     """The ``pyro.param`` sites of one evaluation that leaves RNGs and modules as they were.
 
-    A site that ``pyro.module`` declared for a parameter of ``modules`` (its initial
-    value is that parameter) is the module's, saved with it, even where the param store
-    still holds an earlier instance's tensor under that name (no ``clear_param_store``).
+    A site that ``pyro.module`` declared for a parameter of ``modules`` (unconstrained, its
+    initial value that parameter) is the module's, saved with it, even where the param
+    store still holds an earlier instance's tensor under that name (no
+    ``clear_param_store``). A constrained site initialised from a module's parameter is a
+    tensor of its own (the store keeps its unconstrained value) and stays a site.
     """
     rng = rng_state()
     for m in modules:
@@ -150,11 +153,16 @@ def _discover_param_sites(
         elbo.differentiable_loss(model, guide, *batch, **kwargs)
     set_rng_state(rng)
     owned = {id(p) for m in modules for p in m.parameters()}
-    names = [
-        name
-        for name, site in capture.trace.nodes.items()
-        if not (len(site["args"]) > 1 and id(site["args"][1]) in owned)
-    ]
+
+    def declared_by_module(site: dict) -> bool:
+        constraint = site["kwargs"].get("constraint", constraints.real)
+        return (
+            len(site["args"]) > 1
+            and id(site["args"][1]) in owned
+            and constraint is constraints.real
+        )
+
+    names = [name for name, site in capture.trace.nodes.items() if not declared_by_module(site)]
     return param_sites(names, modules)
 
 
@@ -453,7 +461,8 @@ def fit(
             counts on from its checkpoint, with this patience: more lets a stopped run
             train on).
         restore_best: with validation data, end with the parameters of the best
-            validation loss.
+            validation loss (when ``fit`` returns; an error leaves the model as it was
+            when the error was found).
         transform_batch: applied to each batch (e.g. dequantisation, binarisation),
             ``transform_batch(*batch) -> batch``.
         modules: further modules whose parameters are trained.
@@ -539,6 +548,7 @@ def fit(
     options = fit_options(optimizer, lr, weight_decay, lr_schedule, num_steps, seed)
     if state is not None:
         kind = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr, weight_decay)
+        make_scheduler(lr_schedule, kind, num_steps)  # with the settings it adds to the groups
         check_resume(state, resume, mods, data[0].shape[0], kind, options)
     schedule = resolve_step_kwargs(step_kwargs, model, guide)
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)

@@ -94,7 +94,10 @@ class RunLock:
 
     Entering creates the directory if needed and locks ``path/.lock``; leaving (or the
     process ending) releases it. The lock file stays behind with the last owner's
-    details; it is never deleted, so that two writers always lock the same file.
+    details, except after :meth:`abandon` of a directory that had none (a set-up that
+    failed leaves the file system as it found it); a writer that locked the file just as
+    it was deleted drops it and locks the one at the path, so two writers never hold
+    different files.
 
     Args:
         run_dir: the run directory.
@@ -131,10 +134,10 @@ class RunLock:
         """Take the lock, or raise :class:`~pyro_manifold.errors.RunLockedError` (the holder)."""
         if self._fd is not None:
             return self
-        missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
         lock_file = self.path / LOCK_NAME
-        previous = lock_file.read_bytes() if lock_file.is_file() else None
-        while True:
+        while True:  # what this writer creates and finds is read again at each try
+            missing = [d for d in (self.path, *self.path.parents) if not d.exists()]
+            previous = lock_file.read_bytes() if lock_file.is_file() else None
             fd = self._open_and_lock(lock_file)
             if _is_file_at(fd, lock_file):
                 break

@@ -415,6 +415,9 @@ def test_is_binary_against_comparing_every_entry(x, expected):
 
 
 # -- an update that overflows: finite loss and gradient, non-finite parameter -------------
+MAX32 = torch.finfo(torch.float32).max
+
+
 class Pushed(nn.Module):
     """A gradient ``push`` on ``w`` at the steps that ask for it, none at the others."""
 
@@ -426,7 +429,8 @@ class Pushed(nn.Module):
         pyro.module("pushed", self)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
-            pyro.factor("push", -push * self.w.expand(x.shape[0]))
+            w = self.w.clamp(-MAX32, MAX32)  # finite after an overflow: 0 * w stays 0
+            pyro.factor("push", -push * w.expand(x.shape[0]))
 
     def guide(self, x, push=0.0):
         pass
@@ -443,7 +447,7 @@ OVERFLOWS = [  # w becomes -inf at step 4 (3 for Adam) with finite losses and gr
 def test_an_overflowed_parameter_is_never_checkpointed(tmp_path, options):
     push, at, start = options.pop("push"), options.pop("at"), options.pop("start", 1.0)
     m = Pushed(start)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite values at step 4 in: Pushed\.w"):
+    with pytest.raises(NonFiniteLossError, match=r"in: Pushed\.w, found at step 4"):
         fit(m.model, m.guide, torch.randn(32), num_steps=8, batch_size=32, device="cpu",
             progress=False, run_dir=tmp_path, checkpoint_every=2,
             step_kwargs=lambda t: {"push": push * (t == at)}, **options)  # fmt: skip
@@ -452,9 +456,21 @@ def test_an_overflowed_parameter_is_never_checkpointed(tmp_path, options):
     assert state["step"] == 2 and torch.equal(state["modules"][0]["w"], torch.full((1,), start))
 
 
+def test_an_overflowed_parameter_is_never_saved_as_the_best(tmp_path):
+    """The first validation (a new best) comes right after the update that overflowed:
+    best.pt is not written with it."""
+    m = Pushed()
+    with pytest.raises(NonFiniteLossError, match=r"in: Pushed\.w, found at step 4"):
+        fit(m.model, m.guide, torch.randn(32), num_steps=8, batch_size=32, optimizer="sgd",
+            lr=1e10, device="cpu", progress=False, run_dir=tmp_path, checkpoint_every=100,
+            validation_data=torch.randn(8), validate_every=4,
+            step_kwargs=lambda t: {"push": 1e30 * (t == 3)})  # fmt: skip
+    assert not (tmp_path / "best.pt").exists()
+
+
 def test_an_overflowed_parameter_at_the_last_step_is_not_returned_silently():
     m = Pushed()
-    with pytest.raises(NonFiniteLossError, match=r"non-finite values at step 3 in: Pushed\.w"):
+    with pytest.raises(NonFiniteLossError, match=r"in: Pushed\.w, found at step 3"):
         fit(m.model, m.guide, torch.randn(32), num_steps=3, batch_size=32, optimizer="sgd",
             lr=1e10, device="cpu", progress=False,
             step_kwargs=lambda t: {"push": 1e30 * (t == 2)})  # fmt: skip

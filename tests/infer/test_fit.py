@@ -348,31 +348,33 @@ def test_validation_early_stopping_and_history(tmp_path):
     assert (tmp_path / "best.pt").exists()
 
 
-class NaNBeyondTen(nn.Module):
-    """x ~ N(loc, 1), with a factor that is NaN for rows beyond 10 (finite data, NaN density)."""
+class BadBeyondTen(nn.Module):
+    """x ~ N(loc, 1), with a factor ``bad`` (NaN or +inf) for rows beyond 10 (finite data)."""
 
-    def __init__(self):
+    def __init__(self, bad: float):
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(1))
+        self.bad = bad
 
     def model(self, x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
-            pyro.factor("bad", torch.where(x > 10, torch.tensor(float("nan")), torch.tensor(0.0)))
+            pyro.factor("bad", torch.where(x > 10, torch.tensor(self.bad), torch.tensor(0.0)))
 
     def guide(self, x):
         pass
 
 
-def test_a_nonfinite_validation_loss_warns_and_counts_as_no_improvement():
+@pytest.mark.parametrize("bad, loss", [(float("nan"), "nan"), (float("inf"), "-inf")])
+def test_a_nonfinite_validation_loss_warns_and_counts_as_no_improvement(bad, loss):
     """fit's docstring (patience): a non-finite validation loss is never silent, even with
     Pyro's validation off (on, Pyro's own checks refuse the NaN): it warns, naming the step,
     and counts as no improvement, so patience stops the run."""
-    m = NaNBeyondTen()
+    m = BadBeyondTen(bad)
     x, val = torch.randn(64), torch.tensor([0.0, 20.0])
     with (
         pyro.validation_enabled(False),
-        pytest.warns(RuntimeWarning, match=r"validation loss at step 2 is nan, not finite"),
+        pytest.warns(RuntimeWarning, match=rf"validation loss at step 2 is {loss}, not finite"),
     ):
         result = fit(m.model, m.guide, x, validation_data=val, num_steps=50, batch_size=16,
                      validate_every=2, patience=2, progress=False, device="cpu")  # fmt: skip

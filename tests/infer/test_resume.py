@@ -1,10 +1,13 @@
 """Resume is exact with validation, and a refused resume or run directory changes nothing."""
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
 from pyro_manifold.errors import CheckpointError, RunLockedError
-from pyro_manifold.infer import fit, load_checkpoint
+from pyro_manifold.infer import fit, load_checkpoint, save_checkpoint
 from pyro_manifold.infer.rundir import RunLock
 from pyro_manifold.models import Flow, FlowVAE
 
@@ -113,6 +116,36 @@ def test_a_resume_that_does_not_fit_is_refused_before_anything_changes(tmp_path,
     data = torch.randn(change.get("rows", 192), other.data_dim)
     args = {**ARGS, "optimizer": change.get("optimizer", "adam")}
     _assert_resume_refused(other, data, tmp_path, match, args)
+
+
+@pytest.mark.parametrize("other", [torch.optim.Adamax, torch.optim.RAdam])
+def test_a_resume_with_another_optimizer_of_adams_settings_is_refused(tmp_path, other):
+    """Adamax and RAdam need a subset of Adam's settings: the kind check compares them both
+    ways (callable optimizers are not compared by fit_options)."""
+    x, _ = _data()
+    flow = _flow()
+    adam = {**ARGS, "optimizer": lambda p: torch.optim.Adam(p, lr=5e-3)}
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**adam, "num_steps": 6})
+    args = {**ARGS, "optimizer": lambda p: other(p, lr=5e-3)}
+    _assert_resume_refused(_flow(), x, tmp_path, "holds the state of another optimizer", args)
+
+
+def test_a_checkpoint_without_fit_options_resumes_with_other_options(tmp_path):
+    """Checkpoints written before fit kept its options (fit_options) still resume; only the
+    step rule applies to them."""
+    x, _ = _data()
+    flow = _flow()
+    fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**ARGS, "num_steps": 6})
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    for key in ("fit_options", "format", "digest"):  # save_checkpoint writes the last two
+        del state[key]
+    save_checkpoint(state, tmp_path / "old.pt")
+    again = _flow()
+    result = fit(again.model, again.guide, x, resume=tmp_path / "old.pt",
+                 **{**ARGS, "lr": 1e-3, "seed": 9})  # fmt: skip
+    assert result.step == ARGS["num_steps"]
+    with pytest.raises(CheckpointError, match="num_steps: expected at least the 6 steps"):
+        fit(again.model, again.guide, x, resume=tmp_path / "old.pt", **{**ARGS, "num_steps": 5})
 
 
 def _assert_resume_refused(flow, data, run_dir, match, args):
@@ -543,6 +576,35 @@ def test_a_checkpoint_not_written_by_fit_is_refused_naming_what_it_lacks(tmp_pat
         fit(flow.model, flow.guide, x, run_dir=tmp_path / "run", resume=weights, **ARGS)
     assert all(torch.equal(a, b) for a, b in zip(_state(flow), before, strict=True))
     assert not (tmp_path / "run").exists()
+
+
+class ScaleFromLoc(nn.Module):
+    """x ~ N(loc, scale), the positive pyro.param "scale" initialised from the parameter loc."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.ones(1))
+
+    def model(self, x):
+        scale = pyro.param("scale", self.loc, constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.loc, scale), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_a_constrained_param_initialised_from_a_module_parameter_is_trained_and_saved(tmp_path):
+    """Only pyro.module's own (unconstrained) sites count as the module's: a constrained
+    site initialised from a module's parameter is a tensor of its own, trained and saved."""
+    pyro.clear_param_store()
+    m = ScaleFromLoc()
+    x = 5.0 * torch.randn(512, generator=torch.Generator().manual_seed(0))
+    fit(m.model, m.guide, x, num_steps=300, lr=0.05, batch_size=512, device="cpu",
+        progress=False, run_dir=tmp_path, checkpoint_every=300)  # fmt: skip
+    assert 4.0 < float(pyro.param("scale")) < 6.0
+    assert "scale" in load_checkpoint(tmp_path / "checkpoint.pt")["params"]
+    pyro.clear_param_store()
 
 
 def test_a_stale_pyro_module_registration_is_not_saved_as_a_param_site(tmp_path):
