@@ -54,6 +54,7 @@ __all__ = [
     "check_widths",
     "is_binary",
     "reference_tensor",
+    "resolve_device",
 ]
 
 
@@ -470,3 +471,39 @@ def reference_tensor(obj: object) -> Tensor | None:
         if tensor.is_floating_point():
             return tensor
     return None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """Return ``device``, or CUDA when available and the CPU otherwise.
+
+    Refused with an :class:`~pyro_manifold.errors.ArgumentError` naming ``device``: a name
+    torch does not know, a device that holds no data (``"meta"``), and an absent CUDA
+    device.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("meta")
+        Traceback (most recent call last):
+        ...
+        pyro_manifold.errors.ArgumentError: device: expected a device that holds data ...
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ArgumentError(
+            f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}"
+        ) from e
+    if resolved.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ArgumentError(
+            f"device: expected a device that holds data ('cpu', 'cuda', ...), got {device!r}"
+        )
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"device: expected an available device, got {device!r} (no CUDA here)")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ArgumentError(
+            f"device: expected one of the {torch.cuda.device_count()} CUDA devices, got {device!r}"
+        )
+    return resolved

@@ -28,7 +28,13 @@ from pyro.distributions.util import is_validation_enabled
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 
-from pyro_manifold._validation import check_bool, check_choice, check_positive, check_positive_int
+from pyro_manifold._validation import (
+    check_bool,
+    check_choice,
+    check_positive,
+    check_positive_int,
+    resolve_device,
+)
 from pyro_manifold.errors import ArgumentError, ArgumentTypeError
 from pyro_manifold.infer._batches import BatchTransform, MiniBatches, as_tensors
 from pyro_manifold.infer._data_check import check_data_sets
@@ -86,34 +92,6 @@ class FitResult:
     checkpoint: Path | None = None
     skipped_steps: list[int] = field(default_factory=list)
     graphed_steps: int = 0
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """Return ``device``, or CUDA when available and the CPU otherwise.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ArgumentError(
-            f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}"
-        ) from e
-    if resolved.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise ArgumentError(
-            f"device: expected a device that holds data ('cpu', 'cuda', ...), got {device!r}"
-        )
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ArgumentError(f"device: expected an available device, got {device!r} (no CUDA here)")
-    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise ArgumentError(
-            f"device: expected one of the {torch.cuda.device_count()} CUDA devices, got {device!r}"
-        )
-    return resolved
 
 
 def _owner_modules(*fns: Callable, extra: Sequence[nn.Module] = ()) -> list[nn.Module]:

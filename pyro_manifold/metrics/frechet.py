@@ -30,7 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_manifold._validation import check_positive, check_positive_int, check_tensor
+from pyro_manifold._validation import (
+    check_positive,
+    check_positive_int,
+    check_tensor,
+    resolve_device,
+)
 from pyro_manifold.datasets import ToyData, load_mnist
 from pyro_manifold.datasets.mnist import DATA_ENV_VAR, data_root
 from pyro_manifold.errors import (
@@ -300,9 +305,7 @@ def train_mnist_classifier(
     check_positive("lr", lr)
     check_positive_int("seed", seed, minimum=0)
     folder = data_root(root)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     (train_x, train_y), (test_x, test_y) = (
         _unit_images(load_mnist(folder, split)) for split in ("train+validation", "test")
     )
@@ -439,7 +442,7 @@ def load_mnist_classifier(
         ...     load_mnist_classifier(cache_dir=folder).num_features
         128
     """
-    device = torch.device("cpu" if device is None else device)
+    device = resolve_device("cpu" if device is None else device)  # refused before any work
     candidates = _cache_paths(root, cache_dir)
     for path in candidates:
         if path.is_file():

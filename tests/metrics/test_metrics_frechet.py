@@ -147,6 +147,19 @@ def test_cache_round_trip_and_atomic_save(fake_root, monkeypatch):
     assert load_mnist_classifier().test_accuracy == net.test_accuracy
 
 
+@pytest.mark.parametrize("device", ["meta", "nope", "cuda:7"])
+def test_a_bad_device_is_refused_before_any_training_or_file(fake_root, tmp_path, device):
+    """Loading (training if missing) and training refuse a device that cannot hold the
+    network, naming ``device``, before training or writing anything."""
+    from pyro_manifold.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"^device: expected"):
+        load_mnist_classifier(fake_root, train_if_missing=True, device=device)
+    with pytest.raises(ArgumentError, match=r"^device: expected"):
+        train_mnist_classifier(fake_root, epochs=1, progress=False, device=device)
+    assert not (fake_root / "pyro_manifold").exists() and not (tmp_path / "cache").exists()
+
+
 def test_unwritable_root_falls_back_to_cache_dir(fake_root, tmp_path):
     (fake_root / "pyro_manifold").write_text("a file where the cache folder should be")
     path = save_mnist_classifier(MNISTClassifier(), fake_root)
