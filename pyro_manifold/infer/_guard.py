@@ -47,7 +47,7 @@ class NonFiniteLossError(ComputationError):
         grad_norm: that parameter's gradient norm.
         nonfinite_parameters: every parameter whose gradient was not finite.
         nonfinite_values: every parameter whose value was not finite when it was about to
-            be checkpointed or returned (an update that overflowed although its loss and
+            be validated, checkpointed or returned (an update that overflowed although its loss and
             gradient were finite, e.g. with a huge ``lr``); empty otherwise.
 
     Example:
@@ -80,9 +80,9 @@ class NonFiniteLossError(ComputationError):
                 + (f" (+{more} more)" if more > 0 else "")
                 + f", found at step {step}: an update overflowed although its loss and "
                 "gradient were finite (lower lr); the values are checked before each "
-                "checkpoint and at the end, so it was one of the updates since the previous "
-                "check. They were not checkpointed; the last good checkpoint (if any) is "
-                "unchanged."
+                "validation, checkpoint and best.pt and at the end, so it was one of the "
+                "updates since the previous of these (or since the start). They were not "
+                "checkpointed; the last good checkpoint (if any) is unchanged."
             )
             return
         what = f"non-finite loss {loss}" if not math.isfinite(loss) else "non-finite gradient"

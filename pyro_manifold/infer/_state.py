@@ -116,7 +116,7 @@ _NOT_SETTINGS = frozenset({"params", "initial_lr"})
 
 def fit_options(
     optimizer: object, lr: float, weight_decay: float, lr_schedule: object, num_steps: int,
-    seed: int,
+    seed: int, optimizer_class: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The options of ``fit`` that a checkpoint fixes, as plain data (its ``fit_options``).
 
@@ -124,7 +124,8 @@ def fit_options(
     against AdamW), the schedule's state (a cosine schedule's length is ``num_steps``) and
     the generators that ``seed`` seeds, so a resumed run given others would silently
     train with the checkpoint's: :func:`check_resume` refuses it. A callable optimiser or
-    schedule is recorded as ``"callable"`` (its own settings are not compared).
+    schedule is recorded as ``"callable"`` (its own settings are not compared); the class
+    of the optimiser it makes is ``optimizer_class`` (Adam against Adamax, say).
 
     Example:
         >>> fit_options("adam", 1e-3, 0, "cosine", 100, 0)["lr_schedule"]
@@ -139,6 +140,7 @@ def fit_options(
         else "callable",
         "num_steps": int(num_steps),
         "seed": int(seed),
+        "optimizer_class": optimizer_class,
     }  # fmt: skip
 
 
@@ -154,11 +156,14 @@ def _check_options(state: dict[str, Any], source: object, options: dict[str, Any
     if not isinstance(saved, dict):  # a checkpoint written before they were kept
         return
     keys = ["optimizer", "lr_schedule", "seed"]
+    if "optimizer_class" in saved:  # kept since session 17
+        keys.insert(1, "optimizer_class")
     if saved.get("optimizer") == options["optimizer"] != "callable":
         keys[1:1] = ["lr", "weight_decay"]
     why = {"optimizer": "its optimiser state replaces this run's",
            "lr": "its optimiser state replaces this run's",
            "weight_decay": "its optimiser state replaces this run's",
+           "optimizer_class": "its optimiser state replaces this run's",
            "lr_schedule": "its schedule continues", "seed": "its generators continue"}  # fmt: skip
     for key in keys:
         if saved.get(key) != options[key]:
@@ -187,9 +192,9 @@ def check_resume(
     state (as ``load_state_dict`` would need them), that it holds every other part of a
     ``fit`` checkpoint, the number of data rows (the saved
     data order indexes them), the optimiser's kind (the hyper-parameters it needs, e.g.
-    Adam's ``betas`` against SGD's ``momentum``, or Adam's against Adamax's: the same
-    settings as ``optimizer``'s, which carries those its scheduler adds, such as
-    ``OneCycleLR``'s ``max_lr``) and, given ``options``, that
+    Adam's ``betas`` against SGD's ``momentum``; a learning-rate scheduler may have added
+    others, such as ``OneCycleLR``'s ``max_lr``; Adam against Adamax by ``options``'
+    ``optimizer_class``) and, given ``options``, that
     ``num_steps`` is no less than the checkpoint's step and that the options of
     :func:`fit_options` are the checkpoint's (``num_steps`` too with
     ``lr_schedule="cosine"``). The message names the option, the saved and the given
@@ -200,7 +205,7 @@ def check_resume(
         source: its path, for the message.
         modules: this run's modules.
         num_rows: the rows of this run's training data.
-        optimizer: an optimiser of this run's kind (any parameters), with its scheduler made.
+        optimizer: an optimiser of this run's kind (any parameters).
         options: this run's :func:`fit_options`; ``None``: not checked.
 
     Raises:
@@ -243,17 +248,17 @@ def check_resume(
             f"resume: checkpoint {source} was trained on {perm.shape[0]} data rows, "
             f"expected the same number, got {num_rows}"
         )
+    if options is not None:  # first: a changed option is named as such
+        _check_options(state, source, options)
     groups = state.get("optimizer", {}).get("param_groups", [])
     want = {k for k in optimizer.param_groups[0] if k not in _NOT_SETTINGS}
     for group in groups:
         have = {k for k in group if k not in _NOT_SETTINGS}
-        if have != want:
+        if want - have:  # more than want: what a learning-rate scheduler added
             raise CheckpointError(
                 f"resume: checkpoint {source} holds the state of another optimizer "
                 f"(expected the settings {sorted(want)}, found {sorted(have)})"
             )
-    if options is not None:
-        _check_options(state, source, options)
 
 
 def _state_mismatch(mine: dict[str, Any], saved: object) -> str | None:

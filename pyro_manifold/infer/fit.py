@@ -72,7 +72,9 @@ class FitResult:
         history: lists keyed by ``"step"``, ``"loss"`` (mean loss per data point over the
             last ``log_every`` steps), ``"lr"``, ``"time"``, ``"val_step"`` and ``"val_loss"``.
         step: the number of optimisation steps taken in total (including resumed ones).
-        best_validation_loss: the lowest validation loss seen, or ``None``.
+        best_validation_loss: the lowest finite validation loss seen (``inf`` when none
+            was finite; ``restore_best`` then has no best state and keeps the last
+            parameters), or ``None`` without validation data.
         stopped_early: whether early stopping ended the run.
         checkpoint: the last checkpoint written, or ``None``.
         skipped_steps: the steps skipped because their loss or gradient was not finite
@@ -396,7 +398,8 @@ def fit(
     :attr:`FitResult.skipped_steps` and reported with a warning at the end; more than
     ``max_consecutive_skips`` in a row still raise. An update can overflow although its
     loss and gradient are finite (a huge ``lr``): the trained values are checked before
-    every checkpoint and at the end (one read-back each), and non-finite ones raise
+    every validation and checkpoint and at the end (one read-back each), and non-finite
+    ones raise
     :class:`NonFiniteLossError` naming the parameters (``nonfinite_values``), with that
     checkpoint unwritten.
 
@@ -526,8 +529,8 @@ def fit(
     options = fit_options(optimizer, lr, weight_decay, lr_schedule, num_steps, seed)
     if state is not None:
         kind = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr, weight_decay)
-        make_scheduler(lr_schedule, kind, num_steps)  # with the settings it adds to the groups
-        check_resume(state, resume, mods, data[0].shape[0], kind, options)
+        made = {**options, "optimizer_class": type(kind).__qualname__}
+        check_resume(state, resume, mods, data[0].shape[0], kind, made)
     schedule = resolve_step_kwargs(step_kwargs, model, guide)
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)
 
@@ -554,6 +557,7 @@ def fit(
             optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph
         )
         scheduler = make_scheduler(lr_schedule, opt, num_steps)
+        options["optimizer_class"] = type(opt).__qualname__
         if run_dir is not None:  # refused now, not at the first checkpoint
             for name, part in (("optimizer", opt), ("lr_schedule", scheduler)):
                 if part is not None:
@@ -601,6 +605,7 @@ def fit(
                     log.log(step, opt.param_groups[0]["lr"])
                 log.advance(len(guard.skipped))
                 if val_now:
+                    trainer.check_values(step)  # an overflow is named, not scored
                     trainer.refresh_versions()
                     v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
                     log.validation(step, v)

@@ -294,6 +294,8 @@ def train_mnist_classifier(
     Raises:
         FileNotFoundError: no data root is given (see
             :func:`~pyro_manifold.datasets.data_root`) or the MNIST files are missing.
+        ArgumentError: ``device`` cannot hold the network (``"meta"``, an absent CUDA
+            device, an unknown name), refused before anything is read or trained.
 
     Example:
         >>> import os
@@ -434,6 +436,8 @@ def load_mnist_classifier(
     Raises:
         FileNotFoundError: no cached weights and ``train_if_missing`` is false; the
             message names the command that trains them.
+        ArgumentError: ``device`` cannot hold the network, refused before anything is
+            loaded, trained or written.
 
     Example:
         >>> import tempfile

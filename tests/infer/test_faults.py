@@ -421,15 +421,16 @@ MAX32 = torch.finfo(torch.float32).max
 class Pushed(nn.Module):
     """A gradient ``push`` on ``w`` at the steps that ask for it, none at the others."""
 
-    def __init__(self, start=1.0):
+    def __init__(self, start=1.0, clamp=True):
         super().__init__()
         self.w = nn.Parameter(torch.full((1,), start))
+        self.clamp = clamp
 
     def model(self, x, push=0.0):
         pyro.module("pushed", self)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
-            w = self.w.clamp(-MAX32, MAX32)  # finite after an overflow: 0 * w stays 0
+            w = self.w.clamp(-MAX32, MAX32) if self.clamp else self.w  # 0 * clamped w is 0
             pyro.factor("push", -push * w.expand(x.shape[0]))
 
     def guide(self, x, push=0.0):
@@ -466,6 +467,17 @@ def test_an_overflowed_parameter_is_never_saved_as_the_best(tmp_path):
             validation_data=torch.randn(8), validate_every=4,
             step_kwargs=lambda t: {"push": 1e30 * (t == 3)})  # fmt: skip
     assert not (tmp_path / "best.pt").exists()
+
+
+def test_an_overflow_before_a_validation_is_named_not_scored():
+    """Without the clamp the validation's 0 * w is NaN once w overflowed: the values are
+    checked before the validation, so the error names the parameter (not Pyro's check of
+    the factor, nor a non-finite validation loss)."""
+    m = Pushed(clamp=False)
+    with pytest.raises(NonFiniteLossError, match=r"in: Pushed\.w, found at step 4"):
+        fit(m.model, m.guide, torch.randn(32), num_steps=8, batch_size=32, optimizer="sgd",
+            lr=1e10, device="cpu", progress=False, validation_data=torch.randn(8),
+            validate_every=4, step_kwargs=lambda t: {"push": 1e30 * (t == 3)})  # fmt: skip
 
 
 def test_an_overflowed_parameter_at_the_last_step_is_not_returned_silently():

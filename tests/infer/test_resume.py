@@ -104,7 +104,7 @@ def _files(run_dir):
     [
         (dict(flow=lambda: Flow(3, "realnvp", num_layers=2, hidden_dims=[8])), "shape"),
         (dict(flow=lambda: Flow(2, "realnvp", num_layers=3, hidden_dims=[8])), "keys"),
-        (dict(optimizer="sgd"), "another optimizer"),
+        (dict(optimizer="sgd"), "optimizer: expected 'adam' as in checkpoint"),
         (dict(rows=100), "trained on 192 data rows"),
     ],
 )
@@ -120,14 +120,31 @@ def test_a_resume_that_does_not_fit_is_refused_before_anything_changes(tmp_path,
 
 @pytest.mark.parametrize("other", [torch.optim.Adamax, torch.optim.RAdam])
 def test_a_resume_with_another_optimizer_of_adams_settings_is_refused(tmp_path, other):
-    """Adamax and RAdam need a subset of Adam's settings: the kind check compares them both
-    ways (callable optimizers are not compared by fit_options)."""
+    """Adamax and RAdam need a subset of Adam's settings: the checkpoint keeps the class of
+    the optimizer a callable made (fit_options' optimizer_class)."""
     x, _ = _data()
     flow = _flow()
     adam = {**ARGS, "optimizer": lambda p: torch.optim.Adam(p, lr=5e-3)}
     fit(flow.model, flow.guide, x, run_dir=tmp_path, **{**adam, "num_steps": 6})
     args = {**ARGS, "optimizer": lambda p: other(p, lr=5e-3)}
-    _assert_resume_refused(_flow(), x, tmp_path, "holds the state of another optimizer", args)
+    match = rf"optimizer_class: expected 'Adam' as in checkpoint .*, got '{other.__name__}'"
+    _assert_resume_refused(_flow(), x, tmp_path, match, args)
+
+
+@pytest.mark.parametrize("second", [None, "cosine"])
+def test_a_resume_that_drops_or_swaps_a_one_cycle_schedule_names_lr_schedule(tmp_path, second):
+    """OneCycleLR adds settings to the optimizer's groups: a changed schedule is still
+    refused as a changed lr_schedule, not as another optimizer."""
+    x, _ = _data()
+    flow = _flow()
+
+    def one_cycle(opt):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=20)
+
+    fit(flow.model, flow.guide, x, run_dir=tmp_path,
+        **{**ARGS, "lr_schedule": one_cycle, "num_steps": 6})  # fmt: skip
+    match = rf"lr_schedule: expected 'callable' as in checkpoint .*, got {second!r}"
+    _assert_resume_refused(_flow(), x, tmp_path, match, {**ARGS, "lr_schedule": second})
 
 
 def test_a_checkpoint_without_fit_options_resumes_with_other_options(tmp_path):
