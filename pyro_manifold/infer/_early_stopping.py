@@ -95,7 +95,11 @@ class EarlyStopping:
         self.best, self.bad_validations = math.inf, 0
         self.best_states: list[dict[str, Any]] | None = None
         self.best_params: dict[str, Tensor] | None = None
-        self.stop = False
+
+    @property
+    def stop(self) -> bool:
+        """Whether ``patience`` validations in a row brought no improvement."""
+        return self.patience is not None and self.bad_validations >= self.patience
 
     def update(self, loss: float, modules: Sequence[nn.Module]) -> bool:
         """Count a validation loss; whether it is a new best (its states are then kept).
@@ -109,8 +113,6 @@ class EarlyStopping:
             self.best_params = {k: p.detach().clone() for k, p in self.params.items()}
         else:
             self.bad_validations += 1
-        if self.patience is not None and self.bad_validations >= self.patience:
-            self.stop = True
         return improved
 
     def restore_best(self, modules: Sequence[nn.Module]) -> None:
@@ -131,11 +133,11 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's counters and best states.
 
-        Whether to stop is decided again with this run's ``patience``: a run that stopped
-        early stays stopped with the same patience, and trains on with more (or none).
+        Whether to stop follows from the counters and this run's ``patience``: a run that
+        stopped early stays stopped with the same patience, and trains on with more (or
+        none).
         """
         self.best = float(state.get("best_validation_loss", math.inf))
         self.bad_validations = int(state.get("bad_validations", 0))
         self.best_states = state.get("best_states")
         self.best_params = state.get("best_params")
-        self.stop = self.patience is not None and self.bad_validations >= self.patience

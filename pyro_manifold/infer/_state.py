@@ -155,20 +155,16 @@ def _check_options(state: dict[str, Any], source: object, options: dict[str, Any
     saved = state.get("fit_options")
     if not isinstance(saved, dict):  # a checkpoint written before they were kept
         return
-    keys = ["optimizer", "lr_schedule", "seed"]
-    if "optimizer_class" in saved:  # kept since session 17
-        keys.insert(1, "optimizer_class")
-    if saved.get("optimizer") == options["optimizer"] != "callable":
-        keys[1:1] = ["lr", "weight_decay"]
-    why = {"optimizer": "its optimiser state replaces this run's",
-           "lr": "its optimiser state replaces this run's",
-           "weight_decay": "its optimiser state replaces this run's",
-           "optimizer_class": "its optimiser state replaces this run's",
-           "lr_schedule": "its schedule continues", "seed": "its generators continue"}  # fmt: skip
+    named = saved.get("optimizer") == options["optimizer"] != "callable"
+    keys = ["optimizer", *(["lr", "weight_decay"] if named else []),
+            *(["optimizer_class"] if "optimizer_class" in saved else []),  # kept since session 17
+            "lr_schedule", "seed"]  # fmt: skip
+    why = {"lr_schedule": "its schedule continues", "seed": "its generators continue"}
     for key in keys:
         if saved.get(key) != options[key]:
+            reason = why.get(key, "its optimiser state replaces this run's")
             raise CheckpointError(
-                f"{key}: expected {saved.get(key)!r} as in checkpoint {source} ({why[key]}), "
+                f"{key}: expected {saved.get(key)!r} as in checkpoint {source} ({reason}), "
                 f"got {options[key]!r}"
             )
     if options["lr_schedule"] == "cosine" and saved.get("num_steps") != options["num_steps"]:

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -526,11 +527,10 @@ def fit(
         raise ArgumentTypeError(f"loss: expected a pyro.infer.ELBO, got {type(elbo).__name__}")
     elbo = fast_elbo(elbo) if fast else elbo
     mods = _owner_modules(model, guide, extra=modules)
-    options = fit_options(optimizer, lr, weight_decay, lr_schedule, num_steps, seed)
+    options = partial(fit_options, optimizer, lr, weight_decay, lr_schedule, num_steps, seed)
     if state is not None:
         kind = make_optimizer(optimizer, [torch.zeros(1, requires_grad=True)], lr, weight_decay)
-        made = {**options, "optimizer_class": type(kind).__qualname__}
-        check_resume(state, resume, mods, data[0].shape[0], kind, made)
+        check_resume(state, resume, mods, data[0].shape[0], kind, options(type(kind).__qualname__))
     schedule = resolve_step_kwargs(step_kwargs, model, guide)
     first_kwargs = evaluate_step_kwargs(schedule, int(state["step"]) if state is not None else 0)
 
@@ -557,7 +557,6 @@ def fit(
             optimizer, params, lr, weight_decay, fused=deferred, capturable=cuda_graph
         )
         scheduler = make_scheduler(lr_schedule, opt, num_steps)
-        options["optimizer_class"] = type(opt).__qualname__
         if run_dir is not None:  # refused now, not at the first checkpoint
             for name, part in (("optimizer", opt), ("lr_schedule", scheduler)):
                 if part is not None:
@@ -565,9 +564,9 @@ def fit(
         guard = NonFiniteGuard(on_nonfinite, max_consecutive_skips)
         log = TrainingLog(num_steps, device, progress, show=group.is_main)
         stopping = EarlyStopping(patience, params=sites)
-        run = RunState(
-            mods, opt, scheduler, [batches, log, stopping, guard], group, config, sites, options
-        )
+        parts = [batches, log, stopping, guard]
+        kept = options(type(opt).__qualname__)
+        run = RunState(mods, opt, scheduler, parts, group, config, sites, kept)
         step = run.load_state_dict(state, seed) if state is not None else 0
         group.broadcast_state_(mods, params)
         trainer = TrainingStep(
@@ -604,8 +603,9 @@ def fit(
                 if log_now:
                     log.log(step, opt.param_groups[0]["lr"])
                 log.advance(len(guard.skipped))
+                if val_now or (run_dir is not None and (save_now or stopping.stop)):
+                    trainer.check_values(step)  # an overflow is named, not scored or saved
                 if val_now:
-                    trainer.check_values(step)  # an overflow is named, not scored
                     trainer.refresh_versions()
                     v = mean_loss(elbo, model, guide, val, batch_size, mods, transform_batch, group)
                     log.validation(step, v)
@@ -618,10 +618,8 @@ def fit(
                             stacklevel=2,
                         )
                     if stopping.update(v, mods) and run_dir is not None:
-                        trainer.check_values(step)  # never a checkpoint of overflowed values
                         run.save(run_dir / "best.pt", step)
                 if run_dir is not None and (save_now or stopping.stop):
-                    trainer.check_values(step)
                     checkpoint = run.save(run_dir / "checkpoint.pt", step)
                     log.write(history_dir)
                 if stopping.stop:
